@@ -1,0 +1,252 @@
+"""How well a rule's learning signal agrees with backpropagation's, measured without side effects.
+
+Two measurements on one batch, at the model's current weights:
+
+* **update angle**, per layer: the angle in degrees between the rule's weight update ``dW_l`` and
+  BP's, ``arccos(<dW_rule, dW_bp> / (|dW_rule| |dW_bp|))``. Below 90 degrees the rule descends the
+  loss (Lillicrap et al. 2016's condition); 0 means it equals BP up to scale.
+* **signal cosine**, per feedback point: the per-sample cosine between the signal the rule hands to
+  the point (``B_l e`` for DFA) and BP's signal there (``dL/dh_l = W_{l+1}^T delta_{l+1}``), reported
+  as mean and standard deviation over samples (Launay et al. 2020, appendix A).
+
+Both come from one BP pass and one rule pass computed with ``torch.autograd.grad``: the model's
+``.grad`` fields are not touched, buffers that forward passes update (BatchNorm statistics) are
+restored, and both passes see the same random numbers (dropout masks), after which the global RNG
+is restored too. No deep copy of the model is made.
+
+References:
+    Lillicrap et al., "Random synaptic feedback weights support error backpropagation for deep
+    learning", Nature Communications 2016.
+    Launay et al., "Direct Feedback Alignment Scales to Modern Deep Learning Tasks and
+    Architectures", NeurIPS 2020, appendix A.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feedback_alignment.rules.base import Rule
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass
+class AlignmentReport:
+    """Alignment of a rule with BP on one batch.
+
+    Attributes:
+        update_angle: module path -> angle in degrees between the rule's and BP's update of that
+            module's ``weight``; ``nan`` where the rule gives the layer no update.
+        signal_cosine: feedback point -> (mean, std) over samples of the cosine between the rule's
+            signal and BP's at that point.
+        hidden: module paths of the layers below the last feedback point (the ones the rule trains
+            with its own signal; the others receive the true gradient).
+        loss: the batch loss at the current weights.
+    """
+
+    update_angle: dict[str, float] = field(default_factory=dict)
+    signal_cosine: dict[str, tuple[float, float]] = field(default_factory=dict)
+    hidden: list[str] = field(default_factory=list)
+    loss: float = math.nan
+
+    def hidden_angles(self) -> dict[str, float]:
+        """Update angles of the hidden layers only."""
+        return {name: self.update_angle[name] for name in self.hidden if name in self.update_angle}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "update_angle": dict(self.update_angle),
+            "signal_cosine": {k: list(v) for k, v in self.signal_cosine.items()},
+            "hidden": list(self.hidden),
+            "loss": self.loss,
+        }
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle between two tensors viewed as vectors, in degrees (``nan`` if either is zero)."""
+    a64, b64 = a.detach().reshape(-1).double(), b.detach().reshape(-1).double()
+    norm = a64.norm() * b64.norm()
+    if norm == 0:
+        return math.nan
+    cosine = torch.clamp(torch.dot(a64, b64) / norm, -1.0, 1.0)
+    return math.degrees(math.acos(float(cosine)))
+
+
+def alignment(
+    model: nn.Module,
+    rule: Rule,
+    batch: tuple[Any, Any],
+    loss_fn: LossFn,
+) -> AlignmentReport:
+    """Measures the update angle per layer and the signal cosine per feedback point.
+
+    Args:
+        model: a model to which ``rule`` is applied.
+        rule: the rule to compare with backpropagation.
+        batch: ``(inputs, targets)``; ``inputs`` is passed as ``model(inputs)``, or unpacked when
+            it is a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
+        loss_fn: ``loss_fn(model_output, targets)`` returning a scalar.
+
+    Returns:
+        An :class:`AlignmentReport`. Costs about one BP step plus one rule step.
+    """
+    if not rule.is_applied(model):
+        raise RuntimeError(f"{rule!r} is not applied to this {type(model).__name__}")
+    inputs, targets = batch
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    weights = _weights_by_module(model)
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [t.device.index for _, t in params if t.is_cuda]
+    with torch.random.fork_rng(devices=sorted(set(d for d in devices if d is not None))):
+        rng_cpu = torch.get_rng_state()
+        rng_cuda = torch.cuda.get_rng_state_all() if devices else None
+
+        with rule.backprop_mode(model), rule.recording(model) as bp_points:
+            bp_loss = loss_fn(_call(model, inputs), targets)
+        bp_grads = _grads(bp_loss, params, bp_points)
+        _restore(saved_buffers)
+
+        torch.set_rng_state(rng_cpu)
+        if rng_cuda is not None:
+            torch.cuda.set_rng_state_all(rng_cuda)
+        set_targets = getattr(rule, "set_targets", None)
+        if callable(set_targets):
+            set_targets(targets)
+        with rule.recording(model) as rule_points:
+            rule_loss = loss_fn(_call(model, inputs), targets)
+        rule_grads = _grads(rule_loss, params, rule_points)
+        _restore(saved_buffers)
+
+    report = AlignmentReport(loss=float(bp_loss.detach()))
+    bp_param_grads, bp_signals = bp_grads
+    rule_param_grads, rule_signals = rule_grads
+    for module_name, param_name in weights.items():
+        bp_grad = bp_param_grads.get(param_name)
+        if bp_grad is None:
+            continue
+        rule_grad = rule_param_grads.get(param_name)
+        report.update_angle[module_name] = (
+            math.nan if rule_grad is None else angle_degrees(rule_grad, bp_grad)
+        )
+    for point, rule_signal in rule_signals.items():
+        bp_signal = bp_signals.get(point)
+        if rule_signal is None or bp_signal is None:
+            continue
+        report.signal_cosine[point] = _per_sample_cosine(
+            rule_signal, bp_signal, _width(rule, model, point)
+        )
+    report.hidden = _hidden_layers(model, weights, [p for p, _ in rule_points])
+    return report
+
+
+class AlignmentMonitor:
+    """Measures :func:`alignment` every ``every`` training steps and keeps the history.
+
+    Call :meth:`step` once per training step with the batch, before or after the optimizer step.
+
+    Args:
+        model, rule, loss_fn: as for :func:`alignment`.
+        every: measure at steps ``every, 2*every, ...``; each measurement costs about two steps.
+        callback: called as ``callback(step, report)`` after each measurement (e.g. a logger).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rule: Rule,
+        loss_fn: LossFn,
+        every: int = 100,
+        callback: Callable[[int, AlignmentReport], None] | None = None,
+    ) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.model, self.rule, self.loss_fn = model, rule, loss_fn
+        self.every, self.callback = int(every), callback
+        self.steps = 0
+        self.history: list[tuple[int, AlignmentReport]] = []
+
+    def step(self, batch: tuple[Any, Any]) -> AlignmentReport | None:
+        self.steps += 1
+        if self.steps % self.every:
+            return None
+        report = alignment(self.model, self.rule, batch, self.loss_fn)
+        self.history.append((self.steps, report))
+        if self.callback is not None:
+            self.callback(self.steps, report)
+        return report
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _grads(
+    loss: torch.Tensor,
+    params: list[tuple[str, nn.Parameter]],
+    points: list[tuple[str, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor | None], dict[str, torch.Tensor | None]]:
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar tensor")
+    targets = [p for _, p in params] + [h for _, h in points]
+    grads = torch.autograd.grad(loss, targets, allow_unused=True)
+    by_param = {name: g for (name, _), g in zip(params, grads, strict=False)}
+    by_point = {name: g for (name, _), g in zip(points, grads[len(params) :], strict=True)}
+    return by_param, by_point
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for buffer, value in saved:
+            buffer.copy_(value)
+
+
+def _weights_by_module(model: nn.Module) -> dict[str, str]:
+    """Module path -> parameter name of its ``weight``, for modules that own one."""
+    found = {}
+    for module_name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if isinstance(weight, nn.Parameter) and weight.requires_grad:
+            found[module_name] = f"{module_name}.weight" if module_name else "weight"
+    return found
+
+
+def _width(rule: Rule, model: nn.Module, point: str) -> int | None:
+    layout_of = getattr(rule, "layout", None)
+    layout = layout_of(model) if callable(layout_of) else None
+    if layout is not None and point in layout.names:
+        return layout.widths[layout.names.index(point)]
+    return None
+
+
+def _per_sample_cosine(a: torch.Tensor, b: torch.Tensor, width: int | None) -> tuple[float, float]:
+    width = width or (a.numel() // a.shape[0])
+    rows_a = a.detach().reshape(-1, width).double()
+    rows_b = b.detach().reshape(-1, width).double()
+    keep = (rows_a.norm(dim=1) > 0) & (rows_b.norm(dim=1) > 0)
+    if not bool(keep.any()):
+        return math.nan, math.nan
+    cosine = F.cosine_similarity(rows_a[keep], rows_b[keep], dim=1)
+    std = float(cosine.std()) if cosine.numel() > 1 else 0.0
+    return float(cosine.mean()), std
+
+
+def _hidden_layers(model: nn.Module, weights: dict[str, str], points: list[str]) -> list[str]:
+    """Layers registered before the last feedback point module (module order = layer order)."""
+    point_modules = {p.split("#", 1)[0] for p in points}
+    order = [name for name, _ in model.named_modules()]
+    positions = [order.index(p) for p in point_modules if p in order]
+    if not positions:
+        return []
+    last = max(positions)
+    return [name for name in weights if order.index(name) < last]

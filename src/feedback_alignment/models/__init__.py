@@ -1,0 +1,5 @@
+"""Reference architectures. Models know nothing of learning rules: any rule converts them."""
+
+from feedback_alignment.models.mlp import MLP
+
+__all__ = ["MLP"]

@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    """Every test starts from the same global RNG state and restores the default dtype after."""
+    torch.manual_seed(1234)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)

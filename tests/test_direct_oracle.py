@@ -1,0 +1,199 @@
+"""Float64 gradients of the direct-feedback rules against references written from the equations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import feedback_alignment as fa
+from oracle import dfa_tanh_mlp_grads, linear_grads, project, slices, softmax_ce_error
+
+torch.set_default_dtype(torch.float64)
+KEY = fa.FEEDBACK_BUFFER
+
+
+def _tanh_mlp(sizes):
+    torch.manual_seed(0)
+    return fa.models.MLP(sizes, "tanh").double()
+
+
+def _layers(model):
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    return [(m.weight.detach(), m.bias.detach()) for m in linears], linears
+
+
+def _assert_grads(linears, expected):
+    for layer, (dw, db) in zip(linears, expected, strict=True):
+        torch.testing.assert_close(layer.weight.grad, dw, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(layer.bias.grad, db, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("feedback", ["gaussian", "uniform", "rademacher"])
+@pytest.mark.parametrize("scale", ["principled", "tinydfa", "nokland", "none"])
+def test_dfa_tanh_mlp_three_hidden_layers(shared, feedback, scale):
+    sizes = [6, 7, 5, 9, 4]
+    model = _tanh_mlp(sizes)
+    rule = fa.DFA(feedback=feedback, scale=scale, shared=shared, seed=3)
+    rule.apply(model)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (8,))
+    F.cross_entropy(model(x), y).backward()
+
+    buffer = model.state_dict()[KEY]
+    widths = sizes[1:-1]
+    assert buffer.shape == (4, max(widths) if shared else sum(widths))
+    feedback_mats = slices(buffer, widths, shared=shared, scaling=scale)
+    layers, linears = _layers(model)
+    expected = dfa_tanh_mlp_grads(
+        x, layers, lambda e: e, lambda out: softmax_ce_error(out, y), feedback_mats
+    )
+    _assert_grads(linears, expected)
+
+
+def test_feedback_draws_follow_the_distribution():
+    model = _tanh_mlp([5, 300, 300, 50])
+    fa.DFA(feedback="rademacher", shared=False, seed=1).apply(model)
+    model(torch.randn(2, 5)).sum().backward()
+    values = model.state_dict()[KEY]
+    assert set(values.unique().tolist()) == {-1.0, 1.0}
+    model = _tanh_mlp([5, 300, 300, 50])
+    fa.DFA(feedback="uniform", shared=False, seed=1).apply(model)
+    model(torch.randn(2, 5)).sum().backward()
+    values = model.state_dict()[KEY]
+    assert values.min() >= -1 and values.max() < 1 and abs(float(values.mean())) < 0.02
+
+
+def test_dfa_conv_net_projects_per_sample_feature_map():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 5),
+    ).double()
+    rule = fa.DFA(seed=7)
+    rule.apply(model)
+    x = torch.randn(4, 2, 6, 6)
+    y = torch.randint(0, 5, (4,))
+    F.cross_entropy(model(x), y).backward()
+
+    conv1, conv2, top = model[0], model[2], model[5]
+    with torch.no_grad():
+        h1 = torch.tanh(F.conv2d(x, conv1.weight, conv1.bias, padding=1))
+        h2 = torch.tanh(F.conv2d(h1, conv2.weight, conv2.bias, stride=2, padding=1))
+        out = h2.flatten(1) @ top.weight.T + top.bias
+    e = softmax_ce_error(out, y)
+    b1, b2 = slices(
+        model.state_dict()[KEY], [3 * 6 * 6, 4 * 3 * 3], shared=True, scaling="principled"
+    )
+    delta1 = project(e, b1, h1) * (1 - h1**2)
+    delta2 = project(e, b2, h2) * (1 - h2**2)
+    expected = [
+        (conv1, torch.nn.grad.conv2d_weight(x, conv1.weight.shape, delta1, padding=1), delta1),
+        (
+            conv2,
+            torch.nn.grad.conv2d_weight(h1, conv2.weight.shape, delta2, stride=2, padding=1),
+            delta2,
+        ),
+    ]
+    for layer, dw, delta in expected:
+        torch.testing.assert_close(layer.weight.grad, dw, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            layer.bias.grad, delta.sum(dim=(0, 2, 3)), rtol=1e-10, atol=1e-12
+        )
+    dw_top, db_top = linear_grads(e, h2.flatten(1))
+    torch.testing.assert_close(top.weight.grad, dw_top)
+    torch.testing.assert_close(top.bias.grad, db_top)
+
+
+def test_dfa_token_inputs_project_per_token():
+    sizes = [5, 6, 7, 3]
+    model = _tanh_mlp(sizes)
+    rule = fa.DFA(seed=11, shared=False)
+    rule.apply(model)
+    x = torch.randn(2, 4, 5)  # (batch, tokens, features)
+    y = torch.randint(0, 3, (2, 4))
+    logits = model(x)
+    assert logits.shape == (2, 4, 3)
+    F.cross_entropy(logits.reshape(-1, 3), y.reshape(-1)).backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=False, scaling="principled")
+    layers, linears = _layers(model)
+    expected = dfa_tanh_mlp_grads(
+        x, layers, lambda e: e, lambda out: softmax_ce_error(out, y), feedback
+    )
+    _assert_grads(linears, expected)
+
+
+def test_sign_dfa_uses_sign_of_error_over_samples():
+    sizes = [6, 7, 5, 4]
+    model = _tanh_mlp(sizes)
+    fa.SignDFA(seed=2).apply(model)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    F.cross_entropy(model(x), y).backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=True, scaling="principled")
+    layers, linears = _layers(model)
+    expected = dfa_tanh_mlp_grads(
+        x, layers, lambda e: torch.sign(e) / 8, lambda out: softmax_ce_error(out, y), feedback
+    )
+    _assert_grads(linears, expected)
+
+
+@pytest.mark.parametrize("float_targets", [False, True])
+def test_drtp_uses_targets_not_error(float_targets):
+    sizes = [6, 7, 5, 4]
+    model = _tanh_mlp(sizes)
+    rule = fa.DRTP(seed=2)
+    rule.apply(model)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    onehot = torch.zeros(8, 4)
+    onehot[torch.arange(8), y] = 1.0
+    loss = F.cross_entropy(model(x), y)
+    rule.set_targets(onehot if float_targets else y)
+    loss.backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=True, scaling="principled")
+    layers, linears = _layers(model)
+    expected = dfa_tanh_mlp_grads(
+        x, layers, lambda e: -onehot / 8, lambda out: softmax_ce_error(out, y), feedback
+    )
+    _assert_grads(linears, expected)
+
+
+def test_drtp_without_targets_says_so():
+    model = _tanh_mlp([4, 5, 3])
+    fa.DRTP().apply(model)
+    loss = F.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match=r"set_targets"):
+        loss.backward()
+
+
+def test_shallow_trains_only_the_top_layer():
+    sizes = [6, 7, 5, 4]
+    model = _tanh_mlp(sizes)
+    fa.Shallow().apply(model)
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    F.cross_entropy(model(x), y).backward()
+    layers, linears = _layers(model)
+    assert all(m.weight.grad is None and m.bias.grad is None for m in linears[:-1])
+    from oracle import tanh_mlp_forward
+
+    inputs, out = tanh_mlp_forward(x, layers)
+    dw, db = linear_grads(softmax_ce_error(out, y), inputs[-1])
+    torch.testing.assert_close(linears[-1].weight.grad, dw)
+    torch.testing.assert_close(linears[-1].bias.grad, db)
+    assert KEY not in model.state_dict()  # nothing is fed back, so there is no matrix
+
+
+def test_bp_rule_equals_plain_autograd():
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    plain, ruled = _tanh_mlp([6, 7, 5, 4]), _tanh_mlp([6, 7, 5, 4])
+    fa.BP().apply(ruled)
+    F.cross_entropy(plain(x), y).backward()
+    F.cross_entropy(ruled(x), y).backward()
+    for a, b in zip(plain.parameters(), ruled.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    assert set(plain.state_dict()) == set(ruled.state_dict())
