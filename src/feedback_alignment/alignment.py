@@ -246,7 +246,7 @@ def _hidden_layers(model: nn.Module, weights: dict[str, str], points: list[str])
     point_modules = {p.split("#", 1)[0] for p in points}
     order = [name for name, _ in model.named_modules()]
     positions = [order.index(p) for p in point_modules if p in order]
-    if not positions:
-        return []
+    if not positions:  # a rule without feedback points (BP): all layers but the top one
+        return list(weights)[:-1]
     last = max(positions)
     return [name for name in weights if order.index(name) < last]

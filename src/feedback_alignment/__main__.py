@@ -1,0 +1,3 @@
+from feedback_alignment.cli import main
+
+raise SystemExit(main())

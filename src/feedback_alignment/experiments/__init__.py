@@ -1,0 +1,1 @@
+"""Experiments: one module per task family (model + data + metric + the papers' defaults)."""
