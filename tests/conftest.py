@@ -11,6 +11,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _deterministic():
     """Every test starts from the same global RNG state and restores the default dtype after."""
     torch.manual_seed(1234)
-    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
     yield
-    torch.set_default_dtype(dtype)
+    torch.set_default_dtype(torch.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -135,3 +136,16 @@ def test_monitor_measures_every_n_steps(batch):
 def test_alignment_requires_applied_rule(batch):
     with pytest.raises(RuntimeError, match=r"not applied"):
         fa.alignment(_model(), fa.DFA(), batch, F.cross_entropy)
+
+
+def test_monitor_warns_when_a_layer_stays_misaligned(batch, monkeypatch):
+    model = _model()
+    rule = fa.DFA()
+    rule.apply(model)
+    fake = fa.AlignmentReport(update_angle={"0": 120.0, "4": 30.0, "7": 0.0}, hidden=["0", "4"])
+    module = sys.modules["feedback_alignment.alignment"]  # fa.alignment is the function
+    monkeypatch.setattr(module, "alignment", lambda *a, **k: fake)
+    monitor = fa.AlignmentMonitor(model, rule, F.cross_entropy, every=1, patience=2)
+    monitor.step(batch)
+    with pytest.warns(UserWarning, match=r"layer '0'.*more than 90 degrees"):
+        monitor.step(batch)

@@ -337,3 +337,22 @@ def test_point_after_the_top_layer_is_reported(batch):
         model(x)
     sequential = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3), nn.Sigmoid())
     assert [n for n, _ in fa.find_points(sequential)] == ["1"]
+
+
+def test_bottleneck_point_narrower_than_output_warns():
+    model = fa.models.MLP([6, 2, 8, 5])
+    fa.DFA().apply(model)
+    with pytest.warns(UserWarning, match=r"narrower than the output \(d_out=5\)"):
+        model(torch.randn(3, 6)).sum().backward()
+
+
+def test_editing_the_feedback_buffer_in_place_takes_effect(batch):
+    x, y = batch
+    model = _mlp()
+    fa.DFA().apply(model)
+    before = _step(model, x, y)
+    with torch.no_grad():
+        model.get_buffer(KEY).mul_(2.0)
+    after = _step(model, x, y)
+    torch.testing.assert_close(after["0.weight"], 2 * before["0.weight"])
+    torch.testing.assert_close(after["4.weight"], before["4.weight"])  # the top layer: true grad

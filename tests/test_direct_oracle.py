@@ -10,8 +10,13 @@ from torch import nn
 import feedback_alignment as fa
 from oracle import dfa_tanh_mlp_grads, linear_grads, project, slices, softmax_ce_error
 
-torch.set_default_dtype(torch.float64)
 KEY = fa.FEEDBACK_BUFFER
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Every oracle comparison runs in float64 (conftest restores the default afterwards)."""
+    torch.set_default_dtype(torch.float64)
 
 
 def _tanh_mlp(sizes):

@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,8 @@ class AlignmentMonitor:
         model, rule, loss_fn: as for :func:`alignment`.
         every: measure at steps ``every, 2*every, ...``; each measurement costs about two steps.
         callback: called as ``callback(step, report)`` after each measurement (e.g. a logger).
+        patience: warn when a hidden layer's update angle exceeds 90 degrees this many
+            measurements in a row (Lillicrap's condition for learning fails there).
     """
 
     def __init__(
@@ -164,13 +167,33 @@ class AlignmentMonitor:
         loss_fn: LossFn,
         every: int = 100,
         callback: Callable[[int, AlignmentReport], None] | None = None,
+        patience: int = 3,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.model, self.rule, self.loss_fn = model, rule, loss_fn
         self.every, self.callback = int(every), callback
+        self.patience = max(1, int(patience))
+        self._warned: set[str] = set()
         self.steps = 0
         self.history: list[tuple[int, AlignmentReport]] = []
+
+    def _warn_if_misaligned(self) -> None:
+        """Warns once per layer whose update angle stayed above 90 degrees ``patience`` times."""
+        recent = [report for _, report in self.history[-self.patience :]]
+        if len(recent) < self.patience:
+            return
+        for layer in recent[-1].hidden_angles():
+            angles = [r.update_angle.get(layer, math.nan) for r in recent]
+            if layer not in self._warned and all(a > 90 for a in angles):
+                self._warned.add(layer)
+                warnings.warn(
+                    f"layer {layer!r}: the rule's update has been more than 90 degrees from BP's "
+                    f"for {self.patience} measurements ({', '.join(f'{a:.0f}' for a in angles)}): "
+                    "it is not descending the loss. Check the feedback scale, the learning rate "
+                    "and whether a feedback point is a bottleneck",
+                    stacklevel=3,
+                )
 
     def step(self, batch: tuple[Any, Any]) -> AlignmentReport | None:
         self.steps += 1
@@ -178,6 +201,7 @@ class AlignmentMonitor:
             return None
         report = alignment(self.model, self.rule, batch, self.loss_fn)
         self.history.append((self.steps, report))
+        self._warn_if_misaligned()
         if self.callback is not None:
             self.callback(self.steps, report)
         return report

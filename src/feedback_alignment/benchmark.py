@@ -63,6 +63,7 @@ def default_rules() -> dict[str, Callable[[], Rule]]:
         "sign-DFA": lambda: SignDFA(seed=0),
         "DRTP": lambda: DRTP(seed=0),
         "Shallow": lambda: Shallow(seed=0),
+        MINIMAL_DFA: BP,  # placeholder factory: the row is built by _make_minimal_dfa_step
     }
 
 
@@ -81,6 +82,53 @@ def _make_step(
         optimizer.step()
 
     return step
+
+
+class _MinimalGraphCut(torch.autograd.Function):
+    """The floor for a DFA step: identity on ``y``, ``e @ B`` to every hidden tensor."""
+
+    @staticmethod
+    def forward(ctx, feedback: torch.Tensor, output: torch.Tensor, *hidden: torch.Tensor):
+        ctx.feedback, ctx.count = feedback, len(hidden)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error: torch.Tensor):
+        projected = error @ ctx.feedback
+        return (None, error, *([projected] * ctx.count))
+
+
+def _make_minimal_dfa_step(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, lr: float
+) -> Callable[[], None]:
+    """A hand-written DFA step for an equal-width tanh MLP: no hooks, no checks, no library.
+
+    It is the reference for the library's overhead: the same cut, the same one projection.
+    """
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    widths = {layer.out_features for layer in linears[:-1]}
+    if len(widths) != 1:
+        raise ValueError("the minimal DFA reference needs equal hidden widths")
+    width, out = widths.pop(), linears[-1].out_features
+    feedback = (torch.randn(out, width) / (width * out) ** 0.5).to(x.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        hidden, h = [], x
+        for layer in linears[:-1]:
+            h = torch.tanh(layer(h))
+            hidden.append(h)
+            h = h.detach()
+        logits = _MinimalGraphCut.apply(feedback, linears[-1](h), *hidden)
+        F.cross_entropy(logits, y).backward()
+        optimizer.step()
+
+    return step
+
+
+MINIMAL_DFA = "DFA (hand-written floor)"
+"""Name of the benchmark row that times :func:`_make_minimal_dfa_step`."""
 
 
 def peak_step_memory(step: Callable[[], None], device: torch.device) -> float:
@@ -126,6 +174,9 @@ def run_config(
     for rule_name, make_rule in rules.items():
         torch.manual_seed(seed)  # every rule starts from the same weights
         model = MLP(sizes, "tanh").to(dev)
+        if rule_name == MINIMAL_DFA:
+            steps[rule_name] = _make_minimal_dfa_step(model, x, y, 1e-3)
+            continue
         rule = make_rule()
         rule.apply(model)
         steps[rule_name] = _make_step(model, rule, x, y, 1e-3)

@@ -29,34 +29,41 @@ class Projector(Protocol):
         self,
         error: torch.Tensor,
         hidden_shapes: Sequence[torch.Size],
-        hidden_dtypes: Sequence[torch.dtype],
         needed: Sequence[bool],
     ) -> list[torch.Tensor | None]:
-        """Returns the signal for each hidden tensor (``None`` where not needed)."""
+        """Returns the signal for each hidden tensor, of its shape (``None`` where not needed).
+
+        The autograd engine casts each signal to its tensor's dtype (autocast).
+        """
         ...
 
 
 class DirectFeedbackFn(torch.autograd.Function):
     """Identity on ``y`` forward; backward hands ``e`` to ``y`` and ``B_l s(e)`` to each ``h_l``.
 
-    Call as ``DirectFeedbackFn.apply(projector, y, h_1, ..., h_k)``.
+    Call as ``DirectFeedbackFn.apply(projector, shapes, y, h_1, ..., h_k)`` where ``shapes`` are
+    the shapes of ``h_1, ..., h_k`` (the caller has them already; forward stays minimal because it
+    runs every step).
     """
 
     @staticmethod
-    def forward(ctx, projector: Projector, output: torch.Tensor, *hidden: torch.Tensor):
+    def forward(
+        ctx,
+        projector: Projector,
+        hidden_shapes: Sequence[torch.Size],
+        output: torch.Tensor,
+        *hidden: torch.Tensor,
+    ):
         ctx.projector = projector
-        ctx.hidden_shapes = [h.shape for h in hidden]
-        ctx.hidden_dtypes = [h.dtype for h in hidden]
+        ctx.hidden_shapes = hidden_shapes
         return output.view_as(output)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        needed = ctx.needs_input_grad[2:]
+        needed = ctx.needs_input_grad[3:]
         if any(needed):
-            signals = ctx.projector.project(
-                grad_output, ctx.hidden_shapes, ctx.hidden_dtypes, needed
-            )
+            signals = ctx.projector.project(grad_output, ctx.hidden_shapes, needed)
         else:
             signals = [None] * len(needed)
         ctx.projector = None  # drop the reference early: nothing of the step outlives it
-        return (None, grad_output, *signals)
+        return (None, None, grad_output, *signals)

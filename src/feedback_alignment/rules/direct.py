@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -288,15 +289,19 @@ class _Binding:
         self.calls: dict[str, int] = {}
         self.model = weakref.ref(model)
         model.register_buffer(FEEDBACK_BUFFER, None)
+        self.feeds = rule.signal is not None
+        self._signature: tuple | None = None  # shapes of the last validated forward pass
+        self._matrix_key: tuple | None = None
+        self._matrix_cache: torch.Tensor | None = None
         self.handles = [
-            model.register_forward_pre_hook(self._start_forward),
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
         ]
         for name, module in points:
             self.handles.append(module.register_forward_hook(partial(self._at_point, name)))
         if error_site is not None:
             self.handles.append(error_site.register_forward_hook(self._at_error_site))
-        self.handles.append(model.register_forward_hook(self._end_forward))
+        # always_call: the records are cleared even when the forward pass raises
+        self.handles.append(model.register_forward_hook(self._end_forward, always_call=True))
 
     def close(self, model: nn.Module) -> None:
         for handle in self.handles:
@@ -304,32 +309,37 @@ class _Binding:
         self.handles.clear()
         model._buffers.pop(FEEDBACK_BUFFER, None)
         self.records.clear()
+        self._matrix_cache = self._matrix_key = None
 
     # --- forward hooks ---------------------------------------------------------------------------
+
+    # These hooks run at every training step: they are kept free of avoidable work.
 
     def _active(self) -> bool:
         return torch.is_grad_enabled()
 
-    def _start_forward(self, module: nn.Module, args: Any) -> None:
-        self.records.clear()
-        self.calls.clear()
-
     def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
-        if not self._active():
+        if not torch.is_grad_enabled():
             return None
-        tensor, rebuild = _first_tensor(output, name)
+        if isinstance(output, torch.Tensor):
+            tensor, rebuild = output, None
+        else:
+            tensor, rebuild = _first_tensor(output, name)
         if not tensor.requires_grad:
             return None  # nothing below this point learns: no signal and no cut are needed
-        count = self.calls.get(name, 0)
-        self.calls[name] = count + 1
-        point = name if count == 0 else f"{name}#{count}"
-        for record in self.recorders:
-            record.append((point, tensor))
+        calls = self.calls
+        count = calls.get(name, 0)
+        calls[name] = count + 1
+        point = f"{name}#{count}" if count else name
+        if self.recorders:
+            for record in self.recorders:
+                record.append((point, tensor))
         if self.mode == "backprop":
             return None
-        if self.rule.signal is not None:
+        if self.feeds:
             self.records.append((point, tensor))
-        return rebuild(tensor.detach())
+        cut = tensor.detach()
+        return cut if rebuild is None else rebuild(cut)
 
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not self._active() or self.mode != "rule":
@@ -339,7 +349,7 @@ class _Binding:
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> Any:
         result = None
-        if self.error_at is None and self._active() and self.mode == "rule" and self.calls:
+        if self.error_at is None and self.calls and self.mode == "rule" and self._active():
             y = _select_output(output, self.output, type(module).__name__)
             if not y.requires_grad:
                 raise PlacementError(
@@ -364,6 +374,16 @@ class _Binding:
         records, self.records = self.records, []
         if not records:
             return y
+        hidden = [h for _, h in records]
+        shapes = [h.shape for h in hidden]
+        signature = (y.shape, shapes, [name for name, _ in records])
+        if signature != self._signature:
+            self._validate(y, records)
+            self._signature = signature
+        return DirectFeedbackFn.apply(self, shapes, y, *hidden)
+
+    def _validate(self, y: torch.Tensor, records: list[tuple[str, torch.Tensor]]) -> None:
+        """Checks a new set of shapes and fixes (or checks) the feedback layout for it."""
         if not y.is_floating_point():
             raise TypeError(f"the output where the error is taken has dtype {y.dtype}, not float")
         if y.dim() == 0:
@@ -381,7 +401,6 @@ class _Binding:
             widths.append(h.numel() // samples if samples else 0)
         out_features = y.shape[-1] if y.dim() > 1 else 1
         self._ensure_layout([n for n, _ in records], widths, out_features, y)
-        return DirectFeedbackFn.apply(self, y, *[h for _, h in records])
 
     def _ensure_layout(
         self, names: list[str], widths: list[int], out_features: int, y: torch.Tensor
@@ -410,6 +429,14 @@ class _Binding:
             dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
             buffer = draw(self.rule.feedback, shape, self.rule.seed, dtype=dtype, device=y.device)
             model._buffers[FEEDBACK_BUFFER] = buffer
+            narrow = {n: w for n, w in zip(names, widths, strict=True) if w < out_features}
+            if narrow:
+                warnings.warn(
+                    f"feedback points {narrow} are narrower than the output (d_out="
+                    f"{out_features}): B_l e cannot carry the whole error there, and DFA aligns "
+                    "poorly through such a bottleneck (Launay et al. 2019)",
+                    stacklevel=2,
+                )
         elif tuple(buffer.shape) != shape:
             raise PlacementError(
                 f"the loaded feedback matrix has shape {tuple(buffer.shape)} but these feedback "
@@ -422,7 +449,6 @@ class _Binding:
         self,
         error: torch.Tensor,
         hidden_shapes: Sequence[torch.Size],
-        hidden_dtypes: Sequence[torch.dtype],
         needed: Sequence[bool],
     ) -> list[torch.Tensor | None]:
         """``DirectFeedbackFn``'s backward: one matmul ``P = s(e) @ B``, then a slice per point."""
@@ -431,7 +457,7 @@ class _Binding:
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
         if layout is None or buffer is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")
-        if self.rule.check_finite and not math.isfinite(float(error.sum())):
+        if self.rule.check_finite and not math.isfinite(error.sum().item()):
             # one reduction and one sync: a NaN or Inf anywhere makes the sum non-finite
             bad = int((~torch.isfinite(error)).sum())
             raise FloatingPointError(
@@ -440,12 +466,14 @@ class _Binding:
                 "check_finite=False to skip this check)"
             )
         signal = self.rule.project_signal(error.reshape(-1, layout.out_features))
-        if buffer.dtype != signal.dtype or buffer.device != signal.device:
-            buffer = buffer.to(dtype=signal.dtype, device=signal.device)
         uniform = layout.uniform_scale
-        if uniform is not None and uniform != 1.0:
-            signal = signal * uniform  # scales (n, d_out) instead of every (n, n_l) slice
-        projected = signal @ buffer
+        projected = signal @ self._matrix(buffer, uniform, signal.dtype, signal.device)
+        if uniform is not None and layout.total == min(layout.widths):
+            # every point reads all columns with one scale: each gets a view of the same product
+            return [
+                (projected if projected.shape == shape else projected.view(shape)) if need else None
+                for shape, need in zip(hidden_shapes, needed, strict=True)
+            ]
         grads: list[torch.Tensor | None] = []
         for i, shape in enumerate(hidden_shapes):
             if not needed[i]:
@@ -455,11 +483,22 @@ class _Binding:
             grad = projected if width == layout.total else projected[:, start : start + width]
             if uniform is None:
                 grad = grad * layout.scales[i]
-            grad = grad.reshape(shape)
-            if grad.dtype != hidden_dtypes[i]:
-                grad = grad.to(hidden_dtypes[i])
-            grads.append(grad)
+            grads.append(grad.reshape(shape))
         return grads
+
+    def _matrix(
+        self, buffer: torch.Tensor, scale: float | None, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """The buffer in the signal's dtype and device, times the common scale if there is one.
+
+        Cached until the buffer is replaced, modified in place, cast or moved.
+        """
+        key = (id(buffer), buffer._version, dtype, device, scale)
+        if self._matrix_key != key:
+            matrix = buffer.detach().to(dtype=dtype, device=device)
+            self._matrix_cache = matrix * scale if scale not in (None, 1.0) else matrix
+            self._matrix_key = key
+        return self._matrix_cache
 
     # --- checkpoints -----------------------------------------------------------------------------
 
@@ -474,6 +513,7 @@ class _Binding:
             device = current.device if current is not None else incoming.device
             module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
         self.layout = None  # re-checked against the loaded matrix at the next forward pass
+        self._signature = None
 
 
 def _first_tensor(output: Any, where: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
