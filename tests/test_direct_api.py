@@ -356,3 +356,26 @@ def test_editing_the_feedback_buffer_in_place_takes_effect(batch):
     after = _step(model, x, y)
     torch.testing.assert_close(after["0.weight"], 2 * before["0.weight"])
     torch.testing.assert_close(after["4.weight"], before["4.weight"])  # the top layer: true grad
+
+
+def test_a_failed_forward_pass_leaves_no_stale_records(batch):
+    x, y = batch
+    model = _mlp()
+    rule = fa.DFA()
+    rule.apply(model)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(5, 7))  # wrong input width: the first layer raises after no point ran
+    broken = {"raise": True}
+
+    def fail_in_top(module, args):
+        if broken.pop("raise", False):
+            raise RuntimeError("boom")
+
+    handle = model[4].register_forward_pre_hook(fail_in_top)  # raises after both points ran
+    with pytest.raises(RuntimeError, match="boom"):
+        model(x)
+    handle.remove()
+    reference = _mlp()
+    fa.DFA().apply(reference)
+    got, expected = _step(model, x, y), _step(reference, x, y)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)

@@ -348,6 +348,10 @@ class _Binding:
         return rebuild(self._inject(tensor))
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if output is None:  # the forward pass raised (or returned nothing): forget its records
+            self.records.clear()
+            self.calls.clear()
+            return None
         result = None
         if self.error_at is None and self.calls and self.mode == "rule" and self._active():
             y = _select_output(output, self.output, type(module).__name__)
