@@ -1,0 +1,58 @@
+"""Real data sets for the experiments: one registry, offline sources first.
+
+Each data set declares ordered sources -- the local cache, an offline *carrier* (a pip or Debian
+package that ships the files, read without importing it), then the canonical download checked
+against a pinned sha256. The library parses the standard formats itself.
+
+Example:
+    >>> from feedback_alignment import data
+    >>> digits = data.load("digits")            # ImageData, x_train (1437, 1, 8, 8)
+    >>> [s.name for s in data.list_specs("graphs")]
+    ['citeseer', 'cora', 'pubmed']
+
+The cache lives in ``$FEEDBACK_ALIGNMENT_DATA`` if set, else
+``$XDG_CACHE_HOME/feedback-alignment`` (default ``~/.cache/feedback-alignment``).
+``python -m feedback_alignment.data list`` shows what exists and what is cached.
+"""
+
+from . import graphs, images, ratings, scenes, text
+from .cache import ENV_VAR, cache_root, dataset_dir
+from .graphs import GraphData
+from .images import ImageData
+from .ratings import CTRData
+from .registry import (
+    FAMILIES,
+    DatasetSpec,
+    DataUnavailableError,
+    ensure,
+    get_spec,
+    is_cached,
+    list_specs,
+    load,
+)
+from .scenes import SceneViews
+from .text import CharCorpus
+
+__all__ = [
+    "ENV_VAR",
+    "FAMILIES",
+    "CTRData",
+    "CharCorpus",
+    "DataUnavailableError",
+    "DatasetSpec",
+    "GraphData",
+    "ImageData",
+    "SceneViews",
+    "cache_root",
+    "dataset_dir",
+    "ensure",
+    "get_spec",
+    "graphs",
+    "images",
+    "is_cached",
+    "list_specs",
+    "load",
+    "ratings",
+    "scenes",
+    "text",
+]
