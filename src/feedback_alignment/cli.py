@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--configs", nargs="+", default=["mlp-8x1024", "mlp-4x256"], help="benchmark models"
     )
-    bench.add_argument("--rules", nargs="+", default=["BP", "DFA", "sign-DFA", "DRTP", "Shallow"])
+    bench.add_argument(
+        "--rules",
+        nargs="+",
+        default=["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "minimal"],
+        help="'minimal' adds a hand-written DFA step without the library (the floor)",
+    )
     bench.add_argument("--batch", type=int, default=256)
     bench.add_argument("--rounds", type=int, default=60, help="interleaved timed steps per rule")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
