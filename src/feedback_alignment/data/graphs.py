@@ -173,6 +173,7 @@ class _PlanetoidUnpickler(pickle.Unpickler):
             or (module in ("__builtin__", "builtins")
                 and name in ("object", "list", "dict", "set", "tuple", "int"))
             or (module == "collections" and name in ("defaultdict", "OrderedDict"))
+            or (module == "_codecs" and name == "encode")  # bytes in Python 3 protocol 2
         )
         if not allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")

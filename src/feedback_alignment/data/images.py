@@ -117,6 +117,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
     })
 
     def find_class(self, module: str, name: str) -> object:
