@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from .cache import cache_root, dataset_dir, human_size, tree_size
-from .registry import DataUnavailableError, ensure, is_cached, list_specs
+from .registry import DataUnavailableError, ensure, get_spec, is_cached, list_specs
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -54,6 +54,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         try:
             directory = ensure(name, kinds=kinds)
+            prepare = get_spec(name).prepare
+            if prepare is not None:
+                prepare(directory)
         except (DataUnavailableError, ValueError) as exc:
             print(f"  FAILED\n{exc}", file=sys.stderr)
             failed.append(name)

@@ -37,6 +37,8 @@ class DatasetSpec:
         files: Relative paths that must exist for the data set to be usable; lets a user drop
             files into the cache directory by hand.
         size: Approximate size on disk, for ``data list``.
+        prepare: Optional ``prepare(directory)`` run by ``data fetch`` after the files are in
+            place, for derived products worth caching ahead of use (rendered scene views).
     """
 
     name: str
@@ -47,6 +49,7 @@ class DatasetSpec:
     sources: tuple[Source, ...]
     files: tuple[str, ...] = ()
     size: str = "?"
+    prepare: Callable[[Path], None] | None = None
     offline: bool = field(init=False)
 
     def __post_init__(self) -> None:

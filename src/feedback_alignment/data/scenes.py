@@ -253,6 +253,11 @@ def load_duck_dir(directory: Path, *, size: int = 100, n_train: int = 40,
     return views
 
 
+def prepare_duck(directory: Path) -> None:
+    """Render the default views at fetch time, so the first training run does not wait."""
+    load_duck_dir(directory)
+
+
 def load_tiny_nerf_dir(directory: Path, **kwargs: int) -> SceneViews:
     """The tiny-NeRF lego scene (106 views of 100x100; the last 6 are the test views)."""
     return load_tiny_nerf_npz(directory / "tiny_nerf_data.npz", **kwargs)
@@ -272,6 +277,7 @@ register(DatasetSpec(
                            {"duck.dae": _ASSIMP + "duck.dae",
                             "duckCM.tga": _ASSIMP + "duckCM.tga"}),),
     size="1.1 MB",
+    prepare=prepare_duck,
 ))
 
 register(DatasetSpec(
