@@ -274,3 +274,45 @@ def _hidden_layers(model: nn.Module, weights: dict[str, str], points: list[str])
         return list(weights)[:-1]
     last = max(positions)
     return [name for name in weights if order.index(name) < last]
+
+
+@dataclass(frozen=True)
+class WeightAlignment:
+    """How close a layer's feedback ``B`` is to ``W^T``.
+
+    Attributes:
+        angle: degrees between ``vec(W^T)`` and ``vec(B)`` (0: ``B`` is ``W^T`` up to scale).
+        norm_ratio: ``||B||_F / ||W||_F``.
+    """
+
+    angle: float
+    norm_ratio: float
+
+
+def weight_alignment(model: nn.Module, rule: Rule) -> dict[str, WeightAlignment]:
+    """Per converted layer, the angle between ``vec(W^T)`` and ``vec(B)`` and their norm ratio.
+
+    For a layer-wise rule (FA, sign-symmetry, Kolen-Pollack, weight mirror) applied to ``model``;
+    reads the current weights and feedback without side effects (brSF: the draw its next training
+    step would use, without advancing its stream).
+
+    References:
+        Lillicrap et al., "Random synaptic feedback weights support error backpropagation for deep
+        learning", Nature Communications 2016.
+        Akrout et al., "Deep Learning without Weight Transport", NeurIPS 2019.
+    """
+    from feedback_alignment.rules.layerwise import LayerwiseFeedback
+
+    if not isinstance(rule, LayerwiseFeedback):
+        raise TypeError(
+            f"weight_alignment needs a layer-wise rule (FA, uSF, frSF, brSF, KolenPollack, "
+            f"WeightMirror), got {rule!r}; for other rules use alignment(...) (update angles)"
+        )
+    result = {}
+    for path, feedback_t in rule.feedback_matrices(model).items():
+        weight = model.get_submodule(path).weight.detach()
+        weight_norm = float(weight.double().norm())
+        ratio = float(feedback_t.double().norm()) / weight_norm if weight_norm else math.nan
+        # B^T is stored in W's shape: the angle between vec(W) and vec(B^T) is that of W^T and B
+        result[path] = WeightAlignment(angle_degrees(feedback_t, weight), ratio)
+    return result

@@ -67,3 +67,123 @@ class DirectFeedbackFn(torch.autograd.Function):
             signals = [None] * len(needed)
         ctx.projector = None  # drop the reference early: nothing of the step outlives it
         return (None, None, grad_output, *signals)
+
+
+# --- Layer-wise feedback (FA, sign-symmetry, Kolen-Pollack, weight mirror) -----------------------
+#
+# A layer-wise rule replaces, in each weight layer's backward pass, the use of ``W^T`` that carries
+# the error to the layer's input by a feedback matrix ``B`` of the shape of ``W^T``. The Functions
+# below take ``F = B^T`` (the shape of ``W``, so that a convolution's feedback is a kernel of the
+# weight's layout); ``F = W`` is backpropagation. The weight (and bias) gradient stays the true
+# local one, ``dW = delta h^T``, which never reads ``W``: only ``h`` and ``F`` are saved.
+#
+# References:
+#     Lillicrap et al., "Random synaptic feedback weights support error backpropagation for deep
+#     learning", Nature Communications 2016.
+#     Liao, Leibo, Poggio, "How Important Is Weight Symmetry in Backpropagation?", AAAI 2016.
+
+
+def linear_weight_grad(inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """``dW = sum over every leading axis of grad_out^T h``, shape ``(out, in)``."""
+    rows = grad_output.reshape(-1, grad_output.shape[-1])
+    return rows.T @ inputs.reshape(-1, inputs.shape[-1]).to(rows.dtype)
+
+
+class LinearFeedbackFn(torch.autograd.Function):
+    """``y = h W^T + b`` forward; backward: ``dL/dh = g F``, ``dW = g^T h``, ``db = sum g``.
+
+    ``g = dL/dy`` and ``F = B^T`` has ``W``'s shape ``(out, in)``. ``h`` may have any number of
+    leading axes (batch, tokens, graph nodes): they are summed over in ``dW`` and ``db``.
+
+    Call as ``LinearFeedbackFn.apply(h, weight, bias_or_None, feedback)``.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, feedback):
+        ctx.save_for_backward(inputs, feedback)
+        return torch.nn.functional.linear(inputs, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs, feedback = ctx.saved_tensors
+        need_input, need_weight, need_bias, _ = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if need_input:
+            grad_input = grad_output @ feedback.to(grad_output.dtype)
+        if need_weight:
+            grad_weight = linear_weight_grad(inputs, grad_output)
+        if need_bias:
+            grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(dim=0)
+        return grad_input, grad_weight, grad_bias, None
+
+
+_CONV_FORWARD = {
+    1: torch.nn.functional.conv1d,
+    2: torch.nn.functional.conv2d,
+    3: torch.nn.functional.conv3d,
+}
+
+
+def conv_nd(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: tuple
+) -> torch.Tensor:
+    """The N-d convolution of ``weight``'s rank; ``conv = (stride, padding, dilation, groups)``."""
+    return _CONV_FORWARD[weight.dim() - 2](inputs, weight, bias, *conv)
+
+
+def conv_backward(
+    grad_output: torch.Tensor,
+    inputs: torch.Tensor,
+    kernel: torch.Tensor,
+    conv: tuple,
+    mask: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Input, weight and bias gradients of a batched convolution, input gradient through ``kernel``.
+
+    ``conv = (stride, padding, dilation, groups)`` with integer padding. The weight gradient does
+    not depend on the kernel's values (only its shape), so passing the feedback kernel ``F`` gives
+    ``dL/dh`` through ``F`` and the true ``dW`` in one call.
+    """
+    stride, padding, dilation, groups = conv
+    dtype = grad_output.dtype
+    grads = torch.ops.aten.convolution_backward(
+        grad_output,
+        inputs.to(dtype),
+        kernel.to(dtype),
+        [kernel.shape[0]] if mask[2] else None,
+        list(stride),
+        list(padding),
+        list(dilation),
+        False,
+        [0] * len(stride),
+        groups,
+        list(mask),
+    )
+    return tuple(g if need else None for g, need in zip(grads, mask, strict=True))
+
+
+class ConvFeedbackFn(torch.autograd.Function):
+    """N-d convolution forward (N = 1, 2, 3); backward hands the input ``conv_input(g, F)``.
+
+    ``dL/dh`` is the transposed convolution of ``g = dL/dy`` with the feedback kernel ``F = B^T``
+    (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients. Any stride,
+    integer padding, dilation and groups; the input must be batched ``(N, C, *spatial)``.
+
+    Call as ``ConvFeedbackFn.apply(h, weight, bias_or_None, feedback, stride, padding, dilation,
+    groups)`` with tuples of ``N`` integers.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, feedback, stride, padding, dilation, groups):
+        ctx.save_for_backward(inputs, feedback)
+        ctx.conv = (stride, padding, dilation, groups)
+        return conv_nd(inputs, weight, bias, ctx.conv)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs, feedback = ctx.saved_tensors
+        mask = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        if not any(mask):
+            return (None,) * 8
+        grads = conv_backward(grad_output, inputs, feedback, ctx.conv, mask)
+        return (*grads, None, None, None, None, None)

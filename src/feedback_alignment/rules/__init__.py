@@ -1,4 +1,4 @@
-"""Learning rules: backpropagation and the direct-feedback family."""
+"""Learning rules: backpropagation, the direct-feedback family and the layer-wise family."""
 
 from feedback_alignment.rules.backprop import BP
 from feedback_alignment.rules.base import Rule
@@ -10,5 +10,34 @@ from feedback_alignment.rules.direct import (
     Shallow,
     SignDFA,
 )
+from feedback_alignment.rules.layerwise import (
+    FA,
+    KolenPollack,
+    LayerwiseFeedback,
+    SignSymmetry,
+    UnsupportedLayerError,
+    WeightMirror,
+    brSF,
+    frSF,
+    uSF,
+)
 
-__all__ = ["BP", "DFA", "DRTP", "FEEDBACK_BUFFER", "DirectFeedback", "Rule", "Shallow", "SignDFA"]
+__all__ = [
+    "BP",
+    "DFA",
+    "DRTP",
+    "FA",
+    "FEEDBACK_BUFFER",
+    "DirectFeedback",
+    "KolenPollack",
+    "LayerwiseFeedback",
+    "Rule",
+    "Shallow",
+    "SignDFA",
+    "SignSymmetry",
+    "UnsupportedLayerError",
+    "WeightMirror",
+    "brSF",
+    "frSF",
+    "uSF",
+]
