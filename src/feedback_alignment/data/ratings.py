@@ -193,16 +193,16 @@ def load_movielens_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
         for g in gs:
             if g in genre_index:
                 multi_hot[row, genre_index[g]] = 1.0
+    primary = [ML_GENRES[int(r.argmax())] if r.any() else "" for r in multi_hot]
     columns: dict[str, list[str]] = {k: [] for k in ("user", "item", "genre", "age", "gender",
                                                      "occupation")}
     rows, stars = [], np.empty(len(ratings), np.float32)
     for i, (user, item, rating) in enumerate(ratings):
         age, gender, occupation = users[user]
         row = item_row.get(item, 0)
-        present = np.flatnonzero(multi_hot[row])
         columns["user"].append(user)
         columns["item"].append(item)
-        columns["genre"].append(ML_GENRES[present[0]] if len(present) else "")
+        columns["genre"].append(primary[row])
         columns["age"].append(_age_bucket(int(age)))
         columns["gender"].append(gender)
         columns["occupation"].append(occupation)
