@@ -15,8 +15,8 @@ rule                      ``B^T`` (the shape of ``W``)               state (buff
 :class:`FA`               ``s * R``, ``R`` fixed random              ``weight_feedback``
 :class:`uSF`              ``s * sign(W)``                            none
 :class:`frSF`             ``s * |M| * sign(W)``, ``M`` fixed         ``feedback_magnitude`` (s|M|)
-:class:`brSF`             ``s * |M_t| * sign(W)``, new ``M_t`` per   ``feedback_step`` (``t``)
-                          training forward call, drawn from ``t``
+:class:`brSF`             ``s * |M_t| * sign(W)``, new ``M_t`` per   ``feedback_stream``
+                          training forward call                      (``k``, ``t``)
 :class:`KolenPollack`     starts as FA; receives ``W``'s update      ``weight_feedback``
                           with ``W``'s decay swapped for its own
 :class:`WeightMirror`     starts as FA; learnt from noise in an      ``weight_feedback``
@@ -24,8 +24,9 @@ rule                      ``B^T`` (the shape of ``W``)               state (buff
 ========================= ========================================== ===============================
 
 Seeds: layer ``i`` (in ``named_modules`` order of the converted layers) draws with
-:func:`layer_seed(seed, i) <layer_seed>` (brSF: ``layer_seed(seed, i, t)``) through
-:func:`feedback_alignment.feedback.draw`, so a seed gives the same feedback on every machine.
+``k = layer_seed(seed, i)`` (:func:`layer_seed`) through :func:`feedback_alignment.feedback.draw`,
+so a seed gives the same feedback on every machine; brSF's draw number ``t`` uses
+``layer_seed(k, t)``, and ``(k, t)`` is in ``state_dict``, so a checkpoint resumes the stream.
 
 Scale ``s``: ``"init"`` (default) makes the entries of ``B`` have the standard deviation of
 PyTorch's default initialisation of ``W``, ``1/sqrt(3 fan_in)`` (BioTorch's uSF scale), for every
@@ -92,8 +93,9 @@ FEEDBACK_WEIGHT = "weight_feedback"
 """Buffer holding ``B^T`` (``W``'s shape) on each converted layer of FA, KP and weight mirror."""
 FEEDBACK_MAGNITUDE = "feedback_magnitude"
 """Buffer holding frSF's fixed ``s|M|`` (``W``'s shape) on each converted layer."""
-FEEDBACK_STEP = "feedback_step"
-"""Buffer holding brSF's draw counter ``t`` (int64 scalar) on each converted layer."""
+FEEDBACK_STREAM = "feedback_stream"
+"""Buffer holding brSF's stream ``(k, t)`` (int64 pair) on each converted layer: draw ``t`` of the
+layer's magnitudes uses ``layer_seed(k, t)`` with ``k = layer_seed(seed, i)``."""
 
 SUPPORTED_LAYERS: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
@@ -149,6 +151,7 @@ class _Layer:
     index: int
     scale: float = 1.0
     weight_params: list[nn.Parameter] = field(default_factory=list)
+    cache: Any = None  # a rule's per-layer memo (brSF: the stream position last seen)
 
 
 class _Binding:
@@ -520,7 +523,8 @@ class SignSymmetry(LayerwiseFeedback):
 
     Variants (Moskovitz et al. 2018): ``"usf"`` ``M = 1`` (uniform); ``"frsf"`` ``M`` fixed random
     (buffer ``feedback_magnitude`` holds ``s|M|``); ``"brsf"`` a new ``M_t`` at every training
-    forward call, drawn from ``layer_seed(seed, i, t)`` with ``t`` the buffer ``feedback_step``.
+    forward call ``t``, drawn from ``layer_seed(k, t)`` with ``(k, t)`` the buffer
+    ``feedback_stream`` (``k = layer_seed(seed, i)``).
 
     Args:
         variant: ``"usf"``, ``"frsf"`` or ``"brsf"``.
@@ -552,7 +556,9 @@ class SignSymmetry(LayerwiseFeedback):
         self.variant = variant
         self.distribution = _check_distribution(distribution)
         self.name = {"usf": "uSF", "frsf": "frSF", "brsf": "brSF"}[variant]
-        self.buffers = {"usf": (), "frsf": (FEEDBACK_MAGNITUDE,), "brsf": (FEEDBACK_STEP,)}[variant]
+        self.buffers = {"usf": (), "frsf": (FEEDBACK_MAGNITUDE,), "brsf": (FEEDBACK_STREAM,)}[
+            variant
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -566,8 +572,10 @@ class SignSymmetry(LayerwiseFeedback):
             magnitude = _unit_draw(self.distribution, weight, seed).abs() * layer.scale
             layer.module.register_buffer(FEEDBACK_MAGNITUDE, magnitude)
         elif self.variant == "brsf":
-            step = torch.zeros((), dtype=torch.int64, device=weight.device)
-            layer.module.register_buffer(FEEDBACK_STEP, step)
+            stream = [layer_seed(self.seed, layer.index), 0]
+            layer.module.register_buffer(
+                FEEDBACK_STREAM, torch.tensor(stream, dtype=torch.int64, device=weight.device)
+            )
 
     def _feedback(self, layer: _Layer, weight: torch.Tensor, advance: bool) -> torch.Tensor:
         sign = torch.sign(weight)
@@ -575,10 +583,17 @@ class SignSymmetry(LayerwiseFeedback):
             return sign * layer.scale
         if self.variant == "frsf":
             return sign * layer.module._buffers[FEEDBACK_MAGNITUDE]
-        counter = layer.module._buffers[FEEDBACK_STEP]
-        seed = layer_seed(self.seed, layer.index, int(counter))
+        stream = layer.module._buffers[FEEDBACK_STREAM]
+        cached = layer.cache
+        if cached is not None and cached[0] == (id(stream), stream._version):
+            base, step = cached[1:]
+        else:  # read the buffer (one device sync) only after a load or a move
+            base, step = (int(v) for v in stream.tolist())
+        seed = layer_seed(base, step)
         if advance:
-            counter.add_(1)
+            stream[1] += 1
+            step += 1
+        layer.cache = ((id(stream), stream._version), base, step)
         return sign * _unit_draw(self.distribution, weight, seed).abs() * layer.scale
 
 
