@@ -26,6 +26,15 @@ from oracle import project, slices, softmax_ce_error
 VOCAB, TOKENS, BATCH = 7, 5, 3
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(norm: str, n_layer: int = 2) -> CharTransformer:
     torch.manual_seed(0)
     config = TransformerConfig(

@@ -1,0 +1,187 @@
+"""NeRF: the renderer against finite differences, DFA's per-sample-point signal in float64, training.
+
+The error of DFA is ``e = dL/d raw`` at the field's output, per sample point, computed *through the
+exact renderer*; the reference below gets it from ``volume_render`` by autograd on an untouched copy
+of the field and projects it by hand with the documented slicing and scaling (``oracle.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import feedback_alignment as fa
+from feedback_alignment.models.nerf import (
+    NeRFConfig,
+    NeRFRenderer,
+    camera_rays,
+    feedback_points,
+    positional_encoding,
+    psnr,
+    ssim,
+    volume_render,
+)
+from oracle import project, slices
+
+TINY = NeRFConfig(depth=3, width=6, skips=(2,), view_width=5, pos_freqs=2, dir_freqs=1, n_samples=5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rays(n: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from a sphere of radius 4 towards points near the origin (the duck's rig)."""
+    origins = F.normalize(torch.randn(n, 3, dtype=dtype), dim=-1) * 4.0
+    targets = 0.3 * torch.randn(n, 3, dtype=dtype)
+    return origins, (targets - origins) / 4.0
+
+
+def test_volume_render_matches_finite_differences():
+    torch.set_default_dtype(torch.float64)
+    raw = torch.randn(3, 5, 4, requires_grad=True)
+    raw.data[..., 3] = raw.data[..., 3].abs() + 0.05  # keep densities off ReLU's kink
+    depths = (torch.linspace(2, 6, 5) + 0.1 * torch.rand(3, 5)).requires_grad_()
+    directions = torch.randn(3, 3, requires_grad=True)
+    for white in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda r, z, d, w=white: volume_render(r, z, d, w), (raw, depths, directions)
+        )
+
+
+def test_volume_render_composites_an_opaque_sample_and_the_background():
+    raw = torch.full((2, 3, 4), -30.0)  # black, no density
+    raw[0, 1, 3] = 1e4  # ray 0 meets an opaque sample in the middle
+    raw[0, 1, :3] = 30.0  # white there
+    depths = torch.tensor([[2.0, 3.0, 4.0]] * 2)
+    rgb, depth, opacity = volume_render(raw, depths, torch.tensor([[0, 0, -1.0]] * 2), False)
+    torch.testing.assert_close(rgb[0], torch.ones(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rgb[1], torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(depth[0], torch.tensor(3.0))
+    torch.testing.assert_close(opacity, torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
+    white, _, _ = volume_render(raw, depths, torch.tensor([[0, 0, -1.0]] * 2), True)
+    torch.testing.assert_close(white[1], torch.ones(3), atol=1e-6, rtol=0)  # background shows
+
+
+def test_camera_rays_point_along_minus_z_through_the_centre():
+    c2w = torch.eye(4)
+    c2w[:3, 3] = torch.tensor([0.0, 0.0, 4.0])
+    origins, directions = camera_rays(4, 6, 10.0, c2w)
+    assert origins.shape == directions.shape == (4, 6, 3)
+    torch.testing.assert_close(directions[..., 2], -torch.ones(4, 6))
+    torch.testing.assert_close(directions.mean(dim=(0, 1)), torch.tensor([0.0, 0.0, -1.0]))
+    assert directions[0, -1, 0] > 0 and directions[0, -1, 1] > 0  # top right: +x, +y
+
+
+def test_positional_encoding_and_metrics():
+    x = torch.randn(2, 7, 3)
+    assert positional_encoding(x, 4).shape == (2, 7, 27)
+    torch.testing.assert_close(positional_encoding(x, 4)[..., :3], x)
+    image = torch.rand(16, 16, 3)
+    assert psnr(image, image) > 100 and ssim(image, image) == pytest.approx(1.0)
+    assert psnr(image.clamp(0, 0.5), image) < psnr(image.clamp(0, 0.9), image)
+    with pytest.raises(ValueError, match="skips"):
+        NeRFConfig(depth=3, skips=(3,))
+    with pytest.raises(ValueError, match="do not match"):
+        volume_render(torch.zeros(2, 3, 4), torch.zeros(2, 4), torch.zeros(2, 3), True)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_dfa_error_per_sample_point_is_taken_through_the_renderer(shared):
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    model = NeRFRenderer(TINY).double().eval()  # eval: fixed sample depths, the same in both
+    ref = copy.deepcopy(model)
+    rule = fa.DFA(seed=4, shared=shared)
+    points = feedback_points("field", TINY)
+    rule.apply(model, points=points, error_at="field")
+    origins, directions = _rays(4)
+    target = torch.rand(4, 3)
+
+    arrived: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), rule.recording(model) as record:
+        rgb = model(origins, directions)
+    for name, h in record:
+        h.register_hook(lambda grad, name=name: arrived.__setitem__(name, grad))
+    F.mse_loss(rgb, target).backward()
+    assert [name for name, _ in record] == points
+
+    # e = dL/d raw through the exact renderer, on the untouched copy
+    captured = {}
+    handle = ref.field.register_forward_hook(lambda m, a, out: captured.setdefault("raw", out))
+    loss = F.mse_loss(ref(origins, directions), target)
+    handle.remove()
+    raw = captured["raw"]
+    assert raw.shape == (4, TINY.n_samples, 4)  # (rays, samples, raw)
+    error = torch.autograd.grad(loss, raw, retain_graph=True)[0]
+    widths = [h.shape[-1] for _, h in record]
+    feedback = slices(
+        model.state_dict()[fa.FEEDBACK_BUFFER], widths, shared=shared, scaling="principled"
+    )
+    assert model.state_dict()[fa.FEEDBACK_BUFFER].shape[0] == 4  # d_out = raw's 4 channels
+    for (name, h), b in zip(record, feedback, strict=True):  # B_l e per sample point
+        torch.testing.assert_close(arrived[name], project(error, b, h), rtol=1e-10, atol=1e-14)
+
+    # the first layer by hand: delta = (B_0 e) * relu'(a_0), dW = delta^T gamma(x)
+    h0 = dict(record)["field.trunk.0"]
+    delta = project(error, feedback[0], h0) * (h0 > 0)
+    depths = torch.linspace(2, 6, TINY.n_samples + 1)
+    mids = (depths[:-1] + depths[1:]) / 2
+    gamma = positional_encoding(origins[:, None] + directions[:, None] * mids[:, None], 2)
+    first = model.field.trunk[0][0]
+    torch.testing.assert_close(first.weight.grad, delta.reshape(-1, 6).T @ gamma.reshape(-1, 15))
+    # the top (density and colour layers) gets the true gradient
+    top = [ref.field.sigma.weight, ref.field.rgb.weight, ref.field.rgb.bias]
+    for got, want in zip(
+        [model.field.sigma.weight, model.field.rgb.weight, model.field.rgb.bias],
+        torch.autograd.grad(loss, top),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.grad, want)
+
+
+@pytest.mark.parametrize("rule_name", ["BP", "DFA", "Shallow"])
+def test_a_few_steps_lower_the_loss(rule_name):
+    torch.manual_seed(0)
+    config = NeRFConfig(
+        depth=3, width=32, skips=(2,), view_width=16, pos_freqs=4, dir_freqs=2, n_samples=16
+    )
+    model = NeRFRenderer(config)
+    rule = {"BP": fa.BP, "DFA": fa.DFA, "Shallow": fa.Shallow}[rule_name]()
+    if rule_name == "BP":
+        rule.apply(model)
+    else:
+        rule.apply(model, points=feedback_points("field", config), error_at="field")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    origins, directions = _rays(128, torch.float32)
+    # a red ball of radius 0.8 at the origin on white: the colour depends on whether a ray hits it
+    closest = (origins * directions).sum(-1, keepdim=True) / (directions**2).sum(-1, keepdim=True)
+    miss = (origins - closest * directions).norm(dim=-1, keepdim=True)
+    target = torch.where(miss < 0.8, torch.tensor([0.9, 0.1, 0.1]), torch.ones(3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(40):
+        loss = F.mse_loss(model(origins, directions), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert min(losses[-5:]) < 0.8 * losses[0], losses
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    if rule_name == "Shallow":
+        assert moved == {
+            "field.sigma.weight",
+            "field.sigma.bias",
+            "field.rgb.weight",
+            "field.rgb.bias",
+        }
+    else:
+        assert "field.trunk.0.0.weight" in moved and "field.feature.weight" in moved
