@@ -10,6 +10,7 @@ that signal down to the segment's detached input, computed here on an untouched 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -205,3 +206,25 @@ def test_a_few_steps_lower_the_loss(rule_name, placement):
         assert moved == {"lm_head.weight", "lm_head.bias"}
     else:
         assert "blocks.0.attn.qkv.weight" in moved and "tok_emb.weight" in moved
+
+
+def test_transformer_task_writes_results_table_samples_and_plot(tmp_path):
+    from dataclasses import replace
+
+    from feedback_alignment.experiments import language
+    from feedback_alignment.experiments.registry import RunOptions, tasks
+
+    assert "transformer" in tasks()
+    config = replace(
+        language.QUICK, steps=20, warmup=5, eval_every=10, eval_batches=2, sample_chars=20
+    )
+    report = language.run(RunOptions(out_dir=tmp_path, quick=True, progress=False), config)
+    for name in ("results.json", "samples.md", "table.md", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    assert "| DFA-micro |" in report.markdown and "Ordering found" in report.markdown
+    assert "QUICK MODE" in report.markdown
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [r["rule"] for r in runs] == ["BP", "DFA-macro", "DFA-micro", "Shallow"]
+    assert all(r["sample"].startswith(config.prompt) for r in runs)
+    with pytest.raises(ValueError, match="unknown rules"):
+        language.LanguageConfig(rules=("FA",))

@@ -8,7 +8,7 @@ The field maps a 3-D point ``x`` and a viewing direction ``d`` to ``raw = (rgb l
     v = ReLU(W_v [W_f h_{depth-1}, gamma(d)]);  rgb = W_rgb v   (colour: view dependent)
 
 and the renderer composites ``raw`` along each ray by the quadrature of Mildenhall et al. (2020):
-``alpha_k = 1 - exp(-relu(sigma_k) delta_k)``, ``T_k = prod_{j<k} (1 - alpha_j)``,
+``alpha_k = 1 - exp(-softplus(sigma_k) delta_k)``, ``T_k = prod_{j<k} (1 - alpha_j)``,
 ``C = sum_k T_k alpha_k sigmoid(rgb_k)`` (plus ``1 - sum_k T_k alpha_k`` of white background).
 
 For direct feedback, :class:`NeRFRenderer` holds the field as its submodule ``field`` and renders
@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -96,7 +97,7 @@ class NeRF(nn.Module):
     """The radiance field: points ``(..., 3)`` and directions ``(..., 3)`` -> raw ``(..., 4)``.
 
     ``raw[..., :3]`` are colour logits (a sigmoid makes them RGB) and ``raw[..., 3]`` the density
-    before its ReLU; the renderer applies both, so that the error at ``raw`` covers them.
+    before its softplus; the renderer applies both, so that the error at ``raw`` covers them.
     """
 
     def __init__(self, config: NeRFConfig) -> None:
@@ -178,9 +179,8 @@ def volume_render(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composites ``raw`` ``(R, S, 4)`` at ``depths`` ``(R, S)`` along rays ``(R, 3)``.
 
-    Returns ``(rgb (R, 3), depth (R,), opacity (R,))``. Differentiable everywhere except where a
-    density is exactly zero (its ReLU); the last interval is "infinite" (``1e10``), so a ray ends
-    at its last sample, as in the NeRF authors' code.
+    Returns ``(rgb (R, 3), depth (R,), opacity (R,))``, smooth in every input. The last interval is
+    "infinite" (``1e10``), so a ray ends at its last sample, as in the NeRF authors' code.
     """
     if raw.shape[:-1] != depths.shape or raw.shape[-1] != 4:
         raise ValueError(
@@ -188,7 +188,10 @@ def volume_render(
             "raw (rays, samples, 4) and depths (rays, samples)"
         )
     colour = torch.sigmoid(raw[..., :3])  # (R, S, 3)
-    density = torch.relu(raw[..., 3])  # (R, S)
+    # softplus, not the original ReLU: a ReLU density that goes negative everywhere early in training
+    # (the scene is mostly white background) has no gradient left and never recovers; mip-NeRF
+    # made the same change
+    density = F.softplus(raw[..., 3])  # (R, S)
     gaps = depths[..., 1:] - depths[..., :-1]
     gaps = torch.cat([gaps, torch.full_like(gaps[..., :1], 1e10)], dim=-1)  # (R, S)
     gaps = gaps * directions.norm(dim=-1, keepdim=True)  # depth -> distance along the ray
