@@ -16,7 +16,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-TASK_MODULES: tuple[str, ...] = ("feedback_alignment.experiments.quick_digits",)
+TASK_MODULES: tuple[str, ...] = (
+    "feedback_alignment.experiments.quick_digits",
+    "feedback_alignment.experiments.language",
+    "feedback_alignment.experiments.nerf",
+)
 """Modules imported to populate the registry (each calls :func:`register_task` at import)."""
 
 
