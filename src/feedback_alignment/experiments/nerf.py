@@ -102,7 +102,7 @@ QUICK = NeRFTaskConfig(
     model=NeRFConfig(
         depth=4, width=64, skips=(2,), view_width=32, pos_freqs=6, dir_freqs=2, n_samples=24
     ),
-    rays=512,
+    rays=256,
     steps=300,
     eval_every=100,
     test_views=3,
