@@ -1,24 +1,45 @@
 """feedback-alignment: train PyTorch models without weight transport.
 
-import feedback_alignment as fa
-rule = fa.DFA(seed=0)
-rule.apply(model)            # feedback points, cut graph, one projection of the error per step
-loss.backward(); opt.step()  # a plain PyTorch loop
-fa.alignment(model, rule, (x, y), F.cross_entropy)
+    import feedback_alignment as fa
+    rule = fa.DFA(seed=0)        # or fa.FA(), fa.uSF(), fa.KolenPollack(), fa.BP(), ...
+    rule.apply(model)            # direct rules: feedback points, cut graph, one projection per step
+    loss.backward(); opt.step()  # a plain PyTorch loop
+    fa.alignment(model, rule, (x, y), F.cross_entropy)
+    rule.remove(model)
 """
 
 from feedback_alignment import models
-from feedback_alignment.alignment import AlignmentMonitor, AlignmentReport, alignment
+from feedback_alignment.alignment import (
+    AlignmentMonitor,
+    AlignmentReport,
+    WeightAlignment,
+    alignment,
+    weight_alignment,
+)
+from feedback_alignment.optim import (
+    batch_manhattan,
+    constrain_weight_norm,
+    remove_weight_norm_constraint,
+)
 from feedback_alignment.points import FeedbackPoint, PlacementError, find_points
 from feedback_alignment.rules import (
     BP,
     DFA,
     DRTP,
+    FA,
     FEEDBACK_BUFFER,
     DirectFeedback,
+    KolenPollack,
+    LayerwiseFeedback,
     Rule,
     Shallow,
     SignDFA,
+    SignSymmetry,
+    UnsupportedLayerError,
+    WeightMirror,
+    brSF,
+    frSF,
+    uSF,
 )
 
 __version__ = "0.1.0"
@@ -29,6 +50,12 @@ RULES: dict[str, type[Rule]] = {
     "sign-dfa": SignDFA,
     "drtp": DRTP,
     "shallow": Shallow,
+    "fa": FA,
+    "usf": uSF,
+    "frsf": frSF,
+    "brsf": brSF,
+    "kp": KolenPollack,
+    "weight-mirror": WeightMirror,
 }
 """Rules by their command-line name."""
 
@@ -36,17 +63,31 @@ __all__ = [
     "BP",
     "DFA",
     "DRTP",
+    "FA",
     "FEEDBACK_BUFFER",
     "RULES",
     "AlignmentMonitor",
     "AlignmentReport",
     "DirectFeedback",
     "FeedbackPoint",
+    "KolenPollack",
+    "LayerwiseFeedback",
     "PlacementError",
     "Rule",
     "Shallow",
     "SignDFA",
+    "SignSymmetry",
+    "UnsupportedLayerError",
+    "WeightAlignment",
+    "WeightMirror",
     "alignment",
+    "batch_manhattan",
+    "brSF",
+    "constrain_weight_norm",
     "find_points",
+    "frSF",
     "models",
+    "remove_weight_norm_constraint",
+    "uSF",
+    "weight_alignment",
 ]
