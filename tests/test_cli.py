@@ -38,7 +38,7 @@ def test_bench_plumbing_writes_ratios(tmp_path):
     )
     payload = json.loads((tmp_path / "b.json").read_text())
     rules = [r["rule"] for r in payload["configs"][0]["results"]]
-    assert rules == ["BP", "DFA", "sign-DFA", "DRTP", "Shallow", benchmark.MINIMAL_DFA]
+    assert rules == ["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "FA", "uSF", benchmark.MINIMAL_DFA]
     assert payload["configs"][0]["results"][0]["time_ratio"] == 1.0
     assert "| tiny (batch 4) | DFA |" in benchmark.to_markdown(results, machine)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feedback_alignment.models import MLP
-from feedback_alignment.rules import BP, DFA, DRTP, Rule, Shallow, SignDFA
+from feedback_alignment.rules import BP, DFA, DRTP, FA, Rule, Shallow, SignDFA, uSF
 
 DEFAULT_CONFIGS: dict[str, list[int]] = {
     "mlp-8x1024": [784] + [1024] * 8 + [10],
@@ -63,6 +63,8 @@ def default_rules() -> dict[str, Callable[[], Rule]]:
         "sign-DFA": lambda: SignDFA(seed=0),
         "DRTP": lambda: DRTP(seed=0),
         "Shallow": lambda: Shallow(seed=0),
+        "FA": lambda: FA(seed=0),
+        "uSF": uSF,
         MINIMAL_DFA: BP,  # placeholder factory: the row is built by _make_minimal_dfa_step
     }
 

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rules",
         nargs="+",
-        default=["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "minimal"],
+        default=["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "FA", "uSF", "minimal"],
         help="'minimal' adds a hand-written DFA step without the library (the floor)",
     )
     bench.add_argument("--batch", type=int, default=256)
