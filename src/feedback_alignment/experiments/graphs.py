@@ -313,7 +313,8 @@ def plot(runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path
     ax.set_xticks(range(len(layers)), [LAYER_NAMES[lay] for lay in layers], fontsize=8)
     ax.set_ylabel("Cora test accuracy (%)")
     ax.set_title("Test accuracy at best validation epoch")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, 110)  # room for the legend above the paper marks
+    ax.legend(fontsize=7, loc="upper center", ncol=4)
 
     ax = axes[1]
     styles = dict(zip(layers, ["-", "--", ":", "-."], strict=False))

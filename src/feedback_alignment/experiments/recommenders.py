@@ -134,7 +134,10 @@ def train_one(
     x, y = table.x_cat, table.y
     train_idx = table.train_idx
     if config.max_train_rows is not None:
-        train_idx = train_idx[: config.max_train_rows]
+        # a random subset: the split is sorted and the ratings file is grouped, so a prefix would
+        # hold only some users
+        pick = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(0))
+        train_idx = train_idx[pick[: config.max_train_rows]]
     x_val, y_val = x[table.val_idx], y[table.val_idx]
     torch.manual_seed(seed)
     model = build_recommender(kind, table.field_dims, **model_kwargs(kind, rule_name, config))
