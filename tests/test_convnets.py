@@ -1,0 +1,94 @@
+"""Reference conv nets under every rule, and the ``convnets`` task on a tiny synthetic subset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from feedback_alignment.experiments import convnets
+from feedback_alignment.experiments.registry import tasks
+from feedback_alignment.models import LeNet, ResNet
+
+
+@pytest.mark.parametrize("name", list(convnets.RULES))
+@pytest.mark.parametrize("model_name", ["lenet", "resnet"])
+def test_every_rule_trains_the_shared_models(name, model_name):
+    torch.manual_seed(0)
+    if model_name == "lenet":
+        model, x = LeNet(in_channels=3, image_size=32), torch.randn(4, 3, 32, 32)
+    else:
+        model, x = ResNet(depth=8, in_channels=1, width=4), torch.randn(4, 1, 16, 16)
+    params = list(model.parameters())
+    keys = list(model.state_dict())
+    rule = convnets.RULES[name](0)
+    rule.apply(model)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.weight.grad is not None and torch.isfinite(first.weight.grad).all()
+    rule.remove(model)
+    assert list(model.state_dict()) == keys
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+
+
+def test_model_arguments_are_checked():
+    assert LeNet()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"depth must be 6n \+ 2"):
+        ResNet(depth=10)
+    with pytest.raises(ValueError, match=r"unknown activation"):
+        LeNet(activation="swish")
+    with pytest.raises(ValueError, match=r"at least 16x16"):
+        LeNet(image_size=8)
+
+
+def test_task_is_registered():
+    assert "convnets" in tasks()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread (and do not spin on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_experiment_on_a_tiny_subset(tmp_path, one_thread):
+    torch.manual_seed(0)
+    # four separable "classes": a bright square in one quadrant
+    x = torch.rand(128, 1, 28, 28) * 0.1
+    y = torch.randint(0, 4, (128,))
+    for i, label in enumerate(y.tolist()):
+        row, col = divmod(label, 2)
+        x[i, 0, 14 * row : 14 * row + 10, 14 * col : 14 * col + 10] += 1.0
+    tensors = (x[:96], y[:96], x[96:], y[96:])  # 3 steps of 32, 32 test images
+    config = replace(
+        convnets.quick_config(),
+        rules=("uSF", "KP", "DFA"),
+        batch_size=32,
+        probe_size=32,
+        measurements=2,
+    )
+    records, markdown, files = convnets.run_experiment(
+        config, tmp_path, tensors=tensors, progress=False, title="synthetic"
+    )
+    assert len(records) == 6 and {r.manhattan for r in records} == {False, True}
+    assert "| uSF | yes |" in markdown and "| DFA | no |" in markdown and "9.69" in markdown
+    names = {f.name for f in files}
+    assert {"results.json", "results.md", "test_error.png", "weight_angle.png"} <= names
+    payload = json.loads((tmp_path / "results.json").read_text())
+    usf = next(r for r in payload["runs"] if r["rule"] == "uSF")
+    assert len(usf["history"]) >= 2 and set(usf["history"][-1]["weight_angle"]) == {
+        "0",
+        "3",
+        "7",
+        "9",
+        "11",
+    }
+    assert all(0 <= r["test_error"] <= 100 for r in payload["runs"])
+    with pytest.raises(ValueError, match=r"unknown rules \['XYZ'\]"):
+        convnets.run_experiment(replace(config, rules=("XYZ",)), tmp_path, tensors=tensors)
