@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.quick_digits",
+    "feedback_alignment.experiments.convnets",
     "feedback_alignment.experiments.principled",
     "feedback_alignment.experiments.language",
     "feedback_alignment.experiments.nerf",
