@@ -836,9 +836,10 @@ def part_bottleneck(setting: Setting, seeds: Sequence[int], progress: bool) -> d
     return {"runs": runs, "curves": bottleneck_curves(runs), "features": split.features}
 
 
-def _middle_cosine(run: Run) -> float:
+def _point_cosine(run: Run, index: int) -> float:
+    """Mean signal cosine at the run's feedback point ``index`` (0 below, 1 middle, 2 above)."""
     points = list(run.signal_cosine)
-    return run.signal_cosine[points[1]][0] if len(points) > 1 else math.nan
+    return run.signal_cosine[points[index]][0] if len(points) > index else math.nan
 
 
 def bottleneck_curves(runs: Sequence[Run]) -> dict[str, Any]:
@@ -849,7 +850,9 @@ def bottleneck_curves(runs: Sequence[Run]) -> dict[str, Any]:
         widths = sorted({r.settings["width"] for r in dfa})
         layer = BOTTLENECK_LAYER[variant]
         by_width = {b: [r for r in dfa if r.settings["width"] == b] for b in widths}
-        cosine = [_finite_mean(_middle_cosine(r) for r in by_width[b]) for b in widths]
+        cosine = [_finite_mean(_point_cosine(r, 1) for r in by_width[b]) for b in widths]
+        # the layer below the middle one: BP's signal there passes through the b-wide layer
+        below = [_finite_mean(_point_cosine(r, 0) for r in by_width[b]) for b in widths]
         angle = [
             _finite_mean(r.hidden_angles.get(layer, math.nan) for r in by_width[b]) for b in widths
         ]
@@ -857,9 +860,11 @@ def bottleneck_curves(runs: Sequence[Run]) -> dict[str, Any]:
         curves[variant] = {
             "width": widths,
             "cosine": cosine,
+            "cosine_below": below,
             "angle": angle,
             "accuracy": accuracy,
             "spearman_cosine": spearman(widths, cosine),
+            "spearman_cosine_below": spearman(widths, below),
             "spearman_accuracy": spearman(widths, accuracy),
         }
     return curves
@@ -870,8 +875,9 @@ def bottleneck_markdown(result: dict[str, Any], setting: Setting) -> str:
     runs: list[Run] = result["runs"]
     lines = [
         "| b | cosine, narrow | cosine, masked | paper cosine (CIFAR-10, masked) | angle narrow "
-        "(deg) | angle masked (deg) | acc. narrow % | acc. masked % | paper acc. % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(deg) | angle masked (deg) | cosine below, narrow | cosine below, masked | acc. narrow % "
+        "| acc. masked % | paper acc. % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     narrow, masked = curves["narrow"], curves["masked"]
     for i, b in enumerate(narrow["width"]):
@@ -879,7 +885,8 @@ def bottleneck_markdown(result: dict[str, Any], setting: Setting) -> str:
         lines.append(
             f"| {b} | {narrow['cosine'][i]:.3f} | {masked['cosine'][i]:.3f} | "
             f"{'—' if paper_cos is None else f'{paper_cos:.3f}'} | {narrow['angle'][i]:.1f} | "
-            f"{masked['angle'][i]:.1f} | {narrow['accuracy'][i]:.2f} | "
+            f"{masked['angle'][i]:.1f} | {narrow['cosine_below'][i]:.3f} | "
+            f"{masked['cosine_below'][i]:.3f} | {narrow['accuracy'][i]:.2f} | "
             f"{masked['accuracy'][i]:.2f} | {'—' if paper_acc is None else f'{paper_acc:.1f}'} |"
         )
     paper_widths = sorted(LAUNAY_BOTTLENECK)
@@ -889,7 +896,9 @@ def bottleneck_markdown(result: dict[str, Any], setting: Setting) -> str:
         "",
         "Spearman correlation with b: cosine narrow "
         f"{narrow['spearman_cosine']:.2f}, masked {masked['spearman_cosine']:.2f} (paper's logs "
-        f"{paper_rho:.2f}); accuracy narrow {narrow['spearman_accuracy']:.2f}, masked "
+        f"{paper_rho:.2f}); cosine of the layer below, narrow "
+        f"{narrow['spearman_cosine_below']:.2f}, masked {masked['spearman_cosine_below']:.2f}; "
+        f"accuracy narrow {narrow['spearman_accuracy']:.2f}, masked "
         f"{masked['spearman_accuracy']:.2f}. BP, narrow: "
         + ", ".join(f"{v:.2f}% at b={k}" for k, v in sorted(bp.items()))
         + ".",
@@ -897,7 +906,9 @@ def bottleneck_markdown(result: dict[str, Any], setting: Setting) -> str:
         f"{setting.bottleneck_epochs} epochs, Adam lr {setting.lr}. "
         "Cosine: mean over the probe batch of the per-sample cosine between DFA's and BP's signal at "
         "the middle layer's feedback point (for 'masked', over its b trained units only); angle: "
-        "between DFA's and BP's update of the middle layer's (trained) weights. Narrow: the layer "
+        "between DFA's and BP's update of the middle layer's (trained) weights; cosine below: the "
+        "same cosine at the first hidden layer, whose BP signal passes through the middle layer. "
+        "A per-sample cosine over b = 1 unit is the sign agreement (+1 or -1). Narrow: the layer "
         "has b units (an information bottleneck as well); masked: 800 units of which b learn "
         "(the paper's variant). The paper's figures are CIFAR-10 (3072 inputs), ours Fashion-MNIST.",
     ]
@@ -1168,6 +1179,31 @@ def _write_part(
     md_path.write_text(markdown + "\n")
     plots = principled_plots.plot_part(part, result, setting, out_dir)
     return [json_path, md_path, *plots]
+
+
+def rerender(part: str, out_dir: Path) -> TaskReport:
+    """Rebuilds a part's tables and plots from its ``<part>.json`` (no training).
+
+    For reading old results with newer table code; the runs themselves are not changed.
+    """
+    payload = json.loads((out_dir / f"{part}.json").read_text())
+    setting = Setting(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in payload["setting"].items()}
+    )
+    runs = [
+        Run(**{**r, "signal_cosine": {k: tuple(v) for k, v in r["signal_cosine"].items()}})
+        for r in payload["runs"]
+    ]
+    result = {k: v for k, v in payload.items() if k not in ("part", "setting", "seconds")}
+    result["runs"] = runs
+    if part == "bottleneck":
+        result["curves"] = bottleneck_curves(runs)
+    markdown = (
+        f"### principled / {PART_TITLES[part]} ({setting.name} mode, {payload['seconds']:.0f} s)\n\n"
+        + PART_MARKDOWN[part](result, setting)
+    )
+    files = _write_part(part, result, markdown, setting, payload["seconds"], out_dir)
+    return TaskReport(f"principled-{part}", markdown, files)
 
 
 def _json_default(value: Any) -> Any:

@@ -3,7 +3,8 @@
 * ``alignment_angles.png``: DFA's per-layer update angle through training, above the probe loss on
   the same (log) step axis, so that "align, then memorise" can be read off: the angles fall first.
 * ``alignment_cosine.png``: the per-point signal cosine through training.
-* ``bottleneck_cosine.png`` and ``bottleneck_accuracy.png``: alignment and accuracy vs width b.
+* ``bottleneck_cosine.png``, ``bottleneck_cosine_below.png``, ``bottleneck_accuracy.png``: the
+  alignment of the b-wide layer, that of the layer below it, and accuracy, vs width b.
 
 References:
     Launay, Poli, Krzakala, "Principled Training of Neural Networks with Direct Feedback
@@ -51,6 +52,9 @@ def plot_part(part: str, result: dict[str, Any], setting: Any, out_dir: Path) ->
         return [
             plot_bottleneck(
                 curves, "cosine", LAUNAY_BOTTLENECK, setting, out_dir / "bottleneck_cosine.png"
+            ),
+            plot_bottleneck(
+                curves, "cosine_below", None, setting, out_dir / "bottleneck_cosine_below.png"
             ),
             plot_bottleneck(curves, "accuracy", None, setting, out_dir / "bottleneck_accuracy.png"),
         ]
@@ -147,7 +151,10 @@ def plot_bottleneck(
     axis.set_xlabel("middle-layer width b (log scale)")
     if metric == "cosine":
         axis.set_ylabel("cosine(DFA signal, BP signal)\nat the middle layer")
-        axis.set_title(f"Bottleneck: alignment vs width ({setting.dataset}, DFA)")
+        axis.set_title(f"Bottleneck: alignment of the b-wide layer ({setting.dataset}, DFA)")
+    elif metric == "cosine_below":
+        axis.set_ylabel("cosine(DFA signal, BP signal)\nat the first hidden layer")
+        axis.set_title(f"Bottleneck: alignment of the layer below it ({setting.dataset}, DFA)")
     else:
         axis.set_ylabel("test accuracy (%)")
         axis.set_title(f"Bottleneck: accuracy vs width ({setting.dataset}, DFA)")
