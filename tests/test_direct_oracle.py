@@ -202,3 +202,58 @@ def test_bp_rule_equals_plain_autograd():
     for a, b in zip(plain.parameters(), ruled.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
     assert set(plain.state_dict()) == set(ruled.state_dict())
+
+
+def _feedback_net(sizes, activation):
+    class FunctionalOutput(nn.Module):
+        """A model whose output nonlinearity is a function call (as in torchfm's models)."""
+
+        def __init__(self):
+            super().__init__()
+            self.body = _tanh_mlp(sizes)
+
+        def forward(self, x):
+            logits = self.body(x)
+            if activation == "sigmoid":
+                return torch.sigmoid(logits.squeeze(-1))
+            return torch.log_softmax(logits, dim=-1)
+
+    return FunctionalOutput()
+
+
+def test_error_before_a_functional_sigmoid_is_dl_dlogit():
+    sizes = [6, 7, 5, 1]
+    model = _feedback_net(sizes, "sigmoid")
+    fa.DFA(seed=4).apply(model, output_activation="sigmoid")
+    x, target = torch.randn(8, 6), torch.randint(0, 2, (8,)).double()
+    F.binary_cross_entropy(model(x), target).backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=True, scaling="principled")
+    layers, linears = _layers(model.body)
+    # for BCE on p = sigmoid(z): dL/dz = (p - y) / n, the error DFA must feed back
+    expected = dfa_tanh_mlp_grads(
+        x,
+        layers,
+        lambda e: e,
+        lambda z: (torch.sigmoid(z) - target[:, None]) / 8,
+        feedback,
+    )
+    _assert_grads(linears, expected)
+
+
+def test_error_before_a_functional_log_softmax_is_dl_dlogits():
+    sizes = [6, 7, 5, 4]
+    model = _feedback_net(sizes, "log_softmax")
+    fa.DFA(seed=4).apply(model, output_activation="log_softmax")
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    F.nll_loss(model(x), y).backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=True, scaling="principled")
+    layers, linears = _layers(model.body)
+    expected = dfa_tanh_mlp_grads(
+        x, layers, lambda e: e, lambda z: softmax_ce_error(z, y), feedback
+    )
+    _assert_grads(linears, expected)
+
+
+def test_unknown_output_activation_is_refused():
+    with pytest.raises(ValueError, match=r"unknown output_activation 'relu'"):
+        fa.DFA().apply(_tanh_mlp([3, 4, 2]), output_activation="relu")

@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,7 @@ class DirectFeedback(Rule):
         points: Sequence[str] | None = None,
         output: OutputSelector = None,
         error_at: str | None = None,
+        output_activation: str | None = None,
     ) -> nn.Module:
         """Cuts ``model`` at its feedback points and installs the projection of the error.
 
@@ -116,6 +117,12 @@ class DirectFeedback(Rule):
                 a key (dicts, ``ModelOutput``) or an attribute name.
             error_at: take the error at this submodule's output instead of the model's (e.g. the
                 final norm before a vocabulary projection); every point must run before it.
+            output_activation: the model's output is ``y = f(z)`` with a functional ``f`` that no
+                module returns the input of (``torch.sigmoid(logits)`` in torchfm's models): feed
+                back the error at ``z``, ``e_z = dL/dz``, computed from ``y`` and ``e`` by
+                ``"sigmoid"`` (``e * y (1 - y)``), ``"tanh"`` (``e * (1 - y^2)``),
+                ``"softmax"`` (``y * (e - <e, y>)``) or ``"log_softmax"``
+                (``e - exp(y) sum(e)``), over the last axis. The top block still gets ``e``.
 
         Raises:
             PlacementError: no feedback point, or a named module does not exist.
@@ -137,7 +144,14 @@ class DirectFeedback(Rule):
                 raise PlacementError(
                     f"error_at={error_at!r} is not a submodule of {type(model).__name__}"
                 ) from None
-        self._bindings[id(model)] = _Binding(self, model, found, output, error_at, error_site)
+        if output_activation is not None and output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"unknown output_activation {output_activation!r}; choose one of "
+                f"{sorted(OUTPUT_ACTIVATIONS)} or None"
+            )
+        binding = _Binding(self, model, found, output, error_at, error_site)
+        binding.output_activation = output_activation
+        self._bindings[id(model)] = binding
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:
@@ -266,6 +280,38 @@ class Shallow(DirectFeedback):
     signal = None
 
 
+def _through_sigmoid(error: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return error * y * (1 - y)
+
+
+def _through_tanh(error: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return error * (1 - y * y)
+
+
+def _through_softmax(error: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return y * (error - (error * y).sum(dim=-1, keepdim=True))
+
+
+def _through_log_softmax(error: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return error - torch.exp(y) * error.sum(dim=-1, keepdim=True)
+
+
+OUTPUT_ACTIVATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "sigmoid": _through_sigmoid,
+    "tanh": _through_tanh,
+    "softmax": _through_softmax,
+    "log_softmax": _through_log_softmax,
+}
+"""``dL/dz`` from ``e = dL/dy`` and ``y = f(z)``, for the output nonlinearities ``f`` supported."""
+
+
+class _Forward(NamedTuple):
+    """What one forward pass hands to its backward: the points' shapes, and ``y`` when needed."""
+
+    shapes: list[torch.Size]
+    output: torch.Tensor | None
+
+
 class _Binding:
     """The state of one rule applied to one model: hooks, the layout and the forward's records."""
 
@@ -290,6 +336,7 @@ class _Binding:
         self.model = weakref.ref(model)
         model.register_buffer(FEEDBACK_BUFFER, None)
         self.feeds = rule.signal is not None
+        self.output_activation: str | None = None
         self._signature: tuple | None = None  # shapes of the last validated forward pass
         self._matrix_key: tuple | None = None
         self._matrix_cache: torch.Tensor | None = None
@@ -384,7 +431,8 @@ class _Binding:
         if signature != self._signature:
             self._validate(y, records)
             self._signature = signature
-        return DirectFeedbackFn.apply(self, shapes, y, *hidden)
+        kept = y.detach() if self.output_activation is not None else None
+        return DirectFeedbackFn.apply(self, _Forward(shapes, kept), y, *hidden)
 
     def _validate(self, y: torch.Tensor, records: list[tuple[str, torch.Tensor]]) -> None:
         """Checks a new set of shapes and fixes (or checks) the feedback layout for it."""
@@ -452,10 +500,11 @@ class _Binding:
     def project(
         self,
         error: torch.Tensor,
-        hidden_shapes: Sequence[torch.Size],
+        forward: _Forward,
         needed: Sequence[bool],
     ) -> list[torch.Tensor | None]:
         """``DirectFeedbackFn``'s backward: one matmul ``P = s(e) @ B``, then a slice per point."""
+        hidden_shapes = forward.shapes
         layout = self.layout
         model = self.model()
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
@@ -469,6 +518,8 @@ class _Binding:
                 "every layer. Check the loss, the learning rate and the inputs (or pass "
                 "check_finite=False to skip this check)"
             )
+        if forward.output is not None:
+            error = OUTPUT_ACTIVATIONS[self.output_activation](error, forward.output)
         signal = self.rule.project_signal(error.reshape(-1, layout.out_features))
         uniform = layout.uniform_scale
         projected = signal @ self._matrix(buffer, uniform, signal.dtype, signal.device)
