@@ -75,7 +75,7 @@ class LanguageConfig:
     block_size: int = 64
     norm: str = "post"
     batch_size: int = 32
-    steps: int = 1500
+    steps: int = 1200
     lr: dict[str, float] = field(
         default_factory=lambda: {"BP": 1e-3, "DFA-macro": 1e-3, "DFA-micro": 1e-3, "Shallow": 1e-3}
     )

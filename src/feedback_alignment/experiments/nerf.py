@@ -78,7 +78,7 @@ class NeRFTaskConfig:
         )
     )
     rays: int = 512
-    steps: int = 2500
+    steps: int = 2000
     lr: dict[str, float] = field(default_factory=lambda: {"BP": 2e-3, "DFA": 5e-4, "Shallow": 2e-3})
     final_lr_factor: float = 0.1
     eval_every: int = 250
