@@ -257,3 +257,17 @@ def test_error_before_a_functional_log_softmax_is_dl_dlogits():
 def test_unknown_output_activation_is_refused():
     with pytest.raises(ValueError, match=r"unknown output_activation 'relu'"):
         fa.DFA().apply(_tanh_mlp([3, 4, 2]), output_activation="relu")
+
+
+def test_point_at_a_module_input_equals_point_at_the_previous_output():
+    sizes = [6, 7, 5, 4]
+    x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
+    at_output, at_input = _tanh_mlp(sizes), _tanh_mlp(sizes)
+    fa.DFA(seed=9).apply(at_output, points=["1", "3"])
+    rule = fa.DFA(seed=9)
+    rule.apply(at_input, points=["2:input", "4:input"])  # the inputs of the next Linear layers
+    for model in (at_output, at_input):
+        F.cross_entropy(model(x), y).backward()
+    assert rule.layout(at_input).names == ("2:input", "4:input")
+    for a, b in zip(at_output.parameters(), at_input.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)

@@ -267,7 +267,7 @@ def _per_sample_cosine(a: torch.Tensor, b: torch.Tensor, width: int | None) -> t
 
 def _hidden_layers(model: nn.Module, weights: dict[str, str], points: list[str]) -> list[str]:
     """Layers registered before the last feedback point module (module order = layer order)."""
-    point_modules = {p.split("#", 1)[0] for p in points}
+    point_modules = {p.split("#", 1)[0].removesuffix(":input") for p in points}
     order = [name for name, _ in model.named_modules()]
     positions = [order.index(p) for p in point_modules if p in order]
     if not positions:  # a rule without feedback points (BP): all layers but the top one

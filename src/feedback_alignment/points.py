@@ -4,7 +4,8 @@ A *feedback point* is a module whose output tensor ``h_l`` receives the projecte
 and, for everything downstream, is replaced by ``h_l.detach()``: the graph is cut there. Points are
 found, in order of precedence:
 
-1. ``points=[...]``: module paths given by the user (``"blocks.0"``, ``"features.2"``);
+1. ``points=[...]``: module paths given by the user (``"blocks.0"``, ``"features.2"``); a path
+   ending in ``":input"`` is a point at that module's first input (``"h.0.ln_2:input"``);
 2. :class:`FeedbackPoint` marker modules placed in the model by its author;
 3. automatically: every activation module (``nn.Tanh``, ``nn.ReLU``, ...), i.e. the output of every
    hidden layer, except an activation at the tail of an ``nn.Sequential`` after its last layer with
@@ -44,6 +45,11 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.LogSigmoid,
 )
 """Module types that automatic placement treats as the end of a hidden layer."""
+
+
+INPUT_SUFFIX = ":input"
+"""``points=["blocks.0.ln_2:input"]`` places a point at a module's (first) input instead of its
+output: for models that add residuals inline, where no module returns the tensor to cut."""
 
 
 class FeedbackPoint(nn.Module):
@@ -89,7 +95,8 @@ def find_points(
         if isinstance(points, str):
             points = [points]
         found = []
-        for path in points:
+        for point in points:
+            path = point.removesuffix(INPUT_SUFFIX)
             try:
                 module = model.get_submodule(path)
             except AttributeError:
@@ -103,7 +110,7 @@ def find_points(
                     "the model itself cannot be a feedback point: its output is where the error "
                     "is taken; name hidden submodules instead"
                 )
-            found.append((path, module))
+            found.append((point, module))
         if not found:
             raise PlacementError("points=[] names no feedback point; give at least one module path")
         return found

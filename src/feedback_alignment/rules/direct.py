@@ -43,7 +43,7 @@ from torch import nn
 
 from feedback_alignment.feedback import DISTRIBUTIONS, SCALINGS, FeedbackLayout, draw
 from feedback_alignment.functional import DirectFeedbackFn
-from feedback_alignment.points import PlacementError, find_points
+from feedback_alignment.points import INPUT_SUFFIX, PlacementError, find_points
 from feedback_alignment.rules.base import Rule
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
@@ -344,7 +344,11 @@ class _Binding:
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
         ]
         for name, module in points:
-            self.handles.append(module.register_forward_hook(partial(self._at_point, name)))
+            if name.endswith(INPUT_SUFFIX):
+                hook = partial(self._at_point_input, name)
+                self.handles.append(module.register_forward_pre_hook(hook))
+            else:
+                self.handles.append(module.register_forward_hook(partial(self._at_point, name)))
         if error_site is not None:
             self.handles.append(error_site.register_forward_hook(self._at_error_site))
         # always_call: the records are cleared even when the forward pass raises
@@ -387,6 +391,16 @@ class _Binding:
             self.records.append((point, tensor))
         cut = tensor.detach()
         return cut if rebuild is None else rebuild(cut)
+
+    def _at_point_input(self, name: str, module: nn.Module, args: tuple) -> Any:
+        """A point at a module's first input: the module then reads the cut tensor."""
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise PlacementError(
+                f"feedback point {name!r}: the module's first input is not a tensor; place the "
+                "point at a module's output instead"
+            )
+        cut = self._at_point(name, module, (), args[0])
+        return None if cut is None else (cut, *args[1:])
 
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not self._active() or self.mode != "rule":
