@@ -683,7 +683,8 @@ def mlp_markdown(result: dict[str, Any], setting: Setting) -> str:
             }
             for rule in result["rules"]:
                 rule_runs = _group(group, rule=rule)
-                paper = NOKLAND_MNIST_ERROR.get((arch, rule))
+                # Nøkland's figures are MNIST: shown beside MNIST rows only
+                paper = NOKLAND_MNIST_ERROR.get((arch, rule)) if "mnist" in dataset[:5] else None
                 g = gap_closure(acc[rule], acc["BP"], acc["Shallow"])
                 lines.append(
                     f"| {dataset} | {arch} | {rule} | {_mean_std([r.error for r in rule_runs])} | "
