@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,14 +26,13 @@ class Projector(Protocol):
     """What :class:`DirectFeedbackFn` asks of its owner at backward time."""
 
     def project(
-        self,
-        error: torch.Tensor,
-        hidden_shapes: Sequence[torch.Size],
-        needed: Sequence[bool],
+        self, error: torch.Tensor, context: Any, needed: Sequence[bool]
     ) -> list[torch.Tensor | None]:
         """Returns the signal for each hidden tensor, of its shape (``None`` where not needed).
 
-        The autograd engine casts each signal to its tensor's dtype (autocast).
+        ``context`` is what the caller passed to ``apply`` for this forward pass (the hidden
+        tensors' shapes, and whatever else its backward needs). The autograd engine casts each
+        signal to its tensor's dtype (autocast).
         """
         ...
 
@@ -41,31 +40,27 @@ class Projector(Protocol):
 class DirectFeedbackFn(torch.autograd.Function):
     """Identity on ``y`` forward; backward hands ``e`` to ``y`` and ``B_l s(e)`` to each ``h_l``.
 
-    Call as ``DirectFeedbackFn.apply(projector, shapes, y, h_1, ..., h_k)`` where ``shapes`` are
-    the shapes of ``h_1, ..., h_k`` (the caller has them already; forward stays minimal because it
-    runs every step).
+    Call as ``DirectFeedbackFn.apply(projector, context, y, h_1, ..., h_k)``: ``context`` is handed
+    back to ``projector.project`` unchanged (the caller already knows the shapes of ``h_1 ... h_k``;
+    forward stays minimal because it runs every step).
     """
 
     @staticmethod
     def forward(
-        ctx,
-        projector: Projector,
-        hidden_shapes: Sequence[torch.Size],
-        output: torch.Tensor,
-        *hidden: torch.Tensor,
+        ctx, projector: Projector, context: Any, output: torch.Tensor, *hidden: torch.Tensor
     ):
         ctx.projector = projector
-        ctx.hidden_shapes = hidden_shapes
+        ctx.context = context
         return output.view_as(output)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         needed = ctx.needs_input_grad[3:]
         if any(needed):
-            signals = ctx.projector.project(grad_output, ctx.hidden_shapes, needed)
+            signals = ctx.projector.project(grad_output, ctx.context, needed)
         else:
             signals = [None] * len(needed)
-        ctx.projector = None  # drop the reference early: nothing of the step outlives it
+        ctx.projector = ctx.context = None  # nothing of the step outlives its backward
         return (None, None, grad_output, *signals)
 
 
