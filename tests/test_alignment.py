@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -145,7 +146,10 @@ def test_monitor_warns_when_a_layer_stays_misaligned(batch, monkeypatch):
     fake = fa.AlignmentReport(update_angle={"0": 120.0, "4": 30.0, "7": 0.0}, hidden=["0", "4"])
     module = sys.modules["feedback_alignment.alignment"]  # fa.alignment is the function
     monkeypatch.setattr(module, "alignment", lambda *a, **k: fake)
-    monitor = fa.AlignmentMonitor(model, rule, F.cross_entropy, every=1, patience=2)
-    monitor.step(batch)
+    monitor = fa.AlignmentMonitor(model, rule, F.cross_entropy, every=1, patience=2, warmup=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing during the warm-up and the first of two
+        monitor.step(batch)
+        monitor.step(batch)
     with pytest.warns(UserWarning, match=r"layer '0'.*more than 90 degrees"):
         monitor.step(batch)

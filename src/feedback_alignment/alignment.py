@@ -158,6 +158,8 @@ class AlignmentMonitor:
         callback: called as ``callback(step, report)`` after each measurement (e.g. a logger).
         patience: warn when a hidden layer's update angle exceeds 90 degrees this many
             measurements in a row (Lillicrap's condition for learning fails there).
+        warmup: measurements ignored by that warning: at the start of training every layer of a
+            DFA network is near 90 degrees and aligns only later.
     """
 
     def __init__(
@@ -168,19 +170,21 @@ class AlignmentMonitor:
         every: int = 100,
         callback: Callable[[int, AlignmentReport], None] | None = None,
         patience: int = 3,
+        warmup: int = 5,
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.model, self.rule, self.loss_fn = model, rule, loss_fn
         self.every, self.callback = int(every), callback
         self.patience = max(1, int(patience))
+        self.warmup = max(0, int(warmup))
         self._warned: set[str] = set()
         self.steps = 0
         self.history: list[tuple[int, AlignmentReport]] = []
 
     def _warn_if_misaligned(self) -> None:
         """Warns once per layer whose update angle stayed above 90 degrees ``patience`` times."""
-        recent = [report for _, report in self.history[-self.patience :]]
+        recent = [report for _, report in self.history[self.warmup :][-self.patience :]]
         if len(recent) < self.patience:
             return
         for layer in recent[-1].hidden_angles():

@@ -20,10 +20,10 @@ TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.quick_digits",
     "feedback_alignment.experiments.convnets",
     "feedback_alignment.experiments.principled",
-    "feedback_alignment.experiments.language",
-    "feedback_alignment.experiments.nerf",
     "feedback_alignment.experiments.graphs",
     "feedback_alignment.experiments.recommenders",
+    "feedback_alignment.experiments.language",
+    "feedback_alignment.experiments.nerf",
 )
 """Modules imported to populate the registry (each calls :func:`register_task` at import)."""
 

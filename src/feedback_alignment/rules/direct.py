@@ -499,8 +499,9 @@ class _Binding:
             if narrow:
                 warnings.warn(
                     f"feedback points {narrow} are narrower than the output (d_out="
-                    f"{out_features}): B_l e cannot carry the whole error there, and DFA aligns "
-                    "poorly through such a bottleneck (Launay et al. 2019)",
+                    f"{out_features}): the layers below such a bottleneck receive their signal "
+                    "through it and align poorly with BP (measured in docs/REPRODUCTION.md, "
+                    "'Principled DFA training'; Launay et al. 2019)",
                     stacklevel=2,
                 )
         elif tuple(buffer.shape) != shape:
