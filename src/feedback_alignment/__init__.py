@@ -1,11 +1,11 @@
 """feedback-alignment: train PyTorch models without weight transport.
 
-    import feedback_alignment as fa
-    rule = fa.DFA(seed=0)        # or fa.FA(), fa.uSF(), fa.KolenPollack(), fa.BP(), ...
-    rule.apply(model)            # direct rules: feedback points, cut graph, one projection per step
-    loss.backward(); opt.step()  # a plain PyTorch loop
-    fa.alignment(model, rule, (x, y), F.cross_entropy)
-    rule.remove(model)
+import feedback_alignment as fa
+rule = fa.DFA(seed=0)        # or fa.FA(), fa.uSF(), fa.KolenPollack(), fa.BP(), ...
+rule.apply(model)            # direct rules: feedback points, cut graph, one projection per step
+loss.backward(); opt.step()  # a plain PyTorch loop
+fa.alignment(model, rule, (x, y), F.cross_entropy)
+rule.remove(model)
 """
 
 from feedback_alignment import models

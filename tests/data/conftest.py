@@ -78,5 +78,7 @@ def temp_spec(monkeypatch: pytest.MonkeyPatch):
 def require_cached(name: str) -> None:
     """Skip unless the real data set is already in the cache (CI fetches carriers first)."""
     if not data.is_cached(name):
-        pytest.skip(f"{name} is not cached in {cache.cache_root()}; run "
-                    "`python -m feedback_alignment.data fetch --all --carriers-only` first")
+        pytest.skip(
+            f"{name} is not cached in {cache.cache_root()}; run "
+            "`python -m feedback_alignment.data fetch --all --carriers-only` first"
+        )

@@ -64,7 +64,15 @@ def test_planetoid_download_and_parse(tmp_cache, web) -> None:
     assert g.train_mask.nonzero().flatten().tolist() == [0, 1]
     assert g.test_mask.nonzero().flatten().tolist() == [4, 6]
     assert sorted(map(tuple, g.edge_index.t().tolist())) == [
-        (0, 1), (0, 2), (1, 0), (2, 0), (3, 6), (4, 6), (6, 3), (6, 4)]
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (2, 0),
+        (3, 6),
+        (4, 6),
+        (6, 3),
+        (6, 4),
+    ]
 
 
 def _random_planetoid(rng: np.random.Generator) -> dict[str, bytes]:
@@ -84,10 +92,15 @@ def _random_planetoid(rng: np.random.Generator) -> dict[str, bytes]:
         "x": sp.csr_matrix(rng.integers(0, 2, (n_lab, f)).astype(np.float32)),
         "allx": sp.csr_matrix(rng.integers(0, 2, (n_all, f)).astype(np.float32)),
         "tx": sp.csr_matrix(rng.integers(0, 2, (len(test), f)).astype(np.float32)),
-        "y": onehot(n_lab), "ally": onehot(n_all), "ty": onehot(len(test)), "graph": graph,
+        "y": onehot(n_lab),
+        "ally": onehot(n_all),
+        "ty": onehot(len(test)),
+        "graph": graph,
     }
     files = {f"ind.citeseer.{k}": pickle.dumps(v, protocol=2) for k, v in parts.items()}
-    files["ind.citeseer.test.index"] = ("\n".join(map(str, test)) + "\n").encode()  # PyG drops the last line
+    files["ind.citeseer.test.index"] = (
+        "\n".join(map(str, test)) + "\n"
+    ).encode()  # PyG drops the last line
     return files
 
 
@@ -101,7 +114,8 @@ def test_planetoid_matches_pyg_reader(tmp_path: Path) -> None:
         assert torch.equal(getattr(ours, key), getattr(ref, key)), key
     # PyG keeps the file's edge order (sorted by target); compare the sets.
     assert set(map(tuple, ours.edge_index.t().tolist())) == set(
-        map(tuple, ref.edge_index.t().tolist()))
+        map(tuple, ref.edge_index.t().tolist())
+    )
 
 
 def test_planetoid_refuses_code_and_bad_graph(tmp_path: Path) -> None:

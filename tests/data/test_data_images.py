@@ -53,11 +53,14 @@ def test_idx_rejects_bad_files(tmp_path: Path) -> None:
 def _idx_files(rng: np.random.Generator) -> dict[str, bytes]:
     files = {}
     for prefix, n in (("train", 6), ("t10k", 4)):
-        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))),
-                          ("labels-idx1", rng.integers(0, 10, n))):
+        for kind, arr in (
+            ("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+            ("labels-idx1", rng.integers(0, 10, n)),
+        ):
             header = bytes([0, 0, 8, arr.ndim]) + np.asarray(arr.shape, ">i4").tobytes()
-            files[f"{prefix}-{kind}-ubyte.gz"] = gzip.compress(header + arr.astype(np.uint8)
-                                                               .tobytes())
+            files[f"{prefix}-{kind}-ubyte.gz"] = gzip.compress(
+                header + arr.astype(np.uint8).tobytes()
+            )
     return files
 
 
@@ -83,8 +86,11 @@ def _write_all(directory: Path, files: dict[str, bytes]) -> Path:
 
 
 def _cifar_batch(rng: np.random.Generator, n: int) -> bytes:
-    batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, n)], b"batch_label": b"x"}
+    batch = {
+        b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        b"batch_label": b"x",
+    }
     return pickle.dumps(batch, protocol=2)
 
 
@@ -104,11 +110,19 @@ def test_cifar_parser_and_download(tmp_cache, web, temp_spec, tmp_path: Path) ->
     real = data.get_spec("cifar10")
     with pytest.raises(DataUnavailableError, match="sha256 mismatch"):
         data.load("cifar10")  # the real spec pins the canonical archive
-    temp_spec(DatasetSpec(
-        name="cifar10-tiny", family="images", description="t", license="t",
-        loader=real.loader, files=real.files,
-        sources=(DownloadArchive(RemoteFile(url, sha, "tiny.tar.gz"), real.sources[0].members),),
-    ))
+    temp_spec(
+        DatasetSpec(
+            name="cifar10-tiny",
+            family="images",
+            description="t",
+            license="t",
+            loader=real.loader,
+            files=real.files,
+            sources=(
+                DownloadArchive(RemoteFile(url, sha, "tiny.tar.gz"), real.sources[0].members),
+            ),
+        )
+    )
     d = data.load("cifar10-tiny")
     _check(d, (3, 32, 32), 15, 2)
     raw = pickle.loads(members["cifar-10-batches-py/data_batch_1"])[b"data"]

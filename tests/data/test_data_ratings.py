@@ -79,20 +79,27 @@ def _write_grouplens(d: Path) -> None:
     (d / "u.item").write_text(
         "2|GoldenEye (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 19) + "\n"
         "10|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags_a) + "\n",
-        encoding="latin-1")
+        encoding="latin-1",
+    )
 
 
 def _write_recbole(d: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\t"
-                                     "timestamp:float\n1\t10\t5\t881250949\n2\t2\t3\t891717742\n"
-                                     "1\t2\t4\t1\n")
-    (d / "ml-100k.user").write_text("user_id:token\tage:token\tgender:token\t"
-                                    "occupation:token\tzip_code:token\n1\t24\tM\ttechnician\t"
-                                    "85711\n2\t53\tF\tother\t94043\n")
-    (d / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\t"
-                                    "class:token_seq\n2\tGoldenEye\t1995\t\n10\tToy Story\t1995\t"
-                                    "Comedy Animation\n")
+    (d / "ml-100k.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\t"
+        "timestamp:float\n1\t10\t5\t881250949\n2\t2\t3\t891717742\n"
+        "1\t2\t4\t1\n"
+    )
+    (d / "ml-100k.user").write_text(
+        "user_id:token\tage:token\tgender:token\t"
+        "occupation:token\tzip_code:token\n1\t24\tM\ttechnician\t"
+        "85711\n2\t53\tF\tother\t94043\n"
+    )
+    (d / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\t"
+        "class:token_seq\n2\tGoldenEye\t1995\t\n10\tToy Story\t1995\t"
+        "Comedy Animation\n"
+    )
 
 
 @pytest.mark.parametrize("writer", [_write_grouplens, _write_recbole])
@@ -110,7 +117,13 @@ def test_movielens_formats_agree(tmp_path: Path, writer) -> None:
     # primary genre = first in canonical order, whatever order the file lists them in
     assert t.field_dims[genre] == 2
     assert [ratings._age_bucket(a) for a in (17, 18, 24, 25, 53, 56)] == [
-        "0", "1", "1", "2", "5", "6"]
+        "0",
+        "1",
+        "1",
+        "2",
+        "5",
+        "6",
+    ]
     assert t.x_cat[:, t.field_names.index("age")].tolist() == [1, 2, 1]  # buckets "1" and "5"
 
 

@@ -19,8 +19,15 @@ def _read(directory: Path) -> str:
 
 
 def _spec(name: str, *sources, files=("x.txt",)) -> DatasetSpec:
-    return DatasetSpec(name=name, family="text", description="test", license="test",
-                       loader=_read, sources=tuple(sources), files=files)
+    return DatasetSpec(
+        name=name,
+        family="text",
+        description="test",
+        license="test",
+        loader=_read,
+        sources=tuple(sources),
+        files=files,
+    )
 
 
 def test_every_family_is_populated_and_names_are_unique() -> None:
@@ -38,14 +45,17 @@ def test_unknown_name_lists_known_ones() -> None:
         data.list_specs("music")
 
 
-def test_no_source_works_lists_each_source_and_remedy(tmp_cache, web, temp_spec,
-                                                      monkeypatch) -> None:
-    temp_spec(_spec(
-        "toy",
-        PipCarrier("toy-carrier-x", "9.9", "toy-9.9.whl", {"x.txt": "x.txt"}),
-        DebianCarrier("dataset-toy", {"x.txt": "/nonexistent/toy/x.txt"}),
-        Download((RemoteFile("https://example.org/x.txt", None, "x.txt"),)),
-    ))
+def test_no_source_works_lists_each_source_and_remedy(
+    tmp_cache, web, temp_spec, monkeypatch
+) -> None:
+    temp_spec(
+        _spec(
+            "toy",
+            PipCarrier("toy-carrier-x", "9.9", "toy-9.9.whl", {"x.txt": "x.txt"}),
+            DebianCarrier("dataset-toy", {"x.txt": "/nonexistent/toy/x.txt"}),
+            Download((RemoteFile("https://example.org/x.txt", None, "x.txt"),)),
+        )
+    )
     monkeypatch.setattr("subprocess.run", _failing_run)
     monkeypatch.setattr("shutil.which", lambda tool: None)
     with pytest.raises(DataUnavailableError) as info:
@@ -70,16 +80,20 @@ def _failing_run(cmd, **kwargs):
 
 def test_first_working_source_wins_and_is_recorded(tmp_cache, web, temp_spec) -> None:
     sha = web.serve("https://mirror-b.example/x.txt", b"hello")
-    temp_spec(_spec(
-        "toy2",
-        Download((RemoteFile("https://mirror-a.example/x.txt", None, "x.txt"),)),
-        Download((RemoteFile("https://mirror-b.example/x.txt", sha, "x.txt"),)),
-    ))
+    temp_spec(
+        _spec(
+            "toy2",
+            Download((RemoteFile("https://mirror-a.example/x.txt", None, "x.txt"),)),
+            Download((RemoteFile("https://mirror-b.example/x.txt", sha, "x.txt"),)),
+        )
+    )
     assert not data.is_cached("toy2")
     assert data.load("toy2") == "hello"
     manifest = read_manifest(data.dataset_dir("toy2"))
-    assert manifest == {"source": "download https://mirror-b.example/x.txt",
-                        "files": {"x.txt": sha}}
+    assert manifest == {
+        "source": "download https://mirror-b.example/x.txt",
+        "files": {"x.txt": sha},
+    }
     assert data.is_cached("toy2")
     web.requests.clear()
     assert data.load("toy2") == "hello"

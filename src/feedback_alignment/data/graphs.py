@@ -30,8 +30,15 @@ from .sources import Download, PipCarrier, RemoteFile
 SPLIT_SEED = 0
 """Seed of Cora's Planetoid-style split."""
 
-CORA_CLASSES = ("Neural_Networks", "Rule_Learning", "Reinforcement_Learning",
-                "Probabilistic_Methods", "Theory", "Genetic_Algorithms", "Case_Based")
+CORA_CLASSES = (
+    "Neural_Networks",
+    "Rule_Learning",
+    "Reinforcement_Learning",
+    "Probabilistic_Methods",
+    "Theory",
+    "Genetic_Algorithms",
+    "Case_Based",
+)
 """Cora subjects in the carrier's label order (``subject`` column)."""
 
 
@@ -59,13 +66,26 @@ class GraphData:
         return int(self.x.shape[1])
 
 
-def make_graph(x: torch.Tensor, y: torch.Tensor, edge_index: torch.Tensor,
-               train_mask: torch.Tensor, val_mask: torch.Tensor, test_mask: torch.Tensor,
-               *, pyg: bool | None = None) -> Any:
+def make_graph(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    edge_index: torch.Tensor,
+    train_mask: torch.Tensor,
+    val_mask: torch.Tensor,
+    test_mask: torch.Tensor,
+    *,
+    pyg: bool | None = None,
+) -> Any:
     """Build a PyG ``Data`` (when ``pyg`` is True, or None and PyG is importable) or a
     :class:`GraphData`."""
-    fields = dict(x=x, y=y, edge_index=edge_index, train_mask=train_mask, val_mask=val_mask,
-                  test_mask=test_mask)
+    fields = dict(
+        x=x,
+        y=y,
+        edge_index=edge_index,
+        train_mask=train_mask,
+        val_mask=val_mask,
+        test_mask=test_mask,
+    )
     if pyg is None or pyg:
         try:
             from torch_geometric.data import Data
@@ -87,9 +107,14 @@ def undirected_edges(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> torch.
     return torch.from_numpy(np.stack([key // num_nodes, key % num_nodes]))
 
 
-def planetoid_style_split(y: np.ndarray, num_classes: int, per_class: int = 20,
-                          num_val: int = 500, num_test: int = 1000,
-                          seed: int = SPLIT_SEED) -> tuple[torch.Tensor, ...]:
+def planetoid_style_split(
+    y: np.ndarray,
+    num_classes: int,
+    per_class: int = 20,
+    num_val: int = 500,
+    num_test: int = 1000,
+    seed: int = SPLIT_SEED,
+) -> tuple[torch.Tensor, ...]:
     """A random split in the style of Planetoid (Yang et al., 2016): ``per_class`` training
     nodes per class, then ``num_val`` validation and ``num_test`` test nodes drawn from the
     rest, with NumPy's PCG64 seeded by ``seed``.
@@ -115,10 +140,11 @@ def planetoid_style_split(y: np.ndarray, num_classes: int, per_class: int = 20,
     train_idx = np.concatenate(train)
     rest = rng.permutation(np.setdiff1d(np.arange(n), train_idx))
     if len(rest) < num_val + num_test:
-        raise ValueError(f"{n} nodes cannot hold {len(train_idx)} train + {num_val} val + "
-                         f"{num_test} test")
+        raise ValueError(
+            f"{n} nodes cannot hold {len(train_idx)} train + {num_val} val + {num_test} test"
+        )
     masks = []
-    for idx in (train_idx, rest[:num_val], rest[num_val:num_val + num_test]):
+    for idx in (train_idx, rest[:num_val], rest[num_val : num_val + num_test]):
         mask = torch.zeros(n, dtype=torch.bool)
         mask[torch.from_numpy(idx)] = True
         masks.append(mask)
@@ -170,8 +196,10 @@ class _PlanetoidUnpickler(pickle.Unpickler):
             module.split(".")[0] == "numpy"
             or module.startswith("scipy.sparse")
             or (module in ("copy_reg", "copyreg") and name == "_reconstructor")
-            or (module in ("__builtin__", "builtins")
-                and name in ("object", "list", "dict", "set", "tuple", "int"))
+            or (
+                module in ("__builtin__", "builtins")
+                and name in ("object", "list", "dict", "set", "tuple", "int")
+            )
             or (module == "collections" and name in ("defaultdict", "OrderedDict"))
             or (module == "_codecs" and name == "encode")  # bytes in Python 3 protocol 2
         )
@@ -230,8 +258,11 @@ def read_planetoid(directory: Path, name: str) -> dict[str, Any]:
         raise ValueError(f"ind.{name}.graph names node {max(src.max(), dst.max())} >= {n}")
     n_train = _dense(parts["y"]).shape[0]
     return {
-        "x": x, "y": y, "edge_index": undirected_edges(src, dst, n).numpy(),
-        "train": np.arange(n_train), "val": np.arange(n_train, n_train + 500),
+        "x": x,
+        "y": y,
+        "edge_index": undirected_edges(src, dst, n).numpy(),
+        "train": np.arange(n_train),
+        "val": np.arange(n_train, n_train + 500),
         "test": test_index,
     }
 
@@ -245,33 +276,45 @@ def load_planetoid_dir(directory: Path, name: str, *, pyg: bool | None = None) -
         mask = torch.zeros(n, dtype=torch.bool)
         mask[torch.from_numpy(parts[key][parts[key] < n])] = True
         masks.append(mask)
-    return make_graph(torch.from_numpy(parts["x"]), torch.from_numpy(parts["y"]),
-                      torch.from_numpy(parts["edge_index"]), *masks, pyg=pyg)
+    return make_graph(
+        torch.from_numpy(parts["x"]),
+        torch.from_numpy(parts["y"]),
+        torch.from_numpy(parts["edge_index"]),
+        *masks,
+        pyg=pyg,
+    )
 
 
 # --------------------------------------------------------------------------- registry
 
-register(DatasetSpec(
-    name="cora", family="graphs",
-    description="Cora citations: 2,708 nodes x 1,433 features, 7 classes; seeded 20/class "
-                "train, 500 val, 1,000 test",
-    license="no explicit licence (McCallum et al. 2000); carrier graphdatascience Apache-2.0",
-    loader=load_cora_dir,
-    files=("cora_nodes.parquet.gzip", "cora_rels.parquet.gzip"),
-    sources=(PipCarrier(
-        "graphdatascience", "2.2", "graphdatascience-2.2-py3-none-any.whl",
-        {f: f"graphdatascience/resources/cora/{f}"
-         for f in ("cora_nodes.parquet.gzip", "cora_rels.parquet.gzip")},
-        archive_sha256="1e978c3bf5c2cece4282338d224d1efcffa8681733113d576c2205c4d06f549b",
-        sha256={
-            "cora_nodes.parquet.gzip":
-                "c54c0625af98570287dcb25e9f29e0b229948352a8de1dbf202fa39f36bfe591",
-            "cora_rels.parquet.gzip":
-                "e0059f81e607c0262e93fbe3c77950b06098dab167f0071cba97a82c9440ca01",
-        },
-    ),),
-    size="0.1 MB",
-))
+register(
+    DatasetSpec(
+        name="cora",
+        family="graphs",
+        description="Cora citations: 2,708 nodes x 1,433 features, 7 classes; seeded 20/class "
+        "train, 500 val, 1,000 test",
+        license="no explicit licence (McCallum et al. 2000); carrier graphdatascience Apache-2.0",
+        loader=load_cora_dir,
+        files=("cora_nodes.parquet.gzip", "cora_rels.parquet.gzip"),
+        sources=(
+            PipCarrier(
+                "graphdatascience",
+                "2.2",
+                "graphdatascience-2.2-py3-none-any.whl",
+                {
+                    f: f"graphdatascience/resources/cora/{f}"
+                    for f in ("cora_nodes.parquet.gzip", "cora_rels.parquet.gzip")
+                },
+                archive_sha256="1e978c3bf5c2cece4282338d224d1efcffa8681733113d576c2205c4d06f549b",
+                sha256={
+                    "cora_nodes.parquet.gzip": "c54c0625af98570287dcb25e9f29e0b229948352a8de1dbf202fa39f36bfe591",
+                    "cora_rels.parquet.gzip": "e0059f81e607c0262e93fbe3c77950b06098dab167f0071cba97a82c9440ca01",
+                },
+            ),
+        ),
+        size="0.1 MB",
+    )
+)
 
 _PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/"
 
@@ -279,7 +322,8 @@ _PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/"
 def _planetoid_spec(name: str, summary: str, size: str) -> DatasetSpec:
     files = tuple(f"ind.{name}.{p}" for p in PLANETOID_PARTS)
     return DatasetSpec(
-        name=name, family="graphs",
+        name=name,
+        family="graphs",
         description=f"{summary}; Planetoid public split",
         license="no explicit licence; cite Sen et al. 2008 and Yang et al. 2016",
         loader=lambda directory, **kw: load_planetoid_dir(directory, name, **kw),
@@ -290,6 +334,5 @@ def _planetoid_spec(name: str, summary: str, size: str) -> DatasetSpec:
     )
 
 
-register(_planetoid_spec("citeseer", "CiteSeer: 3,327 nodes x 3,703 features, 6 classes",
-                         "1 MB"))
+register(_planetoid_spec("citeseer", "CiteSeer: 3,327 nodes x 3,703 features, 6 classes", "1 MB"))
 register(_planetoid_spec("pubmed", "PubMed: 19,717 nodes x 500 features, 3 classes", "8 MB"))

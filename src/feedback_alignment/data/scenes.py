@@ -82,12 +82,19 @@ class SceneViews:
         poses = torch.cat([self.poses, self.test_poses]).numpy()
         i_test = np.arange(len(self.images), len(images))
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, images=images, poses=poses, focal=np.float32(self.focal),
-                                i_test=i_test, near=np.float32(self.near),
-                                far=np.float32(self.far))
+            np.savez_compressed(
+                fh,
+                images=images,
+                poses=poses,
+                focal=np.float32(self.focal),
+                i_test=i_test,
+                near=np.float32(self.near),
+                far=np.float32(self.far),
+            )
 
 
 # --------------------------------------------------------------------------- file loaders
+
 
 def load_tiny_nerf_npz(path: Path, *, n_test: int = 6) -> SceneViews:
     """Load a tiny-NeRF ``.npz`` (``images`` (N,H,W,3), ``poses`` (N,4,4), ``focal``).
@@ -109,8 +116,10 @@ def load_tiny_nerf_npz(path: Path, *, n_test: int = 6) -> SceneViews:
         near = float(npz["near"]) if "near" in npz.files else 2.0
         far = float(npz["far"]) if "far" in npz.files else 6.0
     if images.ndim != 4 or images.shape[-1] not in (3, 4) or poses.shape != (len(images), 4, 4):
-        raise ValueError(f"{path}: images {images.shape} and poses {poses.shape} do not form a "
-                         "tiny-NeRF set ((N,H,W,3), (N,4,4))")
+        raise ValueError(
+            f"{path}: images {images.shape} and poses {poses.shape} do not form a "
+            "tiny-NeRF set ((N,H,W,3), (N,4,4))"
+        )
     images = images[..., :3]
     if images.max() > 1.0:  # stored as 0-255
         images = images / 255.0
@@ -120,12 +129,14 @@ def load_tiny_nerf_npz(path: Path, *, n_test: int = 6) -> SceneViews:
         i_test = np.arange(len(images) - n_test, len(images))
     train = np.setdiff1d(np.arange(len(images)), i_test)
     t = torch.from_numpy
-    return SceneViews(t(images[train]), t(poses[train]), t(images[i_test]), t(poses[i_test]),
-                      focal, near, far)
+    return SceneViews(
+        t(images[train]), t(poses[train]), t(images[i_test]), t(poses[i_test]), focal, near, far
+    )
 
 
-def read_blender_split(root: Path, split: str, *, white_background: bool = True,
-                       downscale: int = 1) -> tuple[torch.Tensor, torch.Tensor, float]:
+def read_blender_split(
+    root: Path, split: str, *, white_background: bool = True, downscale: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Read one split of a Blender-synthetic scene (``transforms_{split}.json``).
 
     Each frame's ``file_path`` is relative to ``root`` and may omit ``.png``; RGBA images are
@@ -159,8 +170,9 @@ def read_blender_split(root: Path, split: str, *, white_background: bool = True,
         with Image.open(path) as im:
             im = im.convert("RGBA")
             if downscale > 1:
-                im = im.resize((im.width // downscale, im.height // downscale),
-                               Image.Resampling.BOX)
+                im = im.resize(
+                    (im.width // downscale, im.height // downscale), Image.Resampling.BOX
+                )
             rgba = np.asarray(im, dtype=np.float32) / 255.0
         bg = 1.0 if white_background else 0.0
         images.append(rgba[..., :3] * rgba[..., 3:] + bg * (1.0 - rgba[..., 3:]))
@@ -174,18 +186,22 @@ def read_blender_split(root: Path, split: str, *, white_background: bool = True,
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(poses)), focal
 
 
-def load_blender_dir(root: Path, *, test_split: str = "test", white_background: bool = True,
-                     downscale: int = 1) -> SceneViews:
+def load_blender_dir(
+    root: Path, *, test_split: str = "test", white_background: bool = True, downscale: int = 1
+) -> SceneViews:
     """A Blender-synthetic scene (e.g. ``nerf_synthetic/lego``): ``train`` vs ``test_split``.
     ``near = 2``, ``far = 6`` as in the NeRF paper."""
-    images, poses, focal = read_blender_split(root, "train", white_background=white_background,
-                                              downscale=downscale)
+    images, poses, focal = read_blender_split(
+        root, "train", white_background=white_background, downscale=downscale
+    )
     test_images, test_poses, _ = read_blender_split(
-        root, test_split, white_background=white_background, downscale=downscale)
+        root, test_split, white_background=white_background, downscale=downscale
+    )
     return SceneViews(images, poses, test_images, test_poses, focal)
 
 
 # --------------------------------------------------------------------------- rendered duck
+
 
 def normalise(mesh: TexturedMesh, radius: float = OBJECT_RADIUS) -> TexturedMesh:
     """Centre the mesh's bounding box at the origin and scale its bounding sphere to
@@ -210,9 +226,13 @@ def duck_rig(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pose(azimuth: float, elevation: float) -> np.ndarray:
-    eye = CAMERA_DISTANCE * np.array([math.cos(elevation) * math.cos(azimuth),
-                                      math.cos(elevation) * math.sin(azimuth),
-                                      math.sin(elevation)])
+    eye = CAMERA_DISTANCE * np.array(
+        [
+            math.cos(elevation) * math.cos(azimuth),
+            math.cos(elevation) * math.sin(azimuth),
+            math.sin(elevation),
+        ]
+    )
     return look_at(eye, np.zeros(3))
 
 
@@ -222,8 +242,9 @@ def render_views(mesh: TexturedMesh, poses: np.ndarray, size: int) -> np.ndarray
     return np.stack([render(mesh, pose, size, size, focal) for pose in poses])
 
 
-def load_duck_dir(directory: Path, *, size: int = 100, n_train: int = 40,
-                  n_test: int = 8) -> SceneViews:
+def load_duck_dir(
+    directory: Path, *, size: int = 100, n_train: int = 40, n_test: int = 8
+) -> SceneViews:
     """Render (or read the cached render of) the Collada duck: ``n_train`` training and
     ``n_test`` held-out views of ``size`` x ``size`` pixels (see the module doc for the rig).
 
@@ -231,24 +252,34 @@ def load_duck_dir(directory: Path, *, size: int = 100, n_train: int = 40,
         ValueError: non-positive sizes or counts.
     """
     if size < 8 or n_train < 1 or n_test < 1:
-        raise ValueError(f"need size >= 8 and at least one view per split, got size={size}, "
-                         f"n_train={n_train}, n_test={n_test}")
-    key = hashlib.sha256(json.dumps(
-        [RENDER_VERSION, size, n_train, n_test, OBJECT_RADIUS, CAMERA_DISTANCE, FOV_DEGREES]
-    ).encode()).hexdigest()[:12]
+        raise ValueError(
+            f"need size >= 8 and at least one view per split, got size={size}, "
+            f"n_train={n_train}, n_test={n_test}"
+        )
+    key = hashlib.sha256(
+        json.dumps(
+            [RENDER_VERSION, size, n_train, n_test, OBJECT_RADIUS, CAMERA_DISTANCE, FOV_DEGREES]
+        ).encode()
+    ).hexdigest()[:12]
     cached = directory / f"views-{size}px-{n_train}+{n_test}-{key}.npz"
     if cached.is_file():
         return load_tiny_nerf_npz(cached)
     mesh = normalise(read_collada(directory / "duck.dae"))
     train_poses, test_poses = duck_rig(n_train, n_test)
-    logger.info("rendering %d duck views at %dx%d (cached afterwards)", n_train + n_test, size,
-                size)
+    logger.info(
+        "rendering %d duck views at %dx%d (cached afterwards)", n_train + n_test, size, size
+    )
     poses = np.concatenate([train_poses, test_poses])
     images = render_views(mesh, poses, size)
     focal = 0.5 * size / math.tan(math.radians(FOV_DEGREES) / 2)
     t = torch.from_numpy
-    views = SceneViews(t(images[:n_train]), t(poses[:n_train]).float(), t(images[n_train:]),
-                       t(poses[n_train:]).float(), focal)
+    views = SceneViews(
+        t(images[:n_train]),
+        t(poses[:n_train]).float(),
+        t(images[n_train:]),
+        t(poses[n_train:]).float(),
+        focal,
+    )
     views.save_npz(cached)
     return views
 
@@ -266,29 +297,46 @@ def load_tiny_nerf_dir(directory: Path, **kwargs: int) -> SceneViews:
 # --------------------------------------------------------------------------- registry
 
 _ASSIMP = "/usr/share/assimp/models/Collada/"
-register(DatasetSpec(
-    name="duck", family="scenes",
-    description="Collada duck (assimp test model) rendered: 40 train + 8 test views, "
-                "100x100, tiny-NeRF layout",
-    license="SCEA Shared Source License 1.0 (model); Debian assimp-testmodels",
-    loader=load_duck_dir,
-    files=("duck.dae", "duckCM.tga"),
-    sources=(DebianCarrier("assimp-testmodels",
-                           {"duck.dae": _ASSIMP + "duck.dae",
-                            "duckCM.tga": _ASSIMP + "duckCM.tga"}),),
-    size="1.1 MB",
-    prepare=prepare_duck,
-))
+register(
+    DatasetSpec(
+        name="duck",
+        family="scenes",
+        description="Collada duck (assimp test model) rendered: 40 train + 8 test views, "
+        "100x100, tiny-NeRF layout",
+        license="SCEA Shared Source License 1.0 (model); Debian assimp-testmodels",
+        loader=load_duck_dir,
+        files=("duck.dae", "duckCM.tga"),
+        sources=(
+            DebianCarrier(
+                "assimp-testmodels",
+                {"duck.dae": _ASSIMP + "duck.dae", "duckCM.tga": _ASSIMP + "duckCM.tga"},
+            ),
+        ),
+        size="1.1 MB",
+        prepare=prepare_duck,
+    )
+)
 
-register(DatasetSpec(
-    name="tiny-nerf-lego", family="scenes",
-    description="tiny-NeRF lego: 106 views 100x100 (last 6 for test), tiny-NeRF layout",
-    license="CC BY 3.0 (NeRF authors)",
-    loader=load_tiny_nerf_dir,
-    files=("tiny_nerf_data.npz",),
-    # No published sha256 could be found: trust on first use.
-    sources=(Download((RemoteFile(
-        "http://cseweb.ucsd.edu/~viscomp/projects/LF/papers/ECCV20/nerf/tiny_nerf_data.npz",
-        None, "tiny_nerf_data.npz"),)),),
-    size="13 MB",
-))
+register(
+    DatasetSpec(
+        name="tiny-nerf-lego",
+        family="scenes",
+        description="tiny-NeRF lego: 106 views 100x100 (last 6 for test), tiny-NeRF layout",
+        license="CC BY 3.0 (NeRF authors)",
+        loader=load_tiny_nerf_dir,
+        files=("tiny_nerf_data.npz",),
+        # No published sha256 could be found: trust on first use.
+        sources=(
+            Download(
+                (
+                    RemoteFile(
+                        "http://cseweb.ucsd.edu/~viscomp/projects/LF/papers/ECCV20/nerf/tiny_nerf_data.npz",
+                        None,
+                        "tiny_nerf_data.npz",
+                    ),
+                )
+            ),
+        ),
+        size="13 MB",
+    )
+)

