@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,3 +58,47 @@ class Rule(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class BoundRule(Rule):
+    """A rule that keeps one binding (hooks, buffers, state) per model it is applied to.
+
+    Subclasses set ``self._bindings = {}`` and store, under ``id(model)``, an object with a
+    ``mode`` attribute (``"rule"`` or ``"backprop"``), a ``recorders`` list of lists that its
+    hooks fill with ``(name, tensor)``, and a ``calls`` dict of per-forward call counts.
+
+    What is recorded is where the rule's signal enters: a direct rule's feedback points, a
+    layer-wise rule's layer outputs (``dL/d(output)`` there is the layer's ``delta``, so
+    :func:`~feedback_alignment.alignment.alignment` compares the rule's ``delta`` with BP's).
+    """
+
+    _bindings: dict[int, Any]
+
+    def is_applied(self, model: nn.Module) -> bool:
+        return id(model) in self._bindings
+
+    def _binding(self, model: nn.Module) -> Any:
+        try:
+            return self._bindings[id(model)]
+        except KeyError:
+            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}") from None
+
+    @contextmanager
+    def backprop_mode(self, model: nn.Module) -> Iterator[None]:
+        binding = self._binding(model)
+        previous, binding.mode = binding.mode, "backprop"
+        try:
+            yield
+        finally:
+            binding.mode = previous
+
+    @contextmanager
+    def recording(self, model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        binding = self._binding(model)
+        record: list[tuple[str, torch.Tensor]] = []
+        binding.recorders.append(record)
+        binding.calls.clear()
+        try:
+            yield record
+        finally:
+            binding.recorders.remove(record)

@@ -32,8 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -44,7 +43,7 @@ from torch import nn
 from feedback_alignment.feedback import DISTRIBUTIONS, SCALINGS, FeedbackLayout, draw
 from feedback_alignment.functional import DirectFeedbackFn
 from feedback_alignment.points import INPUT_SUFFIX, PlacementError, find_points
-from feedback_alignment.rules.base import Rule
+from feedback_alignment.rules.base import BoundRule
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
 """Name of the feedback buffer registered on the model: ``model.state_dict()[FEEDBACK_BUFFER]``."""
@@ -52,7 +51,7 @@ FEEDBACK_BUFFER = "direct_feedback_matrix"
 OutputSelector = int | str | None
 
 
-class DirectFeedback(Rule):
+class DirectFeedback(BoundRule):
     """Base class of the direct-feedback rules (see the module doc for the equations).
 
     Args:
@@ -161,28 +160,6 @@ class DirectFeedback(Rule):
         binding.close(model)
         return model
 
-    def is_applied(self, model: nn.Module) -> bool:
-        return id(model) in self._bindings
-
-    @contextmanager
-    def backprop_mode(self, model: nn.Module) -> Iterator[None]:
-        binding = self._binding(model)
-        previous, binding.mode = binding.mode, "backprop"
-        try:
-            yield
-        finally:
-            binding.mode = previous
-
-    @contextmanager
-    def recording(self, model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        binding = self._binding(model)
-        record: list[tuple[str, torch.Tensor]] = []
-        binding.recorders.append(record)
-        try:
-            yield record
-        finally:
-            binding.recorders.remove(record)
-
     # --- inspection ----------------------------------------------------------------------------
 
     def point_names(self, model: nn.Module) -> list[str]:
@@ -206,12 +183,6 @@ class DirectFeedback(Rule):
     def project_signal(self, error: torch.Tensor) -> torch.Tensor:
         """The signal ``s`` projected by ``B`` from the flattened error ``e`` of shape (n, d_out)."""
         return error
-
-    def _binding(self, model: nn.Module) -> _Binding:
-        try:
-            return self._bindings[id(model)]
-        except KeyError:
-            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}") from None
 
 
 class DFA(DirectFeedback):

@@ -66,8 +66,7 @@ import hashlib
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -85,7 +84,7 @@ from feedback_alignment.functional import (
     conv_nd,
     linear_weight_grad,
 )
-from feedback_alignment.rules.base import Rule
+from feedback_alignment.rules.base import BoundRule
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +164,7 @@ class _Binding:
         self.handles: list[Any] = []
 
 
-class LayerwiseFeedback(Rule):
+class LayerwiseFeedback(BoundRule):
     """Base class of the layer-wise rules (see the module doc for the equations).
 
     Subclasses say how ``B^T`` is made (:meth:`_setup` registers per-layer buffers, :meth:`_feedback`
@@ -239,36 +238,6 @@ class LayerwiseFeedback(Rule):
                 layer.module._buffers.pop(name, None)
         return model
 
-    def is_applied(self, model: nn.Module) -> bool:
-        return id(model) in self._bindings
-
-    @contextmanager
-    def backprop_mode(self, model: nn.Module) -> Iterator[None]:
-        """Within the block every converted layer runs its own forward: plain backprop."""
-        binding = self._binding(model)
-        previous, binding.mode = binding.mode, "backprop"
-        try:
-            yield
-        finally:
-            binding.mode = previous
-
-    @contextmanager
-    def recording(self, model: nn.Module) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """Yields a list filled with ``(layer path, output)`` of every converted layer's call.
-
-        ``dL/d(output)`` there is the layer's ``delta`` under the rule (or under BP within
-        :meth:`backprop_mode`), so :func:`~feedback_alignment.alignment.alignment` reports the
-        cosine between the rule's and BP's ``delta`` per layer.
-        """
-        binding = self._binding(model)
-        record: list[tuple[str, torch.Tensor]] = []
-        binding.recorders.append(record)
-        binding.calls.clear()
-        try:
-            yield record
-        finally:
-            binding.recorders.remove(record)
-
     # --- inspection ----------------------------------------------------------------------------
 
     def layers(self, model: nn.Module) -> list[str]:
@@ -312,12 +281,6 @@ class LayerwiseFeedback(Rule):
 
     def _scale_of(self, weight: torch.Tensor) -> float:
         return init_std(weight) if self.scale == "init" else float(self.scale)
-
-    def _binding(self, model: nn.Module) -> _Binding:
-        try:
-            return self._bindings[id(model)]
-        except KeyError:
-            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}") from None
 
     def _collect(self, model: nn.Module, exclude: Sequence[str]) -> list[_Layer]:
         """The layers to convert; raises listing every module that cannot be converted."""
