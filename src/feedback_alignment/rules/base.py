@@ -63,25 +63,58 @@ class Rule(ABC):
 class BoundRule(Rule):
     """A rule that keeps one binding (hooks, buffers, state) per model it is applied to.
 
-    Subclasses set ``self._bindings = {}`` and store, under ``id(model)``, an object with a
-    ``mode`` attribute (``"rule"`` or ``"backprop"``), a ``recorders`` list of lists that its
-    hooks fill with ``(name, tensor)``, and a ``calls`` dict of per-forward call counts.
+    The binding is stored **on the model** (attribute ``_feedback_alignment_<family>``), never in a
+    registry of the rule keyed by ``id(model)``: it then travels with the model through
+    ``copy.deepcopy`` and pickling (the copy trains with its own hooks and buffers, independent of
+    the original), and a rule reused on new models can never mistake one for a dead model whose
+    ``id`` was recycled. A binding holds its rule by reference; a deep copy of a model keeps that
+    reference (the rule is configuration, shared) and copies everything else.
+
+    A binding has a ``rule`` attribute, a ``mode`` attribute (``"rule"`` or ``"backprop"``), a
+    ``recorders`` list of lists that its hooks fill with ``(name, tensor)``, and a ``calls`` dict
+    of per-forward call counts.
 
     What is recorded is where the rule's signal enters: a direct rule's feedback points, a
     layer-wise rule's layer outputs (``dL/d(output)`` there is the layer's ``delta``, so
     :func:`~feedback_alignment.alignment.alignment` compares the rule's ``delta`` with BP's).
     """
 
-    _bindings: dict[int, Any]
+    #: ``"direct"`` or ``"layerwise"``: one rule of each family may be applied to a model at once
+    family: str = "rule"
+
+    @property
+    def _attribute(self) -> str:
+        return f"_feedback_alignment_{self.family}"
+
+    def _bound(self, model: nn.Module) -> Any | None:
+        """The binding of this rule's family on ``model`` (``None`` if there is none)."""
+        return model.__dict__.get(self._attribute)
+
+    def _attach(self, model: nn.Module, binding: Any) -> None:
+        """Stores ``binding`` on ``model`` (refuses a second rule of the same family)."""
+        existing = self._bound(model)
+        if existing is not None:
+            raise RuntimeError(
+                f"{type(model).__name__} already has {existing.rule!r} applied; call "
+                "remove(model) on that rule first"
+            )
+        model.__dict__[self._attribute] = binding
+
+    def _detach(self, model: nn.Module) -> Any:
+        """Removes and returns this rule's binding from ``model``."""
+        binding = self._binding(model)
+        del model.__dict__[self._attribute]
+        return binding
 
     def is_applied(self, model: nn.Module) -> bool:
-        return id(model) in self._bindings
+        binding = self._bound(model)
+        return binding is not None and binding.rule is self
 
     def _binding(self, model: nn.Module) -> Any:
-        try:
-            return self._bindings[id(model)]
-        except KeyError:
-            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}") from None
+        binding = self._bound(model)
+        if binding is None or binding.rule is not self:
+            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}")
+        return binding
 
     @contextmanager
     def backprop_mode(self, model: nn.Module) -> Iterator[None]:
@@ -102,3 +135,24 @@ class BoundRule(Rule):
             yield record
         finally:
             binding.recorders.remove(record)
+
+
+class RuleReference:
+    """Mixin for bindings: ``copy.deepcopy`` of a model copies its binding but not the rule.
+
+    The rule is configuration shared by every model it is applied to; the binding (hooks, records,
+    layout) is per model. ``__deepcopy__`` keeps ``self.rule`` and deep-copies the rest with the
+    same memo, so references to the model inside the binding point to the copy.
+    """
+
+    rule: Any
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        import copy
+
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        memo.setdefault(id(self.rule), self.rule)
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = copy.deepcopy(value, memo)
+        return clone
