@@ -156,8 +156,11 @@ def test_refusals_name_the_problem():
         uSF().apply(nn.Sequential(nn.ConvTranspose2d(2, 2, 3)))
     model = nn.Sequential(nn.Linear(3, 3))
     FA().apply(model)
-    with pytest.raises(UnsupportedLayerError, match=r"already has its forward replaced"):
+    with pytest.raises(RuntimeError, match=r"already has layerwise feedback applied \(FA\("):
         uSF().apply(model)
+    inner = nn.Sequential(model)  # the converted layer inside another model is still refused
+    with pytest.raises(UnsupportedLayerError, match=r"already has its forward replaced"):
+        uSF().apply(inner)
     with pytest.raises(RuntimeError, match=r"is not applied"):
         uSF().remove(model)
     with pytest.raises(ValueError, match=r"unknown scale"):

@@ -59,6 +59,12 @@ class Rule(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def __deepcopy__(self, memo: dict) -> Rule:
+        """A rule is configuration shared by the models it is applied to: ``copy.deepcopy`` of a
+        converted model gives the copy its own binding (hooks, buffers, records) under the same
+        rule object, so ``rule.remove(copy)`` and ``rule.is_applied(copy)`` work on the copy."""
+        return self
+
 
 class BoundRule(Rule):
     """A rule that keeps one binding (hooks, buffers, state) per model it is applied to.
@@ -68,7 +74,7 @@ class BoundRule(Rule):
     ``copy.deepcopy`` and pickling (the copy trains with its own hooks and buffers, independent of
     the original), and a rule reused on new models can never mistake one for a dead model whose
     ``id`` was recycled. A binding holds its rule by reference; a deep copy of a model keeps that
-    reference (the rule is configuration, shared) and copies everything else.
+    reference (see :meth:`Rule.__deepcopy__`) and copies everything else.
 
     A binding has a ``rule`` attribute, a ``mode`` attribute (``"rule"`` or ``"backprop"``), a
     ``recorders`` list of lists that its hooks fill with ``(name, tensor)``, and a ``calls`` dict
@@ -95,8 +101,8 @@ class BoundRule(Rule):
         existing = self._bound(model)
         if existing is not None:
             raise RuntimeError(
-                f"{type(model).__name__} already has {existing.rule!r} applied; call "
-                "remove(model) on that rule first"
+                f"{type(model).__name__} already has {self.family} feedback applied "
+                f"({existing.rule!r}); call remove(model) on that rule first"
             )
         model.__dict__[self._attribute] = binding
 
@@ -135,24 +141,3 @@ class BoundRule(Rule):
             yield record
         finally:
             binding.recorders.remove(record)
-
-
-class RuleReference:
-    """Mixin for bindings: ``copy.deepcopy`` of a model copies its binding but not the rule.
-
-    The rule is configuration shared by every model it is applied to; the binding (hooks, records,
-    layout) is per model. ``__deepcopy__`` keeps ``self.rule`` and deep-copies the rest with the
-    same memo, so references to the model inside the binding point to the copy.
-    """
-
-    rule: Any
-
-    def __deepcopy__(self, memo: dict) -> Any:
-        import copy
-
-        clone = object.__new__(type(self))
-        memo[id(self)] = clone
-        memo.setdefault(id(self.rule), self.rule)
-        for key, value in self.__dict__.items():
-            clone.__dict__[key] = copy.deepcopy(value, memo)
-        return clone

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -66,6 +65,7 @@ class DirectFeedback(BoundRule):
     """
 
     name = "direct"
+    family = "direct"
     signal: str | None = "error"
 
     def __init__(
@@ -85,7 +85,6 @@ class DirectFeedback(BoundRule):
         self.shared = bool(shared)
         self.seed = int(seed)
         self.check_finite = bool(check_finite)
-        self._bindings: dict[int, _Binding] = {}
 
     def __repr__(self) -> str:
         return (
@@ -129,11 +128,8 @@ class DirectFeedback(BoundRule):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
-        if FEEDBACK_BUFFER in model._buffers:
-            raise RuntimeError(
-                f"{type(model).__name__} already has direct feedback applied; call remove(model) on "
-                "the rule that applied it first"
-            )
+        if self._bound(model) is not None:
+            self._attach(model, None)  # raises, naming the rule already applied
         found = find_points(model, points)
         error_site = None
         if error_at is not None:
@@ -150,13 +146,11 @@ class DirectFeedback(BoundRule):
             )
         binding = _Binding(self, model, found, output, error_at, error_site)
         binding.output_activation = output_activation
-        self._bindings[id(model)] = binding
+        self._attach(model, binding)
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:
-        binding = self._bindings.pop(id(model), None)
-        if binding is None:
-            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}")
+        binding = self._detach(model)
         binding.close(model)
         return model
 
@@ -304,7 +298,7 @@ class _Binding:
         self.records: list[tuple[str, torch.Tensor]] = []
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
         self.calls: dict[str, int] = {}
-        self.model = weakref.ref(model)
+        self.owner = model  # a strong reference: deepcopy maps it to the copy
         model.register_buffer(FEEDBACK_BUFFER, None)
         self.feeds = rule.signal is not None
         self.output_activation: str | None = None
@@ -456,7 +450,7 @@ class _Binding:
                 f"those that fixed the feedback matrix ({dict(zip(layout.names, layout.widths, strict=True))}, "
                 f"d_out={layout.out_features}); a feedback point's width cannot change between steps"
             )
-        model = self.model()
+        model = self.owner
         layout = FeedbackLayout.build(
             names, widths, out_features, shared=self.rule.shared, scaling=self.rule.scale
         )
@@ -492,7 +486,7 @@ class _Binding:
         """``DirectFeedbackFn``'s backward: one matmul ``P = s(e) @ B``, then a slice per point."""
         hidden_shapes = forward.shapes
         layout = self.layout
-        model = self.model()
+        model = self.owner
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
         if layout is None or buffer is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")

@@ -156,7 +156,8 @@ class _Layer:
 class _Binding:
     """One rule applied to one model: the converted layers and the measurement state."""
 
-    def __init__(self, layers: list[_Layer]) -> None:
+    def __init__(self, rule: LayerwiseFeedback, layers: list[_Layer]) -> None:
+        self.rule = rule
         self.layers = layers
         self.mode = "rule"  # or "backprop"
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
@@ -178,6 +179,7 @@ class LayerwiseFeedback(BoundRule):
     """
 
     name = "layerwise"
+    family = "layerwise"
     #: buffers this rule registers on each converted layer
     buffers: tuple[str, ...] = ()
 
@@ -189,7 +191,6 @@ class LayerwiseFeedback(BoundRule):
         self.scale = scale
         self.norm = norm
         self.seed = int(seed)
-        self._bindings: dict[int, _Binding] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scale={self.scale!r}, norm={self.norm!r}, seed={self.seed})"
@@ -211,10 +212,10 @@ class LayerwiseFeedback(BoundRule):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
-        if id(model) in self._bindings:
-            raise RuntimeError(f"{self!r} is already applied to this {type(model).__name__}")
+        if self._bound(model) is not None:
+            self._attach(model, None)  # raises, naming the rule already applied
         layers = self._collect(model, exclude)
-        binding = _Binding(layers)
+        binding = _Binding(self, layers)
         for layer in layers:
             weight = layer.module.weight
             layer.scale = self._scale_of(weight)
@@ -223,13 +224,11 @@ class LayerwiseFeedback(BoundRule):
         for layer in layers:
             layer.module.forward = partial(_converted_forward, self, binding, layer)
         binding.handles.extend(self._install(model, binding))
-        self._bindings[id(model)] = binding
+        self._attach(model, binding)
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:
-        binding = self._bindings.pop(id(model), None)
-        if binding is None:
-            raise RuntimeError(f"{self!r} is not applied to this {type(model).__name__}")
+        binding = self._detach(model)
         for handle in binding.handles:
             handle.remove()
         for layer in binding.layers:
