@@ -1,0 +1,252 @@
+"""The zoo of issue 10: foreign models convert without ever training by backprop in secret.
+
+Every model of ``zoo.models`` (torch.nn encoders and recurrent nets, a timm-style ViT, Hugging Face
+GPT-2 / BERT / ViT, PyG GraphSAGE / GIN / GAT, torchfm DeepFM / AutoInt / AFN / xDeepFM, the
+library's ResNet), with the automatic placement and with explicit block points:
+
+(a) ``Shallow``: no parameter that feeds a point receives a gradient, the top block gets its true
+    gradient;
+(b) ``DFA``: every gradient equals the float64 reference of ``zoo.reference`` (local backprop of
+    ``B_l e`` at each point, the true gradient above the last one; ``B`` read from the raw buffer);
+(c) ``remove`` restores backprop exactly;
+(d) a ``state_dict`` round trip into a fresh model gives identical gradients;
+
+or, where the placement cannot be cut, the first training forward raises ``fa.PlacementError``
+naming the module. Also: deep copies and pickles train with their own feedback, and one rule object
+serves many models in turn.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+
+import pytest
+import torch
+
+import feedback_alignment as fa
+from zoo.models import CASES, Case
+from zoo.reference import backprop_grads, reference_step
+
+KEY = fa.FEEDBACK_BUFFER
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+PLACEMENTS = ("auto", "blocks")
+SEED = 7
+
+Grads = dict[str, "torch.Tensor | None"]
+
+
+@pytest.fixture(autouse=True)
+def _float64_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _case(name: str) -> Case:
+    case = CASES[name]
+    if not case.available:
+        pytest.skip(f"{case.library} is not installed")
+    return case
+
+
+def _points(case: Case, placement: str) -> list[str] | None:
+    return None if placement == "auto" else list(case.blocks)
+
+
+def _convert(case: Case, rule: fa.DirectFeedback, placement: str, seed: int = 0):
+    """A fresh model with ``rule`` applied, and an unconverted copy with the same weights."""
+    model = case.build(seed)
+    reference = copy.deepcopy(model)
+    rule.apply(model, points=_points(case, placement), **case.apply)
+    return model, reference
+
+
+def _train(case: Case, model: torch.nn.Module) -> Grads:
+    model.zero_grad(set_to_none=True)
+    case.run(model).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def _first_step(case: Case, model: torch.nn.Module, placement: str) -> Grads | None:
+    """The first training step; ``None`` after the refusal the case expects for this placement."""
+    if placement == "auto" and case.refuse_auto is not None:
+        with pytest.raises(fa.PlacementError, match=case.refuse_auto) as refusal:
+            _train(case, model)
+        assert "point" in str(refusal.value), "the refusal must say where to put a point"
+        return None
+    return _train(case, model)
+
+
+def _reference(case: Case, reference: torch.nn.Module, points: list[str], buffer=None):
+    return reference_step(
+        reference,
+        points,
+        case.run,
+        error_site=case.error_site,
+        buffer=buffer,
+        point_axes=case.point_axes,
+        output_activation=case.apply.get("output_activation"),
+    )
+
+
+def _has(grad: torch.Tensor | None) -> bool:
+    return grad is not None and bool(grad.any())
+
+
+def _assert_grads(actual: Grads, expected: Grads, what: str) -> None:
+    assert actual.keys() == expected.keys()
+    for name, want in expected.items():
+        got = actual[name]
+        if not _has(want):
+            assert not _has(got), f"{what}: {name} received a gradient, expected none"
+            continue
+        assert got is not None, f"{what}: {name} received no gradient"
+        torch.testing.assert_close(got, want, **TOL, msg=lambda m, n=name: f"{what}: {n}: {m}")
+
+
+ALL = sorted(CASES)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_automatic_placement_finds_the_blocks(name):
+    case = _case(name)
+    if case.auto is None:
+        pytest.skip("no expectation for this model's automatic placement")
+    model = case.build(0)
+    rule = fa.DFA(seed=SEED)
+    rule.apply(model, **case.apply)
+    assert sorted(rule.point_names(model)) == sorted(case.auto)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("name", ALL)
+def test_shallow_trains_only_the_top(name, placement):
+    case = _case(name)
+    rule = fa.Shallow()
+    model, reference = _convert(case, rule, placement)
+    grads = _first_step(case, model, placement)
+    if grads is None:
+        return
+    expected = _reference(case, reference, rule.point_names(model))
+    below = expected.feeders - {n for n, g in expected.top.items() if g is not None}
+    assert below, "the placement leaves nothing below its points: the check would not bite"
+    leaked = sorted(n for n in below if _has(grads[n]))
+    assert not leaked, f"Shallow trained parameters below the points: {leaked}"
+    assert any(_has(g) for g in grads.values()), "the top block received no gradient"
+    _assert_grads(grads, expected.top, "Shallow")
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("name", ALL)
+def test_dfa_matches_the_float64_reference(name, placement):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, placement)
+    grads = _first_step(case, model, placement)
+    if grads is None:
+        return
+    buffer = model.state_dict()[KEY]
+    expected = _reference(case, reference, rule.point_names(model), buffer)
+    assert list(rule.layout(model).names) == expected.names
+    assert below_points_learn(expected, grads), "no parameter below the points learned"
+    _assert_grads(grads, expected.grads, "DFA")
+
+
+def below_points_learn(expected, grads: Grads) -> bool:
+    """Some parameter that only feeds points received a (feedback) gradient."""
+    top = {n for n, g in expected.top.items() if g is not None}
+    return any(_has(grads[n]) for n in expected.feeders - top)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("name", ALL)
+def test_remove_restores_backprop(name, placement):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, placement)
+    _first_step(case, model, placement)
+    rule.remove(model)
+    assert KEY not in model.state_dict()
+    _assert_grads(_train(case, model), backprop_grads(reference, case.run), "after remove")
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip_gives_identical_gradients(name, placement):
+    case = _case(name)
+    model, _ = _convert(case, fa.DFA(seed=SEED), placement)
+    if _first_step(case, model, placement) is None:
+        return
+    state = model.state_dict()
+    assert KEY in state
+    fresh = case.build(1)  # other weights, another seed: everything must come from the checkpoint
+    fa.DFA(seed=SEED + 1).apply(fresh, points=_points(case, placement), **case.apply)
+    fresh.load_state_dict(state)
+    _assert_grads(_train(case, fresh), _train(case, model), "after load_state_dict")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deep_copy_trains_with_its_own_feedback(name):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, "blocks")
+    _train(case, model)
+    clone = copy.deepcopy(model)
+    own = clone.state_dict()[KEY].clone()
+    model.state_dict()[KEY].mul_(2.0)  # the original's feedback changes; the copy's must not
+    del model
+    gc.collect()
+    grads = _train(case, clone)
+    assert torch.equal(clone.state_dict()[KEY], own)
+    expected = _reference(case, reference, rule.point_names(clone), own)
+    _assert_grads(grads, expected.grads, "deep copy")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pickle_round_trip_trains_alike(name):
+    case = _case(name)
+    model, _ = _convert(case, fa.DFA(seed=SEED), "blocks")
+    _train(case, model)
+    clone = pickle.loads(pickle.dumps(model))
+    assert torch.equal(clone.state_dict()[KEY], model.state_dict()[KEY])
+    _assert_grads(_train(case, clone), _train(case, model), "after pickling")
+
+
+@pytest.mark.parametrize("name", ["encoder-bf-gelu", "lstm-sf-state", "torchfm-afn"])
+def test_one_rule_serves_twenty_models_in_turn(name):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    for seed in range(20):
+        model = case.build(seed)  # the previous model is dropped without remove
+        rule.apply(model, points=list(case.blocks), **case.apply)
+        _train(case, model)
+        assert rule.point_names(model) == list(case.blocks)
+
+
+MICRO = {
+    "vit-timm-style": (["blocks.0.mlp.act", "blocks.1.mlp.act"], r"blocks\.0\.mlp\.act"),
+    "encoder-bf-gelu": (
+        ["encoder.layers.0.activation", "encoder.layers.1.activation"],
+        r"encoder\.layers\.0\.activation",
+    ),
+    "encoder-sf-relu": (
+        ["encoder.layers.0.activation", "encoder.layers.1.activation"],
+        r"encoder\.layers\.0\.activation",
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", [fa.DFA(seed=SEED), fa.Shallow()], ids=["DFA", "Shallow"])
+@pytest.mark.parametrize("name", sorted(MICRO))
+def test_points_inside_a_residual_branch_are_refused(name, rule):
+    """The residual stream carries the uncut tensor around such a point: a leak to refuse."""
+    case = _case(name)
+    points, names = MICRO[name]
+    model = case.build(0)
+    rule.apply(model, points=points, **case.apply)
+    with pytest.raises(fa.PlacementError, match=names):
+        _train(case, model)
