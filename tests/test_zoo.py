@@ -21,12 +21,13 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import re
 
 import pytest
 import torch
 
 import feedback_alignment as fa
-from zoo.models import CASES, Case
+from zoo.models import CASES, VARIANTS, Case
 from zoo.reference import backprop_grads, reference_step
 
 KEY = fa.FEEDBACK_BUFFER
@@ -47,7 +48,7 @@ def _float64_one_thread():
 
 
 def _case(name: str) -> Case:
-    case = CASES[name]
+    case = CASES[name] if name in CASES else VARIANTS[name]
     if not case.available:
         pytest.skip(f"{case.library} is not installed")
     return case
@@ -81,7 +82,7 @@ def _first_step(case: Case, model: torch.nn.Module, placement: str) -> Grads | N
     return _train(case, model)
 
 
-def _reference(case: Case, reference: torch.nn.Module, points: list[str], buffer=None):
+def _reference(case: Case, reference: torch.nn.Module, points: list[str], buffer=None, rule=None):
     return reference_step(
         reference,
         points,
@@ -90,6 +91,8 @@ def _reference(case: Case, reference: torch.nn.Module, points: list[str], buffer
         buffer=buffer,
         point_axes=case.point_axes,
         output_activation=case.apply.get("output_activation"),
+        shared=True if rule is None else rule.shared,
+        scaling="principled" if rule is None else rule.scale,
     )
 
 
@@ -109,6 +112,11 @@ def _assert_grads(actual: Grads, expected: Grads, what: str) -> None:
 
 
 ALL = sorted(CASES)
+PAIRS = [
+    *((name, placement) for name in ALL for placement in PLACEMENTS),
+    *((name, "blocks") for name in sorted(VARIANTS)),
+]
+"""Every zoo model with both placements, and the variants with their explicit points."""
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -122,8 +130,7 @@ def test_automatic_placement_finds_the_blocks(name):
     assert sorted(rule.point_names(model)) == sorted(case.auto)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(("name", "placement"), PAIRS)
 def test_shallow_trains_only_the_top(name, placement):
     case = _case(name)
     rule = fa.Shallow()
@@ -140,30 +147,45 @@ def test_shallow_trains_only_the_top(name, placement):
     _assert_grads(grads, expected.top, "Shallow")
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(("name", "placement"), PAIRS)
 def test_dfa_matches_the_float64_reference(name, placement):
-    case = _case(name)
-    rule = fa.DFA(seed=SEED)
+    _check_dfa(_case(name), placement, fa.DFA(seed=SEED))
+
+
+MATRICES = [
+    {"shared": False},
+    {"scale": "nokland", "feedback": "uniform"},
+    {"shared": False, "scale": "tinydfa", "feedback": "rademacher"},
+]
+
+
+@pytest.mark.parametrize("options", MATRICES, ids=["disjoint", "nokland", "disjoint-tinydfa"])
+@pytest.mark.parametrize(
+    "name", ["resnet-batchnorm", "hf-bert-labels", "lstm-sf-state", "torchfm-autoint", "pyg-gin"]
+)
+def test_dfa_matches_the_reference_with_other_matrices(name, options):
+    _check_dfa(_case(name), "blocks", fa.DFA(seed=SEED, **options))
+
+
+def _check_dfa(case: Case, placement: str, rule: fa.DirectFeedback) -> None:
     model, reference = _convert(case, rule, placement)
     grads = _first_step(case, model, placement)
     if grads is None:
         return
     buffer = model.state_dict()[KEY]
-    expected = _reference(case, reference, rule.point_names(model), buffer)
+    expected = _reference(case, reference, rule.point_names(model), buffer, rule)
     assert list(rule.layout(model).names) == expected.names
-    assert below_points_learn(expected, grads), "no parameter below the points learned"
+    assert _below_points_learn(expected, grads), "no parameter below the points learned"
     _assert_grads(grads, expected.grads, "DFA")
 
 
-def below_points_learn(expected, grads: Grads) -> bool:
+def _below_points_learn(expected, grads: Grads) -> bool:
     """Some parameter that only feeds points received a (feedback) gradient."""
     top = {n for n, g in expected.top.items() if g is not None}
     return any(_has(grads[n]) for n in expected.feeders - top)
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(("name", "placement"), PAIRS)
 def test_remove_restores_backprop(name, placement):
     case = _case(name)
     rule = fa.DFA(seed=SEED)
@@ -174,8 +196,7 @@ def test_remove_restores_backprop(name, placement):
     _assert_grads(_train(case, model), backprop_grads(reference, case.run), "after remove")
 
 
-@pytest.mark.parametrize("placement", PLACEMENTS)
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(("name", "placement"), PAIRS)
 def test_state_dict_round_trip_gives_identical_gradients(name, placement):
     case = _case(name)
     model, _ = _convert(case, fa.DFA(seed=SEED), placement)
@@ -227,16 +248,11 @@ def test_one_rule_serves_twenty_models_in_turn(name):
         assert rule.point_names(model) == list(case.blocks)
 
 
+ENCODER_ACTS = ["encoder.layers.0.activation", "encoder.layers.1.activation"]
 MICRO = {
-    "vit-timm-style": (["blocks.0.mlp.act", "blocks.1.mlp.act"], r"blocks\.0\.mlp\.act"),
-    "encoder-bf-gelu": (
-        ["encoder.layers.0.activation", "encoder.layers.1.activation"],
-        r"encoder\.layers\.0\.activation",
-    ),
-    "encoder-sf-relu": (
-        ["encoder.layers.0.activation", "encoder.layers.1.activation"],
-        r"encoder\.layers\.0\.activation",
-    ),
+    "vit-timm-style": (["blocks.0.mlp.act", "blocks.1.mlp.act"], {}),
+    "encoder-bf-gelu": (ENCODER_ACTS, {}),
+    "encoder-sf-relu": (ENCODER_ACTS, {"point_batch_axes": dict.fromkeys(ENCODER_ACTS, 1)}),
 }
 
 
@@ -245,8 +261,18 @@ MICRO = {
 def test_points_inside_a_residual_branch_are_refused(name, rule):
     """The residual stream carries the uncut tensor around such a point: a leak to refuse."""
     case = _case(name)
-    points, names = MICRO[name]
+    points, options = MICRO[name]
     model = case.build(0)
-    rule.apply(model, points=points, **case.apply)
-    with pytest.raises(fa.PlacementError, match=names):
+    rule.apply(model, points=points, **case.apply, **options)
+    with pytest.raises(fa.PlacementError, match=re.escape(points[0])) as refusal:
+        _train(case, model)
+    message = str(refusal.value)
+    assert "cut" in message and "points=" in message, "say that it leaks and what to name"
+
+
+def test_a_seq_first_point_without_its_batch_axis_is_refused():
+    case = _case("encoder-sf-norm-points")
+    model = case.build(0)
+    fa.DFA(seed=SEED).apply(model, points=list(case.blocks))
+    with pytest.raises(fa.PlacementError, match=r"encoder\.layers\.0\.norm2.*point_batch_axes"):
         _train(case, model)

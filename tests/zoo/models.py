@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -60,9 +60,9 @@ def _generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _sequences() -> tuple[torch.Tensor, torch.Tensor]:
+def _sequences(tokens: int = TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     g = _generator(1)
-    x = torch.randn(BATCH, TOKENS, FEATURES, generator=g, dtype=torch.float64)
+    x = torch.randn(BATCH, tokens, FEATURES, generator=g, dtype=torch.float64)
     return x, torch.randint(0, CLASSES, (BATCH,), generator=g)
 
 
@@ -227,6 +227,30 @@ def _torch_cases() -> list[Case]:
                         point_axes={} if batch_first else {"rnn": 1},
                     )
                 )
+    # seq-first with as many tokens as samples: shapes alone cannot tell the batch axis
+    layers = ("encoder.layers.0", "encoder.layers.1")
+    cases.append(
+        Case(
+            name="encoder-sf-square",
+            library="torch",
+            build=_seeded(lambda: EncoderClassifier(False, nn.ReLU)),
+            run=_classify(_sequences(BATCH)),
+            blocks=layers,
+            auto=layers,
+            point_axes=dict.fromkeys(layers, 1),
+        )
+    )
+    cases.append(
+        Case(
+            name="lstm-sf-square",
+            library="torch",
+            build=_seeded(lambda: RecurrentClassifier(nn.LSTM, False, "state")),
+            run=_classify(_sequences(BATCH)),
+            blocks=("proj", "rnn"),
+            auto=("act", "rnn"),
+            point_axes={"rnn": 1},
+        )
+    )
     cases.append(
         Case(
             name="vit-timm-style",
@@ -518,3 +542,35 @@ CASES: dict[str, Case] = {
     case.name: case for case in (*_torch_cases(), *_hf_cases(), *_pyg_cases(), *_torchfm_cases())
 }
 """Every zoo model, by test id."""
+
+
+def _variants() -> dict[str, Case]:
+    """Zoo models with other explicit points (tested with those points only)."""
+    gpt2_inputs = ("transformer.h.0.ln_2:input", "transformer.h.1.ln_2:input")
+    norms = ("encoder.layers.0.norm2", "encoder.layers.1.norm2")  # post-norm: the layer output
+    seq_first = dict.fromkeys(norms, 1)
+    variants = [
+        # GPT-2's inline residual (``residual = hidden_states``) must read the cut tensor too
+        replace(CASES["hf-gpt2"], name="hf-gpt2-input-points", blocks=gpt2_inputs, auto=None),
+        replace(CASES["hf-gpt2-labels"], name="hf-gpt2-labels-input-points", blocks=gpt2_inputs),
+        # a point module without ``batch_first`` in a seq-first model: point_batch_axes= says so
+        replace(
+            CASES["encoder-sf-relu"],
+            name="encoder-sf-norm-points",
+            blocks=norms,
+            apply={"point_batch_axes": seq_first},
+            point_axes=seq_first,
+        ),
+        replace(
+            CASES["encoder-sf-square"],
+            name="encoder-sf-square-norm-points",
+            blocks=norms,
+            apply={"point_batch_axes": seq_first},
+            point_axes=seq_first,
+        ),
+    ]
+    return {case.name: replace(case, auto=None) for case in variants}
+
+
+VARIANTS: dict[str, Case] = _variants()
+"""Zoo models with other explicit points, by test id."""

@@ -4,7 +4,9 @@ The reference runs an *unconverted* copy of the model (same weights) with its ow
 
 1. every feedback point's output is recorded (``h_l``, the tensor itself, or a tuple's first item)
    and *every* tensor of the output (each item of a tuple, nested tuples too: an LSTM's ``h_n`` and
-   ``c_n``) is replaced by its ``detach()`` for all consumers, so the graph is cut there;
+   ``c_n``) is replaced by its ``detach()`` for all consumers, so the graph is cut there; a point
+   at a module's input (``"h.0.ln_2:input"``) detaches that tensor in place, so that an inline
+   residual holding it reads it cut too, and records a view taken first (the graph below);
 2. the output ``y`` is recorded at the error site (the model's output or a head module's);
 3. ``e = dL/dy`` is taken by autograd from the loss, in the cut graph; with an output nonlinearity
    ``y = sigmoid(z)`` the signal is ``e_z = e * y * (1 - y)`` (the top block still gets ``e``);
@@ -26,12 +28,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from oracle import slices
+
+INPUT = ":input"
+"""A point at a module's first input: that tensor is cut for every consumer (``detach_``)."""
 
 
 def detach_all(value: Any) -> Any:
@@ -121,12 +127,27 @@ def reference_step(
     def at_error_site(module: nn.Module, args: Any, output: Any) -> None:
         outputs.append(first_tensor(output))
 
-    handles = [
-        model.get_submodule(path).register_forward_hook(
-            lambda m, a, o, path=path: at_point(path, m, a, o)
-        )
-        for path in points
-    ]
+    def at_input(path: str, module: nn.Module, args: tuple) -> None:
+        h = args[0]
+        if not h.requires_grad:
+            return
+        if h._is_view():
+            raise NotImplementedError(f"the reference cannot cut {path!r}: its input is a view")
+        count = calls.get(path, 0)
+        calls[path] = count + 1
+        alias = h.view_as(h)  # keeps the graph below for the signal
+        h.detach_()  # every holder of the tensor (an inline residual too) now reads it cut
+        records.append((f"{path}#{count}" if count else path, path, alias))
+
+    handles = []
+    for path in points:
+        if path.endswith(INPUT):
+            module = model.get_submodule(path.removesuffix(INPUT))
+            hook = partial(at_input, path)
+            handles.append(module.register_forward_pre_hook(hook))
+        else:
+            hook = partial(at_point, path)
+            handles.append(model.get_submodule(path).register_forward_hook(hook))
     handles.append(model.get_submodule(error_site).register_forward_hook(at_error_site))
     try:
         loss = run(model)
