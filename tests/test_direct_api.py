@@ -263,7 +263,7 @@ def test_point_with_other_leading_axes_cannot_be_served(batch):
 
     model = Transposed()
     fa.DFA().apply(model)
-    with pytest.raises(fa.PlacementError, match=r"leading axes must equal"):
+    with pytest.raises(fa.PlacementError, match=r"batch-like axes \(0,\) \(\(5,\)\) must equal"):
         model(x)
 
 

@@ -123,7 +123,7 @@ def test_dfa_gradient_of_each_recommender(kind, shared):
     torch.manual_seed(0)
     model = build_recommender(kind, FIELDS, **kwargs).double()
     rule = fa.DFA(seed=4, shared=shared)
-    rule.apply(model, points=model.block_outputs())
+    rule.apply(model, points=model.block_outputs(), true_gradient=model.bypass_modules())
     x, y = _table()
     F.binary_cross_entropy_with_logits(model(x), y).backward()
     assert list(rule.layout(model).names) == model.block_outputs()
@@ -144,7 +144,7 @@ def test_shallow_freezes_every_block_below_a_point(kind):
     kwargs, _ = CASES[kind]
     torch.manual_seed(0)
     model = build_recommender(kind, FIELDS, **kwargs).double()
-    fa.Shallow().apply(model, points=model.block_outputs())
+    fa.Shallow().apply(model, points=model.block_outputs(), true_gradient=model.bypass_modules())
     x, y = _table()
     F.binary_cross_entropy_with_logits(model(x), y).backward()
     assert model.mlp.blocks[0][0].weight.grad is None
@@ -163,7 +163,7 @@ def test_training_lowers_the_loss(kind):
     rule = fa.DFA(seed=0) if kind != "fm" else fa.BP()
     points = model.block_outputs()
     if points:
-        rule.apply(model, points=points)
+        rule.apply(model, points=points, true_gradient=model.bypass_modules())
     else:
         rule.apply(model)
     x, y = _table(32)
@@ -176,6 +176,25 @@ def test_training_lowers_the_loss(kind):
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_deepfm_fm_term_is_refused_unless_named():
+    """The FM term reaches the embedding that feeds the MLP without a feedback point on the way:
+    the embedding would learn by backprop through it. The cut verification refuses that unless the
+    embedding is named as a hybrid (the paper's placement), or a point sits on the embedding."""
+    torch.manual_seed(0)
+    model = build_recommender("deepfm", FIELDS, **CASES["deepfm"][0]).double()
+    x, y = _table()
+    rule = fa.DFA()
+    rule.apply(model, points=model.block_outputs())
+    with pytest.raises(
+        fa.PlacementError, match=r"'mlp.blocks.0.3' does not cut.*embedding\.embedding\.weight.*points=\['embedding.embedding'"
+    ):
+        model(x)
+    rule.remove(model)
+    fa.Shallow().apply(model, points=["embedding", *model.block_outputs()])
+    F.binary_cross_entropy_with_logits(model(x), y).backward()
+    assert model.embedding.embedding.weight.grad is None
 
 
 def test_fm_has_no_place_for_feedback():
@@ -206,9 +225,11 @@ def _torchfm_mlp_cut(sequential, z, points):
 
 
 def test_torchfm_deepfm_and_dcn_convert_unmodified():
-    """Automatic placement finds torchfm's MLP ReLUs; the error is taken at its *probability*
-    output (``e = dL/dp = (p - y) / (p (1 - p) n)`` for BCELoss), since no module outputs the
-    logit: see the report on ``error_at`` for functional output nonlinearities."""
+    """Automatic placement finds torchfm's MLP ReLUs; the FM term (DeepFM) and the cross network
+    (DCN) read the embedding that feeds the MLP, so the automatic placement is refused until the
+    embedding is named a hybrid (``true_gradient=["embedding"]``, the paper's setting). The error
+    is taken at the *probability* output (``e = dL/dp = (p - y) / (p (1 - p) n)`` for BCELoss),
+    since no module outputs the logit."""
     dfm = pytest.importorskip("torchfm.model.dfm")
     dcn = pytest.importorskip("torchfm.model.dcn")
     x, y = _table()
@@ -220,6 +241,10 @@ def test_torchfm_deepfm_and_dcn_convert_unmodified():
     for name, model in models.items():
         rule = fa.DFA(seed=1)
         rule.apply(model)
+        with pytest.raises(fa.PlacementError, match=r"embedding\.embedding\.weight"):
+            model(x)
+        rule.remove(model)
+        rule.apply(model, true_gradient=["embedding"])
         F.binary_cross_entropy(model(x), y).backward()
         assert len(rule.layout(model).names) == 2, name
         buffer = model.state_dict()[KEY].clone()
@@ -256,19 +281,36 @@ def test_torchfm_deepfm_and_dcn_convert_unmodified():
                 )
 
 
-def test_torchfm_autoint_sequence_first_attention_cannot_be_a_point():
-    """torchfm's AutoInt runs nn.MultiheadAttention sequence-first ``(fields, batch, dim)``: its
-    batch axis is not the leading one, so it cannot be a feedback point (the core requires a
-    point's leading axes to be the output's); its MLP converts automatically."""
+def test_torchfm_autoint_sequence_first_attention_is_a_point():
+    """torchfm's AutoInt runs nn.MultiheadAttention sequence-first ``(fields, batch, dim)``: the
+    attention layers are automatic points read with their batch axis at 1. Its residual
+    ``V_res_embedding(embed_x)`` reaches the embedding around them, so automatic placement is
+    refused until a point sits on the embedding (then nothing below it learns under Shallow)."""
     afi = pytest.importorskip("torchfm.model.afi")
     torch.manual_seed(0)
     model = afi.AutomaticFeatureInteractionModel(FIELDS, 3, 4, 2, 2, (7, 5), (0.0, 0.0, 0.0))
     x, y = _table()
+    x, y = x[:6], y[:6]  # 6 samples, 3 fields: a (fields, batch) mix-up would show
     rule = fa.DFA()
-    rule.apply(model, points=["self_attns.0", "mlp.mlp.2"])
-    with pytest.raises(fa.PlacementError, match="leading axes"):
+    rule.apply(model)
+    assert sorted(rule.point_names(model)) == [
+        "mlp.mlp.2",
+        "mlp.mlp.6",
+        "self_attns.0",
+        "self_attns.1",
+    ]
+    with pytest.raises(fa.PlacementError, match=r"embedding\.embedding\.weight"):
         model(x)
     rule.remove(model)
-    rule.apply(model)  # automatic: the MLP's ReLUs
+    points = ["embedding", "self_attns.0", "self_attns.1", "mlp.mlp.2", "mlp.mlp.6"]
+    rule.apply(model, points=points)
     F.binary_cross_entropy(model(x), y).backward()
-    assert rule.layout(model).names == ("mlp.mlp.2", "mlp.mlp.6")
+    assert set(rule.layout(model).names) == set(points)
+    assert model.embedding.embedding.weight.grad is not None
+    rule.remove(model)
+    model.zero_grad(set_to_none=True)
+    fa.Shallow().apply(model, points=points)
+    F.binary_cross_entropy(model(x), y).backward()
+    for pname, param in model.named_parameters():
+        below = pname.startswith(("embedding.", "atten_embedding.", "self_attns.0."))
+        assert (param.grad is None) == below or not below, pname

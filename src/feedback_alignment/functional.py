@@ -60,7 +60,8 @@ class DirectFeedbackFn(torch.autograd.Function):
             signals = ctx.projector.project(grad_output, ctx.context, needed)
         else:
             signals = [None] * len(needed)
-        ctx.projector = ctx.context = None  # nothing of the step outlives its backward
+        # ctx is kept (not cleared): backward(retain_graph=True) may call this again; the graph,
+        # and ctx with it, is freed when the step's tensors are
         return (None, None, grad_output, *signals)
 
 

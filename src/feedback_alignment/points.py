@@ -7,11 +7,28 @@ found, in order of precedence:
 1. ``points=[...]``: module paths given by the user (``"blocks.0"``, ``"features.2"``); a path
    ending in ``":input"`` is a point at that module's first input (``"h.0.ln_2:input"``);
 2. :class:`FeedbackPoint` marker modules placed in the model by its author;
-3. automatically: every activation module (``nn.Tanh``, ``nn.ReLU``, ...), i.e. the output of every
-   hidden layer, except an activation at the tail of an ``nn.Sequential`` after its last layer with
-   parameters (an output nonlinearity: the top layer learns from ``e`` itself). An activation held
-   as an attribute and called from a hand-written ``forward`` (``self.relu``) is always a point; if
-   it also runs after the top layer, the first training forward pass says so.
+3. automatically (:func:`automatic_points`):
+
+   * **blocks**: the outputs of repeated blocks, i.e. the children of an ``nn.ModuleList`` /
+     ``nn.Sequential`` whose class occurs at least twice in such containers, that hold submodules
+     and a normalisation layer (``nn.TransformerEncoderLayer``, GPT-2's ``GPT2Block``, BERT's
+     ``BertLayer``, a ViT's blocks, ResNet ``BasicBlock``s). This is the paper's "macro" placement
+     for residual networks (Launay et al. 2020): a block's output is the whole residual stream, so
+     cutting it leaves no path around the cut. The last block is left out when no layer with
+     parameters is registered after it (its output would be the model's output);
+   * **recurrent and attention layers** outside blocks (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``,
+     ``nn.MultiheadAttention``): their tuple output's first item is the point, every tensor of the
+     tuple is cut (an LSTM's ``h_n`` and ``c_n`` too);
+   * **activations** outside blocks (``nn.Tanh``, ``nn.ReLU``, ...), i.e. the output of every hidden
+     layer of a feed-forward stack, except an activation at the tail of an ``nn.Sequential`` after
+     its last layer with parameters (an output nonlinearity: the top layer learns from ``e``
+     itself). An activation held as an attribute and called from a hand-written ``forward``
+     (``self.relu``) is always a point; if it also runs after the top layer, the first training
+     forward pass says so.
+
+Whatever the source, the first training forward pass of every new placement proves that the graph
+is cut (see :mod:`feedback_alignment.rules.direct`), so a heuristic that misreads a model is refused
+with a :class:`PlacementError`, never trained by backprop in silence.
 
 A module that runs several times in one forward pass (a shared ``self.relu``) yields one point per
 call, named ``"relu"``, ``"relu#1"``, ``"relu#2"`` ...
@@ -47,6 +64,19 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 """Module types that automatic placement treats as the end of a hidden layer."""
 
 
+NORMALIZATIONS: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+"""Normalisation layers: a repeated composite module holding one is read as a residual block."""
+
+SEQUENCE_LAYERS: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention)
+"""Recurrent and attention layers: their (tuple) output is a hidden representation."""
+
 INPUT_SUFFIX = ":input"
 """``points=["blocks.0.ln_2:input"]`` places a point at a module's (first) input instead of its
 output: for models that add residuals inline, where no module returns the tensor to cut."""
@@ -64,7 +94,8 @@ class FeedbackPoint(nn.Module):
 
 
 class PlacementError(ValueError):
-    """The model offers no usable place for feedback, or a named place does not exist."""
+    """The model offers no usable place for feedback, a named place does not exist, or a placement
+    does not cut the graph (backprop would leak past a feedback point)."""
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -118,24 +149,132 @@ def find_points(
     markers = [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackPoint)]
     if markers:
         return markers
+    automatic = automatic_points(model)
+    if not automatic:
+        raise PlacementError(
+            f"found no place for feedback in {type(model).__name__}: it has no repeated block "
+            "(children of an nn.ModuleList/nn.Sequential holding a normalisation layer), no "
+            "recurrent or attention layer and no activation module followed by a layer with "
+            "parameters (activations called as functions, e.g. F.relu, are invisible to automatic "
+            "placement). Name the hidden blocks with rule.apply(model, points=['block.name', ...]) "
+            "or put fa.FeedbackPoint() modules in the model's forward."
+        )
+    return automatic
 
+
+def _is_normalization(module: nn.Module) -> bool:
+    # Hugging Face and timm define their own norms (T5LayerNorm, LlamaRMSNorm): read by name too
+    return isinstance(module, NORMALIZATIONS) or type(module).__name__.endswith("Norm")
+
+
+def _inside(name: str, roots: Sequence[str]) -> bool:
+    return any(name == root or name.startswith(root + ".") for root in roots)
+
+
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated residual-style blocks of ``model`` (outermost only), in registration order.
+
+    A block is a child of an ``nn.ModuleList`` or ``nn.Sequential`` whose class occurs at least
+    twice among such children anywhere in the model, that holds submodules, and that contains a
+    normalisation layer. The last block is dropped when no module with parameters is registered
+    after it: its output is then the model's output, where the error is taken.
+    """
     ordered = list(model.named_modules())
+    children: list[tuple[str, nn.Module]] = []
+    seen_containers: list[str] = []
+    for name, module in ordered:
+        if not isinstance(module, _SEQUENCES) or _inside(name, seen_containers):
+            continue
+        seen_containers.append(name)
+        for child_name, child in module.named_children():
+            children.append((f"{name}.{child_name}" if name else child_name, child))
+    counts: dict[type, int] = {}
+    for _, child in children:
+        counts[type(child)] = counts.get(type(child), 0) + 1
+    blocks: list[tuple[str, nn.Module]] = []
+    for name, child in children:
+        if (
+            counts[type(child)] >= 2
+            and not _inside(name, [b for b, _ in blocks])
+            and any(True for _ in child.children())
+            and any(_is_normalization(m) for m in child.modules())
+        ):
+            blocks.append((name, child))
+    if blocks:
+        last = blocks[-1][0]
+        index = {n: i for i, (n, _) in enumerate(ordered)}
+        after = [
+            m
+            for n, m in ordered[index[last] + 1 :]
+            if not _inside(n, [last]) and _has_parameters(m)
+        ]
+        if not after:
+            blocks.pop()
+    return blocks
+
+
+def automatic_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Automatic placement (module doc, rule 3): block outputs, recurrent/attention layers and
+    activations outside blocks, in registration order."""
+    ordered = list(model.named_modules())
+    blocks = find_blocks(model)
+    block_names = [name for name, _ in blocks]
     last_with_params = max(
         (i for i, (_, m) in enumerate(ordered) if _has_parameters(m)), default=-1
     )
     parents = _parents(model)
-    automatic = [
-        (name, module)
-        for i, (name, module) in enumerate(ordered)
-        if isinstance(module, ACTIVATIONS)
-        and (i < last_with_params or not isinstance(parents.get(name), _SEQUENCES))
-    ]
-    if not automatic:
-        raise PlacementError(
-            f"found no place for feedback in {type(model).__name__}: it has no activation module "
-            "followed by a layer with parameters (activations called as functions, e.g. F.relu, "
-            "are invisible to automatic placement). Name the hidden blocks with "
-            "rule.apply(model, points=['block.name', ...]) or put fa.FeedbackPoint() modules in "
-            "the model's forward."
-        )
-    return automatic
+    chosen = {name for name in block_names}
+    placed: list[str] = []
+    for i, (name, module) in enumerate(ordered):
+        if not name or (_inside(name, block_names) and name not in chosen):
+            continue
+        if _inside(name, placed):
+            continue  # inside a layer already chosen (an activation inside an LSTM wrapper)
+        if (
+            name in chosen
+            or (isinstance(module, SEQUENCE_LAYERS) and i < last_with_params)
+            or (
+                isinstance(module, ACTIVATIONS)
+                and (i < last_with_params or not isinstance(parents.get(name), _SEQUENCES))
+            )
+        ):
+            placed.append(name)
+    modules = dict(ordered)
+    return [(name, modules[name]) for name in placed]
+
+
+def default_batch_axis(module: nn.Module) -> int:
+    """Where the batch axis of ``module``'s output lies: 1 for sequence-first layers.
+
+    ``nn.LSTM``/``nn.GRU``/``nn.RNN``/``nn.MultiheadAttention`` with ``batch_first=False`` (their
+    default) and ``nn.TransformerEncoderLayer``/``nn.TransformerDecoderLayer``/``nn.Transformer*``
+    stacks built from such layers return ``(T, B, ...)``; everything else is read batch-first.
+    """
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
+        module = module.layers[0]
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        module = module.self_attn
+    if isinstance(module, SEQUENCE_LAYERS) and not module.batch_first:
+        return 1
+    return 0
+
+
+def enclosing_blocks(model: nn.Module, path: str) -> list[str]:
+    """The sibling blocks around ``path``: if a point lies inside a child of a ModuleList or
+    Sequential of composite modules of one class, the paths of all its children (the block
+    placement to suggest)."""
+    parts = path.removesuffix(INPUT_SUFFIX).split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        container_path = ".".join(parts[:depth])
+        try:
+            container = model.get_submodule(container_path)
+        except AttributeError:
+            continue
+        children = list(container.children()) if isinstance(container, _SEQUENCES) else []
+        if (
+            len(children) > 1
+            and len({type(child) for child in children}) == 1
+            and any(True for _ in children[0].children())
+        ):
+            return [f"{container_path}.{child}" for child in container._modules]
+    return []

@@ -144,7 +144,7 @@ def train_one(
     rule = make_rule(rule_name, seed)
     points = model.block_outputs()
     if rule_name != "BP":
-        rule.apply(model, points=points)
+        rule.apply(model, points=points, true_gradient=model.bypass_modules())
     else:
         rule.apply(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -122,6 +122,13 @@ class CTRModel(nn.Module):
         """Module paths whose outputs are the hidden blocks where the paper put feedback."""
         raise NotImplementedError
 
+    def bypass_modules(self) -> list[str]:
+        """Modules below a feedback point that also reach the output through a path with no
+        point on it (DeepFM's FM term reads the embedding that feeds the MLP): with the paper's
+        placement they learn from the true gradient of that path as well as from feedback. Pass
+        them as ``rule.apply(model, points=..., true_gradient=model.bypass_modules())``."""
+        return []
+
 
 class FM(CTRModel):
     """Factorization machine: ``linear(x) + fm(embed(x))``. No hidden layer (DFA = BP)."""
@@ -155,6 +162,9 @@ class DeepFM(CTRModel):
 
     def block_outputs(self) -> list[str]:
         return self.mlp.block_outputs("mlp.")
+
+    def bypass_modules(self) -> list[str]:
+        return ["embedding"]  # the FM term: fm_interaction(v) has no parameters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.embedding(x)  # (B, F, E)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -39,9 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feedback_alignment.cut import verify_cut
 from feedback_alignment.feedback import DISTRIBUTIONS, SCALINGS, FeedbackLayout, draw
 from feedback_alignment.functional import DirectFeedbackFn
-from feedback_alignment.points import INPUT_SUFFIX, PlacementError, find_points
+from feedback_alignment.points import (
+    INPUT_SUFFIX,
+    PlacementError,
+    default_batch_axis,
+    enclosing_blocks,
+    find_points,
+)
 from feedback_alignment.rules.base import BoundRule
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
@@ -102,6 +109,9 @@ class DirectFeedback(BoundRule):
         output: OutputSelector = None,
         error_at: str | None = None,
         output_activation: str | None = None,
+        batch_axes: int | Sequence[int] | None = None,
+        point_batch_axes: Mapping[str, int | Sequence[int]] | None = None,
+        true_gradient: Sequence[str] = (),
     ) -> nn.Module:
         """Cuts ``model`` at its feedback points and installs the projection of the error.
 
@@ -110,9 +120,13 @@ class DirectFeedback(BoundRule):
                 ``FEEDBACK_BUFFER``, which appears in ``state_dict`` once the first training forward
                 pass has fixed its shape.
             points: module paths of the feedback points; default: markers, else automatic
-                placement after each hidden activation (:func:`~feedback_alignment.points.find_points`).
+                placement (block outputs, recurrent/attention layers, activations;
+                :func:`~feedback_alignment.points.find_points`).
             output: which part of a non-tensor model output is ``y``: an index (tuples, lists),
-                a key (dicts, ``ModelOutput``) or an attribute name.
+                a key (dicts, ``ModelOutput``) or an attribute name. With a key or attribute and
+                no ``error_at``, the error is injected at the **head module** (Hugging Face's
+                ``get_output_embeddings()``, else the last layer with parameters), so a loss the
+                model computes inside ``forward`` (``model(x, labels=y).loss``) trains by the rule.
             error_at: take the error at this submodule's output instead of the model's (e.g. the
                 final norm before a vocabulary projection); every point must run before it.
             output_activation: the model's output is ``y = f(z)`` with a functional ``f`` that no
@@ -121,9 +135,20 @@ class DirectFeedback(BoundRule):
                 ``"sigmoid"`` (``e * y (1 - y)``), ``"tanh"`` (``e * (1 - y^2)``),
                 ``"softmax"`` (``y * (e - <e, y>)``) or ``"log_softmax"``
                 (``e - exp(y) sum(e)``), over the last axis. The top block still gets ``e``.
+            batch_axes: the axes of ``y`` that index samples (default: all but the last); the
+                other axes are flattened into ``d_out``. ``batch_axes=0`` on a ``(B, C, H, W)``
+                output feeds back the whole map per sample.
+            point_batch_axes: ``{point: axes}`` where a point's tensor holds the samples at other
+                positions than ``y`` does (default: the same leading positions, except layers with
+                ``batch_first=False``, whose batch axis 1 is read automatically).
+            true_gradient: module paths whose parameters may receive the true gradient from the
+                error site as well as feedback, through a path that bypasses the points (a hybrid,
+                e.g. DeepFM's FM term reaching the embedding). The cut verification refuses
+                every other such path.
 
         Raises:
-            PlacementError: no feedback point, or a named module does not exist.
+            PlacementError: no feedback point, or a named module does not exist. A placement that
+                does not cut the graph is refused at the first training forward pass.
             RuntimeError: a direct-feedback rule is already applied to ``model``.
         """
         if not isinstance(model, nn.Module):
@@ -131,6 +156,8 @@ class DirectFeedback(BoundRule):
         if self._bound(model) is not None:
             self._attach(model, None)  # raises, naming the rule already applied
         found = find_points(model, points)
+        if error_at is None and isinstance(output, str):
+            error_at = find_head(model)
         error_site = None
         if error_at is not None:
             try:
@@ -144,8 +171,27 @@ class DirectFeedback(BoundRule):
                 f"unknown output_activation {output_activation!r}; choose one of "
                 f"{sorted(OUTPUT_ACTIVATIONS)} or None"
             )
-        binding = _Binding(self, model, found, output, error_at, error_site)
-        binding.output_activation = output_activation
+        axes = _point_axes(found, point_batch_axes)
+        for path in true_gradient:
+            try:
+                model.get_submodule(path)
+            except AttributeError:
+                raise PlacementError(
+                    f"true_gradient names {path!r}, which is not a submodule of "
+                    f"{type(model).__name__}"
+                ) from None
+        binding = _Binding(
+            self,
+            model,
+            found,
+            output=output,
+            error_at=error_at,
+            error_site=error_site,
+            output_activation=output_activation,
+            batch_axes=_axes_tuple(batch_axes, "batch_axes") if batch_axes is not None else None,
+            point_axes=axes,
+            true_gradient=tuple(true_gradient),
+        )
         self._attach(model, binding)
         return model
 
@@ -271,42 +317,65 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 
 class _Forward(NamedTuple):
-    """What one forward pass hands to its backward: the points' shapes, and ``y`` when needed."""
+    """What one forward pass hands to its backward: the points' shapes and sample axes, the output's
+    sample axes, and ``y`` when an output activation needs it."""
 
     shapes: list[torch.Size]
+    axes: list[tuple[int, ...] | None]  # None: the leading axes, in order (no permutation)
+    output_axes: tuple[int, ...] | None
     output: torch.Tensor | None
 
 
+Record = tuple[str, torch.Tensor, "tuple[int, ...] | None"]
+
+
 class _Binding:
-    """The state of one rule applied to one model: hooks, the layout and the forward's records."""
+    """The state of one rule applied to one model: hooks, the layout and the forward's records.
+
+    Stored on the model (see :class:`~feedback_alignment.rules.base.BoundRule`); it holds the model
+    by a strong reference, so ``copy.deepcopy(model)`` maps it to the copy.
+    """
 
     def __init__(
         self,
         rule: DirectFeedback,
         model: nn.Module,
         points: list[tuple[str, nn.Module]],
+        *,
         output: OutputSelector,
         error_at: str | None,
         error_site: nn.Module | None,
+        output_activation: str | None,
+        batch_axes: tuple[int, ...] | None,
+        point_axes: dict[str, tuple[int, ...] | None],
+        true_gradient: tuple[str, ...],
     ) -> None:
         self.rule = rule
+        self.owner = model
         self.points = points
         self.output = output
         self.error_at = error_at
+        self.output_activation = output_activation
+        self.batch_axes = batch_axes
+        self.point_axes = point_axes
+        self.true_gradient = true_gradient
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
-        self.records: list[tuple[str, torch.Tensor]] = []
+        self.records: list[Record] = []
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
         self.calls: dict[str, int] = {}
-        self.owner = model  # a strong reference: deepcopy maps it to the copy
+        self.depth = 0  # > 0 while the model's own forward runs
         model.register_buffer(FEEDBACK_BUFFER, None)
         self.feeds = rule.signal is not None
-        self.output_activation: str | None = None
-        self._signature: tuple | None = None  # shapes of the last validated forward pass
+        self._signature: tuple | None = None  # shapes of the last verified forward pass
+        self._verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
+        self._pending: tuple | None = None  # (signature, key, records) awaiting verification
+        self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last check)
         self._matrix_key: tuple | None = None
         self._matrix_cache: torch.Tensor | None = None
         self.handles = [
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
+            model.register_forward_pre_hook(self._begin_forward),
         ]
         for name, module in points:
             if name.endswith(INPUT_SUFFIX):
@@ -327,111 +396,220 @@ class _Binding:
         self.records.clear()
         self._matrix_cache = self._matrix_key = None
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
+        state.update(records=[], recorders=[], calls={}, depth=0, _pending=None)
+        state.update(_matrix_key=None, _matrix_cache=None)
+        return state
+
     # --- forward hooks ---------------------------------------------------------------------------
 
     # These hooks run at every training step: they are kept free of avoidable work.
 
-    def _active(self) -> bool:
-        return torch.is_grad_enabled()
+    def _begin_forward(self, module: nn.Module, args: Any) -> None:
+        self.depth += 1
+        if self.depth == 1:  # records of sub-module calls made outside a forward pass are stale
+            self.records.clear()
+            self.calls.clear()
 
-    def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return None
-        if isinstance(output, torch.Tensor):
-            tensor, rebuild = output, None
-        else:
-            tensor, rebuild = _first_tensor(output, name)
-        if not tensor.requires_grad:
-            return None  # nothing below this point learns: no signal and no cut are needed
+    def _point_name(self, name: str) -> str:
         calls = self.calls
         count = calls.get(name, 0)
         calls[name] = count + 1
-        point = f"{name}#{count}" if count else name
-        if self.recorders:
+        return f"{name}#{count}" if count else name
+
+    def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self.depth or not torch.is_grad_enabled():
+            return None
+        tensor = _first_tensor(output, name)
+        if not _any_requires_grad(output):
+            return None  # nothing below this point learns: no signal and no cut are needed
+        point = self._point_name(name)
+        if tensor.requires_grad:
             for record in self.recorders:
                 record.append((point, tensor))
         if self.mode == "backprop":
             return None
-        if self.feeds:
-            self.records.append((point, tensor))
-        cut = tensor.detach()
-        return cut if rebuild is None else rebuild(cut)
+        if tensor.requires_grad:
+            self.records.append((point, tensor, self.point_axes.get(name)))
+        return _cut(output)
 
     def _at_point_input(self, name: str, module: nn.Module, args: tuple) -> Any:
-        """A point at a module's first input: the module then reads the cut tensor."""
+        """A point at a module's first input: every consumer of that tensor reads the cut one.
+
+        The tensor is detached **in place** (``Tensor.detach_``), so the inline residual that
+        captured it before this module ran (``residual = hidden_states``) reads the cut tensor too;
+        a view of it taken first keeps the graph below for the signal. A tensor that is itself a
+        view cannot be detached in place: then only this module reads a cut copy, and the cut
+        verification refuses the placement if another consumer leaks.
+        """
+        if not self.depth or not torch.is_grad_enabled():
+            return None
         if not args or not isinstance(args[0], torch.Tensor):
             raise PlacementError(
                 f"feedback point {name!r}: the module's first input is not a tensor; place the "
                 "point at a module's output instead"
             )
-        cut = self._at_point(name, module, (), args[0])
-        return None if cut is None else (cut, *args[1:])
+        tensor = args[0]
+        if not tensor.requires_grad:
+            return None
+        point = self._point_name(name)
+        for record in self.recorders:
+            record.append((point, tensor))
+        if self.mode == "backprop":
+            return None
+        if tensor.grad_fn is not None and not tensor._is_view():
+            alias = tensor.view_as(tensor)
+            tensor.detach_()
+            self.records.append((point, alias, self.point_axes.get(name)))
+            return None
+        self.records.append((point, tensor, self.point_axes.get(name)))
+        return (tensor.detach(), *args[1:])
 
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if not self._active() or self.mode != "rule":
+        if not self.depth or not torch.is_grad_enabled() or self.mode != "rule":
             return None
-        tensor, rebuild = _first_tensor(output, self.error_at or "")
-        return rebuild(self._inject(tensor))
+        tensor = _first_tensor(output, self.error_at or "")
+        return _replace_first(output, self._inject(tensor))
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if output is None:  # the forward pass raised (or returned nothing): forget its records
+        self.depth = max(self.depth - 1, 0)
+        if self.depth:
+            return None  # the model called itself: the outer call ends the forward pass
+        try:
+            if output is None:  # the forward pass raised (or returned nothing)
+                return None
+            result = None
+            if (
+                self.error_at is None
+                and self.calls
+                and self.mode == "rule"
+                and torch.is_grad_enabled()
+            ):
+                y = _select_output(output, self.output, type(module).__name__)
+                if self.records and not y.requires_grad:
+                    raise PlacementError(
+                        f"the output of {type(module).__name__} no longer requires grad: a "
+                        f"feedback point (of {sorted(self.calls)}) cut the graph after the "
+                        "top layer; name the hidden points with rule.apply(model, "
+                        "points=[...]) leaving that one out"
+                    )
+                result = _replace_output(output, self.output, self._inject(y))
+            if self.records:
+                leftover = [name for name, _, _ in self.records]
+                raise PlacementError(
+                    f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
+                    "would never receive a signal; place points before error_at"
+                )
+            if self._pending is not None:
+                self._verify(output if result is None else result)
+            return result
+        finally:
             self.records.clear()
             self.calls.clear()
-            return None
-        result = None
-        if self.error_at is None and self.calls and self.mode == "rule" and self._active():
-            y = _select_output(output, self.output, type(module).__name__)
-            if not y.requires_grad:
-                raise PlacementError(
-                    f"the output of {type(module).__name__} no longer requires grad: a feedback "
-                    f"point (of {sorted(self.calls)}) cut the graph after the top layer; name the "
-                    "hidden points with rule.apply(model, points=[...]) leaving that one out"
-                )
-            result = _replace_output(output, self.output, self._inject(y))
-        leftover = [name for name, _ in self.records]
-        self.records.clear()
-        self.calls.clear()
-        if leftover:
-            raise PlacementError(
-                f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
-                "would never receive a signal; place points before error_at"
-            )
-        return result
+            self._pending = None
 
     # --- the projection ----------------------------------------------------------------------------
 
     def _inject(self, y: torch.Tensor) -> torch.Tensor:
         records, self.records = self.records, []
-        if not records:
-            return y
-        hidden = [h for _, h in records]
-        shapes = [h.shape for h in hidden]
-        signature = (y.shape, shapes, [name for name, _ in records])
+        if not records or y.numel() == 0:
+            return y  # no point ran, or an empty batch: nothing to feed back
+        signature = (y.shape, [h.shape for _, h, _ in records], [name for name, _, _ in records])
         if signature != self._signature:
-            self._validate(y, records)
-            self._signature = signature
-        kept = y.detach() if self.output_activation is not None else None
-        return DirectFeedbackFn.apply(self, _Forward(shapes, kept), y, *hidden)
+            key = self._validate(y, records)
+            if key in self._verified:
+                self._signature = signature
+            else:
+                self._pending = (signature, key, records)
+        if not self.feeds:
+            return y
+        forward = _Forward(
+            [h.shape for _, h, _ in records],
+            [axes for _, _, axes in records],
+            self.batch_axes,
+            y.detach() if self.output_activation is not None else None,
+        )
+        return DirectFeedbackFn.apply(self, forward, y, *(h for _, h, _ in records))
 
-    def _validate(self, y: torch.Tensor, records: list[tuple[str, torch.Tensor]]) -> None:
-        """Checks a new set of shapes and fixes (or checks) the feedback layout for it."""
+    def _sample_axes(self, y: torch.Tensor) -> tuple[int, ...]:
+        if self.batch_axes is None:
+            return tuple(range(y.dim() - 1)) if y.dim() > 1 else (0,)
+        bad = [a for a in self.batch_axes if not -y.dim() <= a < y.dim()]
+        if bad:
+            raise PlacementError(
+                f"batch_axes={self.batch_axes} does not fit the output's shape {tuple(y.shape)}"
+            )
+        return tuple(sorted(a % y.dim() for a in self.batch_axes))
+
+    def _validate(self, y: torch.Tensor, records: list[Record]) -> tuple:
+        """Checks a new set of shapes, fixes (or checks) the feedback layout for it, and returns
+        the placement key ``(names, widths, d_out)`` that the cut verification is done once for."""
         if not y.is_floating_point():
             raise TypeError(f"the output where the error is taken has dtype {y.dtype}, not float")
         if y.dim() == 0:
             raise PlacementError("the output where the error is taken is a scalar; DFA needs y")
-        lead = y.shape[:-1] if y.dim() > 1 else y.shape
+        sample_axes = self._sample_axes(y)
+        lead = tuple(y.shape[a] for a in sample_axes)
         samples = math.prod(lead)
+        out_features = y.numel() // samples if y.dim() > 1 else 1
+        if self.batch_axes is not None:
+            self.batch_axes = sample_axes
         widths = []
-        for name, h in records:
-            if h.shape[: len(lead)] != lead:
+        for name, h, axes in records:
+            at = axes if axes is not None else tuple(range(len(lead)))
+            if len(at) != len(lead) or any(a >= h.dim() for a in at):
+                raise PlacementError(
+                    f"feedback point {name!r} produced shape {tuple(h.shape)} but its batch axes "
+                    f"{at} cannot hold the output's sample axes {lead}; name them with "
+                    f"point_batch_axes={{{name.split('#')[0]!r}: ...}}"
+                )
+            found = tuple(h.shape[a] for a in at)
+            if found != lead:
                 raise PlacementError(
                     f"feedback point {name!r} produced shape {tuple(h.shape)}, but the output has "
-                    f"shape {tuple(y.shape)}: a point's leading axes must equal the output's "
-                    f"batch-like axes {tuple(lead)} so that each sample's error can be projected"
+                    f"shape {tuple(y.shape)}: the point's batch-like axes {at} ({found}) must equal "
+                    f"the output's {sample_axes} ({lead}) so that each sample's error can be "
+                    "projected; for a sequence-first tensor pass point_batch_axes="
+                    f"{{{name.split('#')[0]!r}: 1}}, for the output batch_axes=..."
                 )
-            widths.append(h.numel() // samples if samples else 0)
-        out_features = y.shape[-1] if y.dim() > 1 else 1
-        self._ensure_layout([n for n, _ in records], widths, out_features, y)
+            widths.append(h.numel() // samples)
+        names = [n for n, _, _ in records]
+        if self.feeds:
+            self._ensure_layout(names, widths, out_features, y)
+        return (tuple(names), tuple(widths), out_features)
+
+    def _verify(self, output: Any) -> None:
+        """Proves the cut of a new placement (see :mod:`feedback_alignment.cut`) or refuses it."""
+        signature, key, records = self._pending
+        model = self.owner
+        roots = _loss_roots(output, self.output)
+        report = verify_cut(
+            model,
+            roots,
+            [(name, h) for name, h, _ in records],
+            self._is_own_node,
+            self.true_gradient,
+        )
+        if self.feeds and not report.injected:
+            selector = "" if self.output is None else f" {self.output!r}"
+            site = f"'{self.error_at}'" if self.error_at else "the model's output"
+            raise PlacementError(
+                f"the output{selector} of {type(model).__name__} (or the loss it returns) does not "
+                f"depend on {site}, where the error is injected: DFA would silently train nothing "
+                "below the points. Name the module that produces the output the loss is computed "
+                "from: rule.apply(model, output=..., error_at='head.module.path')"
+            )
+        if report.leaks:
+            raise PlacementError(_leak_message(model, report.leaks))
+        self.roles = report.roles
+        self._verified.add(key)
+        self._signature = signature
+
+    def _is_own_node(self, node: Any) -> bool:
+        return getattr(node, "_forward_cls", None) is DirectFeedbackFn and (
+            getattr(node, "projector", None) is self
+        )
 
     def _ensure_layout(
         self, names: list[str], widths: list[int], out_features: int, y: torch.Tensor
@@ -500,25 +678,27 @@ class _Binding:
             )
         if forward.output is not None:
             error = OUTPUT_ACTIVATIONS[self.output_activation](error, forward.output)
+        if forward.output_axes is not None:
+            rest = [a for a in range(error.dim()) if a not in forward.output_axes]
+            error = error.permute(*forward.output_axes, *rest)
         signal = self.rule.project_signal(error.reshape(-1, layout.out_features))
         uniform = layout.uniform_scale
         projected = signal @ self._matrix(buffer, uniform, signal.dtype, signal.device)
-        if uniform is not None and layout.total == min(layout.widths):
-            # every point reads all columns with one scale: each gets a view of the same product
-            return [
-                (projected if projected.shape == shape else projected.view(shape)) if need else None
-                for shape, need in zip(hidden_shapes, needed, strict=True)
-            ]
+        samples = signal.shape[0]
+        shared_view = uniform is not None and layout.total == min(layout.widths)
         grads: list[torch.Tensor | None] = []
-        for i, shape in enumerate(hidden_shapes):
+        for i, (shape, axes) in enumerate(zip(hidden_shapes, forward.axes, strict=True)):
             if not needed[i]:
                 grads.append(None)
                 continue
-            start, width = layout.offsets[i], layout.widths[i]
-            grad = projected if width == layout.total else projected[:, start : start + width]
-            if uniform is None:
-                grad = grad * layout.scales[i]
-            grads.append(grad.reshape(shape))
+            if shared_view:  # every point reads all columns with one scale: a view of the product
+                grad = projected
+            else:
+                start, width = layout.offsets[i], layout.widths[i]
+                grad = projected if width == layout.total else projected[:, start : start + width]
+                if uniform is None:
+                    grad = grad * layout.scales[i]
+            grads.append(_to_point_layout(grad, shape, axes, samples))
         return grads
 
     def _matrix(
@@ -551,20 +731,184 @@ class _Binding:
         self._signature = None
 
 
-def _first_tensor(output: Any, where: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
-    """The tensor a point acts on (the output, or a tuple's first item) and how to put it back."""
-    if isinstance(output, torch.Tensor):
-        return output, lambda tensor: tensor
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        rest = output[1:]
-        if hasattr(output, "_fields"):  # namedtuple
-            return output[0], lambda tensor: type(output)(tensor, *rest)
-        return output[0], lambda tensor: (tensor, *rest)
+def _to_point_layout(
+    grad: torch.Tensor, shape: torch.Size, axes: tuple[int, ...] | None, samples: int
+) -> torch.Tensor:
+    """Rows of ``(samples, width)`` laid out as the point's tensor: sample axes at ``axes``."""
+    if axes is None or axes == tuple(range(len(axes))):
+        return grad if grad.shape == shape else grad.reshape(shape)
+    rest = [d for d in range(len(shape)) if d not in axes]
+    moved = grad.reshape(*(shape[a] for a in axes), *(shape[d] for d in rest))
+    order = [0] * len(shape)
+    for position, dim in enumerate((*axes, *rest)):
+        order[dim] = position
+    return moved.permute(*order)
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside a module output (tensors, tuples, lists, dicts, ``ModelOutput``)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+
+
+def _first_tensor(output: Any, where: str) -> torch.Tensor:
+    """The tensor a point acts on: the output, or the first tensor of a tuple / dict output."""
+    for tensor in _tensors(output):
+        return tensor
     raise PlacementError(
-        f"feedback point {where!r} returned {type(output).__name__}, not a tensor (or a tuple whose "
-        "first item is a tensor); place the point on a module that returns the hidden tensor, or "
-        "put fa.FeedbackPoint() on it in the model's forward"
+        f"feedback point {where!r} returned {type(output).__name__} without a tensor in it; place "
+        "the point on a module that returns the hidden tensor, or put fa.FeedbackPoint() on it in "
+        "the model's forward"
     )
+
+
+def _any_requires_grad(output: Any) -> bool:
+    return any(t.requires_grad for t in _tensors(output))
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        items = [_map_tensors(item, fn) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, list):
+        return [_map_tensors(item, fn) for item in value]
+    if isinstance(value, Mapping) and hasattr(value, "__setitem__"):
+        for key in list(value.keys()):  # dicts and ModelOutput, in place (keeps attributes in sync)
+            value[key] = _map_tensors(value[key], fn)
+        return value
+    return value
+
+
+def _cut(output: Any) -> Any:
+    """``output`` with every tensor that requires grad detached: nothing downstream reaches below."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    return _map_tensors(output, lambda t: t.detach() if t.requires_grad else t)
+
+
+def _replace_first(output: Any, value: torch.Tensor) -> Any:
+    """``output`` with its first tensor replaced by ``value`` (the error site's injected ``y``)."""
+    if isinstance(output, torch.Tensor):
+        return value
+    first = _first_tensor(output, "")
+    return _map_tensors(output, lambda t: value if t is first else t)
+
+
+def _loss_roots(output: Any, selector: OutputSelector) -> list[torch.Tensor]:
+    """The tensors a loss is computed from: the selected output, and a returned ``loss``."""
+    roots = []
+    if isinstance(output, torch.Tensor):
+        roots.append(output)
+    else:
+        try:
+            roots.append(_select_output(output, selector, ""))
+        except PlacementError:
+            roots.extend(_tensors(output))
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        if isinstance(loss, torch.Tensor):
+            roots.append(loss)
+    return [t for t in roots if t.requires_grad]
+
+
+def _leak_message(model: nn.Module, leaks: list[tuple[str, list[str], str | None]]) -> str:
+    point, params, other = leaks[0]
+    shown = ", ".join(params[:6]) + (f" and {len(params) - 6} more" if len(params) > 6 else "")
+    if other is None:
+        what = (
+            f"the error at the output also reaches {len(params)} parameter(s) that feed it "
+            f"({shown}) through a path that bypasses the feedback points (a residual connection "
+            "around the point, another item of its output, or a branch that skips it)"
+        )
+    else:
+        what = (
+            f"the local backprop of point {other!r}'s signal reaches {len(params)} parameter(s) "
+            f"below it ({shown}) through a path that bypasses {point!r}"
+        )
+    blocks = enclosing_blocks(model, point.split("#")[0])
+    if not any(p.startswith(tuple(b + "." for b in blocks)) for p in params):
+        blocks = []  # the leak forks below the blocks (a branch), not around the point inside one
+    owners = [n for n, m in model.named_modules() if any(p in params for p in _own_params(n, m))]
+    fix = (
+        f"place feedback at the outputs of the blocks that contain it (points={blocks})"
+        if blocks
+        else "add a feedback point where the paths fork, e.g. at the output of "
+        f"{owners[0]!r} (points=[{owners[0]!r}, ...])"
+        if owners
+        else "add a feedback point where the paths fork"
+    )
+    more = f" ({len(leaks) - 1} more leak(s) of the same kind)" if len(leaks) > 1 else ""
+    return (
+        f"feedback point {point!r} does not cut the graph: {what}; they would train by "
+        f"backprop{more}. Fix: {fix}, or name modules that should take the true gradient as well "
+        "with true_gradient=[...]"
+    )
+
+
+def _own_params(prefix: str, module: nn.Module) -> list[str]:
+    return [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+
+
+def _axes_tuple(value: int | Sequence[int], what: str) -> tuple[int, ...]:
+    axes = (value,) if isinstance(value, int) else tuple(value)
+    if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise ValueError(f"{what} must be an int or a sequence of ints, got {value!r}")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{what}={value!r} names an axis twice")
+    return axes
+
+
+def _point_axes(
+    points: list[tuple[str, nn.Module]], given: Mapping[str, int | Sequence[int]] | None
+) -> dict[str, tuple[int, ...] | None]:
+    """Each point's sample axes: given, else ``(1,)`` for sequence-first layers, else leading."""
+    given = dict(given or {})
+    names = {name for name, _ in points}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise PlacementError(
+            f"point_batch_axes names {unknown}, which are not feedback points; the points are "
+            f"{sorted(names)}"
+        )
+    axes: dict[str, tuple[int, ...] | None] = {}
+    for name, module in points:
+        if name in given:
+            axes[name] = _axes_tuple(given[name], f"point_batch_axes[{name!r}]")
+        elif not name.endswith(INPUT_SUFFIX) and default_batch_axis(module) == 1:
+            axes[name] = (1,)
+        else:
+            axes[name] = None
+    return axes
+
+
+def find_head(model: nn.Module) -> str | None:
+    """The module that produces a structured model's output: where its error is injected.
+
+    Hugging Face models name it (``get_output_embeddings()``: GPT-2's ``lm_head``); otherwise the
+    last layer with parameters in registration order (BERT's and ViT's ``classifier``). The cut
+    verification checks the choice at the first training forward pass.
+    """
+    modules = {id(m): n for n, m in model.named_modules()}
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # a model's own method; any failure means "not available"
+            head = None
+        if isinstance(head, nn.Module) and id(head) in modules and modules[id(head)]:
+            return modules[id(head)]
+    last = None
+    for name, module in model.named_modules():
+        if name and not module._modules and any(True for _ in module.parameters(recurse=False)):
+            last = name
+    return last
 
 
 def _select_output(output: Any, selector: OutputSelector, model_name: str) -> torch.Tensor:
