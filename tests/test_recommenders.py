@@ -188,7 +188,8 @@ def test_deepfm_fm_term_is_refused_unless_named():
     rule = fa.DFA()
     rule.apply(model, points=model.block_outputs())
     with pytest.raises(
-        fa.PlacementError, match=r"'mlp.blocks.0.3' does not cut.*embedding\.embedding\.weight.*points=\['embedding.embedding'"
+        fa.PlacementError,
+        match=r"'mlp.blocks.0.3' does not cut.*embedding\.embedding\.weight.*points=\['embedding.embedding'",
     ):
         model(x)
     rule.remove(model)
