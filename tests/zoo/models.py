@@ -262,6 +262,29 @@ def _torch_cases() -> list[Case]:
         )
     )
 
+    def pixels() -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, CLASSES, 1),
+        )
+
+    images, _ = _images()
+    pixel_targets = torch.randint(0, CLASSES, (BATCH, 8, 8), generator=_generator(6))
+    cases.append(
+        Case(
+            name="conv-map-per-sample",  # y is (B, C, H, W): batch_axes=0, d_out = C*H*W
+            library="torch",
+            build=_seeded(pixels),
+            run=lambda model: F.cross_entropy(model(images), pixel_targets),
+            blocks=("0", "2"),
+            auto=("1", "3"),
+            apply={"batch_axes": 0},
+        )
+    )
+
     def resnet() -> nn.Module:
         from feedback_alignment.models import ResNet
 
@@ -568,7 +591,28 @@ def _variants() -> dict[str, Case]:
             apply={"point_batch_axes": seq_first},
             point_axes=seq_first,
         ),
+        # pixels as samples: y (B, C, H, W) and the points (B, 4, H, W) at axes (0, 2, 3)
+        replace(
+            CASES["conv-map-per-sample"],
+            name="conv-map-per-pixel",
+            blocks=("1", "3"),
+            apply={"batch_axes": (0, 2, 3), "point_batch_axes": dict.fromkeys("13", (0, 2, 3))},
+            point_axes=dict.fromkeys("13", (0, 2, 3)),
+        ),
     ]
+    # hybrids: the branch that bypasses the points (FM, the residual projection, CIN) gives the
+    # embedding its true gradient on purpose, on top of the feedback through the points
+    for name in ("torchfm-deepfm", "torchfm-autoint", "torchfm-xdeepfm"):
+        case = CASES[name]
+        variants.append(
+            replace(
+                case,
+                name=f"{name}-hybrid",
+                blocks=case.auto,
+                apply={**case.apply, "true_gradient": ["embedding"]},
+                refuse_auto=None,
+            )
+        )
     return {case.name: replace(case, auto=None) for case in variants}
 
 

@@ -10,10 +10,11 @@ The reference runs an *unconverted* copy of the model (same weights) with its ow
 2. the output ``y`` is recorded at the error site (the model's output or a head module's);
 3. ``e = dL/dy`` is taken by autograd from the loss, in the cut graph; with an output nonlinearity
    ``y = sigmoid(z)`` the signal is ``e_z = e * y * (1 - y)`` (the top block still gets ``e``);
-4. each point's signal is ``B_l e`` per sample: ``y``'s leading axes ``lead`` (all but the last,
-   or all of a 1-D ``y``) count ``n = prod(lead)`` samples of ``d_out`` features; a point's tensor
-   holds the same samples at its batch axes (``axis, axis+1, ...``; 1 for a seq-first module) and
-   its other axes, in order, are the sample's ``n_l`` features; ``B_l`` is read from the raw buffer
+4. each point's signal is ``B_l e`` per sample: ``y``'s batch axes (all but the last, all of a
+   1-D ``y``, or those named) count ``n`` samples; ``y``'s other axes, in order, are a sample's
+   ``d_out`` features; a point's tensor holds the same samples at its batch axes (``axis,
+   axis+1, ...`` from a first axis, 1 for a seq-first module, or named) and its other axes, in
+   order, are the sample's ``n_l`` features; ``B_l`` is read from the raw buffer
    ``state_dict()["direct_feedback_matrix"]`` and sliced and scaled by the recipe documented in
    ``feedback.py`` and the README's "Feedback is state" (``oracle.slices``);
 5. a parameter's gradient is the sum of its true gradient in the cut graph (the top block, and
@@ -94,7 +95,8 @@ def reference_step(
     *,
     error_site: str = "",
     buffer: torch.Tensor | None = None,
-    point_axes: Mapping[str, int] | None = None,
+    point_axes: Mapping[str, int | Sequence[int]] | None = None,
+    batch_axes: int | Sequence[int] | None = None,
     output_activation: str | None = None,
     shared: bool = True,
     scaling: str = "principled",
@@ -107,7 +109,8 @@ def reference_step(
         run: forward pass and loss: ``run(model) -> loss``.
         error_site: path of the module whose output is ``y`` (``""``: the model's output).
         buffer: the raw feedback buffer; ``None`` computes only ``top`` and ``feeders`` (Shallow).
-        point_axes: first batch axis of a point's tensor, by point path (default 0).
+        point_axes: a point's batch axes (a first axis, or all of them), by path (default 0).
+        batch_axes: ``y``'s batch axes (default: all but the last; a 1-D ``y``: its only axis).
         output_activation: ``"sigmoid"`` when ``y = sigmoid(z)`` and the signal is ``dL/dz``.
     """
     point_axes = dict(point_axes or {})
@@ -168,9 +171,17 @@ def reference_step(
     (error,) = torch.autograd.grad(loss, y, retain_graph=True)
     top = by_name(torch.autograd.grad(loss, trainable, retain_graph=True, allow_unused=True))
 
-    lead = y.shape[:-1] if y.dim() > 1 else y.shape
-    samples = math.prod(lead)
-    d_out = y.shape[-1] if y.dim() > 1 else 1
+    if batch_axes is None:
+        out_axes = list(range(max(y.dim() - 1, 1)))
+    else:
+        out_axes = [batch_axes] if isinstance(batch_axes, int) else list(batch_axes)
+    front = list(range(len(out_axes)))
+
+    def per_sample(t: torch.Tensor) -> torch.Tensor:
+        moved = t.detach().movedim(out_axes, front)
+        return moved.reshape(math.prod(moved.shape[: len(front)]), -1)
+
+    samples = per_sample(y).shape[0]
     widths = [h.numel() // samples for _, _, h in records]
     feeders: set[str] = set()
     for _, _, h in records:
@@ -184,9 +195,9 @@ def reference_step(
     if buffer is None:
         return result
 
-    signal = error.detach().reshape(samples, d_out)
+    signal = per_sample(error)
     if output_activation == "sigmoid":
-        kept = y.detach().reshape(samples, d_out)
+        kept = per_sample(y)
         signal = signal * kept * (1 - kept)
     elif output_activation is not None:
         raise ValueError(
@@ -194,11 +205,9 @@ def reference_step(
         )
     feedback = slices(buffer.to(signal.dtype), widths, shared=shared, scaling=scaling)
     grads = dict(top)
-    batch = len(lead)
     for (_, path, h), b in zip(records, feedback, strict=True):
-        first = point_axes.get(path, 0)
-        axes = list(range(first, first + batch))
-        front = list(range(batch))
+        axes = point_axes.get(path, 0)
+        axes = list(range(axes, axes + len(front))) if isinstance(axes, int) else list(axes)
         moved_shape = h.movedim(axes, front).shape
         delta = (signal @ b).reshape(moved_shape).movedim(front, axes)
         local = by_name(
