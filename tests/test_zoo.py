@@ -296,3 +296,37 @@ def test_a_seq_first_point_without_its_batch_axis_is_refused():
     fa.DFA(seed=SEED).apply(model, points=list(case.blocks))
     with pytest.raises(fa.PlacementError, match=r"encoder\.layers\.0\.norm2.*point_batch_axes"):
         _train(case, model)
+
+
+ALIGNED = sorted(name for name, case in {**CASES, **VARIANTS}.items() if case.batch is not None)
+
+
+@pytest.mark.parametrize("name", ALIGNED)
+def test_alignment_reports_every_trained_layer_in_its_role(name):
+    """Every module with a trained ``weight`` is measured and classified as the graph says.
+
+    hidden: its weight feeds a point and gets no true gradient; true gradient: it gets the true
+    gradient and feeds no point (the top block, a branch around the points); tied: both.
+    """
+    case = _case(name)
+    placement = "auto" if case.refuse_auto is None and case.auto is not None else "blocks"
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, placement)
+    _train(case, model)
+    report = fa.alignment(model, rule, case.batch, case.loss_fn)
+    expected = _reference(case, reference, rule.point_names(model))
+    top = {n for n, g in expected.top.items() if g is not None}
+    weights = {
+        (f"{module}.weight" if module else "weight"): module
+        for module, m in model.named_modules()
+        if isinstance(m._parameters.get("weight"), torch.nn.Parameter)
+    }
+    trained = {n for n in weights if n in top or n in expected.feeders}
+    assert set(report.update_angle) == {weights[n] for n in trained}
+    assert sorted(report.hidden) == sorted(weights[n] for n in trained - top)
+    assert sorted(report.true_gradient) == sorted(
+        weights[n] for n in trained & top - expected.feeders
+    )
+    assert sorted(report.tied) == sorted(weights[n] for n in trained & top & expected.feeders)
+    for module in report.hidden:
+        assert 0.0 <= report.update_angle[module] <= 180.0, f"{module} has no measured angle"

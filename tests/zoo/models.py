@@ -38,6 +38,8 @@ class Case:
         point_axes: first batch axis of a point's tensor, by path (seq-first modules: 1).
         refuse_auto: regex the ``PlacementError`` of the automatic placement must match, when that
             placement cannot be cut (a branch bypasses the points).
+        batch, loss_fn: the same step as ``(inputs, targets)`` and ``loss_fn(output, targets)``,
+            for ``fa.alignment`` (``None`` where ``run`` is the only form).
     """
 
     name: str
@@ -50,6 +52,8 @@ class Case:
     error_site: str = ""
     point_axes: dict[str, int] = field(default_factory=dict)
     refuse_auto: str | None = None
+    batch: tuple[Any, Any] | None = None
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
     @property
     def available(self) -> bool:
@@ -72,9 +76,14 @@ def _images(channels: int = 2, size: int = 8) -> tuple[torch.Tensor, torch.Tenso
     return x, torch.randint(0, CLASSES, (BATCH,), generator=g)
 
 
-def _classify(batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[nn.Module], torch.Tensor]:
+def _classified(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """``run``, ``batch`` and ``loss_fn`` of a classifier trained with cross-entropy."""
     x, y = batch
-    return lambda model: F.cross_entropy(model(x), y)
+    return {
+        "run": lambda model: F.cross_entropy(model(x), y),
+        "batch": batch,
+        "loss_fn": F.cross_entropy,
+    }
 
 
 # --- torch.nn --------------------------------------------------------------------------------
@@ -205,7 +214,7 @@ def _torch_cases() -> list[Case]:
                     name=f"encoder-{'bf' if batch_first else 'sf'}-{act.__name__.lower()}",
                     library="torch",
                     build=_seeded(lambda bf=batch_first, a=act: EncoderClassifier(bf, a)),
-                    run=_classify(_sequences()),
+                    **_classified(_sequences()),
                     blocks=layers,
                     auto=layers,
                     point_axes={} if batch_first else dict.fromkeys(layers, 1),
@@ -221,7 +230,7 @@ def _torch_cases() -> list[Case]:
                         build=_seeded(
                             lambda c=cell, bf=batch_first, h=head_on: RecurrentClassifier(c, bf, h)
                         ),
-                        run=_classify(_sequences()),
+                        **_classified(_sequences()),
                         blocks=("proj", "rnn"),
                         auto=("act", "rnn"),
                         point_axes={} if batch_first else {"rnn": 1},
@@ -234,7 +243,7 @@ def _torch_cases() -> list[Case]:
             name="encoder-sf-square",
             library="torch",
             build=_seeded(lambda: EncoderClassifier(False, nn.ReLU)),
-            run=_classify(_sequences(BATCH)),
+            **_classified(_sequences(BATCH)),
             blocks=layers,
             auto=layers,
             point_axes=dict.fromkeys(layers, 1),
@@ -245,7 +254,7 @@ def _torch_cases() -> list[Case]:
             name="lstm-sf-square",
             library="torch",
             build=_seeded(lambda: RecurrentClassifier(nn.LSTM, False, "state")),
-            run=_classify(_sequences(BATCH)),
+            **_classified(_sequences(BATCH)),
             blocks=("proj", "rnn"),
             auto=("act", "rnn"),
             point_axes={"rnn": 1},
@@ -256,7 +265,7 @@ def _torch_cases() -> list[Case]:
             name="vit-timm-style",
             library="torch",
             build=_seeded(TinyViT),
-            run=_classify(_images()),
+            **_classified(_images()),
             blocks=("blocks.0", "blocks.1"),
             auto=("blocks.0", "blocks.1"),
         )
@@ -295,7 +304,7 @@ def _torch_cases() -> list[Case]:
             name="resnet-batchnorm",
             library="torch",
             build=_seeded(resnet),
-            run=_classify(_images()),
+            **_classified(_images()),
             blocks=("blocks.0", "blocks.1", "blocks.2"),
             auto=("relu", "blocks.0", "blocks.1", "blocks.2"),
         )
@@ -394,6 +403,8 @@ def _hf_cases() -> list[Case]:
             name="hf-gpt2",
             build=_seeded(_gpt2),
             run=lm_loss,
+            batch=(ids, next_ids),
+            loss_fn=lambda out, t: F.cross_entropy(out.logits.reshape(-1, VOCAB), t.reshape(-1)),
             blocks=lm,
             auto=lm,
             error_site="lm_head",
@@ -412,6 +423,8 @@ def _hf_cases() -> list[Case]:
             name="hf-bert",
             build=_seeded(_bert),
             run=lambda model: F.cross_entropy(model(ids).logits, classes),
+            batch=(ids, classes),
+            loss_fn=lambda out, t: F.cross_entropy(out.logits, t),
             blocks=bert,
             auto=(*bert, "bert.pooler.activation"),
             error_site="classifier",
@@ -430,6 +443,8 @@ def _hf_cases() -> list[Case]:
             name="hf-vit",
             build=_seeded(_vit),
             run=lambda model: F.cross_entropy(model(images).logits, image_classes),
+            batch=(images, image_classes),
+            loss_fn=lambda out, t: F.cross_entropy(out.logits, t),
             blocks=vit,
             auto=vit,
             error_site="classifier",
@@ -473,6 +488,8 @@ def _pyg_cases() -> list[Case]:
             library="torch_geometric",
             build=_seeded(gnn(kind)),
             run=run,
+            batch=((x, edges), (y, mask)),
+            loss_fn=lambda out, t: F.cross_entropy(out[t[1]], t[0][t[1]]),
             blocks=("convs.0", "convs.1"),
             auto=("act",),
         )
@@ -523,7 +540,13 @@ def _torchfm_cases() -> list[Case]:
             FIELDS, 3, mlp_dims=(8,), dropout=0.0, cross_layer_sizes=(4, 4)
         )
 
-    common = dict(library="torchfm", run=run, apply={"output_activation": "sigmoid"})
+    common = dict(
+        library="torchfm",
+        run=run,
+        batch=(x, t),
+        loss_fn=F.binary_cross_entropy,
+        apply={"output_activation": "sigmoid"},
+    )
     attention = ("self_attns.0", "self_attns.1")
     return [
         Case(
