@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import feedback_alignment as fa
-from zoo.models import CASES, VARIANTS, Case
+from zoo.models import BATCH, CASES, TOKENS, VARIANTS, Case
 from zoo.reference import backprop_grads, reference_step
 
 KEY = fa.FEEDBACK_BUFFER
@@ -330,3 +330,91 @@ def test_alignment_reports_every_trained_layer_in_its_role(name):
     assert sorted(report.tied) == sorted(weights[n] for n in trained & top & expected.feeders)
     for module in report.hidden:
         assert 0.0 <= report.update_angle[module] <= 180.0, f"{module} has no measured angle"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_backward_twice_with_retain_graph_accumulates_the_rule(name):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, "blocks")
+    model.zero_grad(set_to_none=True)
+    loss = case.run(model)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    twice = {n: None if g is None else 2 * g for n, g in expected.grads.items()}
+    _assert_grads(grads, twice, "two backward passes")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dfa_matches_the_reference_after_an_optimizer_step(name):
+    """The second step (new weights, the placement already verified) is still exact."""
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, "blocks")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        _train(case, model)
+        optimizer.step()
+    state = {k: v for k, v in model.state_dict().items() if k != KEY}
+    reference.load_state_dict(state)
+    grads = _train(case, model)
+    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    _assert_grads(grads, expected.grads, "third step")
+
+
+def _stray_call(name: str, model: torch.nn.Module) -> None:
+    """Runs a part of the model with grad outside its forward pass, as a user may between steps."""
+    if name == "encoder-sf-gelu":
+        model.encoder.layers[0](torch.randn(TOKENS, BATCH, 8))  # a point module alone
+        model.encoder(torch.randn(TOKENS, BATCH, 8))  # a module that contains the points
+    elif name == "lstm-bf-state":
+        model.rnn(torch.randn(BATCH, TOKENS, 8))
+    elif name == "hf-gpt2-labels":
+        model.transformer.h[0](torch.randn(BATCH, TOKENS, 8))
+        model.transformer(torch.randint(0, 11, (BATCH, TOKENS)))
+    else:
+        raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["encoder-sf-gelu", "lstm-bf-state", "hf-gpt2-labels"])
+def test_stray_calls_of_submodules_leave_no_stale_records(name):
+    case = _case(name)
+    rule = fa.DFA(seed=SEED)
+    model, reference = _convert(case, rule, "blocks")
+    _train(case, model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics too
+    _stray_call(name, model)
+    model.load_state_dict(state)
+    grads = _train(case, model)
+    reference.load_state_dict({k: v for k, v in state.items() if k != KEY})
+    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    _assert_grads(grads, expected.grads, "after a stray call")
+
+
+@pytest.mark.parametrize("name", ["encoder-bf-relu", "vit-timm-style", "torchfm-afn"])
+def test_an_empty_batch_trains_nothing_and_raises_nothing(name):
+    case = _case(name)
+    model, _ = _convert(case, fa.DFA(seed=SEED), "auto")
+    _train(case, model)
+    if name == "torchfm-afn":
+        model.eval()  # BatchNorm cannot take batch statistics of no samples
+    inputs = case.batch[0][:0]
+    model.zero_grad(set_to_none=True)
+    model(inputs).sum().backward()
+    assert not any(_has(p.grad) for p in model.parameters())
+
+
+def test_a_second_rule_is_refused_and_remove_frees_the_model():
+    case = _case("encoder-bf-gelu")
+    first = fa.DFA(seed=SEED)
+    model, reference = _convert(case, first, "blocks")
+    with pytest.raises(RuntimeError, match="already"):
+        fa.DFA(seed=SEED).apply(model)
+    first.remove(model)
+    again = fa.DFA(seed=SEED + 1)
+    again.apply(model, points=list(case.blocks))
+    grads = _train(case, model)
+    expected = _reference(case, reference, again.point_names(model), model.state_dict()[KEY])
+    _assert_grads(grads, expected.grads, "after remove and apply")
