@@ -499,7 +499,7 @@ def _pyg_cases() -> list[Case]:
 
 # --- torchfm ---------------------------------------------------------------------------------
 
-FORK = r"embedding"
+FORK = r"embedding\.embedding"
 """The automatic placement of DeepFM, AutoInt and xDeepFM leaves a branch (FM, the residual
 projection, CIN) that reaches the embedding around the points: the refusal must name it."""
 
