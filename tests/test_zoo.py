@@ -114,7 +114,8 @@ def _assert_grads(actual: Grads, expected: Grads, what: str) -> None:
     for name, want in expected.items():
         got = actual[name]
         if not _has(want):
-            assert not _has(got), f"{what}: {name} received a gradient, expected none"
+            stray = 0.0 if got is None or not got.numel() else float(got.abs().max())
+            assert stray <= TOL["atol"], f"{what}: {name} received a gradient ({stray:.3g})"
             continue
         assert got is not None, f"{what}: {name} received no gradient"
         torch.testing.assert_close(got, want, **TOL, msg=lambda m, n=name: f"{what}: {n}: {m}")
@@ -131,8 +132,6 @@ PAIRS = [
 @pytest.mark.parametrize("name", ALL)
 def test_automatic_placement_finds_the_blocks(name):
     case = _case(name)
-    if case.auto is None:
-        pytest.skip("no expectation for this model's automatic placement")
     model = case.build(0)
     rule = fa.DFA(seed=SEED)
     rule.apply(model, **case.apply)
