@@ -216,6 +216,10 @@ def _feedback_net(sizes, activation):
             logits = self.body(x)
             if activation == "sigmoid":
                 return torch.sigmoid(logits.squeeze(-1))
+            if activation == "softmax":
+                return torch.softmax(logits, dim=-1)
+            if activation == "tanh":
+                return torch.tanh(logits)
             return torch.log_softmax(logits, dim=-1)
 
     return FunctionalOutput()
@@ -252,6 +256,47 @@ def test_error_before_a_functional_log_softmax_is_dl_dlogits():
         x, layers, lambda e: e, lambda z: softmax_ce_error(z, y), feedback
     )
     _assert_grads(linears, expected)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "tanh"])
+def test_error_before_a_functional_softmax_or_tanh_is_dl_dz(activation):
+    """``e_z = dL/dz`` for ``y = f(z)``: the reference takes it by autograd through ``f`` itself,
+    so a wrong sign or factor in the library's closed form fails here."""
+    sizes = [6, 7, 5, 4]
+    model = _feedback_net(sizes, activation)
+    fa.DFA(seed=4).apply(model, output_activation=activation)
+    x, target = torch.randn(8, 6), torch.randn(8, 4)
+    f = {"softmax": lambda z: torch.softmax(z, dim=-1), "tanh": torch.tanh}[activation]
+    F.mse_loss(model(x), target).backward()
+    feedback = slices(model.state_dict()[KEY], sizes[1:-1], shared=True, scaling="principled")
+    layers, linears = _layers(model.body)
+
+    def error_at_z(z):
+        z = z.detach().requires_grad_(True)
+        return torch.autograd.grad(F.mse_loss(f(z), target), z)[0]
+
+    expected = dfa_tanh_mlp_grads(x, layers, lambda e: e, error_at_z, feedback)
+    _assert_grads(linears, expected)
+
+
+def test_feedback_draws_follow_the_documented_recipe():
+    """The buffer is drawn on the CPU in float64 from a private generator seeded with ``seed``:
+    gaussian ``randn``, uniform ``2 rand - 1`` (U[-1, 1), TinyDFA's), rademacher ``2 bit - 1``."""
+    from feedback_alignment.feedback import draw
+
+    def generator():
+        return torch.Generator().manual_seed(11)
+
+    shape = (7, 300)
+    expected = {
+        "gaussian": torch.randn(shape, generator=generator(), dtype=torch.float64),
+        "uniform": torch.rand(shape, generator=generator(), dtype=torch.float64) * 2 - 1,
+        "rademacher": torch.randint(0, 2, shape, generator=generator()).double() * 2 - 1,
+    }
+    for name, values in expected.items():
+        torch.testing.assert_close(
+            draw(name, shape, 11, dtype=torch.float64), values, rtol=0, atol=0
+        )
 
 
 def test_unknown_output_activation_is_refused():

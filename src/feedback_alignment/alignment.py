@@ -47,14 +47,21 @@ class AlignmentReport:
             module's ``weight``; ``nan`` where the rule gives the layer no update.
         signal_cosine: feedback point -> (mean, std) over samples of the cosine between the rule's
             signal and BP's at that point.
-        hidden: module paths of the layers below the last feedback point (the ones the rule trains
-            with its own signal; the others receive the true gradient).
+        hidden: module paths of the layers the rule trains with its own signal (for a direct rule:
+            the layers below a feedback point, as the cut verification found them in the graph).
+        true_gradient: layers that receive the true gradient only (the top block, and branches
+            that reach the output without a feedback point on the way); their angle is 0 by
+            construction and says nothing about the rule.
+        tied: layers that receive both (a parameter shared by the top block and a block below a
+            point, such as GPT-2's tied embedding, or a module named in ``true_gradient=``).
         loss: the batch loss at the current weights.
     """
 
     update_angle: dict[str, float] = field(default_factory=dict)
     signal_cosine: dict[str, tuple[float, float]] = field(default_factory=dict)
     hidden: list[str] = field(default_factory=list)
+    true_gradient: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
     loss: float = math.nan
 
     def hidden_angles(self) -> dict[str, float]:
@@ -66,6 +73,8 @@ class AlignmentReport:
             "update_angle": dict(self.update_angle),
             "signal_cosine": {k: list(v) for k, v in self.signal_cosine.items()},
             "hidden": list(self.hidden),
+            "true_gradient": list(self.true_gradient),
+            "tied": list(self.tied),
             "loss": self.loss,
         }
 
@@ -143,7 +152,21 @@ def alignment(
         report.signal_cosine[point] = _per_sample_cosine(
             rule_signal, bp_signal, _width(rule, model, point)
         )
-    report.hidden = _hidden_layers(model, weights, [p for p, _ in rule_points])
+    roles_of = getattr(rule, "parameter_roles", None)
+    roles = roles_of(model) if callable(roles_of) else {}
+    if roles:
+        by_role: dict[str, list[str]] = {"hidden": [], "top": [], "tied": []}
+        for module_name, param_name in weights.items():
+            if param_name in roles:
+                by_role[roles[param_name]].append(module_name)
+        report.hidden, report.true_gradient, report.tied = (
+            by_role["hidden"],
+            by_role["top"],
+            by_role["tied"],
+        )
+    else:
+        report.hidden = _hidden_layers(model, weights, [p for p, _ in rule_points])
+        report.true_gradient = [name for name in weights if name not in report.hidden]
     return report
 
 
@@ -270,7 +293,8 @@ def _per_sample_cosine(a: torch.Tensor, b: torch.Tensor, width: int | None) -> t
 
 
 def _hidden_layers(model: nn.Module, weights: dict[str, str], points: list[str]) -> list[str]:
-    """Layers registered before the last feedback point module (module order = layer order)."""
+    """Without the cut verification's roles (layer-wise rules, BP): the layers registered before
+    the last feedback point module, or all layers but the last one."""
     point_modules = {p.split("#", 1)[0].removesuffix(":input") for p in points}
     order = [name for name, _ in model.named_modules()]
     positions = [order.index(p) for p in point_modules if p in order]

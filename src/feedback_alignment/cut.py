@@ -66,8 +66,8 @@ class CutReport:
     #: ``(point, parameter names, other)``: ``other`` is ``None`` for a leak from the error site,
     #: else the name of the point whose local backprop reaches below ``point``
     leaks: list[tuple[str, list[str], str | None]] = field(default_factory=list)
-    #: whether the output's graph passes through the injection node
-    injected: bool = False
+    #: per output tensor (in the order given): whether its graph passes through the injection node
+    injected: list[bool] = field(default_factory=list)
     #: parameter name -> ``"top"`` (true gradient only), ``"hidden"`` (feedback only) or
     #: ``"tied"`` (both: a shared leaf or a module named in ``true_gradient``)
     roles: dict[str, str] = field(default_factory=dict)
@@ -94,14 +94,20 @@ def verify_cut(
     names = {id(p): n for n, p in model.named_parameters()}
     report = CutReport()
 
+    hit = [False]
+
     def follow(node: Node):
         if is_injection(node):
-            report.injected = True
+            hit[0] = True
             first = node.next_functions[0][0] if node.next_functions else None
             return [first] if first is not None else []
         return None
 
-    error_region = reachable((t.grad_fn for t in outputs if t.grad_fn is not None), follow)
+    error_region: set = set()
+    for tensor in outputs:
+        hit[0] = False
+        error_region |= reachable([tensor.grad_fn], follow)
+        report.injected.append(hit[0])
     error_params = _parameters(error_region, names)
     allowed = tuple(path.rstrip(".") + "." for path in true_gradient)
 

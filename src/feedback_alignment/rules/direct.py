@@ -47,6 +47,7 @@ from feedback_alignment.points import (
     PlacementError,
     default_batch_axis,
     enclosing_blocks,
+    find_blocks,
     find_points,
 )
 from feedback_alignment.rules.base import BoundRule
@@ -210,6 +211,14 @@ class DirectFeedback(BoundRule):
         """The feedback layout fixed by the first training forward pass (``None`` before)."""
         return self._binding(model).layout
 
+    def parameter_roles(self, model: nn.Module) -> dict[str, str]:
+        """How each parameter learns, as the cut verification found it in the graph of the first
+        training forward pass: ``"hidden"`` (from feedback only), ``"top"`` (the true gradient
+        only: the block above the last point, and branches with no point on the way) or
+        ``"tied"`` (both: a parameter shared by the top and a block below a point, or a module
+        named in ``true_gradient=``). Empty before the first training forward pass."""
+        return dict(self._binding(model).roles)
+
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The effective ``B_l`` (shape ``(d_out, n_l)``) of every point, after scaling."""
         layout = self.layout(model)
@@ -370,6 +379,8 @@ class _Binding:
         self._signature: tuple | None = None  # shapes of the last verified forward pass
         self._verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
         self._pending: tuple | None = None  # (signature, key, records) awaiting verification
+        self._injected: tuple | None = None  # (signature, key, records) of this forward pass
+        self._losses_seen: set[int] = set()  # how many scalars verified outputs returned
         self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last check)
         self._matrix_key: tuple | None = None
         self._matrix_cache: torch.Tensor | None = None
@@ -398,7 +409,7 @@ class _Binding:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
-        state.update(records=[], recorders=[], calls={}, depth=0, _pending=None)
+        state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
         state.update(_matrix_key=None, _matrix_cache=None)
         return state
 
@@ -454,16 +465,18 @@ class _Binding:
         if not tensor.requires_grad:
             return None
         point = self._point_name(name)
-        for record in self.recorders:
-            record.append((point, tensor))
         if self.mode == "backprop":
+            for record in self.recorders:
+                record.append((point, tensor))
             return None
-        if tensor.grad_fn is not None and not tensor._is_view():
-            alias = tensor.view_as(tensor)
+        in_place = tensor.grad_fn is not None and not tensor._is_view()
+        uncut = tensor.view_as(tensor) if in_place else tensor  # keeps the graph below
+        for record in self.recorders:
+            record.append((point, uncut))
+        self.records.append((point, uncut, self.point_axes.get(name)))
+        if in_place:
             tensor.detach_()
-            self.records.append((point, alias, self.point_axes.get(name)))
             return None
-        self.records.append((point, tensor, self.point_axes.get(name)))
         return (tensor.detach(), *args[1:])
 
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
@@ -501,13 +514,19 @@ class _Binding:
                     f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
                     "would never receive a signal; place points before error_at"
                 )
+            final = output if result is None else result
+            if self._pending is None and self._injected is not None:
+                # a model that returns a loss only when given labels: verify that case too
+                losses = _count_scalars(final)
+                if losses not in self._losses_seen:
+                    self._pending = self._injected
             if self._pending is not None:
-                self._verify(output if result is None else result)
+                self._verify(final)
             return result
         finally:
             self.records.clear()
             self.calls.clear()
-            self._pending = None
+            self._pending = self._injected = None
 
     # --- the projection ----------------------------------------------------------------------------
 
@@ -522,6 +541,7 @@ class _Binding:
                 self._signature = signature
             else:
                 self._pending = (signature, key, records)
+        self._injected = (signature, None, records)
         if not self.feeds:
             return y
         forward = _Forward(
@@ -591,20 +611,22 @@ class _Binding:
             self._is_own_node,
             self.true_gradient,
         )
-        if self.feeds and not report.injected:
-            selector = "" if self.output is None else f" {self.output!r}"
+        if self.feeds and not all(report.injected):
+            what = "the output" if not report.injected[0] else "the loss it returns"
             site = f"'{self.error_at}'" if self.error_at else "the model's output"
             raise PlacementError(
-                f"the output{selector} of {type(model).__name__} (or the loss it returns) does not "
-                f"depend on {site}, where the error is injected: DFA would silently train nothing "
-                "below the points. Name the module that produces the output the loss is computed "
-                "from: rule.apply(model, output=..., error_at='head.module.path')"
+                f"{what} of {type(model).__name__} does not depend on {site}, where the error is "
+                "injected (a loss computed inside forward before the output is returned): DFA "
+                "would silently train nothing below the points. Inject where the output is "
+                "produced: rule.apply(model, output=..., error_at='head.module.path')"
             )
         if report.leaks:
             raise PlacementError(_leak_message(model, report.leaks))
         self.roles = report.roles
-        self._verified.add(key)
+        if key is not None:
+            self._verified.add(key)
         self._signature = signature
+        self._losses_seen.add(_count_scalars(output))
 
     def _is_own_node(self, node: Any) -> bool:
         return getattr(node, "_forward_cls", None) is DirectFeedbackFn and (
@@ -802,19 +824,23 @@ def _replace_first(output: Any, value: torch.Tensor) -> Any:
     return _map_tensors(output, lambda t: value if t is first else t)
 
 
-def _loss_roots(output: Any, selector: OutputSelector) -> list[torch.Tensor]:
-    """The tensors a loss is computed from: the selected output, and a returned ``loss``."""
-    roots = []
+def _count_scalars(output: Any) -> int:
+    """How many scalars that require grad a model output holds (a loss computed inside forward)."""
     if isinstance(output, torch.Tensor):
-        roots.append(output)
-    else:
-        try:
-            roots.append(_select_output(output, selector, ""))
-        except PlacementError:
-            roots.extend(_tensors(output))
-        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-        if isinstance(loss, torch.Tensor):
-            roots.append(loss)
+        return 0
+    return sum(1 for t in _tensors(output) if t.dim() == 0 and t.requires_grad)
+
+
+def _loss_roots(output: Any, selector: OutputSelector) -> list[torch.Tensor]:
+    """What a loss is computed from: the selected output first, then every scalar the model
+    returns (a loss computed inside ``forward``, such as Hugging Face's ``labels=`` loss)."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.requires_grad else []
+    try:
+        roots = [_select_output(output, selector, "")]
+    except PlacementError:
+        roots = [t for t in _tensors(output) if t.dim()]
+    roots += [t for t in _tensors(output) if t.dim() == 0]
     return [t for t in roots if t.requires_grad]
 
 
@@ -832,18 +858,23 @@ def _leak_message(model: nn.Module, leaks: list[tuple[str, list[str], str | None
             f"the local backprop of point {other!r}'s signal reaches {len(params)} parameter(s) "
             f"below it ({shown}) through a path that bypasses {point!r}"
         )
-    blocks = enclosing_blocks(model, point.split("#")[0])
-    if not any(p.startswith(tuple(b + "." for b in blocks)) for p in params):
-        blocks = []  # the leak forks below the blocks (a branch), not around the point inside one
-    owners = [n for n, m in model.named_modules() if any(p in params for p in _own_params(n, m))]
-    fix = (
-        f"place feedback at the outputs of the blocks that contain it (points={blocks})"
-        if blocks
-        else "add a feedback point where the paths fork, e.g. at the output of "
-        f"{owners[0]!r} (points=[{owners[0]!r}, ...])"
-        if owners
-        else "add a feedback point where the paths fork"
-    )
+    path = point.split("#")[0]
+    blocks = [b for b in enclosing_blocks(model, path) if b in dict(find_blocks(model))]
+    inside = tuple(b + "." for b in blocks)
+    below = [p for p in params if not p.startswith(inside)]
+    owners = [n for n, m in model.named_modules() if any(p in below for p in _own_params(n, m))]
+    fixes = []
+    if blocks:
+        fixes.append(
+            f"place feedback at the outputs of the blocks around it (points={blocks}) if a "
+            "residual connection bypasses the point"
+        )
+    if owners:
+        fixes.append(
+            "add a feedback point where the paths fork, e.g. at the output of "
+            f"{owners[-1]!r} (points=[{owners[-1]!r}, ...])"
+        )
+    fix = "; or ".join(fixes) if fixes else "add a feedback point where the paths fork"
     more = f" ({len(leaks) - 1} more leak(s) of the same kind)" if len(leaks) > 1 else ""
     return (
         f"feedback point {point!r} does not cut the graph: {what}; they would train by "
