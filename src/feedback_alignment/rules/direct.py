@@ -29,6 +29,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -704,36 +705,41 @@ class _Binding:
             rest = [a for a in range(error.dim()) if a not in forward.output_axes]
             error = error.permute(*forward.output_axes, *rest)
         signal = self.rule.project_signal(error.reshape(-1, layout.out_features))
-        uniform = layout.uniform_scale
-        projected = signal @ self._matrix(buffer, uniform, signal.dtype, signal.device)
+        columns, residual = _folded_scales(layout)
+        projected = signal @ self._matrix(buffer, columns, signal.dtype, signal.device)
         samples = signal.shape[0]
-        shared_view = uniform is not None and layout.total == min(layout.widths)
         grads: list[torch.Tensor | None] = []
         for i, (shape, axes) in enumerate(zip(hidden_shapes, forward.axes, strict=True)):
             if not needed[i]:
                 grads.append(None)
                 continue
-            if shared_view:  # every point reads all columns with one scale: a view of the product
-                grad = projected
-            else:
-                start, width = layout.offsets[i], layout.widths[i]
-                grad = projected if width == layout.total else projected[:, start : start + width]
-                if uniform is None:
-                    grad = grad * layout.scales[i]
+            start, width = layout.offsets[i], layout.widths[i]
+            grad = projected if width == layout.total else projected[:, start : start + width]
+            if residual[i] != 1.0:
+                grad = grad * residual[i]
             grads.append(_to_point_layout(grad, shape, axes, samples))
         return grads
 
     def _matrix(
-        self, buffer: torch.Tensor, scale: float | None, dtype: torch.dtype, device: torch.device
+        self,
+        buffer: torch.Tensor,
+        columns: torch.Tensor | float,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> torch.Tensor:
-        """The buffer in the signal's dtype and device, times the common scale if there is one.
+        """The buffer in the signal's dtype and device with the points' scales folded into its
+        columns (see :func:`_folded_scales`).
 
         Cached until the buffer is replaced, modified in place, cast or moved.
         """
-        key = (id(buffer), buffer._version, dtype, device, scale)
+        key = (id(buffer), buffer._version, dtype, device, id(self.layout))
         if self._matrix_key != key:
             matrix = buffer.detach().to(dtype=dtype, device=device)
-            self._matrix_cache = matrix * scale if scale not in (None, 1.0) else matrix
+            if isinstance(columns, torch.Tensor):
+                matrix = matrix * columns.to(dtype=dtype, device=device)
+            elif columns != 1.0:
+                matrix = matrix * columns
+            self._matrix_cache = matrix
             self._matrix_key = key
         return self._matrix_cache
 
@@ -751,6 +757,28 @@ class _Binding:
             module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
         self.layout = None  # re-checked against the loaded matrix at the next forward pass
         self._signature = None
+
+
+@functools.lru_cache(maxsize=64)
+def _folded_scales(layout: FeedbackLayout) -> tuple[torch.Tensor | float, tuple[float, ...]]:
+    """Each point's scale folded into the columns of ``B``, so that points read views of the one
+    product ``s(e) @ B`` and no scaled copy of a slice is made (memory at the hand-written floor).
+
+    Disjoint columns: every column carries its point's scale; nothing is left per point. Shared
+    columns (one matrix sliced by every point): the columns carry the widest point's scale ``c_w``
+    and a point of another scale ``c_l`` multiplies its slice by ``c_l / c_w`` (only there is a
+    copy made). Returns the column factors (a vector, or one number) and the residual per point.
+    """
+    if layout.uniform_scale is not None:
+        return layout.uniform_scale, (1.0,) * len(layout.widths)
+    if len(set(layout.offsets)) == len(layout.offsets) and layout.total == sum(layout.widths):
+        columns = torch.empty(layout.total, dtype=torch.float64)
+        for start, width, scale in zip(layout.offsets, layout.widths, layout.scales, strict=True):
+            columns[start : start + width] = scale
+        return columns, (1.0,) * len(layout.widths)
+    widest = max(range(len(layout.widths)), key=layout.widths.__getitem__)
+    common = layout.scales[widest]
+    return common, tuple(scale / common for scale in layout.scales)
 
 
 def _to_point_layout(
