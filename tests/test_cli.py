@@ -94,8 +94,10 @@ def test_output_check_creates_nothing(tmp_path):
         (["demo", "--threads", "100000"], "argument --threads: must be at most"),
         (["demo", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
         (["bench", "--rounds", "0"], "argument --rounds: must be >= 2, got 0"),
-        (["bench", "--batch", "0"], "argument --batch: must be >= 1, got 0"),
-        (["bench", "--configs", "nope"], "argument --configs: invalid choice: 'nope'"),
+        (["bench", "--families", "nope"], "argument --families: invalid choice: 'nope'"),
+        (["bench", "--rules", "BP", "XYZ"], "argument --rules: invalid choice: 'XYZ'"),
+        (["bench", "--size", "huge"], "argument --size: invalid choice: 'huge'"),
+        (["bench", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
         (["demo", "--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),
         (["demo", "--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
         (["demo", "--hidden", "64,0"], "argument --hidden: every value must be >= 1, got [0]"),
@@ -208,10 +210,11 @@ def test_reproduce_help_lists_every_task(capsys):
     assert "[part of principled]" in out
 
 
-def test_bench_help_lists_the_configs(capsys):
+def test_bench_help_lists_families_and_rules(capsys):
     assert main(["bench", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert all(name in out for name in benchmark.DEFAULT_CONFIGS)
+    assert f"from: {', '.join(benchmark.FAMILIES)}" in out
+    assert f"from: {', '.join(benchmark.RULES)}" in out
 
 
 # ---- reproduce: each task once, a failure keeps the rest ---------------------------------------
@@ -282,13 +285,6 @@ def test_demo_rejects_unknown_rule():
         demo.run(demo.DemoConfig(rules=("XYZ",)), progress=False)
 
 
-def test_bench_plumbing_writes_ratios(tmp_path):
-    # two rounds on a tiny MLP: checks the JSON and table, not the speed (see docs/BENCHMARKS.md)
-    results, machine = benchmark.run(
-        {"tiny": [8, 16, 16, 3]}, batch=4, rounds=2, output=tmp_path / "b.json"
-    )
-    payload = json.loads((tmp_path / "b.json").read_text())
-    rules = [r["rule"] for r in payload["configs"][0]["results"]]
-    assert rules == ["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "FA", "uSF", benchmark.MINIMAL_DFA]
-    assert payload["configs"][0]["results"][0]["time_ratio"] == 1.0
-    assert "| tiny (batch 4) | DFA |" in benchmark.to_markdown(results, machine)
+def test_bench_refuses_a_table_path_that_is_a_folder(tmp_path, capsys, no_work):
+    (tmp_path / "b.md").mkdir()
+    _refused(["bench", "--out", str(tmp_path / "b.json"), "-q"], capsys, "b.md is a folder")
