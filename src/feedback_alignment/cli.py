@@ -3,32 +3,228 @@
 Sub-commands:
     demo       BP, DFA and Shallow on the bundled digits, with an accuracy and alignment table.
     reproduce  the papers' task families, BP vs the rules, beside the papers' figures.
-    bench   step time and peak memory of each rule against BP (JSON + markdown table).
-    data    list and fetch the real data sets (see ``feedback_alignment.data``).
+    bench      step time and peak memory of each rule against BP (JSON + markdown table).
+    data       list and fetch the real data sets (see ``feedback_alignment.data``).
+
+Why every check happens before any work: a command that trains for an hour and then cannot write
+its results has lost the hour. So output paths, the data cache, the device and every count are
+checked first, in well under a second, and a bad one ends the command with exit code 2 and a
+message that names the option, the value and what to do (:class:`UsageError`). Results are then
+written as they are produced (``reproduce`` rewrites its report after each task), so an interrupt
+or a failing task keeps what was finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SMALL_MODEL_THREADS = 1
+"""Default torch thread count for ``demo`` and ``reproduce --quick``.
+
+Why one: their models are small (a 64-wide MLP on the digits, quick-mode CNNs and Transformers), so
+a step is a few small matrix products and the threads mostly wait on each other; on a busy machine
+torch's default (one thread per core) is far slower (a 160 s demo on a loaded 2-core machine took
+11 s with one thread). Larger runs (``bench``, full ``reproduce``) keep torch's default.
+"""
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
+class UsageError(Exception):
+    """A bad option value found before any work started: reported with exit code 2."""
+
+
+def max_threads() -> int:
+    """The largest ``--threads`` accepted: four per CPU (beyond that torch only slows or crashes)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+# ---- argument types: each rejects a bad value with a message naming what is expected ----------
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"  # argparse names the type in "invalid count value"
+    return parse
+
+
+def _threads(text: str) -> int:
+    value = _count(1)(text)
+    if value > max_threads():
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+            f"must be at most {max_threads()} (4 per CPU on this machine), got {value}"
+        )
+    return value
+
+
+def _int_list(minimum: int) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers, got {text!r}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one integer")
+        low = [v for v in values if v < minimum]
+        if low:
+            raise argparse.ArgumentTypeError(f"every value must be >= {minimum}, got {low}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+# ---- checks run before any work -----------------------------------------------------------------
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _probe_writable(directory: Path) -> str | None:
+    """Why a real probe: ``os.access`` says yes to root on read-only mounts and quota-full disks."""
+    try:
+        handle, name = tempfile.mkstemp(dir=directory, prefix=".feedback-alignment-probe-")
+    except OSError as error:
+        return error.strerror or str(error)
+    os.close(handle)
+    os.unlink(name)
+    return None
+
+
+def _check_creatable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists or can be created, and files can be written in it."""
+    ancestor = _nearest_existing(folder)
+    if not ancestor.is_dir():
+        raise UsageError(f"{what}: {ancestor} exists and is not a folder")
+    reason = _probe_writable(ancestor)
+    if reason is not None:
+        raise UsageError(f"{what}: cannot write in {ancestor} ({reason})")
+
+
+def check_output_file(path: Path, option: str) -> Path:
+    """Refuses (:class:`UsageError`) an output file that could not be written; returns it absolute.
+
+    Nothing is created: the parent folders are made only when the results are written.
+    """
+    path = path.expanduser().absolute()
+    what = f"{option} {path}"
+    if path.is_dir():
+        raise UsageError(f"{what} is a folder; give a file name such as {path / 'results.json'}")
+    _check_creatable_folder(path.parent, what)
+    return path
+
+
+def check_output_folder(path: Path, option: str) -> Path:
+    """Refuses (:class:`UsageError`) an output folder that could not be created or written."""
+    path = path.expanduser().absolute()
+    what = f"{option} {path}"
+    if os.path.lexists(path) and not path.is_dir():
+        raise UsageError(f"{what} exists and is not a folder")
+    _check_creatable_folder(path, what)
+    return path
+
+
+def _cache_origin() -> str:
+    from feedback_alignment.data import ENV_VAR
+
+    if os.environ.get(ENV_VAR):
+        return f"${ENV_VAR}"
+    return "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the default location"
+
+
+def check_data_cache() -> None:
+    """Refuses a data cache that cannot hold anything: a file, or a folder that cannot be made.
+
+    An existing folder that is read-only is accepted (a shared, pre-filled cache is a sensible
+    set-up); a data set missing from it then fails when it is fetched, with a message.
+    """
+    from feedback_alignment.data import ENV_VAR, cache_root
+
+    root = cache_root().absolute()
+    remedy = f"set {ENV_VAR} to a writable folder"
+    if root.is_dir():
+        if _probe_writable(root) is not None:
+            log.warning("the data cache %s is read-only: only data sets already in it load", root)
+        return
+    try:
+        _check_creatable_folder(root, f"data cache {root} (from {_cache_origin()})")
+    except UsageError as error:
+        raise UsageError(f"{error}; {remedy}") from None
+
+
+def check_device(device: str) -> str:
+    """Refuses a device this torch build or machine does not have, before any model is built."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise UsageError(
+                f"--device {device}: this torch build ({torch.__version__}) has no CUDA support; "
+                "use --device cpu, or install a CUDA build of torch"
+            )
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is visible on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: the benchmark runs on cpu, cuda or mps")
+    return device
+
+
+def _progress_bars(args: argparse.Namespace) -> bool:
+    """Bars belong on a terminal: piped or logged output gets a short line per stage instead."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- sub-commands -------------------------------------------------------------------------------
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    out = check_output_file(args.out, "--out") if args.out is not None else None
     from feedback_alignment.experiments import demo
 
     config = demo.DemoConfig(
@@ -38,169 +234,366 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         lr=args.lr,
         rules=tuple(args.rules),
     )
-    results, config = demo.run(config, progress=not args.quiet)
+    bars = _progress_bars(args)
+    if not bars and not args.quiet:
+        _say(
+            f"demo: {', '.join(config.rules)} x seeds {list(config.seeds)}, {config.epochs} epochs "
+            f"on the digits ({_threads_note()})"
+        )
+    start = time.perf_counter()
+    results, config = demo.run(config, progress=bars)
     print(demo.summary_table(results, config))
-    if args.out is not None:
-        demo.write_json(results, config, args.out)
-        print(f"\nwrote {args.out}")
+    if out is not None:
+        demo.write_json(results, config, out)
+        _say(f"wrote {out}")
+    if not args.quiet:
+        _say(f"demo: done in {time.perf_counter() - start:.1f} s")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    out = check_output_file(args.out, "--out") if args.out is not None else None
+    if out is not None:
+        for suffix in (".md", ".png"):  # written beside the JSON
+            check_output_file(out.with_suffix(suffix), "--out (beside it)")
+    device = check_device(args.device)
     from feedback_alignment import benchmark
 
-    configs = {
-        name: sizes for name, sizes in benchmark.DEFAULT_CONFIGS.items() if name in args.configs
-    }
-    if not configs:
-        print(f"no benchmark configuration among {args.configs}", file=sys.stderr)
-        return 2
-    wanted = {benchmark.MINIMAL_DFA if name == "minimal" else name for name in args.rules}
-    rules = {name: make for name, make in benchmark.default_rules().items() if name in wanted}
+    rules = list(dict.fromkeys(args.rules))
     if "BP" not in rules:
-        print("the benchmark needs BP among --rules: ratios are against BP", file=sys.stderr)
-        return 2
-    progress = None if args.quiet else (lambda message: print(message, file=sys.stderr))
+        raise UsageError("--rules must include BP: every ratio is against BP")
     results, machine = benchmark.run(
-        configs,
+        list(dict.fromkeys(args.families)),
         rules,
-        batch=args.batch,
+        size=args.size,
         rounds=args.rounds,
-        device=args.device,
-        output=args.out,
-        progress=progress,
+        warmup=args.warmup,
+        device=device,
+        output=out,
+        plot_path=None if out is None else out.with_suffix(".png"),
+        progress=None if args.quiet else _say,
     )
     print(benchmark.to_markdown(results, machine))
-    if args.out is not None:
-        print(f"\nwrote {args.out}")
+    if out is not None:
+        _say(f"wrote {out} and its .md table and .png plot")
     return 0
+
+
+def _whole_task(name: str, available: dict[str, Any]) -> str | None:
+    """The task that ``name`` is a part of (``principled`` for ``principled-mlp``), if any.
+
+    Why from the name: the registry names a part ``<task>-<part>`` and the whole task runs every
+    part, so running both would train each part twice.
+    """
+    return next((other for other in available if name.startswith(f"{other}-")), None)
+
+
+def _default_tasks(available: dict[str, Any]) -> list[str]:
+    """Every task once, without the parts of a task that is itself selected."""
+    return [name for name in available if _whole_task(name, available) is None]
+
+
+def _task_epilog() -> str:
+    from feedback_alignment.experiments.registry import tasks
+
+    available = tasks()
+    width = max(map(len, available), default=0)
+    lines = ["tasks (--tasks all, the default, runs each one once, not the parts):"]
+    for name, task in available.items():
+        whole = _whole_task(name, available)
+        part = f" [part of {whole}]" if whole else ""
+        lines.append(f"  {name:<{width}}  {task.description}{part}")
+    return "\n".join(lines)
+
+
+def _write_report(path: Path, quick: bool, sections: Sequence[str], pending: Sequence[str]) -> None:
+    text = f"# Reproduction report ({'quick' if quick else 'full'} mode)\n\n" + "\n\n".join(
+        sections
+    )
+    if pending:
+        text += "\n\n" + "\n".join(f"- {line}" for line in pending)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(text + "\n")
+    os.replace(temporary, path)  # a reader never sees half a report
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from datetime import date
 
+    out_root = check_output_folder(
+        args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
+    )
+    check_data_cache()
     from feedback_alignment.experiments.registry import RunOptions, tasks
 
     available = tasks()
-    wanted = available if args.tasks == ["all"] else {}
-    if args.tasks != ["all"]:
-        names = [n.strip() for part in args.tasks for n in part.split(",") if n.strip()]
+    if args.tasks == ["all"]:
+        names = _default_tasks(available)
+    else:
+        names = list(
+            dict.fromkeys(n.strip() for p in args.tasks for n in p.split(",") if n.strip())
+        )
         unknown = [n for n in names if n not in available]
         if unknown:
-            print(
-                f"unknown task(s) {unknown}; available: {', '.join(sorted(available))}",
-                file=sys.stderr,
+            raise UsageError(
+                f"unknown task(s) {unknown}; available: {', '.join(available)} "
+                "(see reproduce --help)"
             )
-            return 2
-        wanted = {n: available[n] for n in names}
-    out_root = args.out or Path("results") / date.today().isoformat()
-    sections = []
-    for name, task in wanted.items():
-        print(f"== {name}: {task.description}", file=sys.stderr)
-        options = RunOptions(
-            out_dir=out_root / name, quick=args.quick, progress=not args.quiet, seeds=args.seeds
-        )
-        report = task.run(options)
-        sections.append(report.markdown)
-        print(report.markdown + "\n")
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "REPORT.md").write_text(
-        f"# Reproduction report ({'quick' if args.quick else 'full'} mode)\n\n"
-        + "\n\n".join(sections)
-        + "\n"
-    )
-    print(f"wrote {out_root / 'REPORT.md'}")
+    report = out_root / "REPORT.md"
+    sections: list[str] = []
+    failed: list[str] = []
+    for index, name in enumerate(names, start=1):
+        task = available[name]
+        if not args.quiet:
+            _say(f"== [{index}/{len(names)}] {name}: {task.description}")
+        options = RunOptions(
+            out_dir=out_root / name,
+            quick=args.quick,
+            progress=_progress_bars(args),
+            seeds=args.seeds,
+        )
+        start = time.perf_counter()
+        try:
+            result = task.run(options)
+        except Exception as error:  # one failing task must not lose the others' results
+            if args.verbose:
+                log.exception("task %s failed", name)
+            failed.append(name)
+            sections.append(f"### {name}\n\nFAILED: {type(error).__name__}: {error}")
+            _say(f"{name}: FAILED ({type(error).__name__}: {error})")
+        else:
+            sections.append(result.markdown)
+            print(result.markdown + "\n", flush=True)
+            if not args.quiet:
+                _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
+        pending = [f"{n}: not run yet" for n in names[index:]]
+        _write_report(report, args.quick, sections, pending)
+    _say(f"wrote {report}")
+    if failed:
+        _say(f"failed task(s): {', '.join(failed)} (rerun with -v for the traceback)")
+        return 1
     return 0
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed only when help is shown.
+
+    Why: listing the reproduce tasks imports every experiment module, which takes seconds; a plain
+    ``demo`` should not pay for it.
+    """
+
+    def __init__(self, *args: Any, epilog_factory: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self._epilog_factory is not None:
+            self.epilog = self._epilog_factory()
+        return super().format_help()
+
+
+THREADS_HELP = (
+    f"torch CPU threads, 1 to 4 per CPU (default: {SMALL_MODEL_THREADS} for demo and reproduce "
+    "--quick, whose small models run fastest on one thread on a busy machine; torch's default, "
+    "one per core, for bench and full reproduce)"
+)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted before and after the sub-command (``--threads 1 demo``, ``demo --threads 1``).
+
+    On the sub-command their default is SUPPRESS, so that an unset one does not overwrite a value
+    given before the sub-command.
+    """
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("--threads", type=_threads, default=default, help=THREADS_HELP)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="log debug messages and show tracebacks",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from feedback_alignment import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="feedback-alignment",
         description="Train PyTorch models with direct feedback alignment and its relatives.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is far faster on a busy machine)",
+    _add_common(parser, top=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="BP vs DFA vs Shallow on the bundled digits (about 20 s on 2 cores)"
+        "demo",
+        help="BP vs DFA vs Shallow on the bundled digits (seconds)",
+        description="BP, DFA and Shallow on scikit-learn's digits: accuracy and alignment table.",
     )
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--hidden", type=_int_list, default=(64, 64, 64), help="e.g. 64,64,64")
-    demo.add_argument("--seeds", type=_int_list, default=(0, 1, 2), help="e.g. 0,1,2")
-    demo.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, every rule")
+    _add_common(demo, top=False)
+    demo.add_argument("--epochs", type=_count(1), default=30, help="training epochs (>= 1)")
+    demo.add_argument(
+        "--hidden", type=_int_list(1), default=(64, 64, 64), help="hidden widths, e.g. 64,64,64"
+    )
+    demo.add_argument("--seeds", type=_int_list(0), default=(0, 1, 2), help="e.g. 0,1,2")
+    demo.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate, every rule"
+    )
     demo.add_argument(
         "--rules", nargs="+", default=["BP", "DFA", "Shallow"], choices=["BP", "DFA", "Shallow"]
     )
     demo.add_argument("--out", type=Path, default=None, help="also write the runs as JSON")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("-q", "--quiet", action="store_true", help="print only the table")
     demo.set_defaults(func=_cmd_demo)
 
-    bench = commands.add_parser("bench", help="step time and peak memory, each rule vs BP")
+    from feedback_alignment.benchmark import DIRECT_RULES, FAMILIES, RULES, SIZES
+
+    bench = commands.add_parser(
+        "bench",
+        help="step time and peak memory, each rule vs BP and vs a hand-written floor",
+        description="Step time and peak memory of each rule against BP on the six model "
+        "families, in interleaved rounds, with paired bootstrap intervals; the direct rules "
+        "also against a hand-written floor (the same cut and projection without the library). "
+        "Writes JSON, a markdown table (.md) and a plot (.png). See docs/BENCHMARKS.md.",
+    )
+    _add_common(bench, top=False)
     bench.add_argument(
-        "--configs", nargs="+", default=["mlp-8x1024", "mlp-4x256"], help="benchmark models"
+        "--families",
+        nargs="+",
+        default=list(FAMILIES),
+        choices=list(FAMILIES),
+        metavar="FAMILY",
+        help=f"model families, from: {', '.join(FAMILIES)} (default: all; convnets is LeNet "
+        "and ResNet-20)",
     )
     bench.add_argument(
         "--rules",
         nargs="+",
-        default=["BP", "DFA", "sign-DFA", "DRTP", "Shallow", "FA", "uSF", "minimal"],
-        help="'minimal' adds a hand-written DFA step without the library (the floor)",
+        default=list(RULES),
+        choices=list(RULES),
+        metavar="RULE",
+        help=f"from: {', '.join(RULES)} (default: all; BP is required; "
+        f"{', '.join(DIRECT_RULES)} also get a floor row)",
     )
-    bench.add_argument("--batch", type=int, default=256)
-    bench.add_argument("--rounds", type=int, default=60, help="interleaved timed steps per rule")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument(
-        "--out", type=Path, default=Path("results/benchmark.json"), help="JSON output path"
+        "--size",
+        default="full",
+        choices=list(SIZES),
+        help="full: realistic CPU sizes (minutes per family); tiny: a smoke test (seconds)",
+    )
+    bench.add_argument(
+        "--rounds", type=_count(2), default=30, help="interleaved timed steps per variant (>= 2)"
+    )
+    bench.add_argument(
+        "--warmup",
+        type=_count(0),
+        default=3,
+        help="untimed steps per variant after its first (>= 0)",
+    )
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/benchmark.json"),
+        help="JSON output path; the .md table and .png plot go beside it (default: "
+        "results/benchmark.json)",
     )
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     bench.set_defaults(func=_cmd_bench)
 
     reproduce = commands.add_parser(
-        "reproduce", help="run the papers' task families side by side with the papers' figures"
+        "reproduce",
+        help="run the papers' task families side by side with the papers' figures",
+        description="Run the papers' task families (BP vs the rules) and write a report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_factory=_task_epilog,
     )
+    _add_common(reproduce, top=False)
     reproduce.add_argument(
-        "--tasks", nargs="+", default=["all"], help="task names (comma or space separated)"
+        "--tasks",
+        nargs="+",
+        default=["all"],
+        help="task names, comma or space separated (listed below; default: all)",
     )
     reproduce.add_argument("--quick", action="store_true", help="CPU-minutes mode")
-    reproduce.add_argument("--seeds", type=_int_list, default=(0,), help="e.g. 0,1,2")
-    reproduce.add_argument("--out", type=Path, default=None, help="default results/<date>")
-    reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    reproduce.add_argument("--seeds", type=_int_list(0), default=(0,), help="e.g. 0,1,2")
+    reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
+    reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     reproduce.set_defaults(func=_cmd_reproduce)
 
-    try:
-        from feedback_alignment.data import cli as data_cli
-    except ImportError:  # pragma: no cover - the data package is part of the distribution
-        data_cli = None
-    if data_cli is not None:
-        data_cli.add_parser(commands)
+    from feedback_alignment.data import cli as data_cli
+
+    data_cli.add_parser(commands)
     return parser
 
 
+def _default_threads(args: argparse.Namespace) -> int | None:
+    if args.threads is not None:
+        return args.threads
+    if args.command == "demo" or (args.command == "reproduce" and args.quick):
+        return SMALL_MODEL_THREADS
+    return None
+
+
+def _threads_note() -> str:
+    import torch
+
+    return f"{torch.get_num_threads()} torch thread(s)"
+
+
+def _is_under(path: str | os.PathLike | None, root: Path) -> bool:
+    if path is None:
+        return False
+    try:
+        return Path(path).absolute().is_relative_to(root.absolute())
+    except (TypeError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; returns its exit code (2: a usage error, found before any work)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse's own errors (exit 2) and --help (exit 0)
+        return int(exit_.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
     )
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
+    threads = _default_threads(args)
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     try:
+        if args.command == "data" and getattr(args, "data_command", None) == "fetch":
+            check_data_cache()
         return int(args.func(args) or 0)
+    except UsageError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        from feedback_alignment.data import ENV_VAR, cache_root
+
+        if args.verbose or not _is_under(error.filename, cache_root()):
+            raise
+        print(
+            f"{parser.prog} {args.command}: error: the data cache {cache_root()} failed: {error}; "
+            f"set {ENV_VAR} to a writable folder",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""The benchmark's structure and its hand-written floor (never its timings: the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from feedback_alignment import benchmark
+from feedback_alignment.cli import main
+from feedback_alignment.models import MLP
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_bench_writes_every_family_rule_and_floor(tmp_path, capsys):
+    out = tmp_path / "bench" / "b.json"
+    argv = ["bench", "--size", "tiny", "--rounds", "2", "--warmup", "0", "--out", str(out), "-q"]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert {"machine", "settings", "workloads"} <= set(payload)
+    assert {"processor", "cpus", "threads", "torch", "date", "device"} <= set(payload["machine"])
+    assert payload["settings"]["rounds"] == 2 and payload["settings"]["size"] == "tiny"
+    families = {w["family"] for w in payload["workloads"]}
+    expected = set(benchmark.FAMILIES)
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        expected.discard("gcn")
+    assert families == expected
+    names = [w["name"] for w in payload["workloads"]]
+    assert "lenet" in names and any(n.startswith("resnet") for n in names)
+    for workload in payload["workloads"]:
+        rows = workload["rows"]
+        keyed = {(r["rule"], r["placement"]): r for r in rows}
+        assert {r["rule"] for r in rows} >= set(benchmark.RULES)
+        placements = {r["placement"] for r in rows if r["rule"] == "DFA"}
+        if workload["family"] == "transformer":
+            assert placements == {"macro", "micro"}
+        for rule in benchmark.DIRECT_RULES:
+            for placement in placements:
+                library = keyed[(rule, placement)]
+                floor = keyed[(rule + benchmark.FLOOR_SUFFIX, placement)]
+                assert floor["kind"] == "floor" and floor["status"] == "ok"
+                assert library["time_vs_floor"]["low"] <= library["time_vs_floor"]["high"]
+        for row in rows:
+            if row["status"] != "ok":
+                assert row["note"].startswith("unsupported: ")
+                continue
+            assert row["median_ms"] > 0 and row["q25_ms"] <= row["median_ms"] <= row["q75_ms"]
+            assert set(row["time_vs_bp"]) == {"ratio", "low", "high"}
+            assert row["peak_mib"] >= 0
+        assert keyed[("BP", "")]["time_vs_bp"]["ratio"] == 1.0
+    table = out.with_suffix(".md").read_text()
+    assert "| DFA floor | macro |" in table and "vs floor [95% CI]" in table
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| DFA |" in capsys.readouterr().out
+
+
+def test_gcn_layerwise_rows_say_why():
+    pytest.importorskip("torch_geometric")
+    [workload] = benchmark.workloads(["gcn"], "tiny")
+    rows, steps = benchmark._variants(workload, ["BP", "FA"], torch.device("cpu"), 0)
+    fa_row = next(r for r in rows if r.rule == "FA")
+    assert fa_row.status == "unsupported" and "GCNConv" in fa_row.note
+    assert len(steps) == 1  # only BP runs
+
+
+def test_floor_gradient_is_the_dfa_equation():
+    # dW_1 = ((e @ B[:, :w]) * tanh'(a_1))^T x for the first layer, with e = dL/dy
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    model = MLP([5, 4, 7, 3], "tanh").double()
+    floor = benchmark._Floor(model, ["1", "3"], None, benchmark.FLOOR_SIGNALS["DFA"])
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    e = (torch.softmax(logits.detach(), dim=1) - F.one_hot(y, 3)) / len(y)
+    first = model[0]
+    h1 = torch.tanh(x @ first.weight.detach().T + first.bias.detach())
+    delta = (e @ floor.feedback[:, :4]) * (1 - h1**2)
+    torch.testing.assert_close(first.weight.grad, delta.T @ x)
+    # the second hidden layer reads a cut input: it gets a weight gradient but sends none down
+    h2 = torch.tanh(h1 @ model[2].weight.detach().T + model[2].bias.detach())
+    torch.testing.assert_close(model[2].weight.grad, ((e @ floor.feedback) * (1 - h2**2)).T @ h1)
+
+
+def test_shallow_floor_trains_only_the_top():
+    model = MLP([5, 4, 4, 3], "tanh")
+    benchmark._Floor(model, ["1", "3"], None, None)
+    F.cross_entropy(model(torch.randn(4, 5)), torch.tensor([0, 1, 2, 0])).backward()
+    assert model[0].weight.grad is None and model[2].weight.grad is None
+    assert model[4].weight.grad is not None
+
+
+def test_ratio_interval_is_paired():
+    base = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    exact = benchmark.ratio_interval(2 * base, base)
+    assert exact == {"ratio": 2.0, "low": 2.0, "high": 2.0}  # paired: the load drift cancels
+    rng = np.random.default_rng(1)
+    noisy = benchmark.ratio_interval(base * rng.uniform(0.9, 1.1, 5), base)
+    assert noisy["low"] <= noisy["ratio"] <= noisy["high"]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown families \\['vgg'\\]"):
+        benchmark.workloads(["vgg"])
+    [workload] = benchmark.workloads(["mlp"], "tiny")
+    with pytest.raises(ValueError, match="rounds must be >= 2"):
+        benchmark.run_workload(workload, rounds=1)
+    with pytest.raises(ValueError, match="must include BP"):
+        benchmark.run_workload(workload, ["DFA"])
