@@ -313,7 +313,9 @@ def _deepfm(size: str) -> list[Workload]:
             lambda: DeepFM(fields, **kwargs),
             make_batch,
             F.binary_cross_entropy_with_logits,
-            {"": probe.block_outputs()},
+            # a point on the embedding too: the FM term reads it around the MLP's points, so
+            # without it the cut verification refuses the placement (see bypass_modules)
+            {"": ["embedding", *probe.block_outputs()]},
             samples=batch,
             # the first-order term reads the input ids: it has no input gradient to transport
             layerwise_exclude=("linear",),
