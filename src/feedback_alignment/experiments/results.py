@@ -73,9 +73,10 @@ def gap_closure(rule: float, bp: float, shallow: float) -> float:
 
     Launay et al. (2020) compare every rule against the shallow control this way; for a metric
     where lower is better (log perplexity) pass the values in the same order: the sign works out.
-    NaN when BP and Shallow are equal.
+    NaN when BP and Shallow are equal. (``+ 0.0`` turns the ``-0.0`` of Shallow's own row, with a
+    lower-is-better metric, into ``0.0``.)
     """
-    return (rule - shallow) / (bp - shallow) if bp != shallow else math.nan
+    return (rule - shallow) / (bp - shallow) + 0.0 if bp != shallow else math.nan
 
 
 # --- tables --------------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def fit(
     patience: int | None = None,
     on_plateau: Callable[[], None] | None = None,
     keep_best: bool = False,
+    on_evaluate: Callable[[int, dict[str, float]], None] | None = None,
     stop_on_nonfinite: bool = False,
     label: str = "train",
     progress: bool = True,
@@ -196,6 +197,8 @@ def fit(
         patience: evaluations without improvement before ``on_plateau`` is called (and the count
             restarts) or, without ``on_plateau``, before training stops.
         keep_best: restore the model's state of the best evaluation at the end.
+        on_evaluate: called as ``on_evaluate(step, metrics)`` after every evaluation; it may
+            raise to abandon the run (a tuner's pruning: ``optuna.TrialPruned``).
         stop_on_nonfinite: stop (``diverged``) when the loss is NaN or infinite.
         label, progress: the progress bar's text and whether to show it.
     """
@@ -218,6 +221,8 @@ def fit(
         metrics = evaluate()
         model.train()
         result.evaluations.append((step, metrics))
+        if on_evaluate is not None:
+            on_evaluate(step, metrics)
         if select is None:
             return False
         value = metrics[select]
@@ -249,7 +254,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             value = loss(batch)
             if stop_on_nonfinite and not torch.isfinite(value):
-                log.warning("%s: the loss became %s; the run stops here", label, float(value))
+                log.warning(
+                    "%s: the loss became %s; the run stops here", label, float(value.detach())
+                )
                 result.diverged = stop = True
                 break
             value.backward()
