@@ -136,7 +136,7 @@ class LanguageResult:
     train_loss: list[float]
 
 
-def make_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool) -> Rule:
+def place_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool) -> Rule:
     """Applies rule ``name`` (one of :data:`RULES`) to ``model`` and returns it.
 
     The points are explicit (the paper's block outputs, "macro", or three per block, "micro"):
@@ -190,7 +190,7 @@ def train_one(
         norm=config.norm,
     )
     model = CharTransformer(model_config)
-    make_rule(rule_name, model, seed, config.error_before_vocab)
+    place_rule(rule_name, model, seed, config.error_before_vocab)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr[rule_name], betas=(0.9, 0.999))
     generator = torch.Generator().manual_seed(seed)
     train = corpus.train

@@ -168,7 +168,7 @@ def load_scene(name: str, downscale: int = 1) -> Scene:
     )
 
 
-def make_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
+def place_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
     """Applies ``name`` (one of :data:`RULES`); DFA/Shallow take the error through the renderer.
 
     Explicit points (after every hidden layer of the field), as the paper placed them.
@@ -196,7 +196,7 @@ def train_one(
     torch.manual_seed(seed)
     model_config = NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
     model = NeRFRenderer(model_config)
-    make_rule(rule_name, model, seed)
+    place_rule(rule_name, model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr[rule_name])
     generator = torch.Generator().manual_seed(seed)
 
