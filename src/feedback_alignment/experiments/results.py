@@ -6,7 +6,7 @@ formatted text) and writes it with :func:`write_table`; the same JSON, committed
 ``docs/REPRODUCTION.md``. So a run's own markdown, its JSON and the docs come from one renderer.
 
 Every file written in quick mode says so: JSON (``"mode": "quick"``), tables (a first line
-``**QUICK MODE** ...``) and plot titles (``[QUICK MODE]``).
+``**QUICK MODE** ...``) and plot titles (``[QUICK MODE] ...``).
 """
 
 from __future__ import annotations
@@ -268,8 +268,8 @@ def pyplot() -> Any:
 
 
 def title(text: str, quick: bool) -> str:
-    """A plot title that says quick mode when it is."""
-    return f"{text} [QUICK MODE]" if quick else text
+    """A plot title that says quick mode when it is (first, so a long title cannot clip it)."""
+    return f"[QUICK MODE] {text}" if quick else text
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
