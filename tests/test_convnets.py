@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from feedback_alignment.experiments import convnets
 from feedback_alignment.experiments.registry import tasks
+from feedback_alignment.experiments.run import make_rule
 from feedback_alignment.models import LeNet, ResNet
 
 
@@ -24,7 +25,7 @@ def test_every_rule_trains_the_shared_models(name, model_name):
         model, x = ResNet(depth=8, in_channels=1, width=4), torch.randn(4, 1, 16, 16)
     params = list(model.parameters())
     keys = list(model.state_dict())
-    rule = convnets.RULES[name](0)
+    rule = make_rule(name, 0)
     rule.apply(model)
     F.cross_entropy(model(x), torch.arange(4)).backward()
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -57,7 +58,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_quick_experiment_on_a_tiny_subset(tmp_path, one_thread):
+def test_quick_experiment_on_a_tiny_subset_uses_every_seed(tmp_path, one_thread):
     torch.manual_seed(0)
     # four separable "classes": a bright square in one quadrant
     x = torch.rand(128, 1, 28, 28) * 0.1
@@ -72,15 +73,26 @@ def test_quick_experiment_on_a_tiny_subset(tmp_path, one_thread):
         batch_size=32,
         probe_size=32,
         measurements=2,
+        seeds=(0, 1),
     )
     records, markdown, files = convnets.run_experiment(
-        config, tmp_path, tensors=tensors, progress=False, title="synthetic"
+        config, tmp_path, tensors=tensors, progress=False, title="synthetic", quick=True
     )
-    assert len(records) == 6 and {r.manhattan for r in records} == {False, True}
-    assert "| uSF | yes |" in markdown and "| DFA | no |" in markdown and "9.69" in markdown
+    assert len(records) == 12 and {r.manhattan for r in records} == {False, True}
+    assert {r.seed for r in records} == {0, 1}
+    assert (
+        markdown.count("| uSF | yes | ") == 1 and "| DFA | no | " in markdown and "9.69" in markdown
+    )
+    assert " ± " in markdown and "**QUICK MODE**" in markdown
     names = {f.name for f in files}
-    assert {"results.json", "results.md", "test_error.png", "weight_angle.png"} <= names
+    assert {
+        "results.json",
+        "convnets_synthetic.json",
+        "test_error.png",
+        "weight_angle.png",
+    } <= names
     payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["quick"] is True and payload["provenance"]["seeds"] == [0, 1]
     usf = next(r for r in payload["runs"] if r["rule"] == "uSF")
     assert len(usf["history"]) >= 2 and set(usf["history"][-1]["weight_angle"]) == {
         "0",
@@ -90,5 +102,8 @@ def test_quick_experiment_on_a_tiny_subset(tmp_path, one_thread):
         "11",
     }
     assert all(0 <= r["test_error"] <= 100 for r in payload["runs"])
+    # two seeds of one rule differ (each seed draws its own model and feedback)
+    errors = {r["seed"]: r["train_loss"] for r in payload["runs"] if r["rule"] == "DFA"}
+    assert errors[0] != errors[1]
     with pytest.raises(ValueError, match=r"unknown rules \['XYZ'\]"):
         convnets.run_experiment(replace(config, rules=("XYZ",)), tmp_path, tensors=tensors)

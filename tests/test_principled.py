@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.experiments import principled as p
-from feedback_alignment.experiments.registry import tasks
+from feedback_alignment.experiments.registry import groups, resolve, tasks
 from feedback_alignment.rules import DFA
 
 
@@ -42,20 +42,32 @@ def test_partly_trained_layer_updates_only_its_trained_units():
     assert [w for _, w in zip(points, rule.layout(model).widths, strict=True)] == [12, 3, 12]
 
 
-def test_bad_arguments_are_refused():
+def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"trained units must be in \[1, 8\], got 9"):
         p.PartlyTrained(4, 8, 9)
     with pytest.raises(ValueError, match="unknown bottleneck variant 'wide'"):
         p.bottleneck_mlp(4, 2, "wide")
     with pytest.raises(ValueError, match=r"unknown principled parts \['nope'\]"):
-        p.run_parts(["nope"], p.Path("."), p.TINY)
+        p.run_parts(["nope"], tmp_path, p.TINY)
     with pytest.raises(ValueError, match="2 MLP data sets but 1 epoch counts"):
         p.with_setting(p.TINY, mlp_datasets=("digits", "mnist-5k"))
 
 
-def test_tasks_are_registered():
+def test_parts_are_tasks_and_the_umbrella_is_a_group():
+    parts = [f"principled-{part}" for part in p.PARTS]
     names = set(tasks())
-    assert {"principled", *(f"principled-{part}" for part in p.PARTS)} <= names
+    assert set(parts) <= names and "principled" not in names
+    assert groups()["principled"].members == tuple(parts)
+    # running every task runs each part once and no umbrella on top of them
+    everything = list(resolve(["all"]))
+    assert len(everything) == len(set(everything)) == len(names)
+    assert list(resolve(["principled"])) == parts
+    assert list(resolve(["principled-conv,principled", "principled-mlp"])) == [
+        "principled-conv",
+        *[n for n in parts if n != "principled-conv"],
+    ]
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['principled-nope'\].*groups: "):
+        resolve(["principled-nope"])
 
 
 def test_every_part_runs_in_the_tiny_setting(tmp_path):
@@ -65,6 +77,10 @@ def test_every_part_runs_in_the_tiny_setting(tmp_path):
         payload = json.loads((tmp_path / f"{part}.json").read_text())
         assert payload["runs"] and all(0 <= r["test_accuracy"] <= 1 for r in payload["runs"])
         assert p.PART_TITLES[part] in report.markdown
+        # the docs format, marked as a smoke-scale run (tiny is not the full setting)
+        table = json.loads((tmp_path / f"principled_{part}.json").read_text())
+        assert table["mode"] == "quick" and table["provenance"]["seeds"] == [0]
+        assert (tmp_path / f"principled_{part}.md").read_text().startswith("**QUICK MODE**")
     names = {f.name for f in report.files}
     assert {"alignment_angles.png", "alignment_cosine.png", "bottleneck_cosine.png"} <= names
     curves = json.loads((tmp_path / "bottleneck.json").read_text())["curves"]

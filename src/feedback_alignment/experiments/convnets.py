@@ -6,9 +6,10 @@ error, and over training, per layer, the update angle (rule's ``dW`` vs BP's on 
 and the weight angle between ``W^T`` and ``B``. The claim under test: plain FA lags BP in conv
 nets, while feedback that agrees with ``W`` in sign comes close to BP.
 
-Writes ``results.json``, ``results.md`` (our errors beside BioTorch's) and PNG plots into the task
+Writes ``results.json``, the table ``convnets_fashion_mnist.json``/``.md`` (our errors beside
+BioTorch's) and PNG plots into the task
 folder. Rerun: ``feedback-alignment reproduce --tasks convnets`` (``--quick`` for the CPU-minutes
-version).
+version); every seed given (``--seeds 0,1,2``) trains every pair, and the table shows mean ± std.
 
 References:
     Moskovitz, Litwin-Kumar, Abbott, "Feedback alignment in deep convolutional networks", 2018.
@@ -19,63 +20,48 @@ References:
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from feedback_alignment.alignment import alignment, weight_alignment
+from feedback_alignment.experiments.papers import BIOTORCH_FMNIST_LENET_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.results import (
+    Column,
+    Table,
+    finite_mean,
+    mean_std,
+    pyplot,
+    save_figure,
+    write_results,
+    write_table,
+)
+from feedback_alignment.experiments.results import title as plot_title
+from feedback_alignment.experiments.run import apply_rule, fit, jobs, shuffled
 from feedback_alignment.models import LeNet
 from feedback_alignment.optim import batch_manhattan
-from feedback_alignment.rules import (
-    BP,
-    DFA,
-    FA,
-    KolenPollack,
-    LayerwiseFeedback,
-    Rule,
-    brSF,
-    frSF,
-    uSF,
-)
+from feedback_alignment.rules import LayerwiseFeedback, Rule
 
-log = logging.getLogger(__name__)
-
-RULES: dict[str, Callable[[int], Rule]] = {
-    "BP": lambda seed: BP(),
-    "FA": lambda seed: FA(seed=seed),
-    "uSF": lambda seed: uSF(),
-    "frSF": lambda seed: frSF(seed=seed),
-    "brSF": lambda seed: brSF(seed=seed),
-    "KP": lambda seed: KolenPollack(seed=seed),
-    "DFA": lambda seed: DFA(seed=seed),
-}
-"""The rules of the task by table name (a seed in, a fresh rule out)."""
-
-BIOTORCH_FASHION_MNIST_LENET: dict[str, float] = {"BP": 9.2, "FA": 13.06, "DFA": 12.81, "uSF": 9.69}
-"""BioTorch's Fashion-MNIST LeNet top-1 test errors in % (REFERENCE.md, read in their tables)."""
+RULES: tuple[str, ...] = ("BP", "FA", "uSF", "frSF", "brSF", "KP", "DFA")
+"""The rules of the task by table name (built by :func:`~feedback_alignment.experiments.run.make_rule`)."""
 
 
 @dataclass
 class ConvConfig:
-    """Settings of the task (defaults: the full run, about 20 minutes on 2 CPU cores).
+    """Settings of the task (defaults: the full run, about 10-20 minutes per seed on 2 CPU cores).
 
     ``weight_decay`` is decoupled (AdamW) for plain runs and coupled (SGD) for Batch Manhattan
     runs, where it acts after the sign as in Liao et al. Kolen-Pollack aligns ``B`` with ``W``
     only through weight decay, so its runs use ``kp_weight_decay`` (on ``W`` and, by the rule,
-    on ``B``).
+    on ``B``). Every pair (rule, Batch Manhattan) is trained once per seed of ``seeds``.
     """
 
-    rules: tuple[str, ...] = ("BP", "FA", "uSF", "frSF", "brSF", "KP", "DFA")
+    rules: tuple[str, ...] = RULES
     manhattan: tuple[bool, ...] = (False, True)
     epochs: int = 2
     batch_size: int = 128
@@ -88,7 +74,7 @@ class ConvConfig:
     test_size: int | None = None  # None: all 10,000
     probe_size: int = 256  # training samples on which angles are measured
     measurements: int = 12  # angle measurements over training (and one at the start)
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
 
 
 def quick_config() -> ConvConfig:
@@ -98,7 +84,7 @@ def quick_config() -> ConvConfig:
 
 @dataclass
 class RunRecord:
-    """One training run: a rule, with or without Batch Manhattan."""
+    """One training run: a rule, with or without Batch Manhattan, one seed."""
 
     rule: str
     manhattan: bool
@@ -138,7 +124,11 @@ def _optimizer(model: torch.nn.Module, rule: str, manhattan: bool, config: ConvC
     return torch.optim.AdamW(model.parameters(), config.lr, weight_decay=decay)
 
 
-def _measure(model, rule, probe, step: int) -> dict[str, Any]:
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def _measure(model, rule: Rule, probe, step: int) -> dict[str, Any]:
     report = alignment(model, rule, probe, F.cross_entropy)
     entry: dict[str, Any] = {
         "step": step,
@@ -151,57 +141,48 @@ def _measure(model, rule, probe, step: int) -> dict[str, Any]:
     return entry
 
 
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def train_one(
     rule_name: str,
     manhattan: bool,
+    seed: int,
     config: ConvConfig,
     tensors: tuple[torch.Tensor, ...],
     progress: bool = True,
 ) -> RunRecord:
-    """Trains a fresh LeNet with one rule and returns its record."""
+    """Trains a fresh LeNet with one rule and one seed; returns its record."""
     x_train, y_train, x_test, y_test = tensors
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     model = LeNet(in_channels=x_train.shape[1], image_size=x_train.shape[-1])
-    rule = RULES[rule_name](config.seed)
-    rule.apply(model)
+    rule = apply_rule(rule_name, model, seed)
     optimizer = _optimizer(model, rule_name, manhattan, config)
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-    )
+    total = math.ceil(len(x_train) / config.batch_size) * config.epochs
     every = max(1, total // max(1, config.measurements))
     probe = (x_train[: config.probe_size], y_train[: config.probe_size])
-    generator = torch.Generator().manual_seed(config.seed)
-    record = RunRecord(rule_name, manhattan, config.seed, math.nan, 0.0)
+    generator = torch.Generator().manual_seed(seed)
+    record = RunRecord(rule_name, manhattan, seed, math.nan, 0.0)
     record.history.append(_measure(model, rule, probe, 0))
-    label = f"{rule_name}{' +BM' if manhattan else ''}"
-    bar = tqdm(total=total, desc=f"{label:>9}", disable=not progress, leave=False, unit="step")
-    start, step = time.perf_counter(), 0
-    for _ in range(config.epochs):
-        order = torch.randperm(len(x_train), generator=generator)
-        running = 0.0
-        for i in range(0, len(order), config.batch_size):
-            index = order[i : i + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x_train[index]), y_train[index])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            running += float(loss.detach()) * len(index)
-            if step % every == 0 and step < total:
-                record.history.append(_measure(model, rule, probe, step))
-            bar.update()
-        record.train_loss.append(running / len(order))
-        bar.set_postfix(loss=f"{record.train_loss[-1]:.3f}")
-    bar.close()
-    record.seconds = time.perf_counter() - start
-    record.history.append(_measure(model, rule, probe, step))
+
+    def measure(step: int) -> None:
+        if step % every == 0 and step < total:
+            record.history.append(_measure(model, rule, probe, step))
+
+    done = fit(
+        model,
+        optimizer,
+        lambda _: shuffled(len(x_train), config.batch_size, generator),
+        lambda index: F.cross_entropy(model(x_train[index]), y_train[index]),
+        epochs=config.epochs,
+        total_steps=total,
+        # cosine decay to 0 over the run; the rate of step s is that after s - 1 decays
+        lr_at=lambda step, base: (
+            base * 0.5 * (1 + math.cos(math.pi * min(step - 1, total) / total))
+        ),
+        after_step=measure,
+        label=f"{rule_name}{' +BM' if manhattan else ''} seed {seed}",
+        progress=progress,
+    )
+    record.train_loss, record.seconds = done.epoch_losses, done.seconds
+    record.history.append(_measure(model, rule, probe, done.steps))
     model.eval()
     with torch.no_grad():
         wrong = sum(
@@ -209,7 +190,6 @@ def train_one(
             for i in range(0, len(x_test), 1000)
         )
     record.test_error = 100.0 * wrong / len(x_test)
-    log.info("%s: test error %.2f%% in %.0f s", label, record.test_error, record.seconds)
     return record
 
 
@@ -219,8 +199,9 @@ def run_experiment(
     tensors: tuple[torch.Tensor, ...] | None = None,
     progress: bool = True,
     title: str = "Fashion-MNIST",
+    quick: bool = False,
 ) -> tuple[list[RunRecord], str, list[Path]]:
-    """Runs every (rule, Batch Manhattan) pair; writes JSON, markdown and plots into ``out_dir``.
+    """Runs every (rule, Batch Manhattan, seed); writes JSON, the table and plots into ``out_dir``.
 
     Returns:
         The records, the markdown section and the files written.
@@ -228,114 +209,115 @@ def run_experiment(
     unknown = [r for r in config.rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
+    if not config.seeds:
+        raise ValueError("convnets needs at least one seed")
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(rule, bm) for bm in config.manhattan for rule in config.rules]
-    start = time.perf_counter()
+    triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
     records = [
-        train_one(rule, bm, config, tensors, progress)
-        for rule, bm in tqdm(jobs, desc="convnets", disable=not progress, unit="run")
+        train_one(rule, bm, seed, config, tensors, progress)
+        for rule, bm, seed in jobs(triples, "convnets", progress)
     ]
-    seconds = time.perf_counter() - start
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
-    payload = {
-        "config": asdict(config),
-        "data": {"name": title, **sizes},
-        "seconds": seconds,
-        "threads": torch.get_num_threads(),
-        "biotorch_reference_error": BIOTORCH_FASHION_MNIST_LENET,
-        "runs": [asdict(r) for r in records],
-    }
-    json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps(payload, indent=2))
-    markdown = summary_table(records, config, sizes, seconds, title)
-    md_path = out_dir / "results.md"
-    md_path.write_text(markdown + "\n")
-    files = [json_path, md_path, *plot(records, out_dir)]
+    seconds = sum(r.seconds for r in records)
+    table = summary(records, config, sizes, seconds, title, quick)
+    files = [
+        write_results(
+            out_dir,
+            "convnets",
+            quick,
+            config.seeds,
+            config=config,
+            data={"name": title, **sizes},
+            seconds=seconds,
+            biotorch_reference_error=BIOTORCH_FMNIST_LENET_ERROR,
+            runs=records,
+        ),
+        *write_table(out_dir, table, config.seeds),
+        *plot(records, out_dir, quick),
+    ]
+    markdown = f"### convnets: LeNet on {title}\n\n" + table.to_markdown()
     return records, markdown, files
 
 
-def _final_mean(record: RunRecord, key: str, hidden_only: bool = True) -> float:
+def _final_mean(record: RunRecord, key: str) -> float:
+    """Mean over the hidden layers (all but the top one) of the last measurement of ``key``."""
     values = record.history[-1].get(key, {})
-    names = list(values)[:-1] if hidden_only else list(values)
-    finite = [values[n] for n in names if values[n] is not None]
-    return sum(finite) / len(finite) if finite else math.nan
+    names = list(values)[:-1]
+    return finite_mean(values[n] for n in names if values[n] is not None)
 
 
-def _fmt(value: float, digits: int = 1) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def summary_table(
+def summary(
     records: list[RunRecord],
     config: ConvConfig,
     sizes: dict[str, int],
     seconds: float,
     title: str = "Fashion-MNIST",
-) -> str:
-    """Markdown: test error (ours, BioTorch's), final hidden-layer update and weight angles."""
-    lines = [
-        f"### convnets: LeNet on {title}",
-        "",
-        "| rule | Batch Manhattan | test error % | BioTorch error % | hidden update angle (deg) "
-        "| weight angle W^T vs B, hidden layers (deg) | time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in records:
-        reference = BIOTORCH_FASHION_MNIST_LENET.get(r.rule) if not r.manhattan else None
-        lines.append(
-            f"| {r.rule} | {'yes' if r.manhattan else 'no'} | {r.test_error:.2f} | "
-            f"{_fmt(reference, 2) if reference is not None else '—'} | "
-            f"{_fmt(_final_mean(r, 'update_angle'))} | {_fmt(_final_mean(r, 'weight_angle'))} | "
-            f"{r.seconds:.0f} |"
-        )
+    quick: bool = False,
+) -> Table:
+    """Test error (ours, BioTorch's), final hidden-layer update and weight angles, over seeds."""
+    table = Table(
+        "convnets_" + title.lower().replace("-", "_"),
+        [
+            Column("rule", align="left"),
+            Column("Batch Manhattan", align="left"),
+            Column("test error %", 2),
+            Column("BioTorch error %", 2),
+            Column("hidden update angle (deg)", 1),
+            Column("weight angle W^T vs B (deg)", 1),
+        ],
+        quick=quick,
+    )
+    for bm in config.manhattan:
+        for rule in config.rules:
+            group = [r for r in records if r.rule == rule and r.manhattan == bm]
+            if not group:
+                continue
+            table.add(
+                rule,
+                bm,
+                mean_std(r.test_error for r in group).cell(single=True),
+                None if bm else BIOTORCH_FMNIST_LENET_ERROR.get(rule),
+                mean_std(_final_mean(r, "update_angle") for r in group).cell(single=True),
+                mean_std(_final_mean(r, "weight_angle") for r in group).cell(single=True),
+            )
     optimizer = (
         f"AdamW lr {config.lr} (weight decay {config.weight_decay}); Batch Manhattan: SGD momentum "
         f"{config.momentum} lr {config.manhattan_lr} on sign(dW); cosine decay; KP weight decay "
         f"{config.kp_weight_decay}"
     )
-    lines += [
-        "",
+    table.caption = (
         f"LeNet-5 (conv 6, 16; linear 120, 84; ReLU), {sizes['train']:,} training / "
         f"{sizes['test']:,} test images, {config.epochs} epoch(s), batch {config.batch_size}, "
-        f"{optimizer}; seed {config.seed}; {seconds / 60:.1f} min on {torch.get_num_threads()} "
-        "threads. Angles at the end of training on a fixed probe batch, averaged over the hidden "
-        "layers (all but the top one): the update angle is between the rule's and BP's weight "
-        "update (0 = BP); the weight angle between vec(W^T) and vec(B). BioTorch trained their "
-        "LeNet for many more epochs, so its errors are a target, not a like-for-like comparison.",
-    ]
-    return "\n".join(lines)
+        f"{optimizer}; seeds {list(config.seeds)} (mean ± std over seeds where more than one); "
+        f"{seconds / 60:.1f} min of training on {torch.get_num_threads()} threads. Angles at the "
+        "end of training on a fixed probe batch, averaged over the hidden layers (all but the top "
+        "one): the update angle is between the rule's and BP's weight update (0 = BP); the weight "
+        "angle between vec(W^T) and vec(B). BioTorch trained their LeNet for many more epochs, so "
+        "its errors are a target, not a like-for-like comparison."
+    )
+    return table
 
 
-def plot(records: list[RunRecord], out_dir: Path) -> list[Path]:
-    """Bar chart of the test errors and per-layer angle curves; returns the PNG paths."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is a dependency; keep the task usable without it
-        log.warning("matplotlib is not installed: no plots")
-        return []
+def plot(records: list[RunRecord], out_dir: Path, quick: bool = False) -> list[Path]:
+    """Bar chart of the test errors and per-layer angle curves (first seed); the PNG paths."""
+    plt = pyplot()
+    first = [r for r in records if r.seed == records[0].seed]
     files = []
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    labels = [f"{r.rule}{'+BM' if r.manhattan else ''}" for r in records]
     ax.bar(
-        labels,
-        [r.test_error for r in records],
-        color=["C1" if r.manhattan else "C0" for r in records],
+        [f"{r.rule}{'+BM' if r.manhattan else ''}" for r in first],
+        [r.test_error for r in first],
+        color=["C1" if r.manhattan else "C0" for r in first],
     )
     ax.set_ylabel("test error %")
+    ax.set_title(plot_title(f"LeNet test error (seed {records[0].seed})", quick), fontsize=9)
     ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
-    files.append(out_dir / "test_error.png")
-    fig.savefig(files[-1], dpi=120)
-    plt.close(fig)
+    files.append(save_figure(fig, out_dir / "test_error.png", dpi=120))
     for key, name in (
         ("update_angle", "update angle vs BP (deg)"),
         ("weight_angle", "angle W^T vs B (deg)"),
     ):
-        shown = [r for r in records if r.rule != "BP" and key in r.history[-1]]
+        shown = [r for r in first if r.rule != "BP" and key in r.history[-1]]
         if not shown:
             continue
         cols = min(4, len(shown))
@@ -348,17 +330,16 @@ def plot(records: list[RunRecord], out_dir: Path) -> list[Path]:
             for layer in record.history[-1][key]:
                 values = [h[key].get(layer) for h in record.history]
                 ax.plot(steps, [math.nan if v is None else v for v in values], label=layer)
-            ax.set_title(f"{record.rule}{' +BM' if record.manhattan else ''}", fontsize=9)
+            ax.set_title(
+                plot_title(f"{record.rule}{' +BM' if record.manhattan else ''}", quick), fontsize=9
+            )
             ax.axhline(90, color="grey", lw=0.5, ls="--")
             ax.set_xlabel("step", fontsize=8)
         for ax in axes.flat[len(shown) :]:
             ax.axis("off")
         axes[0][0].set_ylabel(name, fontsize=8)
         axes[0][0].legend(fontsize=6, title="layer", title_fontsize=6)
-        fig.tight_layout()
-        files.append(out_dir / f"{key}.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save_figure(fig, out_dir / f"{key}.png"))
     return files
 
 
@@ -368,6 +349,8 @@ def plot(records: list[RunRecord], out_dir: Path) -> list[Path]:
 )
 def run(options: RunOptions) -> TaskReport:
     config = quick_config() if options.quick else ConvConfig()
-    config = replace(config, seed=options.seeds[0])
-    _, markdown, files = run_experiment(config, options.out_dir, progress=options.progress)
+    config = replace(config, seeds=tuple(options.seeds))
+    _, markdown, files = run_experiment(
+        config, options.out_dir, progress=options.progress, quick=options.quick
+    )
     return TaskReport("convnets", markdown, files)

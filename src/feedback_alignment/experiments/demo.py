@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from feedback_alignment.alignment import alignment
+from feedback_alignment.experiments.results import Column, Table, mean_std
+from feedback_alignment.experiments.run import apply_rule, fit, jobs, shuffled
 from feedback_alignment.models import MLP
-from feedback_alignment.rules import BP, DFA, Rule, Shallow
 
 
 @dataclass
@@ -53,11 +51,8 @@ class RunResult:
     loss_curve: list[float] = field(default_factory=list)
 
 
-RULE_FACTORIES: dict[str, Callable[[int], Rule]] = {
-    "BP": lambda seed: BP(),
-    "DFA": lambda seed: DFA(seed=seed),
-    "Shallow": lambda seed: Shallow(seed=seed),
-}
+RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
+"""The rules the demo accepts (built by :func:`feedback_alignment.experiments.run.make_rule`)."""
 
 
 def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,32 +80,18 @@ def train_one(
     x_train, y_train, x_test, y_test = tensors
     torch.manual_seed(seed)
     model = MLP([x_train.shape[1], *config.hidden, 10], config.activation)
-    rule = RULE_FACTORIES[rule_name](seed)
-    rule.apply(model)
+    rule = apply_rule(rule_name, model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(
-        range(config.epochs),
-        desc=f"{rule_name:>7} seed {seed}",
-        disable=not progress,
-        leave=False,
-        unit="epoch",
+    done = fit(
+        model,
+        optimizer,
+        lambda _: shuffled(len(x_train), config.batch_size, generator),
+        lambda index: F.cross_entropy(model(x_train[index]), y_train[index]),
+        epochs=config.epochs,
+        label=f"{rule_name:>7} seed {seed}",
+        progress=progress,
     )
-    for _ in bar:
-        order = torch.randperm(len(x_train), generator=generator)
-        total = 0.0
-        for i in range(0, len(order), config.batch_size):
-            index = order[i : i + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x_train[index]), y_train[index])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-        losses.append(total / len(order))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
         accuracy = float((model(x_test).argmax(dim=1) == y_test).float().mean())
@@ -121,8 +102,8 @@ def train_one(
         test_accuracy=accuracy,
         hidden_update_angle=report.hidden_angles(),
         signal_cosine=report.signal_cosine,
-        seconds=seconds,
-        loss_curve=losses,
+        seconds=done.seconds,
+        loss_curve=done.epoch_losses,
     )
 
 
@@ -130,49 +111,47 @@ def run(
     config: DemoConfig | None = None, progress: bool = True
 ) -> tuple[list[RunResult], DemoConfig]:
     config = config or DemoConfig()
-    unknown = [r for r in config.rules if r not in RULE_FACTORIES]
+    unknown = [r for r in config.rules if r not in RULES]
     if unknown:
-        raise ValueError(f"unknown demo rules {unknown}; choose from {list(RULE_FACTORIES)}")
+        raise ValueError(f"unknown demo rules {unknown}; choose from {list(RULES)}")
     tensors = load_digits_tensors()
-    jobs = [(rule, seed) for rule in config.rules for seed in config.seeds]
+    pairs = [(rule, seed) for rule in config.rules for seed in config.seeds]
     results = []
-    for rule, seed in tqdm(jobs, desc="demo", disable=not progress, unit="run"):
+    for rule, seed in jobs(pairs, "demo", progress):
         results.append(train_one(rule, seed, config, tensors, progress))
     return results, config
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a (no update)"
-    if len(finite) == 1:
-        return f"{finite[0]:.1f}"
-    return f"{statistics.mean(finite):.1f} ± {statistics.stdev(finite):.1f}"
-
-
-def summary_table(results: Sequence[RunResult], config: DemoConfig) -> str:
-    """Markdown table: accuracy and per-hidden-layer alignment, mean ± std over seeds."""
+def summary(results: Sequence[RunResult], config: DemoConfig, quick: bool = False) -> Table:
+    """Accuracy and per-hidden-layer alignment, mean ± std over seeds (one seed: the value)."""
     layers = sorted({k for r in results for k in r.hidden_update_angle}, key=lambda s: (len(s), s))
-    header = "| rule | test accuracy % | " + " | ".join(
-        f"angle layer {name} (deg)" for name in layers
+    table = Table(
+        "digits",
+        [Column("rule", align="left"), Column("test accuracy %", 1)]
+        + [Column(f"angle layer {name} (deg)", 1) for name in layers],
+        missing="n/a (no update)",
+        quick=quick,
     )
-    lines = [
-        header + " |",
-        "|---|---:|" + "---:|" * len(layers),
-    ]
     for rule in config.rules:
         runs = [r for r in results if r.rule == rule]
-        accuracy = _mean_std([100 * r.test_accuracy for r in runs])
-        angles = [_mean_std([r.hidden_update_angle.get(n, math.nan) for r in runs]) for n in layers]
-        lines.append(f"| {rule} | {accuracy} | " + " | ".join(angles) + " |")
-    lines.append("")
-    lines.append(
+        accuracy = mean_std([100 * r.test_accuracy for r in runs]).cell(single=True)
+        angles = [
+            mean_std([r.hidden_update_angle.get(n, math.nan) for r in runs]).cell(single=True)
+            for n in layers
+        ]
+        table.add(rule, accuracy, *angles)
+    table.caption = (
         f"digits (1,437 train / 360 test), MLP 64-{'-'.join(map(str, config.hidden))}-10 "
         f"{config.activation}, Adam lr {config.lr}, {config.epochs} epochs, batch "
         f"{config.batch_size}, seeds {list(config.seeds)}. Angle: between the rule's weight update "
         "and BP's on the training set after training (0 = BP's direction, < 90 = descent)."
     )
-    return "\n".join(lines)
+    return table
+
+
+def summary_table(results: Sequence[RunResult], config: DemoConfig, quick: bool = False) -> str:
+    """Markdown of :func:`summary`."""
+    return summary(results, config, quick).to_markdown()
 
 
 def write_json(results: Sequence[RunResult], config: DemoConfig, path: Path) -> None:

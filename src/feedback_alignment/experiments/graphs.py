@@ -22,34 +22,33 @@ References:
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import statistics
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from feedback_alignment.alignment import alignment
+from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
-from feedback_alignment.rules import BP, DFA, Rule, Shallow
-
-log = logging.getLogger(__name__)
+from feedback_alignment.experiments.results import (
+    Column,
+    MeanStd,
+    Table,
+    gap_closure,
+    mean_std,
+    pyplot,
+    save_figure,
+    write_results,
+    write_table,
+)
+from feedback_alignment.experiments.results import title as plot_title
+from feedback_alignment.experiments.run import apply_rule, fit, jobs
 
 RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
-
-PAPER_CORA: dict[str, tuple[float, float, float]] = {
-    "gcn": (80.1, 79.9, 37.0),
-    "cheb": (79.2, 75.4, 23.3),
-    "gat": (82.6, 80.6, 59.4),
-}
-"""Cora test accuracy % (BP, DFA, Shallow), Launay et al. 2020, table 2 [paper]."""
 
 LAYER_NAMES = {"gcn": "GCNConv", "cheb": "ChebConv (K=2)", "gat": "GATConv (8x8)",
                "graphconv": "GraphConv"}  # fmt: skip
@@ -121,16 +120,6 @@ def load_cora() -> Any:
     return graph
 
 
-def make_rule(name: str, seed: int) -> Rule:
-    if name == "BP":
-        return BP()
-    if name == "DFA":
-        return DFA(seed=seed)
-    if name == "Shallow":
-        return Shallow(seed=seed)
-    raise ValueError(f"unknown rule {name!r}; choose one of {RULES}")
-
-
 def _masked_loss(output: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     mask, y = target
     return F.cross_entropy(output[mask], y[mask])
@@ -155,8 +144,9 @@ def train_one(
         input_dropout=settings.input_dropout[alt],
         attention_dropout=settings.attention_dropout[alt],
     )
-    rule = make_rule(rule_name, seed)
-    rule.apply(model)
+    # one feedback point, the hidden activation, found by automatic placement (a plain
+    # two-layer stack: no residual, no second branch)
+    rule = apply_rule(rule_name, model, seed)
     decay = settings.weight_decay[alt]
     if settings.decay_first_only:
         groups = [
@@ -168,151 +158,131 @@ def train_one(
     optimizer = torch.optim.Adam(groups, lr=settings.lr)
     inputs = (graph.x, graph.edge_index)
     target = (graph.train_mask, graph.y)
-    run = GraphRun(layer, rule_name, seed, 0.0, -1.0, 0, 0.0)
-    start = time.perf_counter()
-    bar = tqdm(
-        range(1, config.epochs + 1),
-        desc=f"{layer:>9} {rule_name:>7} seed {seed}",
-        disable=not progress,
-        leave=False,
-        unit="epoch",
-    )
-    for epoch in bar:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss = _masked_loss(model(*inputs), target)
-        loss.backward()
-        optimizer.step()
-        run.loss_curve.append(float(loss.detach()))
+    record = GraphRun(layer, rule_name, seed, 0.0, -1.0, 0, 0.0)
+
+    def evaluate() -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            predicted = model(*inputs).argmax(dim=1)
-        correct = predicted == graph.y
+            correct = model(*inputs).argmax(dim=1) == graph.y
         val = 100.0 * float(correct[graph.val_mask].float().mean())
-        test = 100.0 * float(correct[graph.test_mask].float().mean())
-        run.val_curve.append(val)
-        if val > run.best_val_accuracy:  # strictly better, as in the authors' code
-            run.best_val_accuracy, run.test_accuracy, run.best_epoch = val, test, epoch
+        record.val_curve.append(val)
+        return {"val": val, "test": 100.0 * float(correct[graph.test_mask].float().mean())}
+
+    def measure(epoch: int) -> None:
         if rule_name == "DFA" and (epoch == 1 or epoch % config.align_every == 0):
-            model.train()
             report = alignment(model, rule, (inputs, target), _masked_loss)
             angles = report.hidden_angles()
             cosine = report.signal_cosine.get("act", (math.nan, math.nan))
-            run.alignment.append((epoch, statistics.fmean(angles.values()), *cosine))
-            run.hidden_update_angles = angles
-        bar.set_postfix(loss=f"{run.loss_curve[-1]:.3f}", val=f"{val:.1f}")
-    run.seconds = time.perf_counter() - start
+            record.alignment.append((epoch, statistics.fmean(angles.values()), *cosine))
+            record.hidden_update_angles = angles
+
+    done = fit(
+        model,
+        optimizer,
+        lambda _: [None],  # full batch: one step per epoch
+        lambda _: _masked_loss(model(*inputs), target),
+        epochs=config.epochs,
+        total_steps=config.epochs,
+        after_step=measure,
+        evaluate=evaluate,
+        select="val",  # strictly better, as in the authors' code; test read at that epoch
+        label=f"{layer:>9} {rule_name:>7} seed {seed}",
+        progress=progress,
+    )
+    record.loss_curve, record.seconds = done.losses, done.seconds
+    record.best_val_accuracy, record.test_accuracy = done.best["val"], done.best["test"]
+    record.best_epoch = done.best_epoch
     rule.remove(model)
-    return run
+    return record
 
 
 def run_all(config: GraphConfig, progress: bool = True) -> list[GraphRun]:
     graph = load_cora()
-    jobs = [(lay, rule, s) for lay in config.layers for rule in config.rules for s in config.seeds]
-    runs = []
-    for layer, rule_name, seed in tqdm(jobs, desc="graphs", disable=not progress, unit="run"):
-        run = train_one(layer, rule_name, seed, graph, config, progress)
-        log.info(
-            "%s %s seed %d: test %.1f%% at epoch %d (%.1f s)",
-            layer, rule_name, seed, run.test_accuracy, run.best_epoch, run.seconds,
-        )  # fmt: skip
-        runs.append(run)
-    return runs
+    triples = [(lay, r, s) for lay in config.layers for r in config.rules for s in config.seeds]
+    return [
+        train_one(layer, rule_name, seed, graph, config, progress)
+        for layer, rule_name, seed in jobs(triples, "graphs", progress)
+    ]
 
 
 # --- summaries -------------------------------------------------------------------------------
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def gap_closure(rule: float, bp: float, shallow: float) -> float:
-    """``G = (m_rule - m_shallow) / (m_BP - m_shallow)``: 1 = BP's gain over shallow, 0 = none."""
-    return (rule - shallow) / (bp - shallow) if bp != shallow else math.nan
-
-
 def summarise(runs: list[GraphRun], config: GraphConfig) -> dict[str, dict[str, Any]]:
+    """layer -> {rule: MeanStd of test accuracy, "angle", "cosine" (DFA), "G"}."""
     summary: dict[str, dict[str, Any]] = {}
     for layer in config.layers:
         row: dict[str, Any] = {}
         for rule_name in config.rules:
             chosen = [r for r in runs if r.layer == layer and r.rule == rule_name]
-            row[rule_name] = _mean_std([r.test_accuracy for r in chosen])
+            row[rule_name] = mean_std(r.test_accuracy for r in chosen)
             if rule_name == "DFA":
                 finals = [r.alignment[-1] for r in chosen if r.alignment]
-                row["angle"] = _mean_std([a[1] for a in finals])
-                row["cosine"] = _mean_std([a[2] for a in finals])
+                row["angle"] = mean_std(a[1] for a in finals)
+                row["cosine"] = mean_std(a[2] for a in finals)
         if all(r in row for r in RULES):
-            row["G"] = gap_closure(row["DFA"][0], row["BP"][0], row["Shallow"][0])
+            row["G"] = gap_closure(row["DFA"].mean, row["BP"].mean, row["Shallow"].mean)
         summary[layer] = row
     return summary
 
 
-def _fmt(pair: tuple[float, float] | None, digits: int = 1) -> str:
-    if pair is None or math.isnan(pair[0]):
-        return "-"
-    return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+def table(summary: dict[str, dict[str, Any]], quick: bool = False) -> Table:
+    """Cora test accuracy beside the paper's, the gap closure and DFA's alignment."""
+    acc, two = 1, 2
+    result = Table(
+        "graphs_cora",
+        [Column("layer", align="left"), Column("BP", acc), Column("BP paper", acc),
+         Column("DFA", acc), Column("DFA paper", acc), Column("Shallow", acc),
+         Column("Shallow paper", acc), Column("G", two), Column("G paper", two),
+         Column("DFA hidden update angle (deg)", acc), Column("DFA signal cosine", two)],
+        missing="-",
+        quick=quick,
+    )  # fmt: skip
 
+    def cell(value: MeanStd | None) -> Any:
+        return value.cell() if value is not None else None
 
-def markdown_table(summary: dict[str, dict[str, Any]], config: GraphConfig, quick: bool) -> str:
-    mode = "quick mode, not comparable with the paper" if quick else "full"
-    lines = [
-        f"### Graph networks: Cora test accuracy % ({mode}; {len(config.seeds)} seed(s), "
-        f"{config.epochs} epochs, test at best validation epoch)",
-        "",
-        "| layer | BP | BP paper | DFA | DFA paper | Shallow | Shallow paper | G | G paper "
-        "| DFA hidden update angle (deg) | DFA signal cosine |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
     for layer, row in summary.items():
-        paper = PAPER_CORA.get(layer)
-        g_paper = gap_closure(paper[1], paper[0], paper[2]) if paper else math.nan
-        g = row.get("G", math.nan)
-        lines.append(
-            f"| {LAYER_NAMES[layer]} | {_fmt(row.get('BP'))} | {paper[0] if paper else '-'} "
-            f"| {_fmt(row.get('DFA'))} | {paper[1] if paper else '-'} "
-            f"| {_fmt(row.get('Shallow'))} | {paper[2] if paper else '-'} "
-            f"| {'-' if math.isnan(g) else f'{g:.2f}'} "
-            f"| {'-' if math.isnan(g_paper) else f'{g_paper:.2f}'} "
-            f"| {_fmt(row.get('angle'))} | {_fmt(row.get('cosine'), 2)} |"
-        )
-    lines += [
-        "",
+        paper = LAUNAY_2020_CORA.get(layer)
+        g_paper = gap_closure(paper[1], paper[0], paper[2]) if paper else None
+        result.add(
+            LAYER_NAMES[layer],
+            cell(row.get("BP")), paper[0] if paper else None,
+            cell(row.get("DFA")), paper[1] if paper else None,
+            cell(row.get("Shallow")), paper[2] if paper else None,
+            row.get("G"), g_paper, cell(row.get("angle")), cell(row.get("cosine")),
+        )  # fmt: skip
+    result.caption = (
         "G = (DFA - Shallow) / (BP - Shallow). The angle is between DFA's and BP's update of the "
         "hidden layer's weights (mean over its weight matrices) and the cosine is the per-node "
         "cosine between `B e` and BP's `dL/dh` at the hidden activation (labelled and "
-        "neighbouring nodes), both at the last epoch. GraphConv has no paper figure.",
-    ]
-    return "\n".join(lines)
+        "neighbouring nodes), both at the last epoch. GraphConv has no paper figure."
+    )
+    return result
 
 
-def plot(runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+def plot(
+    runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path, quick: bool = False
+) -> list[Path]:
     """Bars of test accuracy beside the paper's, validation curves, and DFA's alignment."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"BP": "tab:blue", "DFA": "tab:orange", "Shallow": "tab:gray"}
     layers = list(summary)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     width = 0.27
     for i, rule_name in enumerate(RULES):
-        means = [summary[lay].get(rule_name, (math.nan, 0))[0] for lay in layers]
-        stds = [summary[lay].get(rule_name, (0, 0))[1] for lay in layers]
+        cells = [summary[lay].get(rule_name) for lay in layers]
         xs = [j + (i - 1) * width for j in range(len(layers))]
-        ax.bar(xs, means, width, yerr=stds, color=colours[rule_name], label=f"{rule_name} (ours)")
-        paper = [PAPER_CORA.get(lay, (math.nan,) * 3)[i] for lay in layers]
+        ax.bar(xs, [c.mean if c else math.nan for c in cells], width,
+               yerr=[c.std if c else 0.0 for c in cells], color=colours[rule_name],
+               label=f"{rule_name} (ours)")  # fmt: skip
+        paper = [LAUNAY_2020_CORA.get(lay, (math.nan,) * 3)[i] for lay in layers]
         ax.scatter(xs, paper, marker="_", s=400, color="black", zorder=3,
                    label="paper" if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(len(layers)), [LAYER_NAMES[lay] for lay in layers], fontsize=8)
     ax.set_ylabel("Cora test accuracy (%)")
-    ax.set_title("Test accuracy at best validation epoch")
+    ax.set_title(plot_title("Test accuracy at best validation epoch", quick))
     ax.set_ylim(0, 110)  # room for the legend above the paper marks
     ax.legend(fontsize=7, loc="upper center", ncol=4)
 
@@ -325,7 +295,7 @@ def plot(runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path
                     color=colours[run.rule], lw=1, label=f"{run.layer} {run.rule}")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"Validation accuracy (seed {first_seed})")
+    ax.set_title(plot_title(f"Validation accuracy (seed {first_seed})", quick))
     ax.legend(fontsize=6, ncol=2)
 
     ax = axes[2]
@@ -338,45 +308,50 @@ def plot(runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path
     ax.axhline(90, color="red", lw=0.8, ls=":", label="90 deg (no learning)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("DFA vs BP hidden update angle (deg)")
-    ax.set_title("Alignment of the hidden layer (DFA)")
+    ax.set_title(plot_title("Alignment of the hidden layer (DFA)", quick))
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "graphs_cora.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "graphs_cora.png")]
+
+
+def config_for(options: RunOptions) -> GraphConfig:
+    """Full mode widens a single seed (the CLI default) to three consecutive seeds (23 minutes on
+    2 cores; more with ``--seeds``), since the paper's comparison needs a spread; quick mode: one
+    seed, 5 epochs."""
+    if options.quick:
+        return GraphConfig(seeds=tuple(options.seeds[:1]), epochs=5, align_every=5)
+    seeds = (
+        options.seeds if len(options.seeds) > 1 else tuple(options.seeds[0] + i for i in range(3))
+    )
+    return GraphConfig(seeds=tuple(seeds))
 
 
 @register_task("graphs", "GCN/ChebNet/GAT/GraphConv (PyG) on Cora: BP, DFA, Shallow (minutes)")
 def run(options: RunOptions) -> TaskReport:
-    """Runs the task. Full mode widens a single seed (the CLI default) to three consecutive seeds
-    (23 minutes on 2 cores; more with ``--seeds``),
-    since the paper's comparison needs a spread; quick mode: one seed, 5 epochs."""
-    if options.quick:
-        config = GraphConfig(seeds=options.seeds[:1], epochs=5, align_every=5)
-    else:
-        seeds = (
-            options.seeds
-            if len(options.seeds) > 1
-            else tuple(options.seeds[0] + i for i in range(3))
-        )
-        config = GraphConfig(seeds=seeds)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    """Runs the task (settings: :func:`config_for`)."""
+    config = config_for(options)
     runs = run_all(config, progress=options.progress)
     summary = summarise(runs, config)
-    table = markdown_table(summary, config, options.quick)
-    path = options.out_dir / "results.json"
-    payload = {
-        "task": "graphs",
-        "quick": options.quick,
-        "config": asdict(config),
-        "settings": {k: asdict(v) for k, v in SETTINGS.items()},
-        "paper": PAPER_CORA,
-        "summary": summary,
-        "runs": [asdict(r) for r in runs],
-    }
-    path.write_text(json.dumps(payload, indent=1))
-    (options.out_dir / "table.md").write_text(table + "\n")
-    files = [path, options.out_dir / "table.md", *plot(runs, summary, options.out_dir)]
-    return TaskReport("graphs", table, files)
+    result = table(summary, options.quick)
+    out = options.out_dir
+    files = [
+        write_results(
+            out,
+            "graphs",
+            options.quick,
+            config.seeds,
+            config=config,
+            settings={k: asdict(v) for k, v in SETTINGS.items()},
+            paper=LAUNAY_2020_CORA,
+            summary=summary,
+            runs=runs,
+        ),
+        *write_table(out, result, config.seeds),
+        *plot(runs, summary, out, options.quick),
+    ]
+    mode = "quick mode, not comparable with the paper" if options.quick else "full"
+    heading = (
+        f"### Graph networks: Cora test accuracy % ({mode}; {len(config.seeds)} seed(s), "
+        f"{config.epochs} epochs, test at best validation epoch)"
+    )
+    return TaskReport("graphs", heading + "\n\n" + result.to_markdown(), files)

@@ -19,33 +19,40 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from feedback_alignment.experiments.papers import LAUNAY_2020_PERPLEXITY
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.results import (
+    Column,
+    Table,
+    gap_closure,
+    pyplot,
+    save_figure,
+    write_results,
+    write_table,
+)
+from feedback_alignment.experiments.results import title as plot_title
+from feedback_alignment.experiments.run import apply_rule, fit, jobs, threads
 from feedback_alignment.models.transformer import (
     CharTransformer,
     TransformerConfig,
     feedback_points,
     perplexity,
 )
-from feedback_alignment.rules import BP, DFA, Rule, Shallow
+from feedback_alignment.rules import Rule
 
 log = logging.getLogger(__name__)
 
-PAPER_PERPLEXITY = {"BP": 29.8, "DFA-macro": 52.0, "DFA-micro": 93.3, "Shallow": 428.0}
-"""Validation perplexity on WikiText-103 (word level), Launay et al. 2020, table 4."""
-RULES = tuple(PAPER_PERPLEXITY)
+RULES: tuple[str, ...] = tuple(LAUNAY_2020_PERPLEXITY)
+"""BP, DFA with the paper's two placements, and Shallow."""
 
 
 @dataclass
@@ -129,20 +136,20 @@ class LanguageResult:
     train_loss: list[float]
 
 
-def make_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool) -> Rule:
-    """Applies rule ``name`` (one of :data:`RULES`) to ``model`` and returns it."""
+def place_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool) -> Rule:
+    """Applies rule ``name`` (one of :data:`RULES`) to ``model`` and returns it.
+
+    The points are explicit (the paper's block outputs, "macro", or three per block, "micro"):
+    the blocks are residual, so per-activation automatic placement does not fit them.
+    """
     error_at = "ln_f" if before_vocab else None
     if name == "BP":
-        rule: Rule = BP()
-        rule.apply(model)
-    elif name == "Shallow":
-        rule = Shallow(seed=seed)
-        rule.apply(model, points=feedback_points(model, "macro"), error_at=error_at)
-    else:
-        rule = DFA(seed=seed)
-        placement = name.split("-")[1]
-        rule.apply(model, points=feedback_points(model, placement), error_at=error_at)
-    return rule
+        return apply_rule("BP", model)
+    if name == "Shallow":
+        points = feedback_points(model, "macro")
+        return apply_rule("Shallow", model, seed, points=points, error_at=error_at)
+    points = feedback_points(model, name.split("-")[1])
+    return apply_rule("DFA", model, seed, points=points, error_at=error_at)
 
 
 def _batch(
@@ -169,17 +176,6 @@ def evaluate(model: CharTransformer, data: torch.Tensor, batches: int, batch_siz
     return total / batches
 
 
-@contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def train_one(
     rule_name: str, seed: int, config: LanguageConfig, corpus, progress: bool = True
 ) -> LanguageResult:
@@ -194,49 +190,49 @@ def train_one(
         norm=config.norm,
     )
     model = CharTransformer(model_config)
-    make_rule(rule_name, model, seed, config.error_before_vocab)
-    base_lr = config.lr[rule_name]
-    optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, betas=(0.9, 0.999))
+    place_rule(rule_name, model, seed, config.error_before_vocab)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr[rule_name], betas=(0.9, 0.999))
     generator = torch.Generator().manual_seed(seed)
     train = corpus.train
-    best, stale, scale = math.inf, 0, 1.0
-    curve: list[tuple[int, float, float]] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(
-        range(1, config.steps + 1),
-        desc=f"{rule_name:>9} seed {seed}",
-        disable=not progress,
-        leave=False,
-        unit="step",
-    )
-    for step in bar:
-        lr = base_lr * scale * min(1.0, step / max(config.warmup, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        starts = torch.randint(
-            0, len(train) - config.block_size - 1, (config.batch_size,), generator=generator
-        )
+    plateau = {"scale": 1.0}  # x decay on every plateau, as in the paper
+
+    def batches(_: int) -> Iterator[torch.Tensor]:
+        for _step in range(config.steps):
+            yield torch.randint(
+                0, len(train) - config.block_size - 1, (config.batch_size,), generator=generator
+            )
+
+    def loss(starts: torch.Tensor) -> torch.Tensor:
         x, y = _batch(train, starts, config.block_size)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if step % config.eval_every == 0 or step == config.steps:
-            val = evaluate(model, corpus.val, config.eval_batches, config.batch_size)
-            curve.append((step, val, lr))
-            if val < best - 1e-3:
-                best, stale = val, 0
-            else:
-                stale += 1
-                if stale >= config.patience:  # plateau: x0.2, as in the paper
-                    scale *= config.decay
-                    stale = 0
-                    log.info("%s: lr decayed to %.2e at step %d", rule_name, base_lr * scale, step)
-            bar.set_postfix(val_ppl=f"{perplexity(val):.2f}")
-    seconds = time.perf_counter() - start
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+    def validate() -> dict[str, float]:
+        val = evaluate(model, corpus.val, config.eval_batches, config.batch_size)
+        return {"val": val, "lr": optimizer.param_groups[0]["lr"]}
+
+    def decay() -> None:
+        plateau["scale"] *= config.decay
+        log.info("%s: lr decayed to x%.3g", rule_name, plateau["scale"])
+
+    done = fit(
+        model,
+        optimizer,
+        batches,
+        loss,
+        total_steps=config.steps,
+        lr_at=lambda step, base: base * plateau["scale"] * min(1.0, step / max(config.warmup, 1)),
+        clip=config.clip,
+        evaluate=validate,
+        eval_every=config.eval_every,
+        select="val",
+        mode="min",
+        min_delta=1e-3,
+        patience=config.patience,
+        on_plateau=decay,
+        label=f"{rule_name:>9} seed {seed}",
+        progress=progress,
+    )
+    curve = [(step, m["val"], m["lr"]) for step, m in done.evaluations]
     val_loss = curve[-1][1]
     prompt = corpus.encode(config.prompt)[None]
     sample_gen = torch.Generator().manual_seed(seed)
@@ -248,9 +244,9 @@ def train_one(
         val_loss=val_loss,
         val_perplexity=perplexity(val_loss),
         sample=corpus.decode(ids[0]),
-        seconds=seconds,
+        seconds=done.seconds,
         curve=curve,
-        train_loss=losses,
+        train_loss=done.losses,
     )
 
 
@@ -261,11 +257,11 @@ def run_experiment(
     from feedback_alignment import data
 
     corpus = data.load(config.corpus)
-    jobs = [(rule, seed) for seed in seeds for rule in config.rules]
-    with _threads(config.threads):
+    pairs = [(rule, seed) for seed in seeds for rule in config.rules]
+    with threads(config.threads):
         return [
             train_one(rule, seed, config, corpus, progress)
-            for rule, seed in tqdm(jobs, desc="transformer", disable=not progress, unit="run")
+            for rule, seed in jobs(pairs, "transformer", progress)
         ]
 
 
@@ -274,35 +270,34 @@ def _mean(results: list[LanguageResult], rule: str) -> float:
     return sum(losses) / len(losses) if losses else math.nan
 
 
-def summary_table(results: list[LanguageResult], config: LanguageConfig, quick: bool) -> str:
-    """Markdown: our validation perplexity and ratios to BP beside the paper's."""
+def summary(results: list[LanguageResult], config: LanguageConfig, quick: bool = False) -> Table:
+    """Our validation perplexity, its ratio to BP and the gap closed, beside the paper's."""
     ours = {rule: perplexity(_mean(results, rule)) for rule in config.rules}
     bp = ours.get("BP", math.nan)
     log_bp, log_sh = math.log(bp), math.log(ours.get("Shallow", math.nan))
-    paper_bp, paper_sh = math.log(PAPER_PERPLEXITY["BP"]), math.log(PAPER_PERPLEXITY["Shallow"])
-    lines = [
-        "| rule | val perplexity (ours, per char) | ratio to BP | gap closed (log ppl) "
-        "| paper val perplexity (WikiText-103, per word) | paper ratio | paper gap closed |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    paper = LAUNAY_2020_PERPLEXITY
+    paper_bp, paper_sh = math.log(paper["BP"]), math.log(paper["Shallow"])
+    table = Table(
+        "transformer_quick" if quick else "transformer",
+        [Column("rule", align="left"), Column("val perplexity (ours, per char)", 3),
+         Column("ratio to BP", 3), Column("gap closed (log ppl)", 2),
+         Column("paper val perplexity (WikiText-103, per word)", 1), Column("paper ratio", 2),
+         Column("paper gap closed", 2)],
+        quick=quick,
+    )  # fmt: skip
     for rule in config.rules:
-        ppl, paper = ours[rule], PAPER_PERPLEXITY[rule]
-        gap = (log_sh - math.log(ppl)) / (log_sh - log_bp) if log_sh != log_bp else math.nan
-        paper_gap = (paper_sh - math.log(paper)) / (paper_sh - paper_bp)
-        lines.append(
-            f"| {rule} | {ppl:.3f} | {ppl / bp:.3f} | {gap:.2f} | {paper} | "
-            f"{paper / PAPER_PERPLEXITY['BP']:.2f} | {paper_gap:.2f} |"
-        )
+        ppl = ours[rule]
+        table.add(
+            rule, ppl, ppl / bp, gap_closure(math.log(ppl), log_bp, log_sh), paper[rule],
+            paper[rule] / paper["BP"], gap_closure(math.log(paper[rule]), paper_bp, paper_sh),
+        )  # fmt: skip
     order = sorted(config.rules, key=lambda r: ours[r])
-    paper_order = [r for r in ("BP", "DFA-macro", "DFA-micro", "Shallow") if r in config.rules]
+    paper_order = [r for r in RULES if r in config.rules]
     verdict = "the same as" if order == paper_order else "different from"
     seeds = sorted({r.seed for r in results})
-    lines += [
-        "",
+    table.caption = (
         f"Ordering found (lower perplexity first): {' < '.join(order)}: {verdict} the paper's "
-        f"({' < '.join(paper_order)}).",
-        "",
-        f"{'QUICK MODE (not a measurement of the method): ' if quick else ''}"
+        f"({' < '.join(paper_order)}).\n\n"
         f"{config.corpus} characters, {config.norm}-LN Transformer {config.n_layer} x "
         f"{config.d_model}, {config.n_head} heads, context {config.block_size}, batch "
         f"{config.batch_size}, {config.steps} steps, Adam (0.9, 0.999), lr {config.lr}, warm-up "
@@ -310,17 +305,18 @@ def summary_table(results: list[LanguageResult], config: LanguageConfig, quick: 
         f"{'before' if config.error_before_vocab else 'after'} the vocabulary projection; seeds "
         f"{seeds}. Validation perplexity = exp(mean cross-entropy) over {config.eval_batches} "
         f"x {config.batch_size} fixed windows of the validation split. Gap closed = "
-        "(log ppl_shallow - log ppl_rule) / (log ppl_shallow - log ppl_BP).",
-    ]
-    return "\n".join(lines)
+        "(log ppl_shallow - log ppl_rule) / (log ppl_shallow - log ppl_BP)."
+    )
+    return table
 
 
-def _plot(results: list[LanguageResult], path: Path) -> None:
-    import matplotlib
+def summary_table(results: list[LanguageResult], config: LanguageConfig, quick: bool) -> str:
+    """Markdown of :func:`summary`."""
+    return summary(results, config, quick).to_markdown()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _plot(results: list[LanguageResult], path: Path, quick: bool = False) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for result in results:
         steps = [c[0] for c in result.curve]
@@ -329,10 +325,8 @@ def _plot(results: list[LanguageResult], path: Path) -> None:
     ax.set_ylabel("validation perplexity (per character)")
     ax.set_yscale("log")
     ax.legend()
-    ax.set_title("Transformer on Shakespeare: BP vs DFA vs Shallow")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title(plot_title("Transformer on Shakespeare: BP vs DFA vs Shallow", quick))
+    return save_figure(fig, path, dpi=120)
 
 
 @register_task(
@@ -340,30 +334,26 @@ def _plot(results: list[LanguageResult], path: Path) -> None:
     "char-level Transformer on Shakespeare: BP, DFA macro/micro, Shallow (Launay 2020 §3.3)",
 )
 def run(options: RunOptions, config: LanguageConfig | None = None) -> TaskReport:
-    """Trains every rule, writes ``results.json``, ``samples.md`` and ``curves.png``."""
+    """Trains every rule; writes ``results.json``, the table, ``samples.md`` and ``curves.png``."""
     config = config or (QUICK if options.quick else LanguageConfig())
     seeds = options.seeds[:1] if options.quick else options.seeds
-    results = run_experiment(config, seeds, options.progress)
+    results = run_experiment(config, tuple(seeds), options.progress)
     out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(results, config, options.quick)
-    payload = {
-        "task": "transformer",
-        "quick": options.quick,
-        "config": asdict(config),
-        "paper_perplexity": PAPER_PERPLEXITY,
-        "runs": [asdict(r) for r in results],
-    }
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    table = summary(results, config, options.quick)
+    write_results(
+        out, "transformer", options.quick, seeds, config=config,
+        paper_perplexity=LAUNAY_2020_PERPLEXITY, runs=results,
+    )  # fmt: skip
+    mode = "QUICK MODE: " if options.quick else ""
     samples = "\n\n".join(
         f"## {r.rule} (seed {r.seed}, val perplexity {r.val_perplexity:.2f})\n\n```\n{r.sample}\n```"
         for r in results
     )
-    (out / "samples.md").write_text("# Text sampled from each model\n\n" + samples + "\n")
-    (out / "table.md").write_text(table + "\n")
-    _plot(results, out / "curves.png")
-    markdown = "### transformer (Launay et al. 2020, §3.3)\n\n" + table
-    files = [out / n for n in ("results.json", "samples.md", "table.md", "curves.png")]
+    (out / "samples.md").write_text(f"# {mode}Text sampled from each model\n\n" + samples + "\n")
+    (out / "table.md").write_text(table.to_markdown() + "\n")
+    files = [out / "results.json", out / "samples.md", out / "table.md"]
+    files += [*write_table(out, table, seeds), _plot(results, out / "curves.png", options.quick)]
+    markdown = "### transformer (Launay et al. 2020, §3.3)\n\n" + table.to_markdown()
     return TaskReport("transformer", markdown, files)
 
 

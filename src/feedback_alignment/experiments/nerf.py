@@ -21,20 +21,26 @@ References:
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.results import (
+    Column,
+    Table,
+    pyplot,
+    save_figure,
+    write_results,
+    write_table,
+)
+from feedback_alignment.experiments.results import title as plot_title
+from feedback_alignment.experiments.run import apply_rule, fit, jobs, threads
 from feedback_alignment.models.nerf import (
     NeRFConfig,
     NeRFRenderer,
@@ -43,14 +49,10 @@ from feedback_alignment.models.nerf import (
     psnr,
     ssim,
 )
-from feedback_alignment.rules import BP, DFA, Rule, Shallow
+from feedback_alignment.rules import Rule
 
-log = logging.getLogger(__name__)
-
-PAPER_PSNR = {"BP": 31.01, "DFA": 25.41, "Shallow": None}
-"""Mean PSNR (dB) on NeRF-Synthetic, Launay et al. 2020, table 1; Shallow: no figure ("fails to
-reproduce even basic scene geometry")."""
-RULES = tuple(PAPER_PSNR)
+RULES: tuple[str, ...] = tuple(LAUNAY_2020_PSNR)
+"""BP, DFA and Shallow (the paper's rows)."""
 
 
 @dataclass
@@ -166,26 +168,15 @@ def load_scene(name: str, downscale: int = 1) -> Scene:
     )
 
 
-def make_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
-    """Applies ``name`` (one of :data:`RULES`); DFA/Shallow take the error through the renderer."""
+def place_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
+    """Applies ``name`` (one of :data:`RULES`); DFA/Shallow take the error through the renderer.
+
+    Explicit points (after every hidden layer of the field), as the paper placed them.
+    """
     if name == "BP":
-        rule: Rule = BP()
-        rule.apply(model)
-        return rule
-    rule = DFA(seed=seed) if name == "DFA" else Shallow(seed=seed)
-    rule.apply(model, points=feedback_points("field", model.config), error_at="field")
-    return rule
-
-
-@contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+        return apply_rule("BP", model)
+    points = feedback_points("field", model.config)
+    return apply_rule(name, model, seed, points=points, error_at="field")
 
 
 def render_view(model: NeRFRenderer, scene: Scene, index: int) -> torch.Tensor:
@@ -205,34 +196,32 @@ def train_one(
     torch.manual_seed(seed)
     model_config = NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
     model = NeRFRenderer(model_config)
-    make_rule(rule_name, model, seed)
-    base_lr = config.lr[rule_name]
-    optimizer = torch.optim.Adam(model.parameters(), lr=base_lr)
+    place_rule(rule_name, model, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr[rule_name])
     generator = torch.Generator().manual_seed(seed)
-    curve: list[tuple[int, float]] = []
-    losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(
-        range(1, config.steps + 1),
-        desc=f"{rule_name:>7} seed {seed}",
-        disable=not progress,
-        leave=False,
-        unit="step",
-    )
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = base_lr * config.final_lr_factor ** (step / config.steps)
-        index = torch.randint(0, len(scene.colours), (config.rays,), generator=generator)
+
+    def batches(_: int) -> Iterator[torch.Tensor]:
+        for _step in range(config.steps):
+            yield torch.randint(0, len(scene.colours), (config.rays,), generator=generator)
+
+    def loss(index: torch.Tensor) -> torch.Tensor:
         rgb = model(scene.origins[index], scene.directions[index])
-        loss = F.mse_loss(rgb, scene.colours[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if step % config.eval_every == 0 or step == config.steps:
-            curve.append((step, psnr(render_view(model, scene, 0), scene.test_images[0])))
-            bar.set_postfix(test_psnr=f"{curve[-1][1]:.2f}")
-    seconds = time.perf_counter() - start
+        return F.mse_loss(rgb, scene.colours[index])
+
+    done = fit(
+        model,
+        optimizer,
+        batches,
+        loss,
+        total_steps=config.steps,
+        # NeRF's exponential decay to final_lr_factor at the last step
+        lr_at=lambda step, base: base * config.final_lr_factor ** (step / config.steps),
+        evaluate=lambda: {"psnr": psnr(render_view(model, scene, 0), scene.test_images[0])},
+        eval_every=config.eval_every,
+        label=f"{rule_name:>7} seed {seed}",
+        progress=progress,
+    )
+    curve = [(step, m["psnr"]) for step, m in done.evaluations]
     count = len(scene.test_images) if config.test_views is None else config.test_views
     renders = [render_view(model, scene, i) for i in range(min(count, len(scene.test_images)))]
     psnrs = [psnr(r, t) for r, t in zip(renders, scene.test_images, strict=False)]
@@ -243,9 +232,9 @@ def train_one(
         psnr=sum(psnrs) / len(psnrs),
         ssim=sum(ssims) / len(ssims),
         psnr_per_view=psnrs,
-        seconds=seconds,
+        seconds=done.seconds,
         curve=curve,
-        train_loss=losses,
+        train_loss=done.losses,
     )
     return result, renders
 
@@ -256,126 +245,115 @@ def run_experiment(
     """Every rule for every seed; returns the results, the first seed's renders and the scene."""
     scene = load_scene(config.scene, config.downscale)
     results, renders = [], {}
-    jobs = [(rule, seed) for seed in seeds for rule in config.rules]
-    with _threads(config.threads):
-        for rule, seed in tqdm(jobs, desc="nerf", disable=not progress, unit="run"):
+    pairs = [(rule, seed) for seed in seeds for rule in config.rules]
+    with threads(config.threads):
+        for rule, seed in jobs(pairs, "nerf", progress):
             result, images = train_one(rule, seed, config, scene, progress)
             results.append(result)
             renders.setdefault(rule, images)
     return results, renders, scene
 
 
-def summary_table(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool) -> str:
-    """Markdown: our test PSNR/SSIM beside the paper's NeRF-Synthetic PSNR."""
+def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = False) -> Table:
+    """Our test PSNR/SSIM beside the paper's NeRF-Synthetic PSNR."""
 
     def mean(rule: str, key: str) -> float:
         values = [getattr(r, key) for r in results if r.rule == rule]
         return sum(values) / len(values) if values else math.nan
 
-    lines = [
-        "| rule | test PSNR dB (ours) | test SSIM (ours) | paper PSNR dB (NeRF-Synthetic mean) |",
-        "|---|---:|---:|---:|",
-    ]
+    table = Table(
+        "nerf_quick" if quick else "nerf",
+        [Column("rule", align="left"), Column("test PSNR dB (ours)", 2),
+         Column("test SSIM (ours)", 3), Column("paper PSNR dB (NeRF-Synthetic mean)", 2)],
+        quick=quick,
+    )  # fmt: skip
     for rule in config.rules:
-        paper = PAPER_PSNR[rule]
-        paper_text = f"{paper:.2f}" if paper is not None else "fails to capture geometry"
-        lines.append(
-            f"| {rule} | {mean(rule, 'psnr'):.2f} | {mean(rule, 'ssim'):.3f} | {paper_text} |"
-        )
+        paper = LAUNAY_2020_PSNR[rule]
+        table.add(
+            rule, mean(rule, "psnr"), mean(rule, "ssim"),
+            paper if paper is not None else "fails to capture geometry",
+        )  # fmt: skip
     order = sorted(config.rules, key=lambda r: -mean(r, "psnr"))
     paper_order = [r for r in RULES if r in config.rules]
     verdict = "the same as" if order == paper_order else "different from"
     m = config.model
-    lines += [
-        "",
+    table.caption = (
         f"Ordering found (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
         f"({' > '.join(paper_order)}). Gap BP - DFA: ours "
-        f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.",
-        "",
-        f"{'QUICK MODE (not a measurement of the method): ' if quick else ''}"
+        f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
         f"frequencies, {m.n_samples} stratified samples per ray, no hierarchical sampling; "
         f"{config.rays} rays x {config.steps} steps, Adam lr {config.lr} decayed to "
         f"x{config.final_lr_factor}; seeds {sorted({r.seed for r in results})}. DFA: a feedback "
-        "point after every hidden layer, error dL/d(raw) per sample point through the renderer.",
-    ]
-    return "\n".join(lines)
+        "point after every hidden layer, error dL/d(raw) per sample point through the renderer."
+    )
+    return table
+
+
+def summary_table(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool) -> str:
+    """Markdown of :func:`summary`."""
+    return summary(results, config, quick).to_markdown()
 
 
 def _save_images(
-    scene: Scene, renders: dict[str, list[torch.Tensor]], path: Path, rows: int = 3
-) -> None:
+    scene: Scene, renders: dict[str, list[torch.Tensor]], path: Path, quick: bool = False
+) -> Path:
     """Test views side by side: ground truth, then each rule's render, one row per view."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rules = list(renders)
-    rows = min(rows, *(len(v) for v in renders.values()))
+    rows = min(3, *(len(v) for v in renders.values()))
     fig, axes = plt.subplots(rows, 1 + len(rules), figsize=(2.2 * (1 + len(rules)), 2.3 * rows))
     axes = axes.reshape(rows, 1 + len(rules))
     for i in range(rows):
         truth = scene.test_images[i]
         panels = [("ground truth", truth)]
         panels += [(f"{r} {psnr(renders[r][i], truth):.1f} dB", renders[r][i]) for r in rules]
-        for ax, (title, image) in zip(axes[i], panels, strict=True):
+        for ax, (text, image) in zip(axes[i], panels, strict=True):
             ax.imshow(image.numpy())
-            ax.set_title(title, fontsize=8)
+            ax.set_title(text, fontsize=8)
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if quick:
+        fig.suptitle(plot_title("held-out views", quick), fontsize=9)
+    return save_figure(fig, path, dpi=120)
 
 
-def _plot(results: list[NeRFResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(results: list[NeRFResult], path: Path, quick: bool = False) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for result in results:
-        ax.plot(
-            [c[0] for c in result.curve],
-            [c[1] for c in result.curve],
-            marker="o",
-            label=result.rule,
-        )
+        ax.plot([c[0] for c in result.curve], [c[1] for c in result.curve], marker="o",
+                label=result.rule)  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("PSNR of test view 0 (dB)")
     ax.legend()
-    ax.set_title("NeRF: BP vs DFA vs Shallow")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.set_title(plot_title("NeRF: BP vs DFA vs Shallow", quick))
+    return save_figure(fig, path, dpi=120)
 
 
 @register_task(
     "nerf", "NeRF on the rendered duck: BP, DFA, Shallow; test PSNR (Launay 2020 §3.1.1)"
 )
 def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport:
-    """Trains every rule, writes ``results.json``, ``test_views.png`` and ``curves.png``."""
+    """Trains every rule; writes ``results.json``, the table, ``test_views.png``, ``curves.png``."""
     config = config or (QUICK if options.quick else NeRFTaskConfig())
     seeds = options.seeds[:1] if options.quick else options.seeds
-    results, renders, scene = run_experiment(config, seeds, options.progress)
+    results, renders, scene = run_experiment(config, tuple(seeds), options.progress)
     out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(results, config, options.quick)
-    payload = {
-        "task": "nerf",
-        "quick": options.quick,
-        "config": asdict(config),
-        "paper_psnr": PAPER_PSNR,
-        "runs": [asdict(r) for r in results],
-    }
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    (out / "table.md").write_text(table + "\n")
-    _save_images(scene, renders, out / "test_views.png")
-    _plot(results, out / "curves.png")
+    table = summary(results, config, options.quick)
+    write_results(
+        out, "nerf", options.quick, seeds, config=config, paper_psnr=LAUNAY_2020_PSNR,
+        runs=results,
+    )  # fmt: skip
+    (out / "table.md").write_text(table.to_markdown() + "\n")
+    files = [out / "results.json", out / "table.md", *write_table(out, table, seeds)]
+    files += [
+        _save_images(scene, renders, out / "test_views.png", options.quick),
+        _plot(results, out / "curves.png", options.quick),
+    ]
     markdown = (
-        "### nerf (Launay et al. 2020, §3.1.1)\n\n" + table + "\n\n![test views](test_views.png)"
+        "### nerf (Launay et al. 2020, §3.1.1)\n\n"
+        + table.to_markdown()
+        + "\n\n![test views](test_views.png)"
     )
-    files = [out / n for n in ("results.json", "table.md", "test_views.png", "curves.png")]
     return TaskReport("nerf", markdown, files)

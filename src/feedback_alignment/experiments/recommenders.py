@@ -30,38 +30,35 @@ References:
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import math
 import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from feedback_alignment.alignment import alignment
-from feedback_alignment.experiments.graphs import gap_closure, make_rule
+from feedback_alignment.experiments.papers import LAUNAY_2020_CRITEO
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.results import (
+    Column,
+    Table,
+    gap_closure,
+    mean_std,
+    pyplot,
+    save_figure,
+    write_results,
+    write_table,
+)
+from feedback_alignment.experiments.results import title as plot_title
+from feedback_alignment.experiments.run import apply_rule, fit, jobs
 from feedback_alignment.models.recommender import build_recommender
-
-log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
 DATASETS: tuple[str, ...] = ("movielens-100k", "adult")
 MODEL_NAMES = {"fm": "FM", "deepfm": "DeepFM", "dcn": "Deep & Cross", "autoint": "AutoInt"}
-
-PAPER_CRITEO: dict[str, dict[str, tuple[float, float]]] = {
-    "deepfm": {"BP": (0.7954, 0.4610), "DFA": (0.7956, 0.4624), "Shallow": (0.7920, 0.4682)},
-    "dcn": {"BP": (0.8104, 0.4414), "DFA": (0.8009, 0.4502), "Shallow": (0.7324, 0.5010)},
-    "autoint": {"BP": (0.7937, 0.4620), "DFA": (0.7906, 0.4600), "Shallow": (0.7860, 0.4686)},
-}
-"""Criteo test (AUC, log-loss): DeepFM and Deep & Cross from the paper's table 3 [paper];
-AutoInt from the comments of the authors' ``reproduce_autoint.sh`` [code]."""
 
 
 @dataclass
@@ -130,7 +127,7 @@ def train_one(
     kind: str, dataset: str, rule_name: str, seed: int, table: Any, config: RecConfig,
     progress: bool,
 ) -> RecRun:  # fmt: skip
-    """Trains one model with one rule; early stopping on validation AUC."""
+    """Trains one model with one rule; early stopping on validation AUC, best epoch restored."""
     x, y = table.x_cat, table.y
     train_idx = table.train_idx
     if config.max_train_rows is not None:
@@ -141,54 +138,54 @@ def train_one(
     x_val, y_val = x[table.val_idx], y[table.val_idx]
     torch.manual_seed(seed)
     model = build_recommender(kind, table.field_dims, **model_kwargs(kind, rule_name, config))
-    rule = make_rule(rule_name, seed)
-    points = model.block_outputs()
-    if rule_name != "BP":
-        rule.apply(model, points=points, true_gradient=model.bypass_modules())
-    else:
-        rule.apply(model)
+    # explicit points (the paper's placement): DeepFM's embedding feeds both the FM term and the
+    # MLP, and learns from both (a hybrid the cut verification accepts only when it is named)
+    rule = apply_rule(
+        rule_name,
+        model,
+        seed,
+        points=model.block_outputs() or None,
+        true_gradient=model.bypass_modules() or None,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
-    run = RecRun(kind, dataset, rule_name, seed, math.nan, math.nan, 0, 0.0)
-    best_auc, best_state, waited = -1.0, None, 0
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=f"{kind:>7} {dataset[:5]} {rule_name:>7} s{seed}",
-               disable=not progress, leave=False, unit="epoch")  # fmt: skip
-    for epoch in bar:
-        model.train()
+
+    def batches(_: int):
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        for batch in order.split(config.batch_size):
-            if len(batch) < 2:  # BatchNorm needs two rows
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(x[batch]), y[batch])
-            loss.backward()
-            if kind == "dcn":  # the authors clip Deep & Cross at norm 100 [code]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-            optimizer.step()
-        val_auc, _ = evaluate(model, x_val, y_val)
-        run.val_auc_curve.append(val_auc)
-        bar.set_postfix(val_auc=f"{val_auc:.4f}")
-        if val_auc > best_auc:
-            best_auc, best_state, waited, run.best_epoch = val_auc, None, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    run.seconds = time.perf_counter() - start
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    run.test_auc, run.test_logloss = evaluate(model, x[table.test_idx], y[table.test_idx])
+        return (batch for batch in order.split(config.batch_size) if len(batch) >= 2)  # BatchNorm
+
+    record = RecRun(kind, dataset, rule_name, seed, math.nan, math.nan, 0, 0.0)
+
+    def validate() -> dict[str, float]:
+        auc, _ = evaluate(model, x_val, y_val)
+        record.val_auc_curve.append(auc)
+        return {"auc": auc}
+
+    done = fit(
+        model,
+        optimizer,
+        batches,
+        lambda batch: F.binary_cross_entropy_with_logits(model(x[batch]), y[batch]),
+        epochs=config.epochs,
+        clip=100.0 if kind == "dcn" else None,  # the authors clip Deep & Cross at norm 100 [code]
+        evaluate=validate,
+        select="auc",
+        patience=config.patience,
+        keep_best=True,
+        label=f"{kind:>7} {dataset[:5]} {rule_name:>7} s{seed}",
+        progress=progress,
+    )
+    record.seconds, record.best_epoch = done.seconds, done.best_epoch
+    record.test_auc, record.test_logloss = evaluate(model, x[table.test_idx], y[table.test_idx])
     if rule_name == "DFA":
         model.train()
         batch = train_idx[: config.batch_size]
         report = alignment(model, rule, (x[batch], y[batch]), F.binary_cross_entropy_with_logits)
         angles = list(report.hidden_angles().values())
-        run.hidden_update_angle = statistics.fmean(angles) if angles else math.nan
-        run.signal_cosine = {k: v[0] for k, v in report.signal_cosine.items()}
+        record.hidden_update_angle = statistics.fmean(angles) if angles else math.nan
+        record.signal_cosine = {k: v[0] for k, v in report.signal_cosine.items()}
     rule.remove(model)
-    return run
+    return record
 
 
 def run_all(config: RecConfig, progress: bool = True) -> list[RecRun]:
@@ -197,31 +194,20 @@ def run_all(config: RecConfig, progress: bool = True) -> list[RecRun]:
     runs = []
     for dataset in config.datasets:
         table = data.load(dataset)
-        jobs = [
+        triples = [
             (m, r, s)
             for m in config.models
             for r in config.rules
             for s in config.seeds
             if not (m == "fm" and r != "BP")  # no hidden layer: DFA = BP, Shallow undefined
         ]
-        for kind, rule_name, seed in tqdm(jobs, desc=dataset, disable=not progress, unit="run"):
-            run = train_one(kind, dataset, rule_name, seed, table, config, progress)
-            log.info("%s %s %s seed %d: test AUC %.4f log-loss %.4f (epoch %d, %.0f s)",
-                     dataset, kind, rule_name, seed, run.test_auc, run.test_logloss,
-                     run.best_epoch, run.seconds)  # fmt: skip
-            runs.append(run)
+        for kind, rule_name, seed in jobs(triples, dataset, progress):
+            runs.append(train_one(kind, dataset, rule_name, seed, table, config, progress))
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summarise(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> model -> {rule: {"auc": (mean, std), "logloss": ...}, "G_auc", "G_logloss"}."""
+    """dataset -> model -> {rule: {"auc": MeanStd, "logloss": ...}, "G_auc", "G_logloss"}."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in config.datasets:
         for kind in config.models:
@@ -230,89 +216,73 @@ def summarise(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict
                 chosen = [
                     r for r in runs if (r.dataset, r.model, r.rule) == (dataset, kind, rule_name)
                 ]
-                if chosen:
-                    row[rule_name] = {
-                        "auc": _mean_std([r.test_auc for r in chosen]),
-                        "logloss": _mean_std([r.test_logloss for r in chosen]),
-                    }
-                    if rule_name == "DFA":
-                        row["angle"] = _mean_std([r.hidden_update_angle for r in chosen])
-                        cosines = [statistics.fmean(r.signal_cosine.values()) for r in chosen
-                                   if r.signal_cosine]  # fmt: skip
-                        row["cosine"] = _mean_std(cosines)
+                if not chosen:
+                    continue
+                row[rule_name] = {
+                    "auc": mean_std(r.test_auc for r in chosen),
+                    "logloss": mean_std(r.test_logloss for r in chosen),
+                }
+                if rule_name == "DFA":
+                    row["angle"] = mean_std(r.hidden_update_angle for r in chosen)
+                    row["cosine"] = mean_std(statistics.fmean(r.signal_cosine.values())
+                                             for r in chosen if r.signal_cosine)  # fmt: skip
             if all(r in row for r in RULES):
                 for metric in ("auc", "logloss"):
                     row[f"G_{metric}"] = gap_closure(
-                        row["DFA"][metric][0], row["BP"][metric][0], row["Shallow"][metric][0]
+                        row["DFA"][metric].mean, row["BP"][metric].mean, row["Shallow"][metric].mean
                     )
             summary.setdefault(dataset, {})[kind] = row
     return summary
 
 
-def _cell(row: dict[str, Any], rule: str) -> str:
-    if rule not in row:
-        return "-"
-    auc, loss = row[rule]["auc"], row[rule]["logloss"]
-    return f"{auc[0]:.4f} ± {auc[1]:.4f} / {loss[0]:.4f}"
+def table(summary: dict[str, Any], quick: bool = False) -> Table:
+    """Test AUC ± std / log-loss per data set, model and rule, beside the paper's Criteo figures."""
+    four, two, one = 4, 2, 1
+    result = Table(
+        "recommenders_auc",
+        [Column("data", align="left"), Column("model", align="left"), Column("BP", four),
+         Column("DFA", four), Column("Shallow", four), Column("G (AUC)", two),
+         Column("G (log-loss)", two), Column("DFA hidden angle (deg)", one),
+         Column("DFA signal cosine", two), Column("BP paper", four), Column("DFA paper", four),
+         Column("Shallow paper", four), Column("G paper (AUC)", two)],
+        missing="-",
+        quick=quick,
+    )  # fmt: skip
 
+    def cell(row: dict[str, Any], rule: str) -> Any:
+        return [row[rule]["auc"].cell(), row[rule]["logloss"].mean] if rule in row else None
 
-def _paper_cell(kind: str, rule: str) -> str:
-    values = PAPER_CRITEO.get(kind, {}).get(rule)
-    return f"{values[0]:.4f} / {values[1]:.4f}" if values else "-"
+    def paper(kind: str, rule: str) -> Any:
+        values = LAUNAY_2020_CRITEO.get(kind, {}).get(rule)
+        return list(values) if values else None
 
-
-def _g(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
-
-
-def markdown_table(summary: dict[str, Any], config: RecConfig, quick: bool) -> str:
-    mode = "quick mode, not comparable with the paper" if quick else "full"
-    lines = [
-        f"### Recommenders: test AUC ± std / log-loss ({mode}; {len(config.seeds)} seed(s); "
-        "paper columns: Criteo)",
-        "",
-        "| data | model | BP | DFA | Shallow | G (AUC) | G (log-loss) | DFA hidden angle (deg) "
-        "| DFA signal cosine | BP paper | DFA paper | Shallow paper | G paper (AUC) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
     for dataset, rows in summary.items():
         for kind, row in rows.items():
-            paper = PAPER_CRITEO.get(kind)
-            g_paper = (
-                gap_closure(paper["DFA"][0], paper["BP"][0], paper["Shallow"][0])
-                if paper else None
+            p = LAUNAY_2020_CRITEO.get(kind)
+            g_paper = gap_closure(p["DFA"][0], p["BP"][0], p["Shallow"][0]) if p else None
+            result.add(
+                dataset, MODEL_NAMES[kind], cell(row, "BP"), cell(row, "DFA"),
+                cell(row, "Shallow"), row.get("G_auc"), row.get("G_logloss"),
+                row["angle"].mean if "angle" in row else None,
+                row["cosine"].mean if "cosine" in row else None,
+                paper(kind, "BP"), paper(kind, "DFA"), paper(kind, "Shallow"), g_paper,
             )  # fmt: skip
-            angle = row.get("angle", (math.nan, 0))
-            cosine = row.get("cosine", (math.nan, 0))
-            lines.append(
-                f"| {dataset} | {MODEL_NAMES[kind]} | {_cell(row, 'BP')} | {_cell(row, 'DFA')} "
-                f"| {_cell(row, 'Shallow')} | {_g(row.get('G_auc'))} | {_g(row.get('G_logloss'))} "
-                f"| {'-' if math.isnan(angle[0]) else f'{angle[0]:.1f}'} "
-                f"| {'-' if math.isnan(cosine[0]) else f'{cosine[0]:.2f}'} "
-                f"| {_paper_cell(kind, 'BP')} | {_paper_cell(kind, 'DFA')} "
-                f"| {_paper_cell(kind, 'Shallow')} | {_g(g_paper)} |"
-            )
-    lines += [
-        "",
+    result.caption = (
         "G = (DFA - Shallow) / (BP - Shallow), from the means. FM has no hidden layer (DFA = BP). "
         "Angle: DFA's vs BP's update of the hidden layers' weights (mean over layers); cosine: "
         "per-sample cosine of `B e` with BP's signal, mean over the feedback points; both on one "
         "training batch after training. Embeddings: see the module doc of "
         "`experiments/recommenders.py` (true gradient through FM terms; `B e` directly where a "
-        "point sits on them; frozen by Shallow there).",
-    ]
-    return "\n".join(lines)
+        "point sits on them; frozen by Shallow there)."
+    )
+    return result
 
 
 def plot(
-    runs: list[RecRun], summary: dict[str, Any], config: RecConfig, out_dir: Path
+    summary: dict[str, Any], config: RecConfig, out_dir: Path, quick: bool = False
 ) -> list[Path]:
     """Test AUC per model and rule for each data set, and the gap closure beside the paper's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"BP": "tab:blue", "DFA": "tab:orange", "Shallow": "tab:gray"}
     fig, axes = plt.subplots(
         1, len(config.datasets) + 1, figsize=(5.5 * (len(config.datasets) + 1), 4.5)
@@ -326,25 +296,25 @@ def plot(
                 cell = summary[dataset][kind].get(rule_name)
                 if cell:
                     xs.append(j + (i - 1) * width)
-                    means.append(cell["auc"][0])
-                    stds.append(cell["auc"][1])
+                    means.append(cell["auc"].mean)
+                    stds.append(cell["auc"].std)
             ax.bar(xs, means, width, yerr=stds, color=colours[rule_name], label=rule_name)
         ax.set_xticks(range(len(models)), [MODEL_NAMES[k] for k in models], fontsize=8)
-        lows = [c["auc"][0] for r in summary[dataset].values() for k, c in r.items() if k in RULES]
+        lows = [c["auc"].mean for r in summary[dataset].values() for k, c in r.items()
+                if k in RULES]  # fmt: skip
         ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(lows) + 0.03))
         ax.set_ylabel("test AUC")
-        ax.set_title(f"{dataset}: test AUC at best validation epoch")
+        ax.set_title(plot_title(f"{dataset}: test AUC at best validation epoch", quick))
         ax.legend(fontsize=8)
     ax = axes[-1]
-    kinds = [k for k in config.models if k in PAPER_CRITEO]
-    offsets = {
-        name: o for name, o in zip([*config.datasets, "paper"], [-0.27, 0.0, 0.27], strict=False)
-    }
-    for name in [*config.datasets, "paper"]:
+    kinds = [k for k in config.models if k in LAUNAY_2020_CRITEO]
+    names = [*config.datasets, "paper"]
+    offsets = dict(zip(names, [-0.27, 0.0, 0.27], strict=False))
+    for name in names:
         values = []
         for kind in kinds:
             if name == "paper":
-                p = PAPER_CRITEO[kind]
+                p = LAUNAY_2020_CRITEO[kind]
                 values.append(gap_closure(p["DFA"][0], p["BP"][0], p["Shallow"][0]))
             else:
                 values.append(summary[name][kind].get("G_auc", math.nan))
@@ -354,45 +324,50 @@ def plot(
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(range(len(kinds)), [MODEL_NAMES[k] for k in kinds], fontsize=8)
     ax.set_ylabel("gap closure G (AUC)")
-    ax.set_title("G = (DFA - Shallow) / (BP - Shallow)")
+    ax.set_title(plot_title("G = (DFA - Shallow) / (BP - Shallow)", quick))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "recommenders_auc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, out_dir / "recommenders_auc.png")]
+
+
+def config_for(options: RunOptions) -> RecConfig:
+    """Full mode widens a single seed to three consecutive seeds; quick mode: one seed, 8,000
+    training rows, one epoch of batches of 256, 32-wide MLPs."""
+    if options.quick:
+        return RecConfig(seeds=tuple(options.seeds[:1]), mlp_dims=(32, 32, 32), cross_layers=2,
+                         epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000)  # fmt: skip
+    seeds = (
+        options.seeds if len(options.seeds) > 1 else tuple(options.seeds[0] + i for i in range(3))
+    )
+    return RecConfig(seeds=tuple(seeds))
 
 
 @register_task(
     "recommenders", "FM/DeepFM/Deep&Cross/AutoInt on MovieLens-100k and Adult: BP, DFA, Shallow"
 )
 def run(options: RunOptions) -> TaskReport:
-    """Runs the task. Full mode widens a single seed to three consecutive seeds; quick mode: one
-    seed, 8,000 training rows, one epoch of batches of 256, 32-wide MLPs."""
-    if options.quick:
-        config = RecConfig(seeds=options.seeds[:1], mlp_dims=(32, 32, 32), cross_layers=2,
-                           epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000)  # fmt: skip
-    else:
-        seeds = (
-            options.seeds
-            if len(options.seeds) > 1
-            else tuple(options.seeds[0] + i for i in range(3))
-        )
-        config = RecConfig(seeds=seeds)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    """Runs the task (settings: :func:`config_for`)."""
+    config = config_for(options)
     runs = run_all(config, progress=options.progress)
     summary = summarise(runs, config)
-    table = markdown_table(summary, config, options.quick)
-    path = options.out_dir / "results.json"
-    payload = {
-        "task": "recommenders",
-        "quick": options.quick,
-        "config": asdict(config),
-        "paper_criteo": PAPER_CRITEO,
-        "summary": summary,
-        "runs": [asdict(r) for r in runs],
-    }
-    path.write_text(json.dumps(payload, indent=1))
-    (options.out_dir / "table.md").write_text(table + "\n")
-    files = [path, options.out_dir / "table.md", *plot(runs, summary, config, options.out_dir)]
-    return TaskReport("recommenders", table, files)
+    result = table(summary, options.quick)
+    out = options.out_dir
+    files = [
+        write_results(
+            out,
+            "recommenders",
+            options.quick,
+            config.seeds,
+            config=config,
+            paper_criteo=LAUNAY_2020_CRITEO,
+            summary=summary,
+            runs=runs,
+        ),
+        *write_table(out, result, config.seeds),
+        *plot(summary, config, out, options.quick),
+    ]
+    mode = "quick mode, not comparable with the paper" if options.quick else "full"
+    heading = (
+        f"### Recommenders: test AUC ± std / log-loss ({mode}; {len(config.seeds)} seed(s); "
+        "paper columns: Criteo)"
+    )
+    return TaskReport("recommenders", heading + "\n\n" + result.to_markdown(), files)

@@ -4,6 +4,10 @@ A task is a function ``run(options) -> TaskReport``: it trains its models (BP an
 paper), writes ``results.json`` and any plots into ``options.out_dir``, and returns a markdown
 section that puts our numbers beside the paper's. Each experiment module registers its tasks with
 :func:`register_task`; the CLI imports the modules listed in :data:`TASK_MODULES`.
+
+A *group* (:func:`register_group`) names several tasks under one name (``principled`` is its five
+parts). Groups are not tasks: :func:`tasks` lists each task once, so running "every task" never
+runs a part twice, and :func:`resolve` expands group names given on the command line.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class RunOptions:
     Attributes:
         out_dir: folder for this task's ``results.json``, tables and plots (created).
         quick: the CPU-minutes mode (a few minutes in all), exercised by the tests.
-        progress: show progress bars.
+        progress: show progress bars (only drawn on a terminal; elsewhere one log line per run).
         seeds: seeds to average over (a task may use fewer in quick mode).
     """
 
@@ -62,6 +66,14 @@ class Task:
 
 
 _TASKS: dict[str, Task] = {}
+_GROUPS: dict[str, Group] = {}
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    description: str
+    members: tuple[str, ...]
 
 
 def register_task(name: str, description: str) -> Callable:
@@ -70,17 +82,69 @@ def register_task(name: str, description: str) -> Callable:
     def decorate(run: Callable[[RunOptions], TaskReport]) -> Callable[[RunOptions], TaskReport]:
         if name in _TASKS and _TASKS[name].run is not run:
             raise ValueError(f"task {name!r} is registered twice")
+        if name in _GROUPS:
+            raise ValueError(f"task {name!r} has the name of a group")
         _TASKS[name] = Task(name, description, run)
         return run
 
     return decorate
 
 
-def tasks() -> dict[str, Task]:
-    """Every registered task, after importing the experiment modules."""
+def register_group(name: str, description: str, members: tuple[str, ...]) -> None:
+    """Names ``members`` (registered tasks) together, e.g. ``principled`` for its five parts."""
+    if name in _TASKS:
+        raise ValueError(f"group {name!r} has the name of a task")
+    missing = [m for m in members if m not in _TASKS]
+    if missing:
+        raise ValueError(f"group {name!r}: {missing} are not registered tasks")
+    _GROUPS[name] = Group(name, description, tuple(members))
+
+
+def _import_all() -> None:
     for module in TASK_MODULES:
         try:
             importlib.import_module(module)
         except ImportError as error:  # an optional dependency of one family is missing
             log.warning("experiments in %s are unavailable: %s", module, error)
+
+
+def tasks() -> dict[str, Task]:
+    """Every registered task, each once (groups are not in it), after importing the modules."""
+    _import_all()
     return dict(_TASKS)
+
+
+def groups() -> dict[str, Group]:
+    """The registered groups of tasks."""
+    _import_all()
+    return dict(_GROUPS)
+
+
+def resolve(names: list[str] | tuple[str, ...] = ("all",)) -> dict[str, Task]:
+    """The tasks to run for command-line names: ``"all"`` (every task once), task or group names.
+
+    Names may be comma separated; order is kept and a task named twice (directly or through a
+    group) runs once.
+
+    Raises:
+        ValueError: a name is neither a task nor a group (the message lists both).
+    """
+    available, named_groups = tasks(), groups()
+    wanted = [n.strip() for part in names for n in part.split(",") if n.strip()]
+    chosen: dict[str, Task] = {}
+    unknown = []
+    for name in wanted:
+        if name == "all":
+            chosen.update({k: v for k, v in available.items() if k not in chosen})
+        elif name in named_groups:
+            chosen.update({m: available[m] for m in named_groups[name].members if m not in chosen})
+        elif name in available:
+            chosen.setdefault(name, available[name])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"unknown task(s) {unknown}; tasks: {', '.join(sorted(available))}; "
+            f"groups: {', '.join(sorted(named_groups))}"
+        )
+    return chosen

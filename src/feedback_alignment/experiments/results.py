@@ -1,0 +1,282 @@
+"""The one results writer of the experiments: statistics, tables, provenance, JSON and plots.
+
+Every task builds its summary as a :class:`Table` (columns and cells holding numbers, not
+formatted text) and writes it with :func:`write_table`; the same JSON, committed under
+``docs/results/``, is what :mod:`feedback_alignment.experiments.render` turns into the tables of
+``docs/REPRODUCTION.md``. So a run's own markdown, its JSON and the docs come from one renderer.
+
+Every file written in quick mode says so: JSON (``"mode": "quick"``), tables (a first line
+``**QUICK MODE** ...``) and plot titles (``[QUICK MODE] ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QUICK_BANNER = "**QUICK MODE** (smoke-scale settings: not a measurement of the method)"
+"""The first line of every table written in quick mode."""
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeanStd:
+    """Mean and sample standard deviation of the finite values of a sample (``n`` of them)."""
+
+    mean: float
+    std: float
+    n: int
+
+    def cell(self, single: bool = False) -> Any:
+        """A table cell: ``{"mean", "std"}``; with ``single``, one value shows as just the value."""
+        if self.n == 0:
+            return None
+        if single and self.n == 1:
+            return self.mean
+        return {"mean": self.mean, "std": self.std}
+
+
+def mean_std(values: Iterable[float]) -> MeanStd:
+    """Mean and standard deviation of the non-NaN ``values`` (``std`` 0 for one value, NaN for none).
+
+    The one helper of the experiments: a rule that gives no update (NaN angle) is left out rather
+    than turning the mean into NaN.
+    """
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return MeanStd(math.nan, math.nan, 0)
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return MeanStd(statistics.fmean(finite), std, len(finite))
+
+
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the non-NaN ``values``; NaN when there is none."""
+    return mean_std(values).mean
+
+
+def gap_closure(rule: float, bp: float, shallow: float) -> float:
+    """``G = (m_rule - m_shallow) / (m_BP - m_shallow)``: 1 = BP's gain over Shallow, 0 = none.
+
+    Launay et al. (2020) compare every rule against the shallow control this way; for a metric
+    where lower is better (log perplexity) pass the values in the same order: the sign works out.
+    NaN when BP and Shallow are equal. (``+ 0.0`` turns the ``-0.0`` of Shallow's own row, with a
+    lower-is-better metric, into ``0.0``.)
+    """
+    return (rule - shallow) / (bp - shallow) + 0.0 if bp != shallow else math.nan
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Column:
+    """A table column: its header, ``digits`` for its numbers, and left or right alignment."""
+
+    name: str
+    digits: int | None = None
+    align: str = "right"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "digits": self.digits, "align": self.align}
+
+
+@dataclass
+class Table:
+    """A markdown table held as data.
+
+    Cells are ``None`` (shown as ``missing``), numbers (shown with the column's ``digits``; NaN is
+    missing), strings (as they are), ``{"mean": m, "std": s}`` (``m ± s``) or a list of cells
+    (joined by `` / ``).
+
+    Attributes:
+        name: the file stem under ``docs/results/`` and the marker name in the docs.
+        columns, rows: the table.
+        caption: a paragraph rendered under the table (settings, definitions).
+        missing: the text of an empty cell.
+        quick: written in quick mode (the table then starts with :data:`QUICK_BANNER`).
+    """
+
+    name: str
+    columns: list[Column]
+    rows: list[list[Any]] = field(default_factory=list)
+    caption: str = ""
+    missing: str = "—"
+    quick: bool = False
+
+    def add(self, *cells: Any) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(
+                f"table {self.name!r}: a row of {len(cells)} cells for {len(self.columns)} columns"
+            )
+        self.rows.append(list(cells))
+
+    def _cell(self, value: Any, digits: int | None) -> str:
+        if value is None:
+            return self.missing
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            if math.isnan(value):
+                return self.missing
+            return f"{value:.{digits}f}" if digits is not None else f"{value:g}"
+        if isinstance(value, dict):
+            mean, std = value.get("mean"), value.get("std")
+            if mean is None or math.isnan(mean):
+                return self.missing
+            return f"{self._cell(float(mean), digits)} ± {self._cell(float(std), digits)}"
+        if isinstance(value, (list, tuple)):
+            return " / ".join(self._cell(v, digits) for v in value)
+        return str(value)
+
+    def to_markdown(self) -> str:
+        lines = [QUICK_BANNER, ""] if self.quick else []
+        lines.append("| " + " | ".join(c.name for c in self.columns) + " |")
+        lines.append("|" + "".join("---:|" if c.align == "right" else "---|" for c in self.columns))
+        for row in self.rows:
+            cells = [self._cell(v, c.digits) for v, c in zip(row, self.columns, strict=True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.caption:
+            lines += ["", self.caption]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "table": self.name,
+            "mode": "quick" if self.quick else "full",
+            "columns": [c.to_json() for c in self.columns],
+            "rows": sanitize(self.rows),
+            "caption": self.caption,
+            "missing": self.missing,
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> Table:
+        missing = [k for k in ("table", "columns", "rows") if k not in payload]
+        if missing:
+            raise ValueError(f"not a results table: keys {missing} are missing")
+        return cls(
+            name=payload["table"],
+            columns=[Column(**c) for c in payload["columns"]],
+            rows=[list(r) for r in payload["rows"]],
+            caption=payload.get("caption", ""),
+            missing=payload.get("missing", "—"),
+            quick=payload.get("mode") == "quick",
+        )
+
+
+# --- provenance and files ------------------------------------------------------------------------
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
+    """What produced a result: command, commit, machine, date, seeds and mode."""
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": _commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seeds": list(seeds),
+        "mode": "quick" if quick else "full",
+    }
+
+
+def sanitize(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become ``None``, tuples lists, dict keys strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {str(k): sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Writes ``payload`` (sanitised, indented) to ``path``; creates the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sanitize(payload), indent=1) + "\n")
+    return path
+
+
+def write_results(
+    out_dir: Path, task: str, quick: bool, seeds: Sequence[int], **payload: Any
+) -> Path:
+    """``<out_dir>/results.json``: provenance, mode and the task's own payload (config, runs)."""
+    body = {"task": task, "quick": quick, "provenance": provenance(quick, seeds), **payload}
+    return write_json(out_dir / "results.json", body)
+
+
+def write_table(out_dir: Path, table: Table, seeds: Sequence[int]) -> list[Path]:
+    """``<name>.json`` (the docs format, with provenance) and ``<name>.md`` in ``out_dir``."""
+    payload = {**table.to_json(), "provenance": provenance(table.quick, seeds)}
+    json_path = write_json(out_dir / f"{table.name}.json", payload)
+    md_path = out_dir / f"{table.name}.md"
+    md_path.write_text(table.to_markdown() + "\n")
+    return [json_path, md_path]
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def title(text: str, quick: bool) -> str:
+    """A plot title that says quick mode when it is (first, so a long title cannot clip it)."""
+    return f"[QUICK MODE] {text}" if quick else text
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lays out, saves and closes ``fig``."""
+    plt = pyplot()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
