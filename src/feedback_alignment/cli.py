@@ -279,30 +279,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_task(name: str, available: dict[str, Any]) -> str | None:
-    """The task that ``name`` is a part of (``principled`` for ``principled-mlp``), if any.
-
-    Why from the name: the registry names a part ``<task>-<part>`` and the whole task runs every
-    part, so running both would train each part twice.
-    """
-    return next((other for other in available if name.startswith(f"{other}-")), None)
-
-
-def _default_tasks(available: dict[str, Any]) -> list[str]:
-    """Every task once, without the parts of a task that is itself selected."""
-    return [name for name in available if _whole_task(name, available) is None]
-
-
 def _task_epilog() -> str:
-    from feedback_alignment.experiments.registry import tasks
+    from feedback_alignment.experiments.registry import groups, tasks
 
-    available = tasks()
-    width = max(map(len, available), default=0)
-    lines = ["tasks (--tasks all, the default, runs each one once, not the parts):"]
+    available, named_groups = tasks(), groups()
+    width = max(map(len, [*available, *named_groups]), default=0)
+    lines = ["tasks (--tasks all, the default, runs each one once):"]
     for name, task in available.items():
-        whole = _whole_task(name, available)
-        part = f" [part of {whole}]" if whole else ""
-        lines.append(f"  {name:<{width}}  {task.description}{part}")
+        lines.append(f"  {name:<{width}}  {task.description}")
+    if named_groups:
+        lines.append("groups (a name that runs several tasks):")
+        for name, group in named_groups.items():
+            lines.append(f"  {name:<{width}}  {', '.join(group.members)}")
     return "\n".join(lines)
 
 
@@ -324,21 +312,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
     )
     check_data_cache()
-    from feedback_alignment.experiments.registry import RunOptions, tasks
+    from feedback_alignment.experiments.registry import RunOptions, resolve
 
-    available = tasks()
-    if args.tasks == ["all"]:
-        names = _default_tasks(available)
-    else:
-        names = list(
-            dict.fromkeys(n.strip() for p in args.tasks for n in p.split(",") if n.strip())
-        )
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise UsageError(
-                f"unknown task(s) {unknown}; available: {', '.join(available)} "
-                "(see reproduce --help)"
-            )
+    try:
+        available = resolve(args.tasks)
+    except ValueError as error:
+        raise UsageError(f"{error} (see reproduce --help)") from None
+    names = list(available)
     out_root.mkdir(parents=True, exist_ok=True)
     report = out_root / "REPORT.md"
     sections: list[str] = []
@@ -374,6 +354,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _say(f"failed task(s): {', '.join(failed)} (rerun with -v for the traceback)")
         return 1
     return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from feedback_alignment.experiments import render
+
+    return render.main(
+        [*map(str, args.docs), "--results", str(args.results), *(["--check"] if args.check else [])]
+    )
 
 
 # ---- the parser ---------------------------------------------------------------------------------
@@ -521,13 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks",
         nargs="+",
         default=["all"],
-        help="task names, comma or space separated (listed below; default: all)",
+        help="task or group names, comma or space separated (listed below); 'all' (the default) "
+        "runs every task once",
     )
     reproduce.add_argument("--quick", action="store_true", help="CPU-minutes mode")
     reproduce.add_argument("--seeds", type=_int_list(0), default=(0,), help="e.g. 0,1,2")
     reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     reproduce.set_defaults(func=_cmd_reproduce)
+
+    render = commands.add_parser(
+        "render",
+        help="re-render the docs' result tables from docs/results/*.json",
+        description="Replace each table between <!-- results: NAME --> markers in the docs by the "
+        "rendering of docs/results/NAME.json (a test checks that they agree).",
+    )
+    render.add_argument("docs", nargs="*", type=Path, default=[Path("docs/REPRODUCTION.md")])
+    render.add_argument("--results", type=Path, default=Path("docs/results"))
+    render.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a table differs"
+    )
+    render.set_defaults(func=_cmd_render)
 
     from feedback_alignment.data import cli as data_cli
 
