@@ -166,10 +166,11 @@ def test_cache_that_cannot_be_created_is_refused(tmp_path, monkeypatch, capsys, 
 
 def test_unknown_task(tmp_path, capsys, no_work, monkeypatch):
     monkeypatch.setattr(registry, "tasks", lambda: {"digits": None})
+    monkeypatch.setattr(registry, "groups", lambda: {})
     _refused(
         ["reproduce", "--tasks", "nope", "--out", str(tmp_path), "-q"],
         capsys,
-        "unknown task(s) ['nope']; available: digits",
+        "unknown task(s) ['nope']; tasks: digits",
     )
 
 
@@ -207,7 +208,8 @@ def test_reproduce_help_lists_every_task(capsys):
     out = capsys.readouterr().out
     for name in registry.tasks():
         assert f"  {name} " in out
-    assert "[part of principled]" in out
+    assert "groups (a name that runs several tasks):" in out
+    assert "principled-mlp, principled-alignment" in out
 
 
 def test_bench_help_lists_families_and_rules(capsys):
@@ -230,19 +232,28 @@ def _fake_tasks(calls: list[str], failing: str | None = None):
 
         return registry.Task(name, f"{name} task", run)
 
-    return {n: make(n) for n in ("alpha", "alpha-part", "beta")}
+    return {n: make(n) for n in ("alpha", "beta")}
 
 
-def test_reproduce_all_runs_each_task_once(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def one_group(monkeypatch):
+    group = registry.Group("both", "alpha and beta", ("alpha", "beta"))
+    monkeypatch.setattr(registry, "groups", lambda: {"both": group})
+
+
+def test_reproduce_all_runs_each_task_once(tmp_path, monkeypatch, capsys, one_group):
     calls: list[str] = []
     monkeypatch.setattr(registry, "tasks", lambda: _fake_tasks(calls))
     assert main(["reproduce", "--out", str(tmp_path), "-q"]) == 0
+    assert calls == ["alpha", "beta"]
+    calls.clear()
+    assert main(["reproduce", "--tasks", "both,alpha", "beta", "--out", str(tmp_path), "-q"]) == 0
     assert calls == ["alpha", "beta"]
     report = (tmp_path / "REPORT.md").read_text()
     assert "### alpha section" in report and "### beta section" in report
 
 
-def test_reproduce_keeps_work_of_other_tasks(tmp_path, monkeypatch, capsys):
+def test_reproduce_keeps_work_of_other_tasks(tmp_path, monkeypatch, capsys, one_group):
     calls: list[str] = []
     monkeypatch.setattr(registry, "tasks", lambda: _fake_tasks(calls, failing="alpha"))
     assert main(["reproduce", "--out", str(tmp_path), "-q"]) == 1

@@ -44,6 +44,15 @@ from feedback_alignment.rules import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``fa.data`` (the data registry) is imported on first use: it is not needed for training."""
+    if name == "data":
+        import importlib
+
+        return importlib.import_module("feedback_alignment.data")
+    raise AttributeError(f"module 'feedback_alignment' has no attribute {name!r}")
+
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
     "dfa": DFA,
@@ -84,6 +93,7 @@ __all__ = [
     "batch_manhattan",
     "brSF",
     "constrain_weight_norm",
+    "data",
     "find_points",
     "frSF",
     "models",
