@@ -43,7 +43,9 @@ def test_idx_rejects_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an IDX file"):
         images.read_idx(bad)
     bad.write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")
-    with pytest.raises(ValueError, match=r"bad: has IDX dimensions \(5,\), which need 5 bytes; it has 2"):
+    with pytest.raises(
+        ValueError, match=r"bad: has IDX dimensions \(5,\), which need 5 bytes; it has 2"
+    ):
         images.read_idx(bad)
     bad.write_bytes(b"\x00\x00\x07\x01")
     with pytest.raises(ValueError, match="unknown IDX type code 0x07"):

@@ -53,6 +53,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("collections", "defaultdict"): "defaultdict",
     ("collections", "OrderedDict"): "dict",
     **{(m, n): n for m in ("__builtin__", "builtins") for n in ("list", "tuple", "set", "dict")},
+    ("__builtin__", "bytes"): "bytes",  # how protocols 0-2 write b""
+    ("builtins", "bytes"): "bytes",
     ("__builtin__", "frozenset"): "frozenset",
     ("builtins", "frozenset"): "frozenset",
     # scipy sparse matrices (old and new module paths)
@@ -142,7 +144,8 @@ def load_pickle(path: Path, *, encoding: str = "latin1") -> Any:
 def loads(raw: bytes, *, encoding: str = "latin1", source: str = "<bytes>") -> Any:
     """Parse a pickle held in memory; see :func:`load_pickle`."""
     machine = _Machine(encoding, source)
-    return machine.run(io.BytesIO(raw))
+    with reading(source, "a data pickle"):
+        return machine.run(io.BytesIO(raw))
 
 
 class _Machine:
@@ -413,6 +416,10 @@ def _call(func: _Global, args: tuple[Any, ...], machine: _Machine) -> Any:
         if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
             raise machine.refuse("calls _codecs.encode with unexpected arguments")
         return args[0].encode("latin-1")
+    if kind == "bytes":
+        if args:
+            raise machine.refuse("calls bytes with arguments")
+        return b""
     if kind == "dtype":
         if not args:
             raise machine.refuse("builds a dtype without a code")

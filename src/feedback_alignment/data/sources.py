@@ -38,6 +38,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -346,7 +347,11 @@ def extract_members(
                     final = safe_child(dest, rel)
                 except DataError as exc:
                     raise SourceError(str(exc)) from exc
-                found[rel] = _copy_stream(stream, final, sha256.get(rel), what, limit - written)
+                try:
+                    found[rel] = _copy_stream(stream, final, sha256.get(rel), what, limit - written)
+                except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as exc:
+                    # A damaged member (bad CRC, truncated stream) fails the source, named.
+                    raise SourceError(f"{what} is damaged: {type(exc).__name__}: {exc}") from exc
                 written += final.stat().st_size
                 matched.add(target)
                 break
