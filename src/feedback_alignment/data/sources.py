@@ -71,6 +71,39 @@ TOFU_SUFFIX = ".sha256"
 """Suffix of the file recording an unpinned archive's first-seen digest (trust on first use)."""
 
 
+def digest_status(source: Source) -> str:
+    """How a source's files are checked: ``"pinned"`` (a published or here-derived sha256 in
+    the code), ``"trust on first use"`` (recorded at the first fetch, checked on every later
+    use) or ``"bundled"`` (inside an installed package; nothing is copied)."""
+    if isinstance(source, Bundled):
+        return "bundled"
+    if isinstance(source, PipCarrier):
+        return "pinned" if source.archive_sha256 is not None else "trust on first use"
+    if isinstance(source, DebianCarrier):
+        pinned = set(source.sha256) >= set(source.files)
+        return "pinned" if pinned else "trust on first use"
+    if isinstance(source, Download):
+        return "pinned" if all(f.sha256 for f in source.files) else "trust on first use"
+    if isinstance(source, DownloadArchive):
+        return "pinned" if source.remote.sha256 else "trust on first use"
+    return "trust on first use"
+
+
+def source_label(source: Source) -> str:
+    """A short name of a source for tables: ``pip recbole==1.2.1``, ``deb NAME``, the URL."""
+    if isinstance(source, PipCarrier):
+        return f"pip {source.dist}=={source.version}"
+    if isinstance(source, DebianCarrier):
+        return f"deb {source.package}"
+    if isinstance(source, Download):
+        return source.files[0].url.rsplit("/", 1)[0] + "/"
+    if isinstance(source, DownloadArchive):
+        return source.remote.url
+    if isinstance(source, Bundled):
+        return source.requirement
+    return source.describe()
+
+
 class SourceError(Exception):
     """A source could not provide the files; the message says why."""
 
