@@ -146,6 +146,14 @@ def test_leftovers_are_cleaned_on_the_next_fetch(web, tmp_cache: Path, temp_spec
     old = directory / f".y.txt.otherhost-{dead}-abcd1234.partial"
     old.write_bytes(b"ancient")
     os.utime(old, (1, 1))  # older than STALE_AFTER_S
+    legacy = directory / f".x.txt.{dead}-0123abcd.partial"  # named before hosts were recorded
+    legacy.write_bytes(b"half")
+    stale.append(legacy)
+    legacy_dir = carriers / ".pip-k2j4h6g8"
+    legacy_dir.mkdir()
+    os.utime(legacy_dir, (1, 1))
+    young_legacy_dir = carriers / ".deb-a1b2c3d4"
+    young_legacy_dir.mkdir()
     sha = web.serve("https://example.org/x", b"x")
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
@@ -167,7 +175,8 @@ def test_leftovers_are_cleaned_on_the_next_fetch(web, tmp_cache: Path, temp_spec
         tmp_cache / "other"
     )
     assert not any(p.exists() for p in stale) and not stale_dir.exists() and not old.exists()
-    assert all(p.exists() for p in live)
+    assert not legacy_dir.exists()
+    assert all(p.exists() for p in live) and young_legacy_dir.exists()
 
 
 def test_unpinned_archive_is_recorded_and_checked_on_every_use(web, tmp_cache: Path) -> None:

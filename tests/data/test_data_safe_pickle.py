@@ -205,6 +205,24 @@ def test_every_truncation_and_bit_flip_is_a_data_error() -> None:
     assert outcomes["refused"] > 0
 
 
+def test_shared_references_are_not_walked_exponentially() -> None:
+    """Memo references let a few hundred bytes describe a DAG with 2**80 paths."""
+    value: object = ()
+    for _ in range(80):
+        value = (value, value)
+    out = safe_pickle.loads(pickle.dumps(value, protocol=2))
+    depth = 0
+    while out:
+        out, depth = out[0], depth + 1
+    assert depth == 80
+
+
+def test_deep_nesting_is_a_data_error() -> None:
+    raw = b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."
+    with pytest.raises(DataError, match="nested too deeply"):
+        safe_pickle.loads(raw)
+
+
 _plain = st.recursive(
     st.none()
     | st.booleans()

@@ -96,6 +96,11 @@ STALE_AFTER_S = 24 * 3600.0
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 _TEMP_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+\.partial$")
 _TEMP_DIR = re.compile(r"^\.(pip|deb)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
+# Names written before the writer was recorded (no host, or nothing but a random suffix).
+_LEGACY_NAME = re.compile(r"\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
+_LEGACY_DIR = re.compile(r"^\.(pip|deb)-[a-z0-9_]{8}$")
+LEGACY_STALE_AFTER_S = 3600.0
+"""A temporary folder of the old naming (no writer in its name) counts as stale after this."""
 
 
 def temp_prefix(kind: str) -> str:
@@ -123,14 +128,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _writer_gone(match: re.Match[str], path: Path) -> bool:
+def _writer_gone(match: re.Match[str] | None, path: Path) -> bool:
     try:
         age = time.time() - path.lstat().st_mtime
     except OSError:
         return False
     if age > STALE_AFTER_S:
         return True
-    if match["host"] != _HOST:
+    if match is None:  # legacy folder: nothing names its writer
+        return age > LEGACY_STALE_AFTER_S
+    if match.groupdict().get("host", _HOST) != _HOST:
         return False  # another machine sharing the cache: only age tells
     pid = int(match["pid"])
     if pid == os.getpid():
@@ -155,13 +162,14 @@ def clean_stale(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return removed
     for path in directory.rglob(".*"):
-        file_match = _TEMP_NAME.search(path.name)
+        file_match = _TEMP_NAME.search(path.name) or _LEGACY_NAME.search(path.name)
         dir_match = _TEMP_DIR.match(path.name)
+        legacy_dir = dir_match is None and _LEGACY_DIR.match(path.name) is not None
         try:
             if file_match and path.is_file() and _writer_gone(file_match, path):
                 path.unlink()
                 removed.append(path)
-            elif dir_match and path.is_dir() and _writer_gone(dir_match, path):
+            elif (dir_match or legacy_dir) and path.is_dir() and _writer_gone(dir_match, path):
                 shutil.rmtree(path)
                 removed.append(path)
         except FileNotFoundError:

@@ -577,8 +577,9 @@ def _finalise(obj: Any, seen: dict[int, Any]) -> Any:
         for k, v in obj.items():
             out_d[k] = _finalise(v, seen)
         return out_d
-    if isinstance(obj, tuple):
-        return tuple(_finalise(v, seen) for v in obj)
-    if isinstance(obj, (set, frozenset)):
-        return type(obj)(_finalise(v, seen) for v in obj)
+    if isinstance(obj, (tuple, set, frozenset)):
+        # Memoised too: a tuple holding the same tuple twice, 60 levels deep, is a few bytes
+        # of pickle but 2**60 paths for a walk that does not remember what it has seen.
+        seen[key] = type(obj)(_finalise(v, seen) for v in obj)
+        return seen[key]
     return obj
