@@ -399,7 +399,8 @@ def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, for
         problems += [p for p in hand if p not in unpinned]
     wrong_kind = [p for p in problems if p.wrong_kind]
     if wrong_kind:
-        raise DataError("; ".join(str(p) for p in wrong_kind), file=directory / wrong_kind[0].file)
+        problem = wrong_kind[0].what if len(wrong_kind) == 1 else "; ".join(map(str, wrong_kind))
+        raise DataError(problem, file=directory / wrong_kind[0].file)
     for p in problems:
         logger.warning("%s: %s; fetching it again", name, p)
     return _fetch(spec, directory, kinds, recorded, recorded_by, problems)
