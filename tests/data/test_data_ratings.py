@@ -63,7 +63,7 @@ def test_criteo_min_count_and_errors(tmp_path: Path) -> None:
     t = ratings.read_criteo(path, min_count=4, max_rows=6)
     assert len(t) == 6 and t.field_dims[0] == 1  # every value seen < 4 times -> missing
     path.write_text("1\t2\t3\n")
-    with pytest.raises(ValueError, match=r"c\.txt:1: 3 fields, expected 40"):
+    with pytest.raises(ValueError, match=r"c\.txt: line 1 has 3 fields, expected 40"):
         ratings.read_criteo(path)
     path.write_text("x" + _criteo_lines(1)[1:])
     with pytest.raises(ValueError, match="label 'x' is not 0 or 1"):

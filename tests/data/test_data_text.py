@@ -49,7 +49,7 @@ def test_kjv_reader(tmp_path: Path) -> None:
     )
     assert text.read_kjv(path) == "In the beginning\nAnd the earth\n"
     path.write_text("{oops\n")
-    with pytest.raises(ValueError, match=r"kjv\.jsonl:1: not a verse record"):
+    with pytest.raises(ValueError, match=r"kjv\.jsonl: line 1 is not a verse record"):
         text.read_kjv(path)
 
 

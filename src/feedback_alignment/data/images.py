@@ -5,22 +5,24 @@ Every loader returns an :class:`ImageData` whose images are float32 in [0, 1] wi
 ``(N, 3, 32, 32)`` for CIFAR-10 -- and whose labels are int64 of shape ``(N,)``.
 
 The standard formats are parsed here: IDX (:func:`read_idx`, MNIST and Fashion-MNIST) and the
-CIFAR "python" batches (:func:`read_cifar_batch`, read with a restricted unpickler).
+CIFAR "python" batches (:func:`read_cifar_batch`, read by :mod:`.safe_pickle`, which never
+unpickles). Every parser fails with a :class:`~.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
 import gzip
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .errors import DataError, reading
+from .formats import read_maybe_gzip
 from .registry import DatasetSpec, register
+from .safe_pickle import load_pickle
 from .sources import Bundled, DebianCarrier, Download, DownloadArchive, PipCarrier, RemoteFile
 
 SPLIT_SEED = 0
@@ -92,16 +94,6 @@ _IDX_DTYPES = {
 }
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip stream: {exc}") from exc
-    return raw
-
-
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or not.
 
@@ -109,50 +101,28 @@ def read_idx(path: Path) -> np.ndarray:
     each dimension as a big-endian int32, then the data in C order.
 
     Raises:
-        ValueError: the header is malformed or the data length does not match the dimensions.
+        DataError: the file is damaged, the header is malformed or the data length does not
+            match the dimensions.
     """
-    raw = _read_maybe_gzip(path)
+    raw = read_maybe_gzip(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic {raw[:4]!r})")
+        raise DataError(f"is not an IDX file (bad magic {raw[:4]!r})", file=path)
     dtype = _IDX_DTYPES.get(raw[2])
     if dtype is None:
-        raise ValueError(f"{path}: unknown IDX type code 0x{raw[2]:02x}")
+        raise DataError(f"has an unknown IDX type code 0x{raw[2]:02x}", file=path)
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError("has a truncated IDX header", file=path)
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path}: IDX dimensions {shape} need {expected} bytes, file has {len(raw) - header}"
+    expected = int(np.prod([max(d, 0) for d in shape], dtype=object)) * dtype.itemsize
+    if min(shape, default=0) < 0 or len(raw) - header != expected:
+        raise DataError(
+            f"has IDX dimensions {shape}, which need {expected} bytes; it has {len(raw) - header}",
+            file=path,
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays and plain containers.
-
-    Why: CIFAR batches are pickles, and unpickling a tampered file could run arbitrary code.
-    """
-
-    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy.core.multiarray", "scalar"),
-            ("numpy._core.multiarray", "scalar"),
-            ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return super().find_class(module, name)
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -162,19 +132,17 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)``.
 
     Raises:
-        ValueError: the file is not a CIFAR batch.
+        DataError: the file is not a CIFAR batch, or asks the pickle reader for anything
+            beyond arrays and plain containers (it is never unpickled).
     """
-    try:
-        with open(path, "rb") as fh:
-            batch = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path}: not a CIFAR python batch: {exc}") from exc
+    batch = load_pickle(path, encoding="bytes")
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: not a CIFAR python batch (needs b'data' and b'labels')")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        raise DataError("is not a CIFAR python batch (needs b'data' and b'labels')", file=path)
+    with reading(path, "a CIFAR python batch"):
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: CIFAR data has shape {data.shape}, labels {labels.shape}")
+        raise DataError(f"holds CIFAR data of shape {data.shape}, labels {labels.shape}", file=path)
     # Rows are 1024 red, 1024 green, 1024 blue values, each image row-major.
     return data.reshape(-1, 3, 32, 32), labels
 
@@ -235,9 +203,14 @@ def load_mnist5k_dir(directory: Path) -> ImageData:
 
     Split: stratified 80/20 per class with seed :data:`SPLIT_SEED` (4,000 train / 1,000 test).
     """
-    table = np.loadtxt(directory / "mnist_5k.csv.gz", delimiter=",", dtype=np.uint8)
-    if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"mnist_5k.csv.gz has shape {table.shape}, expected (N, 785)")
+    path = directory / "mnist_5k.csv.gz"
+    with reading(path, "a gzip CSV of 785 values 0-255 per row"):
+        text = read_maybe_gzip(path).decode("ascii")
+        table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.uint8, ndmin=2)
+    if table.shape[1] != 785 or not len(table):
+        raise DataError(f"has shape {table.shape}, expected (N, 785)", file=path)
+    if table[:, 784].max() > 9:
+        raise DataError("has labels outside 0-9", file=path)
     images = table[:, :784].reshape(-1, 1, 28, 28)
     return _split(images, table[:, 784], 255.0, 0.2, DIGIT_CLASSES)
 
@@ -249,9 +222,10 @@ def load_idx_dir(directory: Path, classes: tuple[str, ...] = DIGIT_CLASSES) -> I
         images = read_idx(directory / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(directory / f"{prefix}-labels-idx1-ubyte.gz")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
-                f"{directory}: {prefix} images {images.shape} and labels "
-                f"{labels.shape} do not match"
+            raise DataError(
+                f"holds images {images.shape}, but {prefix}-labels-idx1-ubyte.gz has labels "
+                f"{labels.shape}",
+                file=directory / f"{prefix}-images-idx3-ubyte.gz",
             )
         parts += [_to_float(images[:, None], 255.0), torch.from_numpy(labels.astype(np.int64))]
     return ImageData(*parts, classes=classes)
@@ -330,7 +304,10 @@ register(
     )
 )
 
-_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FASHION_URL = "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"
+# The project's S3 website endpoint serves plain http only; kept as a mirror because the
+# digests are pinned (a changed byte fails the download, whichever the transport).
+_FASHION_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _FASHION_SHA256 = {  # canonical files (TFDS url_checksums); Debian recompressed its copies
     "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
     "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
@@ -352,6 +329,9 @@ register(
             ),
             Download(
                 tuple(RemoteFile(_FASHION_URL + f, _FASHION_SHA256[f], f) for f in _IDX_FILES)
+            ),
+            Download(
+                tuple(RemoteFile(_FASHION_MIRROR + f, _FASHION_SHA256[f], f) for f in _IDX_FILES)
             ),
         ),
         size="31 MB",

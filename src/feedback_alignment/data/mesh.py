@@ -44,6 +44,10 @@ class TexturedMesh:
 # --------------------------------------------------------------------------- TGA
 
 
+TGA_LIMIT = 1 << 28
+"""Most bytes of decoded TGA pixels (256 MiB): a tiny RLE file cannot claim a huge image."""
+
+
 def read_tga(path: Path) -> np.ndarray:
     """Read a true-colour TGA (uncompressed type 2 or RLE type 10, 24 or 32 bits).
 
@@ -67,6 +71,8 @@ def read_tga(path: Path) -> np.ndarray:
     channels = bpp // 8
     data = memoryview(raw)[18 + id_len :]
     n = width * height
+    if n * channels > TGA_LIMIT:
+        raise ValueError(f"{path}: a {width}x{height} TGA is larger than this reader accepts")
     if img_type == 2:
         if len(data) < n * channels:
             raise ValueError(f"{path}: truncated TGA pixel data")
@@ -260,6 +266,9 @@ def read_collada(path: Path) -> TexturedMesh:
     image_ref = root.findtext(".//c:library_images/c:image/c:init_from", namespaces=_NS)
     if image_ref and uv is not None:
         texture_path = (path.parent / image_ref.strip().removeprefix("file://")).resolve()
+        if not texture_path.is_relative_to(path.parent.resolve()):
+            # Why: the model file names its texture; a tampered one must not read other files.
+            raise ValueError(f"{path}: texture {image_ref!r} lies outside the model's folder")
         if texture_path.suffix.lower() == ".tga":
             texture = read_tga(texture_path)
         else:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .errors import DataError, reading
+from .formats import read_parquet
 from .registry import DatasetSpec, register
 from .sources import DownloadArchive, PipCarrier, RemoteFile
 
@@ -168,15 +170,38 @@ def _read_recbole(
 ) -> tuple[list[list[str]], dict[str, list[str]], dict[str, set[str]]]:
     """RecBole atomic files (TSV, typed header ``user_id:token``)."""
 
-    def rows(name: str) -> list[dict[str, str]]:
-        with open(directory / name, encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = [h.split(":")[0] for h in next(reader)]
-            return [dict(zip(header, r, strict=False)) for r in reader if r]
+    def rows(name: str, needed: tuple[str, ...]) -> list[dict[str, str]]:
+        path = directory / name
+        with reading(path, "a RecBole TSV file"):
+            with open(path, encoding="utf-8", newline="") as fh:
+                reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+                header = [h.split(":")[0] for h in next(reader, [])]
+                missing = [c for c in needed if c not in header]
+                if missing:
+                    raise DataError(f"lacks the columns {missing} (header: {header})", file=path)
+                out = []
+                for lineno, r in enumerate(reader, start=2):
+                    if not r:
+                        continue
+                    if len(r) != len(header):
+                        raise DataError(
+                            f"line {lineno} has {len(r)} fields, the header {len(header)}",
+                            file=path,
+                        )
+                    out.append(dict(zip(header, r, strict=True)))
+            return out
 
-    ratings = [[r["user_id"], r["item_id"], r["rating"]] for r in rows("ml-100k.inter")]
-    users = {r["user_id"]: [r["age"], r["gender"], r["occupation"]] for r in rows("ml-100k.user")}
-    genres = {r["item_id"]: set(r.get("class", "").split()) for r in rows("ml-100k.item")}
+    ratings = [
+        [r["user_id"], r["item_id"], r["rating"]]
+        for r in rows("ml-100k.inter", ("user_id", "item_id", "rating"))
+    ]
+    users = {
+        r["user_id"]: [r["age"], r["gender"], r["occupation"]]
+        for r in rows("ml-100k.user", ("user_id", "age", "gender", "occupation"))
+    }
+    genres = {
+        r["item_id"]: set(r.get("class", "").split()) for r in rows("ml-100k.item", ("item_id",))
+    }
     return ratings, users, genres
 
 
@@ -184,19 +209,28 @@ def _read_grouplens(
     directory: Path,
 ) -> tuple[list[list[str]], dict[str, list[str]], dict[str, set[str]]]:
     """The original GroupLens files (``u.data`` TSV, ``u.user``/``u.item`` pipe-separated)."""
-    text = (directory / "u.data").read_text(encoding="latin-1")
-    ratings = [line.split("\t")[:3] for line in text.splitlines() if line]
-    users = {}
-    for line in (directory / "u.user").read_text(encoding="latin-1").splitlines():
-        if line:
-            uid, age, gender, occupation, _zip = line.split("|")
-            users[uid] = [age, gender, occupation]
-    genres = {}
-    for line in (directory / "u.item").read_text(encoding="latin-1").splitlines():
-        if line:
-            parts = line.split("|")
-            flags = parts[-len(ML_GENRES) :]
-            genres[parts[0]] = {g for g, f in zip(ML_GENRES, flags, strict=True) if f == "1"}
+
+    def lines(name: str, sep: str, fields: int, exact: bool) -> list[list[str]]:
+        path = directory / name
+        with reading(path):
+            text = path.read_text(encoding="latin-1")
+        out = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line:
+                parts = line.split(sep)
+                if len(parts) < fields or (exact and len(parts) != fields):
+                    raise DataError(
+                        f"line {lineno} has {len(parts)} fields, expected {fields}", file=path
+                    )
+                out.append(parts)
+        return out
+
+    ratings = [p[:3] for p in lines("u.data", "\t", 4, True)]
+    users = {p[0]: p[1:4] for p in lines("u.user", "|", 5, True)}
+    genres = {
+        p[0]: {g for g, f in zip(ML_GENRES, p[-len(ML_GENRES) :], strict=True) if f == "1"}
+        for p in lines("u.item", "|", 5 + len(ML_GENRES), False)
+    }
     return ratings, users, genres
 
 
@@ -213,13 +247,17 @@ def load_movielens_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
     """
     if (directory / "ml-100k.inter").is_file():
         ratings, users, genres = _read_recbole(directory)
+        rating_file, user_file = directory / "ml-100k.inter", directory / "ml-100k.user"
     elif (directory / "u.data").is_file():
         ratings, users, genres = _read_grouplens(directory)
+        rating_file, user_file = directory / "u.data", directory / "u.user"
     else:
-        raise ValueError(f"{directory} holds neither ml-100k.inter nor u.data")
+        raise DataError("holds neither ml-100k.inter nor u.data", file=directory)
     unknown = {u for u, _, _ in ratings if u not in users}
     if unknown:
-        raise ValueError(f"ratings name {len(unknown)} users missing from the user table")
+        raise DataError(
+            f"names {len(unknown)} users missing from {user_file.name}", file=rating_file
+        )
     genre_index = {g: i for i, g in enumerate(ML_GENRES)}
     multi_hot = np.zeros((len(genres) + 1, len(ML_GENRES)), np.float32)
     item_row = {}
@@ -233,20 +271,25 @@ def load_movielens_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
         k: [] for k in ("user", "item", "genre", "age", "gender", "occupation")
     }
     rows, stars = [], np.empty(len(ratings), np.float32)
-    for i, (user, item, rating) in enumerate(ratings):
-        age, gender, occupation = users[user]
-        row = item_row.get(item, 0)
-        columns["user"].append(user)
-        columns["item"].append(item)
-        columns["genre"].append(primary[row])
-        columns["age"].append(_age_bucket(int(age)))
-        columns["gender"].append(gender)
-        columns["occupation"].append(occupation)
-        rows.append(row)
-        stars[i] = float(rating)
-    # Sort ids numerically so that index k is the k-th id, not lexicographic ("10" < "2").
-    for key in ("user", "item"):
-        columns[key] = [f"{int(v):06d}" for v in columns[key]]
+    with reading(user_file, "a user table with integer ages"):
+        ages = {u: _age_bucket(int(v[0])) for u, v in users.items()}
+    with reading(rating_file, "ratings with integer ids and numeric ratings 1-5"):
+        for i, (user, item, rating) in enumerate(ratings):
+            _, gender, occupation = users[user]
+            row = item_row.get(item, 0)
+            columns["user"].append(user)
+            columns["item"].append(item)
+            columns["genre"].append(primary[row])
+            columns["age"].append(ages[user])
+            columns["gender"].append(gender)
+            columns["occupation"].append(occupation)
+            rows.append(row)
+            stars[i] = float(rating)
+        if not len(stars) or not np.isfinite(stars).all() or stars.min() < 0 or stars.max() > 5:
+            raise DataError("holds no ratings, or ratings outside 0-5")
+        # Sort ids numerically so that index k is the k-th id, not lexicographic ("10" < "2").
+        for key in ("user", "item"):
+            columns[key] = [f"{int(v):06d}" for v in columns[key]]
     extras = {
         "rating": torch.from_numpy(stars),
         "genres": torch.from_numpy(multi_hot[np.asarray(rows, dtype=np.int64)]),
@@ -279,22 +322,18 @@ def load_adult_dir(directory: Path, *, seed: int = SPLIT_SEED) -> CTRData:
 
     Raises:
         ImportError: pandas/pyarrow missing (the carrier ships brotli parquet).
+        DataError: the file is damaged or lacks a column.
     """
-    try:
-        import pandas as pd
-    except ImportError as exc:
-        raise ImportError("Adult needs pandas and pyarrow: pip install pandas pyarrow") from exc
-    frame = pd.read_parquet(directory / "adult.parquet.brotli")
-    missing = [c for c in (*ADULT_CATEGORICAL, *ADULT_DENSE, "income") if c not in frame]
-    if missing:
-        raise ValueError(f"adult table lacks columns {missing}")
-    columns = {c: frame[c].astype(str).str.strip().tolist() for c in ADULT_CATEGORICAL}
-    columns["age"] = (frame["age"].astype(int) // 10).astype(str).tolist()
-    y = frame["income"].astype(str).str.strip().str.startswith(">50K").to_numpy()
-    dense = {}
-    for c in ADULT_DENSE:
-        v = frame[c].to_numpy(dtype=np.float64)
-        dense[c] = np.log1p(np.maximum(v, 0)) if c.startswith("capital") else v
+    path = directory / "adult.parquet.brotli"
+    frame = read_parquet(path, (*ADULT_CATEGORICAL, *ADULT_DENSE, "income"), "the Adult table")
+    with reading(path, "the Adult table (numeric age and amounts)"):
+        columns = {c: frame[c].astype(str).str.strip().tolist() for c in ADULT_CATEGORICAL}
+        columns["age"] = (frame["age"].astype(int) // 10).astype(str).tolist()
+        y = frame["income"].astype(str).str.strip().str.startswith(">50K").to_numpy()
+        dense = {}
+        for c in ADULT_DENSE:
+            v = frame[c].to_numpy(dtype=np.float64)
+            dense[c] = np.log1p(np.maximum(v, 0)) if c.startswith("capital") else v
     data = _table(columns, y.astype(np.float32), dense, seed, missing=("", "?", "nan"))
     train = data.x_dense[data.train_idx]
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
@@ -318,26 +357,30 @@ def read_criteo(
     categorical values seen fewer than ``min_count`` times map to 0. Split: random 80/10/10.
 
     Raises:
-        ValueError: a line does not have 40 fields or the label is not 0/1.
+        DataError: a line does not have 40 fields, the label is not 0/1, or the file is
+            damaged; the message names the file and line.
     """
     labels: list[float] = []
     dense_rows: list[list[float]] = []
     cats: list[list[str]] = [[] for _ in CRITEO_CATEGORICAL]
-    with open(path, encoding="utf-8", newline="") as fh:
+    with reading(path, "a Criteo TSV file"), open(path, encoding="utf-8", newline="") as fh:
         for lineno, line in enumerate(fh, start=1):
             if max_rows is not None and lineno > max_rows:
                 break
             parts = line.rstrip("\r\n").split("\t")
             if len(parts) != 40:
-                raise ValueError(f"{path}:{lineno}: {len(parts)} fields, expected 40")
+                raise DataError(f"line {lineno} has {len(parts)} fields, expected 40", file=path)
             if parts[0] not in ("0", "1"):
-                raise ValueError(f"{path}:{lineno}: label {parts[0]!r} is not 0 or 1")
+                raise DataError(f"line {lineno}: label {parts[0]!r} is not 0 or 1", file=path)
             labels.append(float(parts[0]))
-            dense_rows.append([math.log1p(max(int(v), 0)) if v else 0.0 for v in parts[1:14]])
+            try:
+                dense_rows.append([math.log1p(max(int(v), 0)) if v else 0.0 for v in parts[1:14]])
+            except ValueError:
+                raise DataError(f"line {lineno} has a non-integer count", file=path) from None
             for column, value in zip(cats, parts[14:], strict=True):
                 column.append(value)
     if not labels:
-        raise ValueError(f"{path}: no rows")
+        raise DataError("has no rows", file=path)
     dense = dict(zip(CRITEO_DENSE, np.asarray(dense_rows, np.float32).T, strict=True))
     columns = dict(zip(CRITEO_CATEGORICAL, cats, strict=True))
     return _table(columns, np.asarray(labels), dense, seed, min_count=min_count)

@@ -10,13 +10,25 @@ built from this table, so they cannot drift apart.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import ENV_VAR, dataset_dir, read_manifest, sha256_file, write_manifest
-from .sources import Bundled, Source, SourceError
+from .cache import (
+    ENV_VAR,
+    MANIFEST,
+    cache_root,
+    clean_stale,
+    dataset_dir,
+    load_manifest,
+    safe_child,
+    sha256_file,
+    write_manifest,
+)
+from .errors import DataError, repair_command
+from .sources import Bundled, Source, SourceError, forget_archive
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +47,12 @@ class DatasetSpec:
         loader: ``loader(directory, **kwargs)`` parses the files in the cache directory.
         sources: Ordered sources tried after the cache.
         files: Relative paths that must exist for the data set to be usable; lets a user drop
-            files into the cache directory by hand.
+            files into the cache directory by hand (checked against the pinned digests).
         size: Approximate size on disk, for ``data list``.
         prepare: Optional ``prepare(directory)`` run by ``data fetch`` after the files are in
             place, for derived products worth caching ahead of use (rendered scene views).
+        sha256: Extra pinned digests ``{file: sha256}`` beyond those the sources declare, e.g.
+            of files inside a pinned archive, derived here by reading it.
     """
 
     name: str
@@ -50,6 +64,7 @@ class DatasetSpec:
     files: tuple[str, ...] = ()
     size: str = "?"
     prepare: Callable[[Path], None] | None = None
+    sha256: Mapping[str, str] = field(default_factory=dict)
     offline: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,30 +75,89 @@ class DatasetSpec:
         # Why: `data list` and the CI fetch step need to know which sets work without internet.
         object.__setattr__(self, "offline", any(s.kind != "download" for s in self.sources))
 
+    def pins(self, source: Source | None = None) -> dict[str, frozenset[str]]:
+        """Accepted digests by file: those ``source`` pins (plus :attr:`sha256`), or, with
+        no source, those any source pins (a file placed by hand may come from any of them)."""
+        accepted: dict[str, set[str]] = {}
+        for src in self.sources if source is None else (source,):
+            for rel, digest in src.pins().items():
+                accepted.setdefault(rel, set()).add(digest)
+        for rel, digest in self.sha256.items():
+            accepted.setdefault(rel, set()).add(digest)
+        return {rel: frozenset(d) for rel, d in accepted.items()}
 
-class DataUnavailableError(RuntimeError):
-    """No source could provide a data set. The message lists every source tried and the fix.
+    def source_named(self, description: str) -> Source | None:
+        """The source whose :meth:`~.sources.Source.describe` is ``description``, if any."""
+        return next((s for s in self.sources if s.describe() == description), None)
+
+
+class DataUnavailableError(DataError, RuntimeError):
+    """No source could provide (or repair) a data set. The message lists what is damaged,
+    every source tried and the fix.
+
+    A :class:`~.errors.DataError` (so ``except DataError`` catches every data failure) and,
+    as before, a ``RuntimeError``.
 
     Attributes:
         name: The data set.
         attempts: ``(source, reason, remedy)`` for each source tried, in order.
+        problems: What was wrong with the cached copy, if there was one.
     """
 
     def __init__(
-        self, name: str, directory: Path, attempts: list[tuple[str, str, str]], files: Sequence[str]
+        self,
+        name: str,
+        directory: Path,
+        attempts: list[tuple[str, str, str]],
+        files: Sequence[str],
+        problems: Sequence[Problem] = (),
     ) -> None:
         self.name = name
         self.attempts = attempts
-        lines = [f"No source could provide data set {name!r}. Tried, in order:"]
+        self.problems = list(problems)
+        lines = []
+        if problems:
+            lines.append(f"Data set {name!r} in {directory} is damaged:")
+            lines.extend(f"  {p}" for p in problems)
+            lines.append("Repairing it from its sources failed. Tried, in order:")
+        else:
+            lines.append(f"No source could provide data set {name!r}. Tried, in order:")
         for i, (source, reason, remedy) in enumerate(attempts, start=1):
             lines.append(f"  {i}. {source}: {reason}")
             if remedy:
                 lines.append(f"     fix: {remedy}")
         hint = f"Or set {ENV_VAR} to a cache directory that already holds it"
         if files:
-            hint += f", or place {', '.join(files)} into {directory} by hand"
+            shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+            hint += f", or place {shown} into {directory} by hand"
         lines.append(hint + ".")
-        super().__init__("\n".join(lines))
+        if problems:
+            lines.append(f"Once a source works: {repair_command(name)}")
+        message = "\n".join(lines)
+        super().__init__(message, dataset=name, file=directory, remedy="")
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a cached file.
+
+    Attributes:
+        file: Path relative to the data set directory.
+        what: What is wrong (``"is missing"``, ``"has sha256 X, expected Y (pinned)"``).
+        wrong_kind: A folder stands where a file belongs (or the reverse); never repaired
+            automatically, since removing a folder is the user's call (``--force`` does).
+    """
+
+    file: str
+    what: str
+    wrong_kind: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.what}"
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -118,14 +192,6 @@ def list_specs(family: str | None = None) -> list[DatasetSpec]:
     return sorted(specs, key=lambda s: (FAMILIES.index(s.family), s.name))
 
 
-def is_cached(name: str) -> bool:
-    """Whether ``name`` is usable without touching any source."""
-    spec = get_spec(name)
-    if all(isinstance(s, Bundled) for s in spec.sources):
-        return _bundled_ok(spec)
-    return read_manifest(dataset_dir(name)) is not None
-
-
 def _bundled_ok(spec: DatasetSpec) -> bool:
     try:
         return all(s.fetch(dataset_dir(spec.name)) == {} for s in spec.sources)
@@ -133,39 +199,238 @@ def _bundled_ok(spec: DatasetSpec) -> bool:
         return False
 
 
-def ensure(name: str, *, kinds: Sequence[str] | None = None) -> Path:
-    """Make ``name`` available in the cache and return its directory.
+def _bundled_only(spec: DatasetSpec) -> bool:
+    return all(isinstance(s, Bundled) for s in spec.sources)
+
+
+def verify(
+    spec: DatasetSpec, directory: Path, recorded: Mapping[str, str], source: str
+) -> list[Problem]:
+    """Hash every file of a cached data set and compare it with what it must be.
+
+    A file recorded by ``source`` must have that source's pinned digest where it pins one
+    (a manifest edited to another digest does not help), else the digest recorded when it was
+    first fetched (trust on first use). Required files missing from the record, and files that
+    some source pins but the record does not list (another layout placed by hand, which a
+    loader could pick up), are checked too.
+
+    Why no shortcut (size + mtime): a file changed in place, with its times reset, would get
+    through; hashing the largest cached file here (Fashion-MNIST's 26 MB) takes about 0.05 s.
+
+    Returns:
+        The problems; empty when the cache is intact.
+    """
+    own = spec.pins(spec.source_named(source)) if source != PLACED_BY_HAND else spec.pins()
+    anyone = spec.pins()
+    names: dict[str, str | None] = dict(recorded)
+    for rel in spec.files:
+        names.setdefault(rel, None)
+    for rel in anyone:
+        if rel not in names:
+            try:
+                if safe_child(directory, rel).exists():
+                    names[rel] = None
+            except DataError:
+                continue
+    problems = []
+    for rel, digest in sorted(names.items()):
+        try:
+            path = safe_child(directory, rel)
+        except DataError:
+            problems.append(Problem(rel, "is not a path inside the data set folder"))
+            continue
+        if path.is_dir():
+            problems.append(Problem(rel, "is a folder, expected a file", wrong_kind=True))
+            continue
+        if not path.is_file():
+            problems.append(Problem(rel, "is missing"))
+            continue
+        accepted = own.get(rel) if digest is not None else anyone.get(rel)
+        if accepted:
+            expected, why = accepted, "pinned"
+        elif digest is not None:
+            expected, why = frozenset({digest}), "recorded when first fetched"
+        else:
+            problems.append(Problem(rel, "is not recorded in the manifest"))
+            continue
+        actual = sha256_file(path)
+        if actual not in expected:
+            problems.append(
+                Problem(
+                    rel, f"has sha256 {actual}, expected {' or '.join(sorted(expected))} ({why})"
+                )
+            )
+    return problems
+
+
+PLACED_BY_HAND = "placed by hand"
+"""The manifest source of files a user put into the cache directory."""
+
+
+def _check_directory(directory: Path) -> None:
+    if (directory.exists() or directory.is_symlink()) and not directory.is_dir():
+        raise DataError(
+            "is a file (or a broken link), expected the data set's folder", file=directory
+        )
+    root = cache_root()
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        raise DataError(
+            "the data cache is not a folder",
+            file=root,
+            remedy=f"remove it, or set {ENV_VAR} to a writable folder",
+        )
+
+
+def check(name: str) -> list[str]:
+    """What is wrong with the cached copy of ``name`` (empty: cached and intact). Hashes
+    every file; touches no source."""
+    spec = get_spec(name)
+    if _bundled_only(spec):
+        return [] if _bundled_ok(spec) else ["its bundling package is not installed"]
+    directory = dataset_dir(name)
+    try:
+        _check_directory(directory)
+        manifest = load_manifest(directory) if directory.is_dir() else None
+    except DataError as exc:
+        return [exc.problem]
+    if manifest is None:
+        return ["not cached"]
+    return [str(p) for p in verify(spec, directory, manifest["files"], manifest["source"])]
+
+
+def is_cached(name: str) -> bool:
+    """Whether ``name`` is usable without touching any source: cached, and every file has its
+    pinned or recorded digest (this hashes the files)."""
+    return not check(name)
+
+
+def discard(name: str) -> None:
+    """Remove the cached copy of ``name`` and the first-use records of its unpinned archives
+    (what ``data fetch NAME --force`` does before fetching again)."""
+    spec = get_spec(name)
+    directory = dataset_dir(name)
+    if directory.is_symlink() or directory.is_file():
+        directory.unlink()
+    elif directory.is_dir():
+        shutil.rmtree(directory)
+    for source in spec.sources:
+        for archive in source.unpinned_archives():
+            forget_archive(archive)
+    logger.info("%s: discarded the cached copy", name)
+
+
+def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False) -> Path:
+    """Make ``name`` available in the cache, verified, and return its directory.
+
+    Order: the cache (every file hashed and checked, see :func:`verify`), files placed by
+    hand (checked against the pinned digests; unpinned ones are recorded), then each source
+    in turn. A damaged cache is repaired from the sources when one works.
 
     Args:
         name: Registered data set.
         kinds: Only try sources of these kinds (``"carrier"``, ``"download"``, ``"bundled"``);
             e.g. CI fetches carriers only. None tries all.
+        force: Discard the cached copy first (:func:`discard`).
 
     Raises:
-        DataUnavailableError: every source failed; the message lists each with its remedy.
+        DataError: a folder stands where a file belongs, or the cache is unusable.
+        DataUnavailableError: every source failed; the message lists what was damaged and
+            each source with its remedy.
     """
     spec = get_spec(name)
     directory = dataset_dir(name)
-    if read_manifest(directory) is not None:
-        return directory
-    attempts: list[tuple[str, str, str]] = [(f"cache {directory}", "not cached", "")]
-    if spec.files and all((directory / f).is_file() for f in spec.files):
+    try:
+        return _ensure(spec, directory, kinds, force)
+    except DataError as exc:
+        if exc.dataset is None:
+            exc.dataset = name
+        raise
+    except OSError as exc:
+        raise DataError(
+            f"the cache cannot be used ({type(exc).__name__}: {exc})",
+            dataset=name,
+            file=exc.filename or directory,
+            remedy=f"make {cache_root()} a writable folder, or set {ENV_VAR} to one",
+        ) from exc
+
+
+def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, force: bool) -> Path:
+    name = spec.name
+    if _bundled_only(spec):
+        if _bundled_ok(spec):
+            return directory
+        attempts = [(s.describe(), "not installed", s.remedy()) for s in spec.sources]
+        raise DataUnavailableError(name, directory, attempts, spec.files)
+    if force:
+        discard(name)
+    _check_directory(directory)
+    clean_stale(directory)
+    recorded: dict[str, str] = {}
+    recorded_by = ""
+    problems: list[Problem] = []
+    try:
+        manifest = load_manifest(directory) if directory.is_dir() else None
+    except DataError as exc:
+        if (directory / MANIFEST).is_dir():
+            raise
+        manifest = None
+        problems.append(Problem(MANIFEST, exc.problem.removeprefix("the manifest ")))
+    if manifest is not None:
+        recorded, recorded_by = manifest["files"], manifest["source"]
+        problems = verify(spec, directory, recorded, recorded_by)
+        if not problems:
+            return directory
+    elif spec.files and all((directory / f).is_file() for f in spec.files):
         # Files placed by hand (or left by a run that died before writing the manifest: each
-        # file is complete because every write is atomic).
-        logger.info("using files found in %s", directory)
-        write_manifest(
-            directory, "placed by hand", {f: sha256_file(directory / f) for f in spec.files}
-        )
-        return directory
+        # file is complete because every write is atomic). Pinned files must match a pin;
+        # unpinned ones are recorded -- unless a damaged manifest may have held their record.
+        hand = verify(spec, directory, {}, PLACED_BY_HAND)
+        unpinned = [p for p in hand if p.what == "is not recorded in the manifest"]
+        if not [p for p in hand if p not in unpinned] and not (problems and unpinned):
+            logger.info("using files found in %s", directory)
+            for p in unpinned:
+                logger.warning(
+                    "%s: %s has no pinned digest; recording it (trust on first use)", name, p.file
+                )
+            write_manifest(
+                directory, PLACED_BY_HAND, {f: sha256_file(directory / f) for f in spec.files}
+            )
+            return directory
+        problems += [p for p in hand if p not in unpinned]
+    wrong_kind = [p for p in problems if p.wrong_kind]
+    if wrong_kind:
+        problem = wrong_kind[0].what if len(wrong_kind) == 1 else "; ".join(map(str, wrong_kind))
+        raise DataError(problem, file=directory / wrong_kind[0].file)
+    for p in problems:
+        logger.warning("%s: %s; fetching it again", name, p)
+    return _fetch(spec, directory, kinds, recorded, recorded_by, problems)
+
+
+def _fetch(
+    spec: DatasetSpec,
+    directory: Path,
+    kinds: Sequence[str] | None,
+    recorded: Mapping[str, str],
+    recorded_by: str,
+    problems: list[Problem],
+) -> Path:
+    name = spec.name
+    state = "damaged" if problems else "not cached"
+    attempts: list[tuple[str, str, str]] = [(f"cache {directory}", state, "")]
     for source in spec.sources:
         if kinds is not None and source.kind not in kinds:
             continue
         logger.info("%s: trying %s", name, source.describe())
         try:
             written = source.fetch(directory)
-        except SourceError as exc:
+        except (SourceError, DataError) as exc:
             logger.info("%s: %s failed: %s", name, source.describe(), exc)
             attempts.append((source.describe(), str(exc), source.remedy()))
+            continue
+        except OSError as exc:
+            attempts.append(
+                (source.describe(), f"could not write into {directory}: {exc}", source.remedy())
+            )
             continue
         missing = [f for f in spec.files if not (directory / f).is_file()]
         if missing:
@@ -173,18 +438,45 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None) -> Path:
                 (source.describe(), f"did not provide {', '.join(missing)}", source.remedy())
             )
             continue
+        if recorded_by == source.describe():
+            pinned = source.pins()
+            changed = [
+                f"{rel} now has sha256 {digest}, but {recorded[rel]} was recorded when first "
+                "fetched"
+                for rel, digest in written.items()
+                if rel not in pinned and rel in recorded and recorded[rel] != digest
+            ]
+            if changed:
+                attempts.append((source.describe(), "; ".join(changed), repair_command(name)))
+                continue
         if not isinstance(source, Bundled):
             write_manifest(directory, source.describe(), written)
         logger.info("%s: ready in %s (from %s)", name, directory, source.describe())
         return directory
-    raise DataUnavailableError(name, directory, attempts, spec.files)
+    raise DataUnavailableError(name, directory, attempts, spec.files, problems)
 
 
 def load(name: str, **kwargs: Any) -> Any:
-    """Ensure ``name`` is available, then parse it; keyword arguments go to its loader.
+    """Ensure ``name`` is available and verified, then parse it; keyword arguments go to its
+    loader.
 
     See each family module for what is returned (shapes and dtypes are documented there).
+
+    Raises:
+        DataError: anything wrong with the data -- not obtainable, damaged in the cache, or
+            not parseable; the message names the data set, the file and the fix.
     """
     spec = get_spec(name)
     directory = ensure(name)
-    return spec.loader(directory, **kwargs)
+    try:
+        return spec.loader(directory, **kwargs)
+    except DataError as exc:
+        if exc.dataset is None:
+            exc.dataset = name
+        raise
+    except (ImportError, TypeError, MemoryError):
+        raise
+    except Exception as exc:  # a parser failure the loader did not name: still one type
+        raise DataError(
+            f"could not be parsed ({type(exc).__name__}: {exc})", dataset=name, file=directory
+        ) from exc

@@ -15,7 +15,8 @@ duck scaled to a bounding sphere of radius :data:`OBJECT_RADIUS` centred at the 
   between those of the training cameras' neighbours (none coincides with a training view);
 * field of view 40 degrees horizontally, ``near = 2``, ``far = 6``; white background.
 
-Renders are cached in the data set directory keyed by their parameters.
+Renders are cached in the data set directory keyed by their parameters, each with its sha256
+beside it (``.NAME.npz.sha256``): a render that no longer matches is rendered again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import atomic_path
+from .cache import atomic_path, sha256_file, write_bytes_atomic
+from .errors import DataError, reading
 from .mesh import TexturedMesh, look_at, read_collada, render
 from .registry import DatasetSpec, register
 from .sources import DebianCarrier, Download, RemoteFile
@@ -103,12 +105,13 @@ def load_tiny_nerf_npz(path: Path, *, n_test: int = 6) -> SceneViews:
     ``n_test`` (the tiny-NeRF notebook trains on the first 100 of 106 lego views).
 
     Raises:
-        ValueError: missing arrays or inconsistent shapes.
+        DataError: the file is damaged, lacks arrays or has inconsistent shapes (it is read
+            with ``allow_pickle=False``: an npz cannot run code).
     """
-    with np.load(path, allow_pickle=False) as npz:
+    with reading(path, "a tiny-NeRF npz"), np.load(path, allow_pickle=False) as npz:
         missing = {"images", "poses", "focal"} - set(npz.files)
         if missing:
-            raise ValueError(f"{path}: tiny-NeRF npz lacks {sorted(missing)}")
+            raise DataError(f"is a tiny-NeRF npz that lacks {sorted(missing)}", file=path)
         images = np.asarray(npz["images"], dtype=np.float32)
         poses = np.asarray(npz["poses"], dtype=np.float32)
         focal = float(npz["focal"])
@@ -116,10 +119,15 @@ def load_tiny_nerf_npz(path: Path, *, n_test: int = 6) -> SceneViews:
         near = float(npz["near"]) if "near" in npz.files else 2.0
         far = float(npz["far"]) if "far" in npz.files else 6.0
     if images.ndim != 4 or images.shape[-1] not in (3, 4) or poses.shape != (len(images), 4, 4):
-        raise ValueError(
-            f"{path}: images {images.shape} and poses {poses.shape} do not form a "
-            "tiny-NeRF set ((N,H,W,3), (N,4,4))"
+        raise DataError(
+            f"holds images {images.shape} and poses {poses.shape}, which do not form a "
+            "tiny-NeRF set ((N,H,W,3), (N,4,4))",
+            file=path,
         )
+    if i_test is not None and (
+        i_test.ndim != 1 or (len(i_test) and not 0 <= i_test.min() <= i_test.max() < len(images))
+    ):
+        raise DataError("lists test views that do not exist (i_test)", file=path)
     images = images[..., :3]
     if images.max() > 1.0:  # stored as 0-255
         images = images / 255.0
@@ -146,7 +154,7 @@ def read_blender_split(
         ``(images (N, H, W, 3) float32 in [0,1], poses (N, 4, 4) float32, focal)``.
 
     Raises:
-        ValueError: malformed JSON or images of different sizes.
+        DataError: malformed JSON, an image outside ``root``, or images of different sizes.
         ImportError: Pillow is missing (it decodes the PNGs).
     """
     try:
@@ -160,14 +168,18 @@ def read_blender_split(
         angle = float(meta["camera_angle_x"])
         frames = meta["frames"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{meta_path}: not a Blender transforms file: {exc}") from exc
+        raise DataError(f"is not a Blender transforms file ({exc!r})", file=meta_path) from exc
     images, poses = [], []
     for frame in frames:
-        rel = frame["file_path"]
+        with reading(meta_path, "a Blender transforms file"):
+            rel = frame["file_path"]
+            pose = np.asarray(frame["transform_matrix"], dtype=np.float32).reshape(4, 4)
         path = root / rel
         if not path.suffix:
             path = path.with_suffix(".png")
-        with Image.open(path) as im:
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise DataError(f"names the image {rel!r} outside the scene folder", file=meta_path)
+        with reading(path, "an image"), Image.open(path) as im:
             im = im.convert("RGBA")
             if downscale > 1:
                 im = im.resize(
@@ -176,11 +188,11 @@ def read_blender_split(
             rgba = np.asarray(im, dtype=np.float32) / 255.0
         bg = 1.0 if white_background else 0.0
         images.append(rgba[..., :3] * rgba[..., 3:] + bg * (1.0 - rgba[..., 3:]))
-        poses.append(np.asarray(frame["transform_matrix"], dtype=np.float32))
+        poses.append(pose)
     if not images:
-        raise ValueError(f"{meta_path}: no frames")
+        raise DataError("has no frames", file=meta_path)
     if len({im.shape for im in images}) != 1:
-        raise ValueError(f"{meta_path}: images differ in size")
+        raise DataError("names images that differ in size", file=meta_path)
     width = images[0].shape[1]
     focal = 0.5 * width / math.tan(0.5 * angle)
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(poses)), focal
@@ -262,9 +274,19 @@ def load_duck_dir(
         ).encode()
     ).hexdigest()[:12]
     cached = directory / f"views-{size}px-{n_train}+{n_test}-{key}.npz"
+    record = cached.with_name(f".{cached.name}.sha256")
     if cached.is_file():
-        return load_tiny_nerf_npz(cached)
-    mesh = normalise(read_collada(directory / "duck.dae"))
+        try:
+            intact = record.read_text(encoding="ascii").strip() == sha256_file(cached)
+        except (OSError, ValueError):
+            intact = False
+        if intact:
+            return load_tiny_nerf_npz(cached)
+        logger.warning(
+            "cached render %s does not match its recorded sha256; rendering again", cached
+        )
+    with reading(directory / "duck.dae", "a Collada model with its texture"):
+        mesh = normalise(read_collada(directory / "duck.dae"))
     train_poses, test_poses = duck_rig(n_train, n_test)
     logger.info(
         "rendering %d duck views at %dx%d (cached afterwards)", n_train + n_test, size, size
@@ -281,6 +303,7 @@ def load_duck_dir(
         focal,
     )
     views.save_npz(cached)
+    write_bytes_atomic(record, (sha256_file(cached) + "\n").encode())
     return views
 
 
@@ -325,12 +348,13 @@ register(
         license="CC BY 3.0 (NeRF authors)",
         loader=load_tiny_nerf_dir,
         files=("tiny_nerf_data.npz",),
-        # No published sha256 could be found: trust on first use.
+        # No published sha256 could be found: trust on first use (recorded in the manifest by
+        # the first download, checked on every load).
         sources=(
             Download(
                 (
                     RemoteFile(
-                        "http://cseweb.ucsd.edu/~viscomp/projects/LF/papers/ECCV20/nerf/tiny_nerf_data.npz",
+                        "https://cseweb.ucsd.edu/~viscomp/projects/LF/papers/ECCV20/nerf/tiny_nerf_data.npz",
                         None,
                         "tiny_nerf_data.npz",
                     ),

