@@ -53,6 +53,7 @@ def __getattr__(name: str):
         return importlib.import_module("feedback_alignment.data")
     raise AttributeError(f"module 'feedback_alignment' has no attribute {name!r}")
 
+
 RULES: dict[str, type[Rule]] = {
     "bp": BP,
     "dfa": DFA,
