@@ -622,7 +622,8 @@ class _Binding:
                 "produced: rule.apply(model, output=..., error_at='head.module.path')"
             )
         if report.leaks:
-            raise PlacementError(_leak_message(model, report.leaks))
+            tried = [name for name, _, _ in records]
+            raise PlacementError(_leak_message(model, report.leaks, tried))
         self.roles = report.roles
         if key is not None:
             self._verified.add(key)
@@ -872,7 +873,9 @@ def _loss_roots(output: Any, selector: OutputSelector) -> list[torch.Tensor]:
     return [t for t in roots if t.requires_grad]
 
 
-def _leak_message(model: nn.Module, leaks: list[tuple[str, list[str], str | None]]) -> str:
+def _leak_message(
+    model: nn.Module, leaks: list[tuple[str, list[str], str | None]], tried: list[str]
+) -> str:
     point, params, other = leaks[0]
     shown = ", ".join(params[:6]) + (f" and {len(params) - 6} more" if len(params) > 6 else "")
     if other is None:
@@ -906,8 +909,8 @@ def _leak_message(model: nn.Module, leaks: list[tuple[str, list[str], str | None
     more = f" ({len(leaks) - 1} more leak(s) of the same kind)" if len(leaks) > 1 else ""
     return (
         f"feedback point {point!r} does not cut the graph: {what}; they would train by "
-        f"backprop{more}. Fix: {fix}, or name modules that should take the true gradient as well "
-        "with true_gradient=[...]"
+        f"backprop{more}. Points of this placement: {tried}. Fix: {fix}, or name modules that "
+        "should take the true gradient as well with true_gradient=[...]"
     )
 
 
