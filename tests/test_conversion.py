@@ -319,3 +319,40 @@ def test_output_batch_axes_feed_a_whole_map_per_sample():
     out = model(torch.randn(4, 2, 5))
     out.square().mean().backward()
     assert rule.layout(model).out_features == 10 and rule.layout(model).widths == (15,)
+
+
+def test_two_error_sites_each_feed_their_own_sub_network():
+    """Hierarchical NeRF's pattern: a coarse and a fine field, each trained by DFA from the error
+    at its own output, with its own seeded feedback. One rule per sub-network does it: each
+    binding opens and closes with its sub-network's forward pass."""
+
+    def field():
+        return nn.Sequential(
+            nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 3)
+        )
+
+    class TwoFields(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.coarse, self.fine = field(), field()
+
+        def forward(self, x):
+            return self.coarse(x), self.fine(x)
+
+    torch.manual_seed(0)
+    model = TwoFields().double()
+    fa.DFA(seed=1).apply(model.coarse)
+    fa.DFA(seed=2).apply(model.fine)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    target = torch.randn(6, 3, dtype=torch.float64)
+    coarse, fine = model(x)
+    loss = F.mse_loss(coarse, target) + 2 * F.mse_loss(fine, target)
+    loss.backward()
+    assert {"coarse." + KEY, "fine." + KEY} <= set(model.state_dict())
+    for name, sub, weight in (("coarse", model.coarse, 1), ("fine", model.fine, 2)):
+        h1 = torch.tanh(sub[0](x))
+        e = weight * 2 * ((sub[4](torch.tanh(sub[2](h1))) - target) / target.numel()).detach()
+        b = model.state_dict()[f"{name}.{KEY}"]
+        s1 = e @ b[:, :7] / (7 * 3) ** 0.5  # principled scale, shared columns
+        expected = torch.autograd.grad(h1, sub[0].weight, s1)[0]
+        torch.testing.assert_close(sub[0].weight.grad, expected, rtol=1e-10, atol=1e-12)
