@@ -356,3 +356,66 @@ def test_two_error_sites_each_feed_their_own_sub_network():
         s1 = e @ b[:, :7] / (7 * 3) ** 0.5  # principled scale, shared columns
         expected = torch.autograd.grad(h1, sub[0].weight, s1)[0]
         torch.testing.assert_close(sub[0].weight.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_one_call_of_a_shared_module_can_be_chosen():
+    """``act#1`` makes only the second call of a shared activation a point (PyG's BasicGNN calls
+    one ``act`` after every layer, and GIN's MLPs call it inside the convolutions too)."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(5, 6), nn.Linear(6, 6), nn.Linear(6, 4)
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.c(self.act(self.b(self.act(self.a(x)))))
+
+    model = Shared()
+    rule = fa.Shallow()
+    rule.apply(model, points=["act#1"])
+    grads = _step(model, *_batch())
+    assert grads["a.weight"] is None and grads["b.weight"] is None and grads["c.weight"] is not None
+    rule.remove(model)
+    rule = fa.DFA()
+    rule.apply(model, points=["act#0"])
+    _step(model, *_batch())
+    assert rule.layout(model).names == ("act",)  # the first call; the second is top block
+    assert model.b.weight.grad is not None
+    with pytest.raises(fa.PlacementError, match=r"after '#' comes the index"):
+        fa.DFA().apply(Shared(), points=["act#x"])
+
+
+def test_an_automatic_block_that_produces_the_output_is_the_top_block():
+    """PyG's GIN with BatchNorm: its convolutions are blocks, the last one returns the output
+    itself (a norm registered after them hides that from the registration order)."""
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.Sequential(nn.Linear(5, 5), nn.LayerNorm(5), nn.Tanh()) for _ in range(3)
+            )
+            self.norms = nn.ModuleList(nn.LayerNorm(5) for _ in range(2))
+
+        def forward(self, x):
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if i < 2:
+                    x = self.norms[i](x)
+            return x
+
+    model = Stack()
+    rule = fa.Shallow()
+    rule.apply(model)
+    assert rule.point_names(model) == ["blocks.0", "blocks.1", "blocks.2"]
+    model(torch.randn(4, 5)).square().sum().backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    top = {f"{m}.{p}" for m in ("blocks.2.0", "blocks.2.1", "norms.1") for p in ("weight", "bias")}
+    assert trained == top
+    model = Stack()
+    rule = fa.DFA()
+    rule.apply(model)
+    model(torch.randn(4, 5)).square().sum().backward()
+    assert rule.layout(model).names == ("blocks.0", "blocks.1")
+    assert all(p.grad is not None for p in model.parameters())

@@ -5,7 +5,9 @@ and, for everything downstream, is replaced by ``h_l.detach()``: the graph is cu
 found, in order of precedence:
 
 1. ``points=[...]``: module paths given by the user (``"blocks.0"``, ``"features.2"``); a path
-   ending in ``":input"`` is a point at that module's first input (``"h.0.ln_2:input"``);
+   ending in ``":input"`` is a point at that module's first input (``"h.0.ln_2:input"``); for a
+   module called several times per forward pass, ``"act#1"`` selects its second call only (the
+   other calls are then neither points nor cuts);
 2. :class:`FeedbackPoint` marker modules placed in the model by its author;
 3. automatically (:func:`automatic_points`):
 
@@ -127,7 +129,13 @@ def find_points(
             points = [points]
         found = []
         for point in points:
-            path = point.removesuffix(INPUT_SUFFIX)
+            base, sharp, call = point.partition("#")
+            if sharp and not call.isdigit():
+                raise PlacementError(
+                    f"feedback point {point!r}: after '#' comes the index of the module's call "
+                    "in the forward pass (0, 1, ...), e.g. 'act#1'"
+                )
+            path = base.removesuffix(INPUT_SUFFIX)
             try:
                 module = model.get_submodule(path)
             except AttributeError:

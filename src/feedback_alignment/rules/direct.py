@@ -186,6 +186,7 @@ class DirectFeedback(BoundRule):
             self,
             model,
             found,
+            automatic=points is None,
             output=output,
             error_at=error_at,
             error_site=error_site,
@@ -352,6 +353,7 @@ class _Binding:
         model: nn.Module,
         points: list[tuple[str, nn.Module]],
         *,
+        automatic: bool = False,
         output: OutputSelector,
         error_at: str | None,
         error_site: nn.Module | None,
@@ -363,6 +365,8 @@ class _Binding:
         self.rule = rule
         self.owner = model
         self.points = points
+        self.automatic = automatic
+        self._last_cut: tuple[torch.Tensor, torch.Tensor] | None = None  # (cut, uncut)
         self.output = output
         self.error_at = error_at
         self.output_activation = output_activation
@@ -389,12 +393,21 @@ class _Binding:
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
             model.register_forward_pre_hook(self._begin_forward),
         ]
+        self.selected_calls: dict[str, set[int] | None] = {}  # module path -> calls, None: all
+        modules: dict[str, nn.Module] = {}
         for name, module in points:
-            if name.endswith(INPUT_SUFFIX):
-                hook = partial(self._at_point_input, name)
+            base, sharp, call = name.partition("#")
+            modules[base] = module
+            if not sharp:
+                self.selected_calls[base] = None
+            elif self.selected_calls.get(base, set()) is not None:
+                self.selected_calls.setdefault(base, set()).add(int(call))
+        for base, module in modules.items():
+            if base.endswith(INPUT_SUFFIX):
+                hook = partial(self._at_point_input, base)
                 self.handles.append(module.register_forward_pre_hook(hook))
             else:
-                self.handles.append(module.register_forward_hook(partial(self._at_point, name)))
+                self.handles.append(module.register_forward_hook(partial(self._at_point, base)))
         if error_site is not None:
             self.handles.append(error_site.register_forward_hook(self._at_error_site))
         # always_call: the records are cleared even when the forward pass raises
@@ -411,7 +424,7 @@ class _Binding:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
         state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
-        state.update(_matrix_key=None, _matrix_cache=None)
+        state.update(_matrix_key=None, _matrix_cache=None, _last_cut=None)
         return state
 
     # --- forward hooks ---------------------------------------------------------------------------
@@ -424,10 +437,14 @@ class _Binding:
             self.records.clear()
             self.calls.clear()
 
-    def _point_name(self, name: str) -> str:
+    def _point_name(self, name: str) -> str | None:
+        """The point's name for this call (``None``: a call that is not a selected point)."""
         calls = self.calls
         count = calls.get(name, 0)
         calls[name] = count + 1
+        selected = self.selected_calls[name]
+        if selected is not None and count not in selected:
+            return None
         return f"{name}#{count}" if count else name
 
     def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
@@ -437,6 +454,8 @@ class _Binding:
         if not _any_requires_grad(output):
             return None  # nothing below this point learns: no signal and no cut are needed
         point = self._point_name(name)
+        if point is None:
+            return None
         if tensor.requires_grad:
             for record in self.recorders:
                 record.append((point, tensor))
@@ -444,7 +463,10 @@ class _Binding:
             return None
         if tensor.requires_grad:
             self.records.append((point, tensor, self.point_axes.get(name)))
-        return _cut(output)
+        cut = _cut(output)
+        if isinstance(cut, torch.Tensor):
+            self._last_cut = (cut, tensor)
+        return cut
 
     def _at_point_input(self, name: str, module: nn.Module, args: tuple) -> Any:
         """A point at a module's first input: every consumer of that tensor reads the cut one.
@@ -466,6 +488,8 @@ class _Binding:
         if not tensor.requires_grad:
             return None
         point = self._point_name(name)
+        if point is None:
+            return None
         if self.mode == "backprop":
             for record in self.recorders:
                 record.append((point, tensor))
@@ -501,6 +525,25 @@ class _Binding:
                 and torch.is_grad_enabled()
             ):
                 y = _select_output(output, self.output, type(module).__name__)
+                if (
+                    self.automatic
+                    and self._last_cut is not None
+                    and y is self._last_cut[0]
+                    and self.records
+                    and self.records[-1][1] is self._last_cut[1]
+                ):
+                    # the last automatic block's output is the model's output: that block is
+                    # the top block, not a point (decided by the graph, as it runs)
+                    y = self._last_cut[1]
+                    tail = self.records.pop()[0]
+                    if not self.records:
+                        raise PlacementError(
+                            f"automatic placement found no feedback point below {tail!r}, whose "
+                            f"output is {type(module).__name__}'s output; name the hidden points "
+                            "with rule.apply(model, points=[...])"
+                        )
+                    output = _replace_output(output, self.output, y)
+                    result = output
                 if self.records and not y.requires_grad:
                     raise PlacementError(
                         f"the output of {type(module).__name__} no longer requires grad: a "
@@ -508,7 +551,8 @@ class _Binding:
                         "top layer; name the hidden points with rule.apply(model, "
                         "points=[...]) leaving that one out"
                     )
-                result = _replace_output(output, self.output, self._inject(y))
+                if self.records:
+                    result = _replace_output(output, self.output, self._inject(y))
             if self.records:
                 leftover = [name for name, _, _ in self.records]
                 raise PlacementError(
@@ -527,7 +571,7 @@ class _Binding:
         finally:
             self.records.clear()
             self.calls.clear()
-            self._pending = self._injected = None
+            self._pending = self._injected = self._last_cut = None
 
     # --- the projection ----------------------------------------------------------------------------
 
@@ -932,7 +976,7 @@ def _point_axes(
 ) -> dict[str, tuple[int, ...] | None]:
     """Each point's sample axes: given, else ``(1,)`` for sequence-first layers, else leading."""
     given = dict(given or {})
-    names = {name for name, _ in points}
+    names = {name.partition("#")[0] for name, _ in points}
     unknown = sorted(set(given) - names)
     if unknown:
         raise PlacementError(
@@ -940,7 +984,8 @@ def _point_axes(
             f"{sorted(names)}"
         )
     axes: dict[str, tuple[int, ...] | None] = {}
-    for name, module in points:
+    for point, module in points:
+        name = point.partition("#")[0]
         if name in given:
             axes[name] = _axes_tuple(given[name], f"point_batch_axes[{name!r}]")
         elif not name.endswith(INPUT_SUFFIX) and default_batch_axis(module) == 1:
