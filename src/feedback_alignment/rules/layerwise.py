@@ -65,11 +65,13 @@ Layers converted (:data:`CONVERTED_LAYERS`): ``nn.Linear`` (any leading axes), `
 ``nn.Conv2d``, ``nn.Conv3d`` (stride, padding incl. ``"same"`` and non-zero padding modes,
 dilation, groups), Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's ``y = x W + b``,
 ``W`` of shape ``(in, out)``) and PyG's ``torch_geometric.nn.dense.linear.Linear`` (once its lazy
-weight exists). Layers that learn locally (:data:`LOCAL_LAYERS`: normalisation, embeddings,
-``nn.PReLU``, torchfm's ``FeaturesLinear``) transport no weight matrix in their backward and keep
-their ordinary gradients. Any other module holding parameters (``nn.LSTM``,
-``nn.MultiheadAttention``, ``nn.ConvTranspose2d``, custom layers) is refused at ``apply`` time, by
-its path and type, with the reason and the remedy (``exclude=[path]``).
+weight exists). Layers that learn locally (:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`:
+normalisation, embeddings, ``nn.PReLU``, torchfm's ``FeaturesLinear``, PyG's ``GCNConv`` whose
+weight is a converted PyG ``Linear`` and whose own parameter is an additive bias) transport no
+weight matrix in their backward and keep their ordinary gradients. Any other module holding
+parameters (``nn.LSTM``, ``nn.MultiheadAttention``, ``nn.ConvTranspose2d``, PyG's ``GATConv``,
+custom layers) is refused at ``apply`` time, by its path and type, with the reason and the remedy
+(``exclude=[path]``).
 
 References:
     Lillicrap, Cownden, Tweed, Akerman, "Random synaptic feedback weights support error
@@ -149,9 +151,14 @@ LOCAL_LAYERS: dict[str, str] = {
         "an embedding of integer feature indices plus a bias: no error flows to its input, so its "
         "backward carries no weight matrix"
     ),
+    "torch_geometric.nn.conv.gcn_conv.GCNConv": (
+        "its own parameter is a bias added to the output; its weight is a PyG Linear (``lin``), "
+        "converted, and the propagation over the graph has no parameters"
+    ),
 }
-"""Layer classes of optional libraries (by qualified name) that learn by their ordinary local
-gradient: their backward transports no weight matrix (besides :data:`LOCAL_TYPES` of torch.nn)."""
+"""Layer classes of optional libraries (by qualified name; the exact type, not subclasses) that
+learn by their ordinary local gradient: their backward transports no weight matrix (besides
+:data:`LOCAL_TYPES` of torch.nn, subclasses included)."""
 
 REFUSED_LAYERS: dict[str, str] = {
     "torch.nn.modules.activation.MultiheadAttention": (
@@ -463,19 +470,22 @@ def _problem(path: str, module: nn.Module, rule: LayerwiseFeedback) -> str | Non
             )
         return None
     names = [name for _, name in _qualnames(module)]
-    if isinstance(module, LOCAL_TYPES) or any(name in LOCAL_LAYERS for name in names):
-        return None
+    if isinstance(module, LOCAL_TYPES) or names[0] in LOCAL_LAYERS:  # exact type: a subclass
+        return None  # of a listed layer may add parameters of its own
     for name in names:
         if name in REFUSED_LAYERS:
             reason = REFUSED_LAYERS[name].format(rule=rule.name, path=[path])
             return f"{label} {reason}"
-    if any(True for _ in module.parameters(recurse=False)):
+    own = [name for name, _ in module.named_parameters(recurse=False)]
+    if own:
         return (
-            f"{label} holds parameters and computes its input gradient with them, which "
-            f"{rule.name} cannot replace (converted: "
+            f"{label} holds its own parameters ({', '.join(own)}) and uses them in a forward "
+            f"that {rule.name} does not know, so it cannot tell whether the error reaches the "
+            f"module's input through them (weight transport) nor replace that (converted: "
             f"{', '.join(_short(n) for n in CONVERTED_LAYERS)}; local: normalisation, "
-            f"embeddings, PReLU, torchfm FeaturesLinear): rebuild it from those layers, or pass "
-            f"exclude={[path]!r} to train it (and carry the error through it) by ordinary backprop"
+            f"embeddings, PReLU, torchfm FeaturesLinear, PyG GCNConv): rebuild it from those "
+            f"layers, or pass exclude={[path]!r} to train it (and carry the error through it) by "
+            "ordinary backprop"
         )
     return None
 
