@@ -164,7 +164,10 @@ def test_refusals_name_the_problem():
         FA().apply(nn.Sequential(nn.LazyLinear(3)))
     with pytest.raises(UnsupportedLayerError, match=r"has no layer FA can convert \(nn.Linear, "):
         FA().apply(nn.Sequential(nn.ReLU()))
-    with pytest.raises(UnsupportedLayerError, match=r"'0' \(ConvTranspose2d\) holds parameters"):
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"'0' \(ConvTranspose2d\) holds its own parameters \(weight, bias\)",
+    ):
         uSF().apply(nn.Sequential(nn.ConvTranspose2d(2, 2, 3)))
     model = nn.Sequential(nn.Linear(3, 3))
     FA().apply(model)
