@@ -359,10 +359,13 @@ class LayerwiseFeedback(BoundRule):
         """Registers the layer's feedback state (called once per layer by ``apply``)."""
 
     def _feedback(
-        self, layer: _Layer, weight: torch.Tensor, advance: bool
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, float]:
         """``(kernel, scale)`` with ``B^T = scale * kernel`` for one call, from the detached
-        ``weight``; ``advance=False`` reads without changing any state (measurements)."""
+        ``weight``; ``advance=False`` reads without changing any state (measurements).
+        ``needed=False``: the layer's input does not require grad (the bottom layer), so no
+        input gradient will be computed and the kernel may be a placeholder of its shape; state
+        that counts calls (brSF's stream) must still advance as if it had been formed."""
         raise NotImplementedError
 
     def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
@@ -371,10 +374,10 @@ class LayerwiseFeedback(BoundRule):
     # --- internals -----------------------------------------------------------------------------
 
     def _effective(
-        self, layer: _Layer, weight: torch.Tensor, advance: bool
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, Scale]:
-        kernel, scale = self._feedback(layer, weight, advance)
-        if self.norm == "match":
+        kernel, scale = self._feedback(layer, weight, advance, needed)
+        if self.norm == "match" and needed:
             # ||scale' * kernel|| = ||W||, without a device sync (a 0-d tensor as the scale)
             norm = kernel.norm()
             scale = torch.where(norm > 0, weight.norm() / norm, torch.ones_like(norm) * scale)
@@ -510,7 +513,8 @@ def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -
         rule._before_forward(binding, layer)
         weight = module.weight
         with torch.no_grad():
-            kernel, scale = rule._effective(layer, weight.detach(), advance=True)
+            needed = inputs.requires_grad  # else no input gradient: the kernel is never read
+            kernel, scale = rule._effective(layer, weight.detach(), advance=True, needed=needed)
         if layer.kind == "linear":
             output = LinearFeedbackFn.apply(inputs, weight, module.bias, kernel, scale)
         elif layer.kind == "linear_in_out":  # y = x W + b, W of shape (in, out)
@@ -555,6 +559,12 @@ def _conv(
         scale,
     )
     return output.squeeze(0) if unbatched else output
+
+
+def _fits(tensor: torch.Tensor, like: torch.Tensor) -> bool:
+    return (
+        tensor.shape == like.shape and tensor.dtype == like.dtype and tensor.device == like.device
+    )
 
 
 def _check_distribution(distribution: str) -> str:
@@ -614,19 +624,22 @@ class FA(LayerwiseFeedback):
         layer.module.register_buffer(FEEDBACK_WEIGHT, self._initial(layer, weight))
 
     def _feedback(
-        self, layer: _Layer, weight: torch.Tensor, advance: bool
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, float]:
         return layer.module._buffers[FEEDBACK_WEIGHT], 1.0
 
 
 @dataclass
 class _SignCache:
-    """The kernel of a sign-symmetric rule for one version of ``W`` (and of the rule's state)."""
+    """A sign-symmetric rule's kernel for one version of ``W`` (and of the rule's buffer)."""
 
-    weight: tuple  # _weight_version of the layer when the kernel was formed
-    state: tuple  # (id, _version) of the rule's buffer when the kernel was formed
-    kernel: torch.Tensor
-    stream: tuple[int, int] = (0, 0)  # brSF: (k, draws made) after this kernel's draw
+    weight: tuple  # _weight_version of the layer the kernel belongs to
+    state: tuple  # (id, _version) of the rule's buffer then
+    kernel: torch.Tensor | None  # storage reused for the next version (None: none yet)
+    filled: bool = False  # whether ``kernel`` holds this version's kernel
+    stream: tuple[int, int] = (0, 0)  # brSF: (k, draws made), after this version's draw
+    draw: int = 0  # brSF: the draw number of this version
+    sign: torch.Tensor | None = None  # brSF: storage for sign(W)
 
 
 class SignSymmetry(LayerwiseFeedback):
@@ -692,49 +705,63 @@ class SignSymmetry(LayerwiseFeedback):
             )
 
     def _feedback(
-        self, layer: _Layer, weight: torch.Tensor, advance: bool
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, float]:
         module = layer.module
-        version = _weight_version(module)
+        scale = 1.0 if self.variant == "frsf" else layer.scale
         state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
         state_key = () if state is None else (id(state), state._version)
+        version = _weight_version(module)
         cache: _SignCache | None = layer.cache
-        usable = (
-            cache is not None
-            and cache.kernel.shape == weight.shape
-            and cache.kernel.dtype == weight.dtype
-            and cache.kernel.device == weight.device
-        )
-        if usable and cache.weight == version and cache.state == state_key:
-            return cache.kernel, self._kernel_scale(layer)
+        if cache is not None and cache.kernel is not None and not _fits(cache.kernel, weight):
+            cache = layer.cache = None  # the layer was moved or cast
+        current = cache is not None and cache.weight == version
         if self.variant != "brsf":
-            out = cache.kernel if usable and advance else None
-            kernel = torch.sign(weight, out=out) if out is not None else torch.sign(weight)
+            if current and cache.state == state_key and cache.filled:
+                return cache.kernel, scale
+            if not needed:
+                return weight, scale  # a placeholder: the bottom layer reads no kernel
+            reuse = cache.kernel if (advance and cache is not None) else None
+            kernel = torch.sign(weight) if reuse is None else torch.sign(weight, out=reuse)
             if self.variant == "frsf":
                 kernel.mul_(state)
             if advance:
-                layer.cache = _SignCache(version, state_key, kernel)
-            return kernel, self._kernel_scale(layer)
-        # brSF: read the stream (one device sync) only after a load or restore of the buffer
-        if usable and cache.state == state_key:
-            base, count = cache.stream
+                layer.cache = _SignCache(version, state_key, kernel, filled=True)
+            return kernel, scale
+        # brSF: which draw belongs to this version of W. The stream buffer is read (one device
+        # sync) only after a load or restore of it, never in a plain training step.
+        if current and cache.state != state_key:
+            if tuple(int(v) for v in state.tolist()) == cache.stream:
+                cache.state = state_key  # restored to the same position (e.g. by alignment())
+            else:
+                current = False  # a checkpoint was loaded: its stream decides
+        if current:
+            base, draw = cache.stream[0], cache.draw
+            if cache.filled:
+                return cache.kernel, scale
         else:
-            base, count = (int(v) for v in state.tolist())
-            if usable and cache.weight == version and cache.stream == (base, count):
-                layer.cache = _SignCache(version, state_key, cache.kernel, cache.stream)
-                return cache.kernel, self._kernel_scale(layer)  # restored to the same draw
-        out = cache.kernel if usable and advance else None
-        kernel = stream_draw(self.distribution, weight, layer_seed(base, count), out=out)
-        kernel.abs_().mul_(torch.sign(weight))
-        if advance:
-            state[1] += 1
-            layer.cache = _SignCache(
-                version, (id(state), state._version), kernel, (base, count + 1)
-            )
-        return kernel, self._kernel_scale(layer)
-
-    def _kernel_scale(self, layer: _Layer) -> float:
-        return 1.0 if self.variant == "frsf" else layer.scale
+            if cache is not None and cache.state == state_key:
+                base, draw = cache.stream
+            else:
+                base, draw = (int(v) for v in state.tolist())
+            if advance:
+                state[1] += 1
+                old = cache
+                layer.cache = cache = _SignCache(
+                    version, (id(state), state._version), stream=(base, draw + 1), draw=draw,
+                    kernel=None if old is None else old.kernel,
+                    sign=None if old is None else old.sign,
+                )  # fmt: skip
+        if not needed:
+            return weight, scale  # a placeholder: the bottom layer reads no kernel
+        seed = layer_seed(base, draw)
+        if not advance:  # a measurement: fresh tensors, no state touched
+            magnitude = stream_draw(self.distribution, weight, seed)
+            return magnitude.abs_().mul_(torch.sign(weight)), scale
+        magnitude = stream_draw(self.distribution, weight, seed, out=cache.kernel)
+        sign = torch.sign(weight) if cache.sign is None else torch.sign(weight, out=cache.sign)
+        cache.kernel, cache.sign, cache.filled = magnitude.abs_().mul_(sign), sign, True
+        return cache.kernel, scale
 
 
 class uSF(SignSymmetry):
@@ -824,8 +851,9 @@ class KolenPollack(FA):
         layer.cache = None
 
     def _feedback(
-        self, layer: _Layer, weight: torch.Tensor, advance: bool
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, float]:
+        # always B itself, even under the bottom layer: B learns from dW whether or not it is read
         return layer.module._parameters[FEEDBACK_WEIGHT], 1.0
 
     def feedback_parameters(self, model: nn.Module) -> list[nn.Parameter]:
