@@ -817,6 +817,8 @@ class KolenPollack(FA):
     hand-written updates over ``model.parameters()``. A layer that gets no gradient in a step gets
     none for ``B`` either: with ``zero_grad(set_to_none=True)`` neither moves; with zeroed
     gradients each moves by its own decay (and momentum). No hook outside the model is installed.
+    Under DDP, apply the rule before wrapping the model (DDP registers the parameters it holds).
+    Memory: each ``B`` has a gradient of its own (one more weight-sized tensor per layer).
 
     Build the optimizer **after** ``apply`` (``model.parameters()`` then includes every ``B``), or
     add :meth:`feedback_parameters` to the group of the weights. A warning is given once per layer
@@ -846,7 +848,8 @@ class KolenPollack(FA):
         super().__init__(distribution, scale=scale, norm=None, seed=seed)
 
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
-        feedback = nn.Parameter(self._initial(layer, weight))
+        trained = layer.module.weight.requires_grad  # a frozen W keeps a frozen B
+        feedback = nn.Parameter(self._initial(layer, weight), requires_grad=trained)
         layer.module.register_parameter(FEEDBACK_WEIGHT, feedback)
         layer.cache = None
 
