@@ -1,5 +1,6 @@
-"""Layer-wise rules on the layers users have: Hugging Face ``Conv1D``, PyG ``Linear``, and the
-refusals (``nn.MultiheadAttention``, PyG ``GATConv``) and local layers (torchfm ``FeaturesLinear``).
+"""Layer-wise rules on the layers users have: Hugging Face ``Conv1D``, PyG ``Linear``, the
+refusals (PyG ``GATConv``, custom layers) and local layers (torchfm ``FeaturesLinear``, PyG
+``GCNConv``'s bias). ``nn.MultiheadAttention``: tests/test_layerwise_attention.py.
 
 The float64 references are written from the layers' own equations: Hugging Face's ``Conv1D`` is
 ``y = x V + b`` with ``V`` of shape ``(in, out)``, so BP's input gradient is ``g V^T`` and a rule's
@@ -189,7 +190,7 @@ def test_pyg_models_convert_or_are_refused_with_the_reason():
         FA().apply(pyg.GAT(4, 8, 2, out_channels=3))
 
 
-def test_multihead_attention_is_refused_with_the_reason_and_excluded_on_request():
+def test_multihead_attention_is_converted_or_excluded_on_request():
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -200,14 +201,10 @@ def test_multihead_attention_is_refused_with_the_reason_and_excluded_on_request(
             return self.head(self.attn(x, x, x, need_weights=False)[0])
 
     model = Block()
-    with pytest.raises(UnsupportedLayerError) as info:
-        FA().apply(model)
-    message = str(info.value)
-    assert "'attn' (MultiheadAttention) computes its query/key/value" in message
-    assert "in_proj_weight" in message and "FA cannot put feedback" in message
-    assert "exclude=['attn']" in message
-    assert "out_proj' (" not in message  # the child is not reported on its own
     rule = FA()
+    rule.apply(model)
+    assert rule.layers(model) == ["attn", "attn.out_proj", "head"]
+    rule.remove(model)
     rule.apply(model, exclude=["attn"])
     assert rule.layers(model) == ["head"]
     model(torch.randn(2, 4, 8)).sum().backward()

@@ -64,13 +64,15 @@ the model, so ``copy.deepcopy`` and pickling give a model that trains with its o
 Layers converted (:data:`CONVERTED_LAYERS`): ``nn.Linear`` (any leading axes), ``nn.Conv1d``,
 ``nn.Conv2d``, ``nn.Conv3d`` (stride, padding incl. ``"same"`` and non-zero padding modes,
 dilation, groups), Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's ``y = x W + b``,
-``W`` of shape ``(in, out)``) and PyG's ``torch_geometric.nn.dense.linear.Linear`` (once its lazy
-weight exists). Layers that learn locally (:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`:
+``W`` of shape ``(in, out)``), PyG's ``torch_geometric.nn.dense.linear.Linear`` (once its lazy
+weight exists) and ``nn.MultiheadAttention`` with a packed ``in_proj_weight`` (its forward is
+replaced by the same attention written out, so that the query/key/value projections get feedback;
+``out_proj`` is an ``nn.Linear`` of its own; ``kdim``/``vdim`` different from ``embed_dim``,
+``add_bias_kv`` and ``add_zero_attn`` are refused). Layers that learn locally (:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`:
 normalisation, embeddings, ``nn.PReLU``, torchfm's ``FeaturesLinear``, PyG's ``GCNConv`` whose
 weight is a converted PyG ``Linear`` and whose own parameter is an additive bias) transport no
 weight matrix in their backward and keep their ordinary gradients. Any other module holding
-parameters (``nn.LSTM``, ``nn.MultiheadAttention``, ``nn.ConvTranspose2d``, PyG's ``GATConv``,
-custom layers) is refused at ``apply`` time, by its path and type, with the reason and the remedy
+parameters (``nn.LSTM``, ``nn.ConvTranspose2d``, PyG's ``GATConv``, custom layers) is refused at ``apply`` time, by its path and type, with the reason and the remedy
 (``exclude=[path]``).
 
 References:
@@ -128,11 +130,14 @@ CONVERTED_LAYERS: dict[str, str] = {
     "torch.nn.modules.conv.Conv3d": "conv",
     "transformers.pytorch_utils.Conv1D": "linear_in_out",
     "torch_geometric.nn.dense.linear.Linear": "linear",
+    "torch.nn.modules.activation.MultiheadAttention": "attention",
 }
 """Layer classes (by qualified name, so optional libraries are never imported) whose backward a
 layer-wise rule replaces, and how their forward reads the weight: ``"linear"`` ``y = x W^T + b``
 with ``W`` of shape ``(out, in)``; ``"linear_in_out"`` ``y = x W + b`` with ``W`` of shape
-``(in, out)``; ``"conv"`` an N-d convolution. Subclasses are converted if they keep the forward."""
+``(in, out)``; ``"conv"`` an N-d convolution; ``"attention"`` the packed input projection
+``in_proj_weight`` of ``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear``, converted on
+its own). Subclasses are converted if they keep the forward."""
 
 LOCAL_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -159,18 +164,6 @@ LOCAL_LAYERS: dict[str, str] = {
 """Layer classes of optional libraries (by qualified name; the exact type, not subclasses) that
 learn by their ordinary local gradient: their backward transports no weight matrix (besides
 :data:`LOCAL_TYPES` of torch.nn, subclasses included)."""
-
-REFUSED_LAYERS: dict[str, str] = {
-    "torch.nn.modules.activation.MultiheadAttention": (
-        "computes its query/key/value and output projections inside "
-        "F.multi_head_attention_forward from in_proj_weight (or q/k/v_proj_weight) and "
-        "out_proj.weight without calling any layer's forward, so {rule} cannot put feedback in "
-        "their backward: pass exclude={path!r} to train the whole attention (projections "
-        "included) by ordinary backprop, or build the attention from nn.Linear projections and "
-        "F.scaled_dot_product_attention so that {rule} converts the projections"
-    ),
-}
-"""Layer classes refused with a specific reason (``{rule}`` and ``{path}`` are filled in)."""
 
 SCALES = ("init",)
 _SQRT3 = math.sqrt(3.0)
@@ -231,6 +224,15 @@ class _Layer:
     scale: float = 1.0
     cache: Any = None  # a rule's per-layer memo (the kernel for the weight version last seen)
 
+    @property
+    def weight_name(self) -> str:
+        """The attribute holding ``W``: ``in_proj_weight`` for ``nn.MultiheadAttention``."""
+        return "in_proj_weight" if self.kind == "attention" else "weight"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.weight_name)
+
 
 class _Binding:
     """One rule applied to one model: the converted layers and the measurement state."""
@@ -244,18 +246,18 @@ class _Binding:
         self.warned: set[str] = set()
 
 
-def _weight_parameters(module: nn.Module) -> list[torch.Tensor]:
-    """The parameters that ``module.weight`` is computed from (itself unless parametrized)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return list(module.parametrizations.weight.parameters())
-    param = module._parameters.get("weight")
-    return [param if param is not None else module.weight]
+def _weight_parameters(module: nn.Module, name: str = "weight") -> list[torch.Tensor]:
+    """The parameters that ``module.<name>`` is computed from (itself unless parametrized)."""
+    if parametrize.is_parametrized(module, name):
+        return list(getattr(module.parametrizations, name).parameters())
+    param = module._parameters.get(name)
+    return [param if param is not None else getattr(module, name)]
 
 
-def _weight_version(module: nn.Module) -> tuple:
-    """Changes whenever ``module.weight`` may have changed: the storage and in-place version of
+def _weight_version(module: nn.Module, name: str = "weight") -> tuple:
+    """Changes whenever ``module.<name>`` may have changed: the storage and in-place version of
     every parameter it is computed from (an optimizer step bumps the version)."""
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in _weight_parameters(module))
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in _weight_parameters(module, name))
 
 
 class LayerwiseFeedback(BoundRule):
@@ -310,14 +312,15 @@ class LayerwiseFeedback(BoundRule):
         layers = self._collect(model, exclude)
         binding = _Binding(self, layers)
         for layer in layers:
-            weight = layer.module.weight
+            weight = layer.weight
             layer.scale = self._scale_of(weight, layer.kind)
             self._setup(layer, weight.detach())
             if type(layer.module)._save_to_state_dict is not nn.Module._save_to_state_dict:
                 # e.g. PyG's Linear writes its weight and bias only: save the feedback too
                 layer.module.register_state_dict_post_hook(partial(_save_feedback, self.buffers))
         for layer in layers:
-            layer.module.forward = partial(_converted_forward, binding, layer)
+            forward = _attention_forward if layer.kind == "attention" else _converted_forward
+            layer.module.forward = partial(forward, binding, layer)
         self._attach(model, binding)
         return model
 
@@ -340,6 +343,11 @@ class LayerwiseFeedback(BoundRule):
         """Paths of the converted layers, in ``named_modules`` order."""
         return [layer.path for layer in self._binding(model).layers]
 
+    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``W`` of every converted layer (what :meth:`feedback_matrices` pairs with ``B^T``):
+        ``weight``, or ``in_proj_weight`` for ``nn.MultiheadAttention``; detached."""
+        return {layer.path: layer.weight.detach() for layer in self._binding(model).layers}
+
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``B^T`` (the layout of each layer's ``weight``) of every converted layer, now.
 
@@ -349,7 +357,7 @@ class LayerwiseFeedback(BoundRule):
         result = {}
         with torch.no_grad():
             for layer in binding.layers:
-                kernel, scale = self._effective(layer, layer.module.weight.detach(), advance=False)
+                kernel, scale = self._effective(layer, layer.weight.detach(), advance=False)
                 result[layer.path] = kernel * scale
         return result
 
@@ -466,6 +474,23 @@ def _problem(path: str, module: nn.Module, rule: LayerwiseFeedback) -> str | Non
                 f"{label} overrides {base.__name__}.forward, which {rule.name} would bypass: "
                 f"use a plain {base.__name__}, or exclude={[path]!r} to keep backprop there"
             )
+        if spec[1] == "attention":
+            unsupported = [
+                what
+                for what, present in (
+                    ("separate q/k/v projection weights (kdim or vdim != embed_dim)",
+                     not module._qkv_same_embed_dim),
+                    ("add_bias_kv=True", module.bias_k is not None),
+                    ("add_zero_attn=True", module.add_zero_attn),
+                )
+                if present
+            ]  # fmt: skip
+            if unsupported:
+                return (
+                    f"{label} uses {', '.join(unsupported)}, which {rule.name}'s attention "
+                    f"forward does not implement (packed in_proj_weight only): pass "
+                    f"exclude={[path]!r} to train it by ordinary backprop"
+                )
         if "forward" in module.__dict__:
             return (
                 f"{label} already has its forward replaced (a layer-wise rule is applied, or "
@@ -475,10 +500,6 @@ def _problem(path: str, module: nn.Module, rule: LayerwiseFeedback) -> str | Non
     names = [name for _, name in _qualnames(module)]
     if isinstance(module, LOCAL_TYPES) or names[0] in LOCAL_LAYERS:  # exact type: a subclass
         return None  # of a listed layer may add parameters of its own
-    for name in names:
-        if name in REFUSED_LAYERS:
-            reason = REFUSED_LAYERS[name].format(rule=rule.name, path=[path])
-            return f"{label} {reason}"
     own = [name for name, _ in module.named_parameters(recurse=False)]
     if own:
         return (
@@ -528,6 +549,108 @@ def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -
         for record in binding.recorders:
             record.append((name, output))
     return output
+
+
+def _attention_forward(
+    binding: _Binding,
+    layer: _Layer,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``nn.MultiheadAttention.forward`` with feedback in its input projection (and out_proj).
+
+    The same computation as ``F.multi_head_attention_forward`` for packed projections without
+    ``bias_k``/``add_zero_attn``, written out: ``q, k, v = x W_{q,k,v}^T + b`` through
+    :class:`~feedback_alignment.functional.LinearFeedbackFn` with the matching rows of the
+    feedback of ``in_proj_weight``; per head ``A = softmax(q k^T / sqrt(d) + mask)`` (dropout on
+    ``A`` in training), ``o = A v``; the heads concatenated go through ``out_proj``, a converted
+    ``nn.Linear``. Inside the attention (softmax, ``A v``) no weight matrix is crossed: ordinary
+    local backprop. ``is_causal`` is the hint that ``attn_mask`` is the causal mask, as in torch.
+    """
+    module = layer.module
+    if binding.mode == "backprop" or not torch.is_grad_enabled():
+        return layer.base.forward(
+            module,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
+    if is_causal and attn_mask is None:
+        raise RuntimeError("nn.MultiheadAttention: is_causal=True needs the causal attn_mask too")
+    rule = binding.rule
+    rule._before_forward(binding, layer)
+    batched = query.dim() == 3
+    if not batched:  # (T, E) -> (1, T, E)
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    elif not module.batch_first:  # (T, B, E) -> (B, T, E)
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    embed, heads = module.embed_dim, module.num_heads
+    head_dim = embed // heads
+    weight, bias = module.in_proj_weight, module.in_proj_bias
+    with torch.no_grad():
+        needed = query.requires_grad or key.requires_grad or value.requires_grad
+        kernel, scale = rule._effective(layer, weight.detach(), advance=True, needed=needed)
+
+    def project(x: torch.Tensor, part: int) -> torch.Tensor:  # (B, L, E) -> (B, H, L, d)
+        rows = slice(part * embed, (part + 1) * embed)
+        b = None if bias is None else bias[rows]
+        y = LinearFeedbackFn.apply(x, weight[rows], b, kernel[rows], scale)
+        return y.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+    q, k, v = project(query, 0), project(key, 1), project(value, 2)
+    batch, target, source = q.shape[0], q.shape[2], k.shape[2]
+    mask = _additive_mask(attn_mask, q.dtype)
+    if mask is not None and mask.dim() == 3:  # (B*H, T, S) or, unbatched, (H, T, S)
+        mask = mask.view(batch, heads, target, source)
+    padding = _additive_mask(key_padding_mask, q.dtype)
+    if padding is not None:
+        padding = padding.view(batch, 1, 1, source)
+        mask = padding if mask is None else mask + padding
+    dropout = module.dropout if module.training else 0.0
+    weights = None
+    if need_weights:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, T, S)
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
+        if dropout > 0.0:
+            weights = F.dropout(weights, p=dropout)
+        heads_out = weights @ v
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+    else:
+        heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    output = module.out_proj(heads_out.transpose(1, 2).reshape(batch, target, embed))
+    if not batched:
+        output = output.squeeze(0)
+        weights = None if weights is None else weights.squeeze(0)
+    elif not module.batch_first:
+        output = output.transpose(0, 1)
+    return output, weights
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (``True``: not attended) as ``-inf``/0, a float mask as it is."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            mask, float("-inf")
+        )
+    return mask.to(dtype)
 
 
 def _conv(
@@ -711,7 +834,7 @@ class SignSymmetry(LayerwiseFeedback):
         scale = 1.0 if self.variant == "frsf" else layer.scale
         state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
         state_key = () if state is None else (id(state), state._version)
-        version = _weight_version(module)
+        version = _weight_version(module, layer.weight_name)
         cache: _SignCache | None = layer.cache
         if cache is not None and cache.kernel is not None and not _fits(cache.kernel, weight):
             cache = layer.cache = None  # the layer was moved or cast
@@ -848,7 +971,7 @@ class KolenPollack(FA):
         super().__init__(distribution, scale=scale, norm=None, seed=seed)
 
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
-        trained = layer.module.weight.requires_grad  # a frozen W keeps a frozen B
+        trained = layer.weight.requires_grad  # a frozen W keeps a frozen B
         feedback = nn.Parameter(self._initial(layer, weight), requires_grad=trained)
         layer.module.register_parameter(FEEDBACK_WEIGHT, feedback)
         layer.cache = None
@@ -869,7 +992,7 @@ class KolenPollack(FA):
 
     def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
         feedback = layer.module._parameters[FEEDBACK_WEIGHT]
-        version = _weight_version(layer.module)
+        version = _weight_version(layer.module, layer.weight_name)
         last = layer.cache
         if (
             last is not None
@@ -937,11 +1060,11 @@ class WeightMirror(FA):
         for _ in range(steps):
             for layer in self._binding(model).layers:
                 module = layer.module
-                weight = module.weight.detach()
+                weight = layer.weight.detach()
                 if layer.kind == "linear_in_out":
                     weight = weight.t()  # (out, in)
                 feedback = module._buffers[FEEDBACK_WEIGHT]
-                if layer.kind != "conv":
+                if layer.kind != "conv":  # linear, (in, out) linear, attention in_proj
                     shape = (batch_size, weight.shape[1])
                 else:
                     field_size = [
