@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feedback_alignment.alignment import weight_alignment
+from feedback_alignment.optim import constrain_weight_norm
 from feedback_alignment.rules import (
     FA,
     KolenPollack,
@@ -246,3 +247,19 @@ def test_refusal_of_a_custom_layer_names_path_type_rule_and_remedy():
         r"exclude=\['1'\]",
     ):
         uSF().apply(nn.Sequential(nn.Linear(3, 3), Scaled()))
+
+
+def test_weight_norm_constraint_covers_hf_conv1d_and_pyg_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(6, 5), nn.Tanh(), pyg_linear.Linear(6, 3))
+    norms = [float(model[i].weight.norm()) for i in (0, 2)]
+    assert constrain_weight_norm(model) == ["0", "2"]
+    rule = uSF()
+    rule.apply(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 5)).pow(2).sum().backward()
+        optimizer.step()
+    for i, norm in zip((0, 2), norms, strict=True):
+        assert float(model[i].weight.norm()) == pytest.approx(norm, rel=1e-9)

@@ -450,6 +450,13 @@ def _qualnames(module: nn.Module) -> list[tuple[type, str]]:
     return [(cls, f"{cls.__module__}.{cls.__qualname__}") for cls in type(module).__mro__]
 
 
+def layer_kind(module: nn.Module) -> str | None:
+    """How a layer-wise rule converts ``module`` (a value of :data:`CONVERTED_LAYERS`), or
+    ``None`` if it is not a converted type (it may still be local, or refused)."""
+    spec = _converted_spec(module)
+    return None if spec is None else spec[1]
+
+
 def _converted_spec(module: nn.Module) -> tuple[type[nn.Module], str] | None:
     """``(class, kind)``: the first class of ``module``'s MRO in :data:`CONVERTED_LAYERS`."""
     for cls, name in _qualnames(module):
