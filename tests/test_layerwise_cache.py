@@ -95,3 +95,25 @@ def test_alignment_between_micro_batches_does_not_change_the_draw():
     alignment(model, rule, (x, y), F.cross_entropy)  # saves and restores the stream buffer
     torch.testing.assert_close(_input_grad(model, x), first, rtol=0, atol=0)
     assert int(model.state_dict()["2.feedback_stream"][1]) == 1
+
+
+def test_loading_a_checkpoint_into_a_trained_brsf_model_takes_its_stream():
+    def trained(steps: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+        brSF(seed=1).apply(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(torch.randn(4, 5)).pow(2).sum().backward()
+            optimizer.step()
+        return model, optimizer
+
+    ahead, _ = trained(3)
+    behind, _ = trained(1)  # its host-side position is 1 draw; the checkpoint's is 3
+    behind.load_state_dict(ahead.state_dict())
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(_input_grad(behind, x), _input_grad(ahead, x), rtol=0, atol=0)
+    assert behind.state_dict()["2.feedback_stream"].tolist() == (
+        ahead.state_dict()["2.feedback_stream"].tolist()
+    )

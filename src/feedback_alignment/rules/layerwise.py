@@ -332,9 +332,10 @@ class LayerwiseFeedback(BoundRule):
             for name in self.buffers:
                 module._buffers.pop(name, None)
                 module._parameters.pop(name, None)
-            hooks = module._state_dict_hooks
-            for key in [k for k, h in hooks.items() if getattr(h, "func", None) is _save_feedback]:
-                del hooks[key]
+            for hooks in (module._state_dict_hooks, module._load_state_dict_post_hooks):
+                for key, hook in list(hooks.items()):
+                    if getattr(hook, "func", None) in (_save_feedback, _forget_cache):
+                        del hooks[key]
         return model
 
     # --- inspection ----------------------------------------------------------------------------
@@ -529,6 +530,11 @@ def _save_feedback(
         value = module._buffers.get(name, module._parameters.get(name))
         if value is not None and prefix + name not in state_dict:
             state_dict[prefix + name] = value.detach()
+
+
+def _forget_cache(layer: _Layer, module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: the rule's per-layer memo is stale after a load."""
+    layer.cache = None
 
 
 def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -> torch.Tensor:
@@ -764,7 +770,7 @@ class _SignCache:
     """A sign-symmetric rule's kernel for one version of ``W`` (and of the rule's buffer)."""
 
     weight: tuple  # _weight_version of the layer the kernel belongs to
-    state: tuple  # (id, _version) of the rule's buffer then
+    state: tuple  # identity (frSF: and _version) of the rule's buffer then
     kernel: torch.Tensor | None  # storage reused for the next version (None: none yet)
     filled: bool = False  # whether ``kernel`` holds this version's kernel
     stream: tuple[int, int] = (0, 0)  # brSF: (k, draws made), after this version's draw
@@ -833,6 +839,9 @@ class SignSymmetry(LayerwiseFeedback):
             layer.module.register_buffer(
                 FEEDBACK_STREAM, torch.tensor(stream, dtype=torch.int64, device=weight.device)
             )
+            # the position in the stream is kept on the host and re-read from the buffer only
+            # after a load (no device sync per step, also when DDP re-broadcasts the buffer)
+            layer.module.register_load_state_dict_post_hook(partial(_forget_cache, layer))
 
     def _feedback(
         self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
@@ -840,7 +849,12 @@ class SignSymmetry(LayerwiseFeedback):
         module = layer.module
         scale = 1.0 if self.variant == "frsf" else layer.scale
         state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
-        state_key = () if state is None else (id(state), state._version)
+        if state is None:
+            state_key: tuple = ()
+        elif self.variant == "frsf":  # the kernel is formed from the buffer's values
+            state_key = (id(state), state._version)
+        else:  # brSF: the host keeps the position; a load or a move (a new tensor) resets it
+            state_key = (id(state),)
         version = _weight_version(module, layer.weight_name)
         cache: _SignCache | None = layer.cache
         if cache is not None and cache.kernel is not None and not _fits(cache.kernel, weight):
@@ -859,12 +873,8 @@ class SignSymmetry(LayerwiseFeedback):
                 layer.cache = _SignCache(version, state_key, kernel, filled=True)
             return kernel, scale
         # brSF: which draw belongs to this version of W. The stream buffer is read (one device
-        # sync) only after a load or restore of it, never in a plain training step.
-        if current and cache.state != state_key:
-            if tuple(int(v) for v in state.tolist()) == cache.stream:
-                cache.state = state_key  # restored to the same position (e.g. by alignment())
-            else:
-                current = False  # a checkpoint was loaded: its stream decides
+        # sync) only after a load or a move, never in a training step.
+        current = current and cache.state == state_key
         if current:
             base, draw = cache.stream[0], cache.draw
             if cache.filled:
@@ -878,7 +888,7 @@ class SignSymmetry(LayerwiseFeedback):
                 state[1] += 1
                 old = cache
                 layer.cache = cache = _SignCache(
-                    version, (id(state), state._version), stream=(base, draw + 1), draw=draw,
+                    version, state_key, stream=(base, draw + 1), draw=draw,
                     kernel=None if old is None else old.kernel,
                     sign=None if old is None else old.sign,
                 )  # fmt: skip
