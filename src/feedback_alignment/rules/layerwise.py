@@ -27,17 +27,18 @@ rule                      ``B^T`` (the layout of ``W``)              state per l
 ========================= ========================================== ===============================
 
 ``B^T`` is always stored in the layout of the module's own ``weight`` (``(out, in)`` for
-``nn.Linear``, the kernel layout for convolutions, ``(in, out)`` for Hugging Face's ``Conv1D``):
-replacing ``weight`` by it in the backward pass gives the rule's input gradient, and putting
-``weight`` itself there is backpropagation.
+``nn.Linear``, the kernel layout for convolutions, ``(in, out)`` for Hugging Face's ``Conv1D``,
+``in_proj_weight``'s ``(3 E, E)`` for ``nn.MultiheadAttention``): replacing the weight by it in
+the backward pass gives the rule's input gradient, and putting the weight itself there is
+backpropagation (:meth:`LayerwiseFeedback.weights` gives the weight each feedback pairs with).
 
 Seeds: layer ``i`` (in ``named_modules`` order of the converted layers) draws with
 ``k = layer_seed(seed, i)`` (:func:`layer_seed`). FA, frSF, KP and weight mirror draw once, at
 ``apply``, through :func:`feedback_alignment.feedback.draw` (float64 on the CPU, so a seed gives the
-same feedback on every machine). brSF's draw number ``t`` is made on the weight's device and in its
-dtype by a ``torch.Generator`` of that device seeded with ``layer_seed(k, t)`` (:func:`stream_draw`);
-``(k, t)`` is in ``state_dict``, so every DDP rank and a resumed checkpoint make the same draws
-(the same across CPU and GPU is not promised).
+same feedback on every machine). brSF's draw number ``t`` is made on the weight's device and in
+its dtype by a ``torch.Generator`` of that device seeded with ``layer_seed(k, t)``
+(:func:`stream_draw`); ``(k, t)`` is in ``state_dict``, so every DDP rank and a resumed checkpoint
+make the same draws (the same across CPU and GPU is not promised).
 
 Scale ``s``: ``"init"`` (default) makes the entries of ``B`` have the standard deviation of
 PyTorch's default initialisation of ``W``, ``1/sqrt(3 fan_in)`` (BioTorch's uSF scale), for every
@@ -49,7 +50,9 @@ match feedback to forward norms; the exact recipe here is ours]
 Cost: uSF, frSF and brSF keep their kernel (``sign(W)``, ``|M| sign(W)``) in one tensor per layer,
 re-formed in place only when ``W`` has changed (a new version of its parameters) and scaled inside
 the backward pass, so gradient-accumulation micro-batches and repeated calls reuse it and a step
-allocates nothing for it.
+allocates nothing for it. A layer whose input needs no gradient (the bottom layer) forms no kernel
+at all (brSF's stream still counts its draw, so the draws do not depend on it). brSF's position
+in its stream is kept on the host and re-read from the buffer only after ``load_state_dict``.
 
 How a layer is converted: its ``forward`` is replaced by an instance attribute that calls
 :class:`~feedback_alignment.functional.LinearFeedbackFn` or
@@ -66,14 +69,15 @@ Layers converted (:data:`CONVERTED_LAYERS`): ``nn.Linear`` (any leading axes), `
 dilation, groups), Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's ``y = x W + b``,
 ``W`` of shape ``(in, out)``), PyG's ``torch_geometric.nn.dense.linear.Linear`` (once its lazy
 weight exists) and ``nn.MultiheadAttention`` with a packed ``in_proj_weight`` (its forward is
-replaced by the same attention written out, so that the query/key/value projections get feedback;
-``out_proj`` is an ``nn.Linear`` of its own; ``kdim``/``vdim`` different from ``embed_dim``,
-``add_bias_kv`` and ``add_zero_attn`` are refused). Layers that learn locally (:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`:
-normalisation, embeddings, ``nn.PReLU``, torchfm's ``FeaturesLinear``, PyG's ``GCNConv`` whose
-weight is a converted PyG ``Linear`` and whose own parameter is an additive bias) transport no
-weight matrix in their backward and keep their ordinary gradients. Any other module holding
-parameters (``nn.LSTM``, ``nn.ConvTranspose2d``, PyG's ``GATConv``, custom layers) is refused at ``apply`` time, by its path and type, with the reason and the remedy
-(``exclude=[path]``).
+replaced by the same attention written out, so that the query/key/value projections get
+feedback; ``out_proj`` is an ``nn.Linear`` of its own; ``kdim``/``vdim`` different from
+``embed_dim``, ``add_bias_kv`` and ``add_zero_attn`` are refused). Layers that learn locally
+(:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`: normalisation, embeddings, ``nn.PReLU``, torchfm's
+``FeaturesLinear``, PyG's ``GCNConv`` whose weight is a converted PyG ``Linear`` and whose own
+parameter is an additive bias) transport no weight matrix in their backward and keep their
+ordinary gradients. Any other module holding parameters (``nn.LSTM``, ``nn.ConvTranspose2d``,
+PyG's ``GATConv``, custom layers) is refused at ``apply`` time, by its path and type, with the
+reason and the remedy (``exclude=[path]``).
 
 References:
     Lillicrap, Cownden, Tweed, Akerman, "Random synaptic feedback weights support error
