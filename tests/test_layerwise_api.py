@@ -1,4 +1,4 @@
-"""Layer-wise rules: apply/remove, refusals, checkpoints, measurements and the training techniques."""
+"""Layer-wise rules: apply/remove, refusals, checkpoints, measurements, training techniques."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests that pin the documented constants of the layer-wise feedback, so that a wrong constant fails.
+"""Tests that pin the documented constants of the layer-wise feedback: a wrong constant fails.
 
 Each test reads ``B^T`` the way the backward pass uses it (by back-propagating the identity through
 the converted layer) and compares its statistics with the documented recipe: entries of ``B`` have

@@ -184,8 +184,8 @@ class ConvFeedbackFn(torch.autograd.Function):
     """N-d convolution forward (N = 1, 2, 3); backward hands the input ``s * conv_input(g, F)``.
 
     ``dL/dh`` is the transposed convolution of ``g = dL/dy`` with the feedback kernel ``F = B^T``
-    (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients (and ``dF = dW``
-    if ``F`` requires grad). Any stride, integer padding, dilation and groups; the input must be
+    (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients (and
+    ``dF = dW`` if ``F`` requires grad). Any stride, integer padding, dilation and groups; the input must be
     batched ``(N, C, *spatial)``.
 
     Call as ``ConvFeedbackFn.apply(h, weight, bias_or_None, feedback, stride, padding, dilation,
