@@ -185,8 +185,8 @@ class ConvFeedbackFn(torch.autograd.Function):
 
     ``dL/dh`` is the transposed convolution of ``g = dL/dy`` with the feedback kernel ``F = B^T``
     (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients (and
-    ``dF = dW`` if ``F`` requires grad). Any stride, integer padding, dilation and groups; the input must be
-    batched ``(N, C, *spatial)``.
+    ``dF = dW`` if ``F`` requires grad). Any stride, integer padding, dilation and groups; the
+    input must be batched ``(N, C, *spatial)``.
 
     Call as ``ConvFeedbackFn.apply(h, weight, bias_or_None, feedback, stride, padding, dilation,
     groups, scale=1.0)`` with tuples of ``N`` integers.
