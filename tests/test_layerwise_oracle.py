@@ -17,6 +17,7 @@ from torch import nn
 
 from feedback_alignment.functional import ConvFeedbackFn, LinearFeedbackFn
 from feedback_alignment.rules import FA, KolenPollack, brSF, frSF, uSF
+from feedback_alignment.rules.layerwise import layer_seed
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -145,39 +146,65 @@ def _read_bt(layer: nn.Linear) -> torch.Tensor:
     return _input_grad(layer, torch.randn(out_features, in_features), torch.eye(out_features))
 
 
-def test_frsf_keeps_its_magnitudes_and_brsf_redraws_them():
+def _recipe_draw(shape, seed: int, distribution: str = "gaussian") -> torch.Tensor:
+    """brSF's documented draw: a float64 CPU generator seeded with ``seed``, unit std."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.empty(shape, dtype=torch.float64)
+    if distribution == "gaussian":
+        return values.normal_(generator=generator)
+    return values.uniform_(-math.sqrt(3), math.sqrt(3), generator=generator)
+
+
+def test_frsf_keeps_its_magnitudes():
     torch.manual_seed(0)
-    fixed, batchwise = nn.Linear(6, 5), nn.Linear(6, 5)
+    fixed = nn.Linear(6, 5)
     frSF(seed=3).apply(fixed)
-    brSF(seed=3).apply(batchwise)
     magnitude = fixed.state_dict()["feedback_magnitude"]
     assert magnitude.shape == fixed.weight.shape and bool((magnitude >= 0).all())
     first, second = _read_bt(fixed), _read_bt(fixed)
     torch.testing.assert_close(first, magnitude * torch.sign(fixed.weight.detach()), **TOL)
     torch.testing.assert_close(second, first, **TOL)
 
-    draws = [_read_bt(batchwise) for _ in range(3)]
-    assert int(batchwise.state_dict()["feedback_stream"][1]) == 3
-    for bt in draws:
-        assert torch.equal(torch.sign(bt), torch.sign(batchwise.weight.detach()))
-    assert not torch.allclose(draws[0].abs(), draws[1].abs())
-    assert not torch.allclose(draws[1].abs(), draws[2].abs())
+
+def _step_weight(layer: nn.Linear) -> None:
+    with torch.no_grad():
+        layer.weight.mul_(1.5)  # a new W of the same signs (as an optimizer step would make)
+
+
+def test_brsf_draws_a_new_magnitude_per_weight_update_by_the_documented_recipe():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    weights = {k: v.clone() for k, v in layer.state_dict().items()}
+    brSF(seed=3).apply(layer)
+    s = 1.0 / math.sqrt(3 * 6)
+    k = layer_seed(3, 0)
+    draws = []
+    for t in range(3):
+        bt = _read_bt(layer)
+        sign = torch.sign(layer.weight.detach())
+        torch.testing.assert_close(bt, s * _recipe_draw((5, 6), layer_seed(k, t)).abs() * sign)
+        # micro-batches of one step (the same W) share the draw; the stream counts draws
+        torch.testing.assert_close(_read_bt(layer), bt, rtol=0, atol=0)
+        assert layer.state_dict()["feedback_stream"].tolist() == [k, t + 1]
+        draws.append(bt.abs())
+        _step_weight(layer)
+    assert not torch.allclose(draws[0] * 1.5, draws[1])
 
     # the stream is seeded: a fresh layer with the same seed replays it; resuming continues it
-    weights = {k: batchwise.state_dict()[k] for k in ("weight", "bias")}
     replay = nn.Linear(6, 5)
     replay.load_state_dict(weights)
     brSF(seed=3).apply(replay)
-    for bt in draws:
-        torch.testing.assert_close(_read_bt(replay), bt, **TOL)
+    for t in range(3):
+        torch.testing.assert_close(_read_bt(replay).abs(), draws[t], **TOL)
+        _step_weight(replay)
     resumed = nn.Linear(6, 5)
     brSF(seed=3).apply(resumed)
-    resumed.load_state_dict(batchwise.state_dict())
-    torch.testing.assert_close(_read_bt(resumed), _read_bt(batchwise), **TOL)
+    resumed.load_state_dict(layer.state_dict())  # a checkpoint between two steps
+    torch.testing.assert_close(_read_bt(resumed), _read_bt(layer), **TOL)
     other = nn.Linear(6, 5)
     other.load_state_dict(weights)
     brSF(seed=4).apply(other)
-    assert not torch.allclose(_read_bt(other).abs(), draws[0].abs())
+    assert not torch.allclose(_read_bt(other).abs(), draws[0])
 
 
 def test_kolen_pollack_sgd_shrinks_the_gap_by_one_minus_lr_decay_per_step():

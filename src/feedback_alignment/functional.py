@@ -70,13 +70,31 @@ class DirectFeedbackFn(torch.autograd.Function):
 # A layer-wise rule replaces, in each weight layer's backward pass, the use of ``W^T`` that carries
 # the error to the layer's input by a feedback matrix ``B`` of the shape of ``W^T``. The Functions
 # below take ``F = B^T`` (the shape of ``W``, so that a convolution's feedback is a kernel of the
-# weight's layout); ``F = W`` is backpropagation. The weight (and bias) gradient stays the true
-# local one, ``dW = delta h^T``, which never reads ``W``: only ``h`` and ``F`` are saved.
+# weight's layout) and a scalar ``s``: the input receives ``s * (g F)``; ``F = W, s = 1`` is
+# backpropagation. (The scale is a separate argument so that a rule can keep an unscaled kernel,
+# ``sign(W)`` for uSF, cached across steps and pay for the scale on the smaller of the two sides.)
+# The weight (and bias) gradient stays the true local one, ``dW = delta h^T``, which never reads
+# ``W``: only ``h`` and ``F`` are saved.
+#
+# When ``F`` itself requires grad (Kolen-Pollack's learnt ``B^T``), it receives the very same local
+# signal as ``W``, ``dF = delta h^T`` (a copy, so that an in-place transform of one gradient, such
+# as ``GradScaler.unscale_``, never acts twice on a shared tensor): Akrout et al.'s rule, in which
+# ``B`` is updated from ``delta`` and ``h`` only.
 #
 # References:
 #     Lillicrap et al., "Random synaptic feedback weights support error backpropagation for deep
 #     learning", Nature Communications 2016.
 #     Liao, Leibo, Poggio, "How Important Is Weight Symmetry in Backpropagation?", AAAI 2016.
+#     Akrout et al., "Deep Learning without Weight Transport", NeurIPS 2019.
+
+Scale = float | torch.Tensor
+"""A Python number or a 0-d tensor (on the layer's device) multiplying the input gradient."""
+
+
+def _scaled(grad: torch.Tensor, scale: Scale) -> torch.Tensor:
+    if isinstance(scale, torch.Tensor):
+        return grad.mul_(scale.to(grad.dtype))
+    return grad if scale == 1.0 else grad.mul_(scale)
 
 
 def linear_weight_grad(inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
@@ -86,31 +104,36 @@ def linear_weight_grad(inputs: torch.Tensor, grad_output: torch.Tensor) -> torch
 
 
 class LinearFeedbackFn(torch.autograd.Function):
-    """``y = h W^T + b`` forward; backward: ``dL/dh = g F``, ``dW = g^T h``, ``db = sum g``.
+    """``y = h W^T + b`` forward; backward: ``dL/dh = s g F``, ``dW = g^T h``, ``db = sum g``.
 
     ``g = dL/dy`` and ``F = B^T`` has ``W``'s shape ``(out, in)``. ``h`` may have any number of
-    leading axes (batch, tokens, graph nodes): they are summed over in ``dW`` and ``db``.
+    leading axes (batch, tokens, graph nodes): they are summed over in ``dW`` and ``db``. If ``F``
+    requires grad it receives ``dF = dW`` (Kolen-Pollack).
 
-    Call as ``LinearFeedbackFn.apply(h, weight, bias_or_None, feedback)``.
+    Call as ``LinearFeedbackFn.apply(h, weight, bias_or_None, feedback, scale=1.0)``.
     """
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, feedback):
+    def forward(ctx, inputs, weight, bias, feedback, scale: Scale = 1.0):
         ctx.save_for_backward(inputs, feedback)
+        ctx.scale = scale
         return torch.nn.functional.linear(inputs, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
         inputs, feedback = ctx.saved_tensors
-        need_input, need_weight, need_bias, _ = ctx.needs_input_grad
-        grad_input = grad_weight = grad_bias = None
+        need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
+        grad_input = grad_weight = grad_bias = grad_feedback = None
         if need_input:
-            grad_input = grad_output @ feedback.to(grad_output.dtype)
-        if need_weight:
-            grad_weight = linear_weight_grad(inputs, grad_output)
+            grad_input = _scaled(grad_output @ feedback.to(grad_output.dtype), ctx.scale)
+        if need_weight or need_feedback:
+            local = linear_weight_grad(inputs, grad_output)
+            grad_weight = local if need_weight else None
+            if need_feedback:
+                grad_feedback = local.clone() if need_weight else local
         if need_bias:
             grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(dim=0)
-        return grad_input, grad_weight, grad_bias, None
+        return grad_input, grad_weight, grad_bias, grad_feedback, None
 
 
 _CONV_FORWARD = {
@@ -159,27 +182,38 @@ def conv_backward(
 
 
 class ConvFeedbackFn(torch.autograd.Function):
-    """N-d convolution forward (N = 1, 2, 3); backward hands the input ``conv_input(g, F)``.
+    """N-d convolution forward (N = 1, 2, 3); backward hands the input ``s * conv_input(g, F)``.
 
     ``dL/dh`` is the transposed convolution of ``g = dL/dy`` with the feedback kernel ``F = B^T``
-    (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients. Any stride,
-    integer padding, dilation and groups; the input must be batched ``(N, C, *spatial)``.
+    (``W``'s shape) instead of ``W``; ``dW`` and ``db`` are the true local gradients (and
+    ``dF = dW`` if ``F`` requires grad). Any stride, integer padding, dilation and groups; the
+    input must be batched ``(N, C, *spatial)``.
 
     Call as ``ConvFeedbackFn.apply(h, weight, bias_or_None, feedback, stride, padding, dilation,
-    groups)`` with tuples of ``N`` integers.
+    groups, scale=1.0)`` with tuples of ``N`` integers.
     """
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, feedback, stride, padding, dilation, groups):
+    def forward(
+        ctx, inputs, weight, bias, feedback, stride, padding, dilation, groups, scale: Scale = 1.0
+    ):
         ctx.save_for_backward(inputs, feedback)
         ctx.conv = (stride, padding, dilation, groups)
+        ctx.scale = scale
         return conv_nd(inputs, weight, bias, ctx.conv)
 
     @staticmethod
     def backward(ctx, grad_output):
         inputs, feedback = ctx.saved_tensors
-        mask = tuple(bool(n) for n in ctx.needs_input_grad[:3])
+        need_input, need_weight, need_bias, need_feedback = ctx.needs_input_grad[:4]
+        mask = (need_input, need_weight or need_feedback, need_bias)
         if not any(mask):
-            return (None,) * 8
-        grads = conv_backward(grad_output, inputs, feedback, ctx.conv, mask)
-        return (*grads, None, None, None, None, None)
+            return (None,) * 9
+        grad_input, local, grad_bias = conv_backward(grad_output, inputs, feedback, ctx.conv, mask)
+        if grad_input is not None:
+            grad_input = _scaled(grad_input, ctx.scale)
+        grad_weight = local if need_weight else None
+        grad_feedback = None
+        if need_feedback:
+            grad_feedback = local.clone() if need_weight else local
+        return (grad_input, grad_weight, grad_bias, grad_feedback, None, None, None, None, None)

@@ -29,8 +29,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-CONSTRAINED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""Layer types :func:`constrain_weight_norm` acts on."""
+CONSTRAINED_KINDS = ("linear", "linear_in_out", "conv")
+"""Kinds of :data:`feedback_alignment.rules.layerwise.CONVERTED_LAYERS` whose ``weight``
+:func:`constrain_weight_norm` acts on: ``nn.Linear``, ``nn.Conv1d/2d/3d``, Hugging Face's
+``Conv1D`` and PyG's ``Linear`` (the Frobenius norm does not depend on the weight's layout)."""
 
 
 def sign_gradients_(parameters: Iterable[torch.Tensor]) -> None:
@@ -47,7 +49,8 @@ def batch_manhattan(optimizer: torch.optim.Optimizer) -> RemovableHandle:
     ``dW <- sign(dW)`` for every parameter of the optimizer, right before each ``step()``; the
     optimizer's own rule (learning rate, momentum, weight decay, Adam's moments) then acts on the
     sign. Composes with any optimizer, scheduler and ``GradScaler`` (which unscales before
-    ``step``).
+    ``step``), and with Kolen-Pollack: ``B``'s gradient is ``W``'s raw gradient, so both step by
+    the same sign.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.
@@ -92,7 +95,8 @@ class NormConstraint(nn.Module):
 
 
 def constrain_weight_norm(model: nn.Module, norm: str | float = "init") -> list[str]:
-    """Registers a :class:`NormConstraint` on the ``weight`` of every linear and conv layer.
+    """Registers a :class:`NormConstraint` on the ``weight`` of every linear and conv layer
+    (the layer types of :data:`CONSTRAINED_KINDS`).
 
     Args:
         model: the model (layer-wise rules may be applied before or after).
@@ -103,9 +107,11 @@ def constrain_weight_norm(model: nn.Module, norm: str | float = "init") -> list[
     """
     if not (norm == "init" or (isinstance(norm, (int, float)) and not isinstance(norm, bool))):
         raise ValueError(f"norm must be 'init' or a positive number, got {norm!r}")
+    from feedback_alignment.rules.layerwise import layer_kind
+
     paths = []
     for path, module in model.named_modules():
-        if not isinstance(module, CONSTRAINED_LAYERS):
+        if layer_kind(module) not in CONSTRAINED_KINDS:
             continue
         if parametrize.is_parametrized(module, "weight"):
             raise RuntimeError(

@@ -10,45 +10,74 @@ feedback matrix ``B`` of the shape of ``W^T`` instead of ``W^T`` itself:
 The rules differ only in ``B`` (``s`` is the scale, ``M`` a random matrix, see ``scale`` below):
 
 ========================= ========================================== ===============================
-rule                      ``B^T`` (the shape of ``W``)               state (buffers per layer)
+rule                      ``B^T`` (the layout of ``W``)              state per layer
 ========================= ========================================== ===============================
-:class:`FA`               ``s * R``, ``R`` fixed random              ``weight_feedback``
+:class:`FA`               ``s * R``, ``R`` fixed random              buffer ``weight_feedback``
 :class:`uSF`              ``s * sign(W)``                            none
-:class:`frSF`             ``s * |M| * sign(W)``, ``M`` fixed         ``feedback_magnitude`` (s|M|)
-:class:`brSF`             ``s * |M_t| * sign(W)``, new ``M_t`` per   ``feedback_stream``
-                          training forward call                      (``k``, ``t``)
-:class:`KolenPollack`     starts as FA; receives ``W``'s update      ``weight_feedback``
-                          with ``W``'s decay swapped for its own
-:class:`WeightMirror`     starts as FA; learnt from noise in an      ``weight_feedback``
+:class:`frSF`             ``s * |M| * sign(W)``, ``M`` fixed         buffer ``feedback_magnitude``
+                                                                     (``s|M|``)
+:class:`brSF`             ``s * |M_t| * sign(W)``, a new ``M_t``     buffer ``feedback_stream``
+                          whenever ``W`` has changed (once per       (``k``, ``t``)
+                          optimizer step, not per micro-batch)
+:class:`KolenPollack`     starts as FA; a **parameter** stepped by   parameter ``weight_feedback``
+                          the model's optimizer from ``W``'s raw
+                          local gradient ``delta h^T``
+:class:`WeightMirror`     starts as FA; learnt from noise in an      buffer ``weight_feedback``
                           explicit mirror phase (:meth:`mirror`)
 ========================= ========================================== ===============================
 
+``B^T`` is always stored in the layout of the module's own ``weight`` (``(out, in)`` for
+``nn.Linear``, the kernel layout for convolutions, ``(in, out)`` for Hugging Face's ``Conv1D``,
+``in_proj_weight``'s ``(3 E, E)`` for ``nn.MultiheadAttention``): replacing the weight by it in
+the backward pass gives the rule's input gradient, and putting the weight itself there is
+backpropagation (:meth:`LayerwiseFeedback.weights` gives the weight each feedback pairs with).
+
 Seeds: layer ``i`` (in ``named_modules`` order of the converted layers) draws with
-``k = layer_seed(seed, i)`` (:func:`layer_seed`) through :func:`feedback_alignment.feedback.draw`,
-so a seed gives the same feedback on every machine; brSF's draw number ``t`` uses
-``layer_seed(k, t)``, and ``(k, t)`` is in ``state_dict``, so a checkpoint resumes the stream.
+``k = layer_seed(seed, i)`` (:func:`layer_seed`). FA, frSF, KP and weight mirror draw once, at
+``apply``, through :func:`feedback_alignment.feedback.draw` (float64 on the CPU, so a seed gives the
+same feedback on every machine). brSF's draw number ``t`` is made on the weight's device and in
+its dtype by a ``torch.Generator`` of that device seeded with ``layer_seed(k, t)``
+(:func:`stream_draw`); ``(k, t)`` is in ``state_dict``, so every DDP rank and a resumed checkpoint
+make the same draws (the same across CPU and GPU is not promised).
 
 Scale ``s``: ``"init"`` (default) makes the entries of ``B`` have the standard deviation of
 PyTorch's default initialisation of ``W``, ``1/sqrt(3 fan_in)`` (BioTorch's uSF scale), for every
-distribution (the unit draw's own std is divided out); a number is used as it is. ``norm="match"``
-(feedback-norm rescaling) rescales ``B`` at every call so that ``||B||_F = ||W||_F``, which makes
-the scale irrelevant. [unverified: Moskovitz et al. 2018 match feedback to forward norms; the
-exact recipe here is ours]
+distribution (each draw has unit standard deviation: uniform draws are scaled by ``sqrt(3)``); a
+number is used as it is. ``norm="match"`` (feedback-norm rescaling) rescales ``B`` at every call
+so that ``||B||_F = ||W||_F``, which makes the scale irrelevant. [unverified: Moskovitz et al. 2018
+match feedback to forward norms; the exact recipe here is ours]
+
+Cost: uSF, frSF and brSF keep their kernel (``sign(W)``, ``|M| sign(W)``) in one tensor per layer,
+re-formed in place only when ``W`` has changed (a new version of its parameters) and scaled inside
+the backward pass, so gradient-accumulation micro-batches and repeated calls reuse it and a step
+allocates nothing for it. A layer whose input needs no gradient (the bottom layer) forms no kernel
+at all (brSF's stream still counts its draw, so the draws do not depend on it). brSF's position
+in its stream is kept on the host and re-read from the buffer only after ``load_state_dict``.
 
 How a layer is converted: its ``forward`` is replaced by an instance attribute that calls
 :class:`~feedback_alignment.functional.LinearFeedbackFn` or
 :class:`~feedback_alignment.functional.ConvFeedbackFn` with the module's own ``weight`` and
-``bias``: the very same ``Parameter`` objects (an optimizer built before ``apply`` keeps working),
-forward hooks of the module still run, and weight parametrizations (e.g.
-:class:`feedback_alignment.optim.NormConstraint`) still apply. ``remove`` deletes the attribute and
-the buffers: the module is exactly what it was. Without grad (``torch.no_grad``, evaluation) the
-module's own forward runs.
+``bias``: the very same ``Parameter`` objects (an optimizer built before ``apply`` keeps working;
+Kolen-Pollack's new parameters need one built after), forward hooks of the module still run, and
+weight parametrizations (e.g. :class:`feedback_alignment.optim.NormConstraint`) still apply.
+``remove`` deletes the attribute and the feedback state: the module is exactly what it was.
+Without grad (``torch.no_grad``, evaluation) the module's own forward runs. The binding lives on
+the model, so ``copy.deepcopy`` and pickling give a model that trains with its own feedback.
 
-Layers: ``nn.Linear`` (any leading axes), ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d`` (stride,
-padding incl. ``"same"`` and non-zero padding modes, dilation, groups). Normalisation layers,
-embeddings and ``nn.PReLU`` train by their ordinary local gradients (they transport no weight
-matrix). Any other module holding parameters (``nn.LSTM``, ``nn.MultiheadAttention``,
-``nn.ConvTranspose2d``, custom layers) is refused at ``apply`` time, by its path, unless excluded.
+Layers converted (:data:`CONVERTED_LAYERS`): ``nn.Linear`` (any leading axes), ``nn.Conv1d``,
+``nn.Conv2d``, ``nn.Conv3d`` (stride, padding incl. ``"same"`` and non-zero padding modes,
+dilation, groups), Hugging Face ``transformers.pytorch_utils.Conv1D`` (GPT-2's ``y = x W + b``,
+``W`` of shape ``(in, out)``), PyG's ``torch_geometric.nn.dense.linear.Linear`` (once its lazy
+weight exists) and ``nn.MultiheadAttention`` with a packed ``in_proj_weight`` (its forward is
+replaced by the same attention written out, so that the query/key/value projections get
+feedback; ``out_proj`` is an ``nn.Linear`` of its own; ``kdim``/``vdim`` different from
+``embed_dim``, ``add_bias_kv`` and ``add_zero_attn`` are refused). Layers that learn locally
+(:data:`LOCAL_TYPES` and :data:`LOCAL_LAYERS`: normalisation, embeddings, ``nn.PReLU``, torchfm's
+``FeaturesLinear``, PyG's ``GCNConv`` whose weight is a converted PyG ``Linear`` and whose own
+parameter is an additive bias) transport no weight matrix in their backward and keep their
+ordinary gradients. Any other module holding parameters (``nn.LSTM``, ``nn.ConvTranspose2d``,
+PyG's ``GATConv``, custom layers) is refused at ``apply`` time, by its path and type, with the
+reason and the remedy (``exclude=[path]``).
 
 References:
     Lillicrap, Cownden, Tweed, Akerman, "Random synaptic feedback weights support error
@@ -67,7 +96,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -80,6 +109,7 @@ from feedback_alignment.feedback import DISTRIBUTIONS, draw
 from feedback_alignment.functional import (
     ConvFeedbackFn,
     LinearFeedbackFn,
+    Scale,
     conv_backward,
     conv_nd,
     linear_weight_grad,
@@ -89,22 +119,31 @@ from feedback_alignment.rules.base import BoundRule
 log = logging.getLogger(__name__)
 
 FEEDBACK_WEIGHT = "weight_feedback"
-"""Buffer holding ``B^T`` (``W``'s shape) on each converted layer of FA, KP and weight mirror."""
+"""``B^T`` (``W``'s layout) on each converted layer: a buffer of FA and weight mirror, a parameter
+of Kolen-Pollack."""
 FEEDBACK_MAGNITUDE = "feedback_magnitude"
 """Buffer holding frSF's fixed ``s|M|`` (``W``'s shape) on each converted layer."""
 FEEDBACK_STREAM = "feedback_stream"
-"""Buffer holding brSF's stream ``(k, t)`` (int64 pair) on each converted layer: draw ``t`` of the
-layer's magnitudes uses ``layer_seed(k, t)`` with ``k = layer_seed(seed, i)``."""
+"""Buffer holding brSF's stream ``(k, t)`` (int64 pair) on each converted layer: ``t`` draws were
+made; the next uses ``layer_seed(k, t)`` with ``k = layer_seed(seed, i)``."""
 
-SUPPORTED_LAYERS: dict[type[nn.Module], str] = {
-    nn.Linear: "linear",
-    nn.Conv1d: "conv",
-    nn.Conv2d: "conv",
-    nn.Conv3d: "conv",
+CONVERTED_LAYERS: dict[str, str] = {
+    "torch.nn.modules.linear.Linear": "linear",
+    "torch.nn.modules.conv.Conv1d": "conv",
+    "torch.nn.modules.conv.Conv2d": "conv",
+    "torch.nn.modules.conv.Conv3d": "conv",
+    "transformers.pytorch_utils.Conv1D": "linear_in_out",
+    "torch_geometric.nn.dense.linear.Linear": "linear",
+    "torch.nn.modules.activation.MultiheadAttention": "attention",
 }
-"""Layer types whose backward a layer-wise rule replaces (subclasses must keep their forward)."""
+"""Layer classes (by qualified name, so optional libraries are never imported) whose backward a
+layer-wise rule replaces, and how their forward reads the weight: ``"linear"`` ``y = x W^T + b``
+with ``W`` of shape ``(out, in)``; ``"linear_in_out"`` ``y = x W + b`` with ``W`` of shape
+``(in, out)``; ``"conv"`` an N-d convolution; ``"attention"`` the packed input projection
+``in_proj_weight`` of ``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear``, converted on
+its own). Subclasses are converted if they keep the forward."""
 
-LOCAL_LAYERS: tuple[type[nn.Module], ...] = (
+LOCAL_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
     nn.GroupNorm,
@@ -113,13 +152,27 @@ LOCAL_LAYERS: tuple[type[nn.Module], ...] = (
     nn.EmbeddingBag,
     nn.PReLU,
 )
-"""Layers with parameters that train by their ordinary local gradient (no weight transport)."""
-
 if hasattr(nn, "RMSNorm"):
-    LOCAL_LAYERS = (*LOCAL_LAYERS, nn.RMSNorm)
+    LOCAL_TYPES = (*LOCAL_TYPES, nn.RMSNorm)
+
+LOCAL_LAYERS: dict[str, str] = {
+    "torchfm.layer.FeaturesLinear": (
+        "an embedding of integer feature indices plus a bias: no error flows to its input, so its "
+        "backward carries no weight matrix"
+    ),
+    "torch_geometric.nn.conv.gcn_conv.GCNConv": (
+        "its own parameter is a bias added to the output; its weight is a PyG Linear (``lin``), "
+        "converted, and the propagation over the graph has no parameters"
+    ),
+}
+"""Layer classes of optional libraries (by qualified name; the exact type, not subclasses) that
+learn by their ordinary local gradient: their backward transports no weight matrix (besides
+:data:`LOCAL_TYPES` of torch.nn, subclasses included)."""
 
 SCALES = ("init",)
-_UNIT_STD = {"gaussian": 1.0, "uniform": 1.0 / math.sqrt(3.0), "rademacher": 1.0}
+_SQRT3 = math.sqrt(3.0)
+_UNIT_STD = {"gaussian": 1.0, "uniform": 1.0 / _SQRT3, "rademacher": 1.0}
+"""Standard deviation of :func:`feedback_alignment.feedback.draw`'s unit-scale draws."""
 
 
 class UnsupportedLayerError(ValueError):
@@ -135,9 +188,32 @@ def layer_seed(seed: int, index: int, step: int = 0) -> int:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-def init_std(weight: torch.Tensor) -> float:
-    """``1/sqrt(3 fan_in)``: the std of PyTorch's default ``nn.Linear``/``nn.Conv`` init."""
-    return 1.0 / math.sqrt(3.0 * weight[0].numel())
+def init_std(weight: torch.Tensor, kind: str = "linear") -> float:
+    """``1/sqrt(3 fan_in)``: the std of PyTorch's default ``nn.Linear``/``nn.Conv`` init.
+
+    ``fan_in`` is ``weight[0].numel()``, or ``weight.shape[0]`` for a ``(in, out)`` weight
+    (``kind="linear_in_out"``, Hugging Face's ``Conv1D``).
+    """
+    fan_in = weight.shape[0] if kind == "linear_in_out" else weight[0].numel()
+    return 1.0 / math.sqrt(3.0 * fan_in)
+
+
+def stream_draw(
+    distribution: str, like: torch.Tensor, seed: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """brSF's unit-std draw of ``like``'s shape, on its device and in its dtype, from ``seed``.
+
+    ``torch.Generator(like.device).manual_seed(seed)``, then ``normal_()`` (gaussian),
+    ``uniform_(-sqrt(3), sqrt(3))`` (uniform) or ``2 * bernoulli_(1/2) - 1`` (rademacher), written
+    into ``out`` when given (same shape, dtype and device) so that nothing is allocated.
+    """
+    generator = torch.Generator(device=like.device).manual_seed(int(seed))
+    values = torch.empty_like(like, memory_format=torch.contiguous_format) if out is None else out
+    if distribution == "gaussian":
+        return values.normal_(generator=generator)
+    if distribution == "uniform":
+        return values.uniform_(-_SQRT3, _SQRT3, generator=generator)
+    return values.bernoulli_(0.5, generator=generator).mul_(2.0).sub_(1.0)
 
 
 @dataclass
@@ -146,11 +222,20 @@ class _Layer:
 
     path: str
     module: nn.Module
-    kind: str  # "linear" or "conv"
+    kind: str  # a value of CONVERTED_LAYERS
     index: int
+    base: type[nn.Module]  # the converted class in the module's MRO (whose forward it keeps)
     scale: float = 1.0
-    weight_params: list[nn.Parameter] = field(default_factory=list)
-    cache: Any = None  # a rule's per-layer memo (brSF: the stream position last seen)
+    cache: Any = None  # a rule's per-layer memo (the kernel for the weight version last seen)
+
+    @property
+    def weight_name(self) -> str:
+        """The attribute holding ``W``: ``in_proj_weight`` for ``nn.MultiheadAttention``."""
+        return "in_proj_weight" if self.kind == "attention" else "weight"
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.weight_name)
 
 
 class _Binding:
@@ -162,14 +247,28 @@ class _Binding:
         self.mode = "rule"  # or "backprop"
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
         self.calls: dict[str, int] = {}
-        self.handles: list[Any] = []
+        self.warned: set[str] = set()
+
+
+def _weight_parameters(module: nn.Module, name: str = "weight") -> list[torch.Tensor]:
+    """The parameters that ``module.<name>`` is computed from (itself unless parametrized)."""
+    if parametrize.is_parametrized(module, name):
+        return list(getattr(module.parametrizations, name).parameters())
+    param = module._parameters.get(name)
+    return [param if param is not None else getattr(module, name)]
+
+
+def _weight_version(module: nn.Module, name: str = "weight") -> tuple:
+    """Changes whenever ``module.<name>`` may have changed: the storage and in-place version of
+    every parameter it is computed from (an optimizer step bumps the version)."""
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in _weight_parameters(module, name))
 
 
 class LayerwiseFeedback(BoundRule):
     """Base class of the layer-wise rules (see the module doc for the equations).
 
-    Subclasses say how ``B^T`` is made (:meth:`_setup` registers per-layer buffers, :meth:`_feedback`
-    returns ``B^T`` for one forward call).
+    Subclasses say how ``B^T`` is made (:meth:`_setup` registers per-layer state, :meth:`_feedback`
+    returns ``(kernel, scale)`` with ``B^T = scale * kernel`` for one forward call).
 
     Args:
         scale: ``"init"`` (entries with the std of the default init of ``W``, ``1/sqrt(3 fan_in)``)
@@ -180,7 +279,7 @@ class LayerwiseFeedback(BoundRule):
 
     name = "layerwise"
     family = "layerwise"
-    #: buffers this rule registers on each converted layer
+    #: names this rule adds to each converted layer's ``state_dict`` (buffers, or KP's parameter)
     buffers: tuple[str, ...] = ()
 
     def __init__(self, scale: str | float = "init", norm: str | None = None, seed: int = 0) -> None:
@@ -198,7 +297,7 @@ class LayerwiseFeedback(BoundRule):
     # --- Rule API ------------------------------------------------------------------------------
 
     def apply(self, model: nn.Module, *, exclude: Sequence[str] = ()) -> nn.Module:
-        """Converts every ``nn.Linear`` and ``nn.Conv{1,2,3}d`` of ``model`` to this rule.
+        """Converts every layer of :data:`CONVERTED_LAYERS` in ``model`` to this rule.
 
         Args:
             model: any ``nn.Module``; its layers keep their ``Parameter`` objects.
@@ -207,8 +306,8 @@ class LayerwiseFeedback(BoundRule):
 
         Raises:
             UnsupportedLayerError: modules that hold parameters but cannot be converted (each named
-                by path and type, with what to do), or nothing to convert.
-            RuntimeError: a layer-wise rule is already applied to a layer of ``model``.
+                by path and type, with the reason and what to do), or nothing to convert.
+            RuntimeError: a layer-wise rule is already applied to ``model``.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
@@ -217,24 +316,30 @@ class LayerwiseFeedback(BoundRule):
         layers = self._collect(model, exclude)
         binding = _Binding(self, layers)
         for layer in layers:
-            weight = layer.module.weight
-            layer.scale = self._scale_of(weight)
-            layer.weight_params = _weight_parameters(layer.module)
+            weight = layer.weight
+            layer.scale = self._scale_of(weight, layer.kind)
             self._setup(layer, weight.detach())
+            if type(layer.module)._save_to_state_dict is not nn.Module._save_to_state_dict:
+                # e.g. PyG's Linear writes its weight and bias only: save the feedback too
+                layer.module.register_state_dict_post_hook(partial(_save_feedback, self.buffers))
         for layer in layers:
-            layer.module.forward = partial(_converted_forward, self, binding, layer)
-        binding.handles.extend(self._install(model, binding))
+            forward = _attention_forward if layer.kind == "attention" else _converted_forward
+            layer.module.forward = partial(forward, binding, layer)
         self._attach(model, binding)
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:
         binding = self._detach(model)
-        for handle in binding.handles:
-            handle.remove()
         for layer in binding.layers:
-            layer.module.__dict__.pop("forward", None)
+            module = layer.module
+            module.__dict__.pop("forward", None)
             for name in self.buffers:
-                layer.module._buffers.pop(name, None)
+                module._buffers.pop(name, None)
+                module._parameters.pop(name, None)
+            for hooks in (module._state_dict_hooks, module._load_state_dict_post_hooks):
+                for key, hook in list(hooks.items()):
+                    if getattr(hook, "func", None) in (_save_feedback, _forget_cache):
+                        del hooks[key]
         return model
 
     # --- inspection ----------------------------------------------------------------------------
@@ -243,43 +348,56 @@ class LayerwiseFeedback(BoundRule):
         """Paths of the converted layers, in ``named_modules`` order."""
         return [layer.path for layer in self._binding(model).layers]
 
+    def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``W`` of every converted layer (what :meth:`feedback_matrices` pairs with ``B^T``):
+        ``weight``, or ``in_proj_weight`` for ``nn.MultiheadAttention``; detached."""
+        return {layer.path: layer.weight.detach() for layer in self._binding(model).layers}
+
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """``B^T`` (``W``'s shape) of every converted layer at the current weights.
+        """``B^T`` (the layout of each layer's ``weight``) of every converted layer, now.
 
         brSF gives the draw its next training call would use (without advancing the stream).
         """
         binding = self._binding(model)
+        result = {}
         with torch.no_grad():
-            return {
-                layer.path: self._effective(layer, layer.module.weight.detach(), advance=False)
-                for layer in binding.layers
-            }
+            for layer in binding.layers:
+                kernel, scale = self._effective(layer, layer.weight.detach(), advance=False)
+                result[layer.path] = kernel * scale
+        return result
 
     # --- what subclasses define ----------------------------------------------------------------
 
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
-        """Registers the layer's feedback buffers (called once per layer by ``apply``)."""
+        """Registers the layer's feedback state (called once per layer by ``apply``)."""
 
-    def _feedback(self, layer: _Layer, weight: torch.Tensor, advance: bool) -> torch.Tensor:
-        """``B^T`` for one call, from the detached ``weight``; ``advance`` moves random streams."""
+    def _feedback(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
+    ) -> tuple[torch.Tensor, float]:
+        """``(kernel, scale)`` with ``B^T = scale * kernel`` for one call, from the detached
+        ``weight``; ``advance=False`` reads without changing any state (measurements).
+        ``needed=False``: the layer's input does not require grad (the bottom layer), so no
+        input gradient will be computed and the kernel may be a placeholder of its shape; state
+        that counts calls (brSF's stream) must still advance as if it had been formed."""
         raise NotImplementedError
 
-    def _install(self, model: nn.Module, binding: _Binding) -> list[Any]:
-        """Extra handles (e.g. optimizer hooks) owned by the binding and removed by ``remove``."""
-        return []
+    def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
+        """Called at every training forward of a converted layer (KP checks its optimizer)."""
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _effective(self, layer: _Layer, weight: torch.Tensor, advance: bool) -> torch.Tensor:
-        feedback = self._feedback(layer, weight, advance)
-        if self.norm == "match":
-            norm = feedback.norm()
-            if norm > 0:
-                feedback = feedback * (weight.norm() / norm)
-        return feedback
+    def _effective(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
+    ) -> tuple[torch.Tensor, Scale]:
+        kernel, scale = self._feedback(layer, weight, advance, needed)
+        if self.norm == "match" and needed:
+            # ||scale' * kernel|| = ||W||, without a device sync (a 0-d tensor as the scale)
+            norm = kernel.norm()
+            scale = torch.where(norm > 0, weight.norm() / norm, torch.ones_like(norm) * scale)
+        return kernel, scale
 
-    def _scale_of(self, weight: torch.Tensor) -> float:
-        return init_std(weight) if self.scale == "init" else float(self.scale)
+    def _scale_of(self, weight: torch.Tensor, kind: str) -> float:
+        return init_std(weight, kind) if self.scale == "init" else float(self.scale)
 
     def _collect(self, model: nn.Module, exclude: Sequence[str]) -> list[_Layer]:
         """The layers to convert; raises listing every module that cannot be converted."""
@@ -294,6 +412,7 @@ class LayerwiseFeedback(BoundRule):
             )
         layers: list[_Layer] = []
         problems: list[str] = []
+        refused: list[str] = []
         for path, module in model.named_modules():
             if any(path == p or path.startswith(f"{p}.") or not p for p in exclude):
                 continue  # kept on ordinary backprop
@@ -301,11 +420,16 @@ class LayerwiseFeedback(BoundRule):
                 f".{path}."
             ):
                 continue  # the parameters behind a parametrized weight belong to their layer
+            if any(not r or path.startswith(f"{r}.") for r in refused):
+                continue  # inside a refused module: reported once, by the module
             problem = _problem(path, module, self)
             if problem:
                 problems.append(problem)
-            elif _kind(module) is not None:
-                layers.append(_Layer(path, module, _kind(module), len(layers)))
+                refused.append(path)
+                continue
+            spec = _converted_spec(module)
+            if spec is not None:
+                layers.append(_Layer(path, module, spec[1], len(layers), spec[0]))
         if problems:
             raise UnsupportedLayerError(
                 f"{self.name} cannot train {len(problems)} module(s) of {type(model).__name__}:\n"
@@ -313,79 +437,128 @@ class LayerwiseFeedback(BoundRule):
             )
         if not layers:
             raise UnsupportedLayerError(
-                f"{type(model).__name__} has no nn.Linear or nn.Conv1d/2d/3d layer for {self.name} "
-                "to convert"
+                f"{type(model).__name__} has no layer {self.name} can convert ("
+                + ", ".join(_short(name) for name in CONVERTED_LAYERS)
+                + ")"
             )
         return layers
 
 
-def _kind(module: nn.Module) -> str | None:
-    for cls, kind in SUPPORTED_LAYERS.items():
-        if isinstance(module, cls):
-            return kind
+def _short(qualname: str) -> str:
+    module, _, cls = qualname.rpartition(".")
+    if module.startswith("torch.nn.modules"):
+        return f"nn.{cls}"
+    return f"{module.split('.')[0]} {cls}"
+
+
+def _qualnames(module: nn.Module) -> list[tuple[type, str]]:
+    return [(cls, f"{cls.__module__}.{cls.__qualname__}") for cls in type(module).__mro__]
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """How a layer-wise rule converts ``module`` (a value of :data:`CONVERTED_LAYERS`), or
+    ``None`` if it is not a converted type (it may still be local, or refused)."""
+    spec = _converted_spec(module)
+    return None if spec is None else spec[1]
+
+
+def _converted_spec(module: nn.Module) -> tuple[type[nn.Module], str] | None:
+    """``(class, kind)``: the first class of ``module``'s MRO in :data:`CONVERTED_LAYERS`."""
+    for cls, name in _qualnames(module):
+        if name in CONVERTED_LAYERS:
+            return cls, CONVERTED_LAYERS[name]
     return None
 
 
 def _problem(path: str, module: nn.Module, rule: LayerwiseFeedback) -> str | None:
     """Why ``module`` cannot be trained by ``rule`` (``None`` when it can)."""
     label = f"{path or '<model>'!r} ({type(module).__name__})"
-    kind = _kind(module)
-    if kind is not None:
-        if (
-            isinstance(module, nn.modules.lazy.LazyModuleMixin)
-            and module.has_uninitialized_params()
-        ):
+    spec = _converted_spec(module)
+    if spec is not None:
+        base = spec[0]
+        if isinstance(module._parameters.get("weight"), nn.UninitializedParameter):
             return (
-                f"{label} is a lazy layer whose weight is not created yet: run one forward pass "
-                f"before {rule.name}.apply(model)"
+                f"{label} is a lazy layer whose weight is not created yet, so {rule.name} cannot "
+                f"draw its feedback: run one forward pass before {rule.name}.apply(model)"
             )
-        base = next(cls for cls in SUPPORTED_LAYERS if isinstance(module, cls))
         if type(module).forward is not base.forward:
             return (
                 f"{label} overrides {base.__name__}.forward, which {rule.name} would bypass: "
                 f"use a plain {base.__name__}, or exclude={[path]!r} to keep backprop there"
             )
+        if spec[1] == "attention":
+            unsupported = [
+                what
+                for what, present in (
+                    ("separate q/k/v projection weights (kdim or vdim != embed_dim)",
+                     not module._qkv_same_embed_dim),
+                    ("add_bias_kv=True", module.bias_k is not None),
+                    ("add_zero_attn=True", module.add_zero_attn),
+                )
+                if present
+            ]  # fmt: skip
+            if unsupported:
+                return (
+                    f"{label} uses {', '.join(unsupported)}, which {rule.name}'s attention "
+                    f"forward does not implement (packed in_proj_weight only): pass "
+                    f"exclude={[path]!r} to train it by ordinary backprop"
+                )
         if "forward" in module.__dict__:
             return (
                 f"{label} already has its forward replaced (a layer-wise rule is applied, or "
-                "another tool patched it): remove that first"
+                f"another tool patched it), so {rule.name} cannot convert it: remove that first"
             )
         return None
-    if isinstance(module, LOCAL_LAYERS):
-        return None
-    if any(True for _ in module.parameters(recurse=False)):
+    names = [name for _, name in _qualnames(module)]
+    if isinstance(module, LOCAL_TYPES) or names[0] in LOCAL_LAYERS:  # exact type: a subclass
+        return None  # of a listed layer may add parameters of its own
+    own = [name for name, _ in module.named_parameters(recurse=False)]
+    if own:
         return (
-            f"{label} holds parameters and computes its input gradient with them, which "
-            f"{rule.name} cannot replace (supported: "
-            f"{', '.join(c.__name__ for c in SUPPORTED_LAYERS)}; local: normalisation, "
-            f"embeddings, PReLU): rebuild it from those layers, or pass exclude={[path]!r} to "
-            "train it (and carry the error through it) by ordinary backprop"
+            f"{label} holds its own parameters ({', '.join(own)}) and uses them in a forward "
+            f"that {rule.name} does not know, so it cannot tell whether the error reaches the "
+            f"module's input through them (weight transport) nor replace that (converted: "
+            f"{', '.join(_short(n) for n in CONVERTED_LAYERS)}; local: normalisation, "
+            f"embeddings, PReLU, torchfm FeaturesLinear, PyG GCNConv): rebuild it from those "
+            f"layers, or pass exclude={[path]!r} to train it (and carry the error through it) by "
+            "ordinary backprop"
         )
     return None
 
 
-def _weight_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters that ``module.weight`` is computed from (itself unless parametrized)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return list(module.parametrizations.weight.parameters())
-    return [module.weight]
+def _save_feedback(
+    names: tuple[str, ...], module: nn.Module, state_dict: dict, prefix: str, metadata: Any
+) -> None:
+    """``state_dict`` post-hook for layers whose ``_save_to_state_dict`` skips their buffers."""
+    for name in names:
+        value = module._buffers.get(name, module._parameters.get(name))
+        if value is not None and prefix + name not in state_dict:
+            state_dict[prefix + name] = value.detach()
 
 
-def _converted_forward(
-    rule: LayerwiseFeedback, binding: _Binding, layer: _Layer, inputs: torch.Tensor
-) -> torch.Tensor:
+def _forget_cache(layer: _Layer, module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: the rule's per-layer memo is stale after a load."""
+    layer.cache = None
+
+
+def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -> torch.Tensor:
     """The forward of a converted layer: its own forward without grad or in backprop mode."""
     module = layer.module
     if binding.mode == "backprop" or not torch.is_grad_enabled():
-        output = type(module).forward(module, inputs)
+        output = layer.base.forward(module, inputs)
     else:
+        rule = binding.rule
+        rule._before_forward(binding, layer)
         weight = module.weight
         with torch.no_grad():
-            feedback = rule._effective(layer, weight.detach(), advance=True)
+            needed = inputs.requires_grad  # else no input gradient: the kernel is never read
+            kernel, scale = rule._effective(layer, weight.detach(), advance=True, needed=needed)
         if layer.kind == "linear":
-            output = LinearFeedbackFn.apply(inputs, weight, module.bias, feedback)
+            output = LinearFeedbackFn.apply(inputs, weight, module.bias, kernel, scale)
+        elif layer.kind == "linear_in_out":  # y = x W + b, W of shape (in, out)
+            output = LinearFeedbackFn.apply(inputs, weight.t(), module.bias, kernel.t(), scale)
         else:
-            output = _conv(module, inputs, weight, feedback)
+            output = _conv(module, inputs, weight, kernel, scale)
     if binding.recorders:
         count = binding.calls.get(layer.path, 0)
         binding.calls[layer.path] = count + 1
@@ -395,8 +568,114 @@ def _converted_forward(
     return output
 
 
+def _attention_forward(
+    binding: _Binding,
+    layer: _Layer,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    need_weights: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``nn.MultiheadAttention.forward`` with feedback in its input projection (and out_proj).
+
+    The same computation as ``F.multi_head_attention_forward`` for packed projections without
+    ``bias_k``/``add_zero_attn``, written out: ``q, k, v = x W_{q,k,v}^T + b`` through
+    :class:`~feedback_alignment.functional.LinearFeedbackFn` with the matching rows of the
+    feedback of ``in_proj_weight``; per head ``A = softmax(q k^T / sqrt(d) + mask)`` (dropout on
+    ``A`` in training), ``o = A v``; the heads concatenated go through ``out_proj``, a converted
+    ``nn.Linear``. Inside the attention (softmax, ``A v``) no weight matrix is crossed: ordinary
+    local backprop. ``is_causal`` is the hint that ``attn_mask`` is the causal mask, as in torch.
+    """
+    module = layer.module
+    if binding.mode == "backprop" or not torch.is_grad_enabled():
+        return layer.base.forward(
+            module,
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
+    if is_causal and attn_mask is None:
+        raise RuntimeError("nn.MultiheadAttention: is_causal=True needs the causal attn_mask too")
+    rule = binding.rule
+    rule._before_forward(binding, layer)
+    batched = query.dim() == 3
+    if not batched:  # (T, E) -> (1, T, E)
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    elif not module.batch_first:  # (T, B, E) -> (B, T, E)
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    embed, heads = module.embed_dim, module.num_heads
+    head_dim = embed // heads
+    weight, bias = module.in_proj_weight, module.in_proj_bias
+    with torch.no_grad():
+        needed = query.requires_grad or key.requires_grad or value.requires_grad
+        kernel, scale = rule._effective(layer, weight.detach(), advance=True, needed=needed)
+
+    def project(x: torch.Tensor, part: int) -> torch.Tensor:  # (B, L, E) -> (B, H, L, d)
+        rows = slice(part * embed, (part + 1) * embed)
+        b = None if bias is None else bias[rows]
+        y = LinearFeedbackFn.apply(x, weight[rows], b, kernel[rows], scale)
+        return y.view(x.shape[0], x.shape[1], heads, head_dim).transpose(1, 2)
+
+    q, k, v = project(query, 0), project(key, 1), project(value, 2)
+    batch, target, source = q.shape[0], q.shape[2], k.shape[2]
+    mask = _additive_mask(attn_mask, q.dtype)
+    if mask is not None and mask.dim() == 3:  # (B*H, T, S) or, unbatched, (H, T, S)
+        mask = mask.view(batch, heads, target, source)
+    padding = _additive_mask(key_padding_mask, q.dtype)
+    if padding is not None:
+        padding = padding.view(batch, 1, 1, source)
+        mask = padding if mask is None else mask + padding
+    dropout = module.dropout if module.training else 0.0
+    weights = None
+    if need_weights:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, T, S)
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
+        if dropout > 0.0:
+            weights = F.dropout(weights, p=dropout)
+        heads_out = weights @ v
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+    else:
+        heads_out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    output = module.out_proj(heads_out.transpose(1, 2).reshape(batch, target, embed))
+    if not batched:
+        output = output.squeeze(0)
+        weights = None if weights is None else weights.squeeze(0)
+    elif not module.batch_first:
+        output = output.transpose(0, 1)
+    return output, weights
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (``True``: not attended) as ``-inf``/0, a float mask as it is."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            mask, float("-inf")
+        )
+    return mask.to(dtype)
+
+
 def _conv(
-    module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor, feedback: torch.Tensor
+    module: nn.Module,
+    inputs: torch.Tensor,
+    weight: torch.Tensor,
+    feedback: torch.Tensor,
+    scale: Scale,
 ) -> torch.Tensor:
     dims = weight.dim() - 2
     unbatched = inputs.dim() == dims + 1
@@ -417,8 +696,15 @@ def _conv(
         tuple(padding),
         tuple(module.dilation),
         module.groups,
+        scale,
     )
     return output.squeeze(0) if unbatched else output
+
+
+def _fits(tensor: torch.Tensor, like: torch.Tensor) -> bool:
+    return (
+        tensor.shape == like.shape and tensor.dtype == like.dtype and tensor.device == like.device
+    )
 
 
 def _check_distribution(distribution: str) -> str:
@@ -470,28 +756,46 @@ class FA(LayerwiseFeedback):
             + super().__repr__().split("(", 1)[1]
         )
 
-    def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
+    def _initial(self, layer: _Layer, weight: torch.Tensor) -> torch.Tensor:
         seed = layer_seed(self.seed, layer.index)
-        layer.module.register_buffer(
-            FEEDBACK_WEIGHT, _unit_draw(self.distribution, weight, seed) * layer.scale
-        )
+        return _unit_draw(self.distribution, weight, seed) * layer.scale
 
-    def _feedback(self, layer: _Layer, weight: torch.Tensor, advance: bool) -> torch.Tensor:
-        return layer.module._buffers[FEEDBACK_WEIGHT]
+    def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
+        layer.module.register_buffer(FEEDBACK_WEIGHT, self._initial(layer, weight))
+
+    def _feedback(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
+    ) -> tuple[torch.Tensor, float]:
+        return layer.module._buffers[FEEDBACK_WEIGHT], 1.0
+
+
+@dataclass
+class _SignCache:
+    """A sign-symmetric rule's kernel for one version of ``W`` (and of the rule's buffer)."""
+
+    weight: tuple  # _weight_version of the layer the kernel belongs to
+    state: tuple  # identity (frSF: and _version) of the rule's buffer then
+    kernel: torch.Tensor | None  # storage reused for the next version (None: none yet)
+    filled: bool = False  # whether ``kernel`` holds this version's kernel
+    stream: tuple[int, int] = (0, 0)  # brSF: (k, draws made), after this version's draw
+    draw: int = 0  # brSF: the draw number of this version
+    sign: torch.Tensor | None = None  # brSF: storage for sign(W)
 
 
 class SignSymmetry(LayerwiseFeedback):
     """Sign-symmetric feedback: ``B^T = s * |M| * sign(W)``, agreeing with ``W`` in sign only.
 
     Variants (Moskovitz et al. 2018): ``"usf"`` ``M = 1`` (uniform); ``"frsf"`` ``M`` fixed random
-    (buffer ``feedback_magnitude`` holds ``s|M|``); ``"brsf"`` a new ``M_t`` at every training
-    forward call ``t``, drawn from ``layer_seed(k, t)`` with ``(k, t)`` the buffer
-    ``feedback_stream`` (``k = layer_seed(seed, i)``).
+    (buffer ``feedback_magnitude`` holds ``s|M|``); ``"brsf"`` a new ``M_t`` for each new value of
+    ``W`` (the first training call after an optimizer step; micro-batches of one step share it),
+    drawn by :func:`stream_draw` from ``layer_seed(k, t)`` with ``(k, t)`` the buffer
+    ``feedback_stream`` (``k = layer_seed(seed, i)``, ``t`` the draws made so far). A layer whose
+    weight never changes keeps its draw.
 
     Args:
         variant: ``"usf"``, ``"frsf"`` or ``"brsf"``.
-        distribution: of ``M`` (``"gaussian"``, ``"uniform"``, ``"rademacher"``), scaled to unit
-            std before the absolute value.
+        distribution: of ``M`` (``"gaussian"``, ``"uniform"``, ``"rademacher"``), with unit std
+            before the absolute value.
         scale, norm, seed: see :class:`LayerwiseFeedback`.
 
     References:
@@ -529,6 +833,7 @@ class SignSymmetry(LayerwiseFeedback):
         )
 
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
+        layer.cache = None
         if self.variant == "frsf":
             seed = layer_seed(self.seed, layer.index)
             magnitude = _unit_draw(self.distribution, weight, seed).abs() * layer.scale
@@ -538,25 +843,69 @@ class SignSymmetry(LayerwiseFeedback):
             layer.module.register_buffer(
                 FEEDBACK_STREAM, torch.tensor(stream, dtype=torch.int64, device=weight.device)
             )
+            # the position in the stream is kept on the host and re-read from the buffer only
+            # after a load (no device sync per step, also when DDP re-broadcasts the buffer)
+            layer.module.register_load_state_dict_post_hook(partial(_forget_cache, layer))
 
-    def _feedback(self, layer: _Layer, weight: torch.Tensor, advance: bool) -> torch.Tensor:
-        sign = torch.sign(weight)
-        if self.variant == "usf":
-            return sign * layer.scale
-        if self.variant == "frsf":
-            return sign * layer.module._buffers[FEEDBACK_MAGNITUDE]
-        stream = layer.module._buffers[FEEDBACK_STREAM]
-        cached = layer.cache
-        if cached is not None and cached[0] == (id(stream), stream._version):
-            base, step = cached[1:]
-        else:  # read the buffer (one device sync) only after a load or a move
-            base, step = (int(v) for v in stream.tolist())
-        seed = layer_seed(base, step)
-        if advance:
-            stream[1] += 1
-            step += 1
-        layer.cache = ((id(stream), stream._version), base, step)
-        return sign * _unit_draw(self.distribution, weight, seed).abs() * layer.scale
+    def _feedback(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
+    ) -> tuple[torch.Tensor, float]:
+        module = layer.module
+        scale = 1.0 if self.variant == "frsf" else layer.scale
+        state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
+        if state is None:
+            state_key: tuple = ()
+        elif self.variant == "frsf":  # the kernel is formed from the buffer's values
+            state_key = (id(state), state._version)
+        else:  # brSF: the host keeps the position; a load or a move (a new tensor) resets it
+            state_key = (id(state),)
+        version = _weight_version(module, layer.weight_name)
+        cache: _SignCache | None = layer.cache
+        if cache is not None and cache.kernel is not None and not _fits(cache.kernel, weight):
+            cache = layer.cache = None  # the layer was moved or cast
+        current = cache is not None and cache.weight == version
+        if self.variant != "brsf":
+            if current and cache.state == state_key and cache.filled:
+                return cache.kernel, scale
+            if not needed:
+                return weight, scale  # a placeholder: the bottom layer reads no kernel
+            reuse = cache.kernel if (advance and cache is not None) else None
+            kernel = torch.sign(weight) if reuse is None else torch.sign(weight, out=reuse)
+            if self.variant == "frsf":
+                kernel.mul_(state)
+            if advance:
+                layer.cache = _SignCache(version, state_key, kernel, filled=True)
+            return kernel, scale
+        # brSF: which draw belongs to this version of W. The stream buffer is read (one device
+        # sync) only after a load or a move, never in a training step.
+        current = current and cache.state == state_key
+        if current:
+            base, draw = cache.stream[0], cache.draw
+            if cache.filled:
+                return cache.kernel, scale
+        else:
+            if cache is not None and cache.state == state_key:
+                base, draw = cache.stream
+            else:
+                base, draw = (int(v) for v in state.tolist())
+            if advance:
+                state[1] += 1
+                old = cache
+                layer.cache = cache = _SignCache(
+                    version, state_key, stream=(base, draw + 1), draw=draw,
+                    kernel=None if old is None else old.kernel,
+                    sign=None if old is None else old.sign,
+                )  # fmt: skip
+        if not needed:
+            return weight, scale  # a placeholder: the bottom layer reads no kernel
+        seed = layer_seed(base, draw)
+        if not advance:  # a measurement: fresh tensors, no state touched
+            magnitude = stream_draw(self.distribution, weight, seed)
+            return magnitude.abs_().mul_(torch.sign(weight)), scale
+        magnitude = stream_draw(self.distribution, weight, seed, out=cache.kernel)
+        sign = torch.sign(weight) if cache.sign is None else torch.sign(weight, out=cache.sign)
+        cache.kernel, cache.sign, cache.filled = magnitude.abs_().mul_(sign), sign, True
+        return cache.kernel, scale
 
 
 class uSF(SignSymmetry):
@@ -580,7 +929,7 @@ class frSF(SignSymmetry):
 
 
 class brSF(SignSymmetry):
-    """Batchwise random-magnitude sign-concordant feedback: a new ``M`` every training call."""
+    """Batchwise random-magnitude sign-concordant feedback: a new ``M`` for each new ``W``."""
 
     def __init__(
         self,
@@ -593,21 +942,33 @@ class brSF(SignSymmetry):
 
 
 class KolenPollack(FA):
-    """Kolen-Pollack: ``B`` starts random and receives exactly ``W``'s update, so ``W - B^T -> 0``.
+    """Kolen-Pollack: ``B`` learns from the same local signal as ``W``, so ``W - B^T -> 0``.
 
     Akrout et al.'s rule with SGD and weight decay ``lambda`` is
     ``dW = -eta (delta h^T) - eta lambda W`` and ``dB^T = -eta (delta h^T) - eta lambda B^T``,
     hence ``W - B^T`` shrinks by ``(1 - eta lambda)`` per step whatever the gradients.
 
-    How it works in a plain ``loss.backward(); opt.step()`` loop: while applied, the rule holds
-    global ``torch.optim`` step hooks. Before a step of any optimizer that holds a converted
-    layer's weight, it notes ``D = W - B^T``; after it, it sets
-    ``B^T = W_new - (1 - lr * weight_decay) D`` with ``lr`` and ``weight_decay`` of that
-    parameter's group. So ``B^T`` receives ``W``'s update with ``W``'s decay term swapped for its
-    own: exactly the rule above for SGD without momentum, and for any optimizer (momentum, Adam,
-    AdamW) the same geometric decay of ``W - B^T``. Without weight decay ``W - B^T`` stays at its
-    initial value (a warning says so once). For a hand-written update (no ``torch.optim``), call
-    :meth:`step` after it.
+    How it works: ``B^T`` (``W``'s layout, starting as FA's draw) is a **parameter** of each
+    converted layer, ``weight_feedback``. The layer's backward gives it the very signal ``W``
+    receives, ``d(B^T) = delta h^T`` (a copy of ``W``'s raw local gradient, computed from
+    ``delta`` and the layer input only), and the model's own optimizer steps it. So ``B`` is
+    updated by the same kind of optimizer with the same hyperparameters from an identical signal
+    (momentum and Adam transform identical gradients identically) and any weight decay acts on
+    ``B``'s own value; nothing ever reads ``W``'s values or ``W``'s optimizer state (Adam's coupled
+    weight decay puts ``W`` into that state). It holds for SGD with or without momentum, Adam,
+    AdamW, gradient accumulation (both gradients accumulate), ``GradScaler`` (both gradients are
+    unscaled, checked for infs and skipped together), DDP (an ordinary parameter gradient), and
+    hand-written updates over ``model.parameters()``. A layer that gets no gradient in a step gets
+    none for ``B`` either: with ``zero_grad(set_to_none=True)`` neither moves; with zeroed
+    gradients each moves by its own decay (and momentum). No hook outside the model is installed.
+    Under DDP, apply the rule before wrapping the model (DDP registers the parameters it holds).
+    Memory: each ``B`` has a gradient of its own (one more weight-sized tensor per layer).
+
+    Build the optimizer **after** ``apply`` (``model.parameters()`` then includes every ``B``), or
+    add :meth:`feedback_parameters` to the group of the weights. A warning is given once per layer
+    when ``W`` was stepped but ``B`` was not (the optimizer does not hold ``B``). Without weight
+    decay ``W - B^T`` keeps its initial value under SGD and AdamW (identical updates): weight
+    decay is what aligns them. With ``norm="match"`` the rule would read ``W``'s norm: refused.
 
     References:
         Akrout et al., "Deep Learning without Weight Transport", NeurIPS 2019.
@@ -616,57 +977,60 @@ class KolenPollack(FA):
 
     name = "KP"
 
-    def _install(self, model: nn.Module, binding: _Binding) -> list[Any]:
-        by_param = {id(p): layer for layer in binding.layers for p in layer.weight_params}
-        pending: dict[int, tuple[_Layer, torch.Tensor, float]] = {}
-        warned = [False]
+    def __init__(
+        self,
+        distribution: str = "gaussian",
+        scale: str | float = "init",
+        norm: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if norm is not None:
+            raise ValueError(
+                f"KolenPollack learns B itself; norm={norm!r} would rescale it from W's norm "
+                "(weight transport): use norm=None"
+            )
+        super().__init__(distribution, scale=scale, norm=None, seed=seed)
 
-        def before(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            pending.clear()
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    layer = by_param.get(id(param))
-                    if layer is None or id(layer) in pending:
-                        continue
-                    decay = float(group.get("weight_decay", 0.0) or 0.0) * float(group["lr"])
-                    with torch.no_grad():
-                        gap = layer.module.weight.detach() - layer.module._buffers[FEEDBACK_WEIGHT]
-                    pending[id(layer)] = (layer, gap, decay)
-            if pending and not warned[0] and all(d == 0 for _, _, d in pending.values()):
-                warned[0] = True
-                warnings.warn(
-                    "Kolen-Pollack aligns B with W only through weight decay, and this optimizer "
-                    "has weight_decay=0: W - B^T will stay at its initial value",
-                    stacklevel=3,
-                )
+    def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
+        trained = layer.weight.requires_grad  # a frozen W keeps a frozen B
+        feedback = nn.Parameter(self._initial(layer, weight), requires_grad=trained)
+        layer.module.register_parameter(FEEDBACK_WEIGHT, feedback)
+        layer.cache = None
 
-        def after(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            with torch.no_grad():
-                for layer, gap, decay in pending.values():
-                    feedback = layer.module._buffers[FEEDBACK_WEIGHT]
-                    feedback.copy_(layer.module.weight.detach() - (1.0 - decay) * gap)
-            pending.clear()
+    def _feedback(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
+    ) -> tuple[torch.Tensor, float]:
+        # always B itself, even under the bottom layer: B learns from dW whether or not it is read
+        return layer.module._parameters[FEEDBACK_WEIGHT], 1.0
 
-        from torch.optim.optimizer import (
-            register_optimizer_step_post_hook,
-            register_optimizer_step_pre_hook,
-        )
+    def feedback_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Every layer's ``B^T`` parameter, for an optimizer built before :meth:`apply`.
 
-        return [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
-
-    def step(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
-        """Akrout's SGD update of every ``B^T`` from the layers' current ``.grad``.
-
-        ``B^T <- B^T - lr * dW - lr * weight_decay * B^T``: for a hand-written SGD update of the
-        weights; ``torch.optim`` optimizers need no call (see the class doc).
+        ``optimizer.add_param_group({"params": rule.feedback_parameters(model), ...})`` with the
+        same hyperparameters as the weights' group.
         """
-        with torch.no_grad():
-            for layer in self._binding(model).layers:
-                grad = layer.module.weight.grad
-                if grad is None:
-                    continue
-                feedback = layer.module._buffers[FEEDBACK_WEIGHT]
-                feedback.mul_(1.0 - lr * weight_decay).sub_(grad, alpha=lr)
+        return [layer.module._parameters[FEEDBACK_WEIGHT] for layer in self._binding(model).layers]
+
+    def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
+        feedback = layer.module._parameters[FEEDBACK_WEIGHT]
+        version = _weight_version(layer.module, layer.weight_name)
+        last = layer.cache
+        if (
+            last is not None
+            and last[0] != version
+            and last[1] == (feedback.data_ptr(), feedback._version)
+            and feedback.grad is not None
+            and layer.path not in binding.warned
+        ):
+            binding.warned.add(layer.path)
+            warnings.warn(
+                f"KolenPollack: the weight of layer {layer.path!r} changed but its feedback "
+                f"{layer.path + '.' if layer.path else ''}{FEEDBACK_WEIGHT} did not, although it "
+                "has a gradient: the optimizer does not hold B. Build the optimizer after "
+                "rule.apply(model), or add rule.feedback_parameters(model) to it",
+                stacklevel=4,
+            )
+        layer.cache = (version, (feedback.data_ptr(), feedback._version))
 
 
 class WeightMirror(FA):
@@ -717,9 +1081,11 @@ class WeightMirror(FA):
         for _ in range(steps):
             for layer in self._binding(model).layers:
                 module = layer.module
-                weight = module.weight.detach()
+                weight = layer.weight.detach()
+                if layer.kind == "linear_in_out":
+                    weight = weight.t()  # (out, in)
                 feedback = module._buffers[FEEDBACK_WEIGHT]
-                if layer.kind == "linear":
+                if layer.kind != "conv":  # linear, (in, out) linear, attention in_proj
                     shape = (batch_size, weight.shape[1])
                 else:
                     field_size = [
@@ -729,8 +1095,10 @@ class WeightMirror(FA):
                     shape = (batch_size, weight.shape[1] * module.groups, *field_size)
                 noise = torch.randn(shape, generator=generator, dtype=torch.float64)
                 noise = (noise * noise_std).to(dtype=weight.dtype, device=weight.device)
-                if layer.kind == "linear":
+                if layer.kind != "conv":
                     correlation = linear_weight_grad(noise, noise @ weight.T)
+                    if layer.kind == "linear_in_out":
+                        correlation = correlation.t()
                 else:
                     dims = weight.dim() - 2
                     conv = ((1,) * dims, (0,) * dims, tuple(module.dilation), module.groups)
