@@ -332,9 +332,15 @@ def test_point_after_the_top_layer_is_reported(batch):
         def forward(self, x):
             return self.act(self.b(self.act(self.a(x))))
 
-    fa.DFA().apply(model := OutputActivation())
+    fa.DFA().apply(model := OutputActivation(), points=["act"])
     with pytest.raises(fa.PlacementError, match=r"cut the graph after the top layer"):
         model(x)
+    # automatic placement: the call that returns the model's output belongs to the top block
+    rule = fa.DFA()
+    rule.apply(model := OutputActivation())
+    model(x).sum().backward()
+    assert rule.layout(model).names == ("act",)
+    assert model.a.weight.grad is not None and model.b.weight.grad is not None
     sequential = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3), nn.Sigmoid())
     assert [n for n, _ in fa.find_points(sequential)] == ["1"]
 

@@ -328,11 +328,12 @@ def test_alignment_reports_every_trained_layer_in_its_role(name):
     report = fa.alignment(model, rule, case.batch, case.loss_fn)
     expected = _reference(case, reference, rule.point_names(model))
     top = {n for n, g in expected.top.items() if g is not None}
-    weights = {
-        (f"{module}.weight" if module else "weight"): module
-        for module, m in model.named_modules()
-        if isinstance(m._parameters.get("weight"), torch.nn.Parameter)
-    }
+    weights = {}  # a module's weight: ``weight``, or MultiheadAttention's ``in_proj_weight``
+    for module, m in model.named_modules():
+        for attr in ("weight", "in_proj_weight"):
+            if isinstance(m._parameters.get(attr), torch.nn.Parameter):
+                weights[f"{module}.{attr}" if module else attr] = module
+                break
     trained = {n for n in weights if n in top or n in expected.feeders}
     assert set(report.update_angle) == {weights[n] for n in trained}
     assert sorted(report.hidden) == sorted(weights[n] for n in trained - top)

@@ -263,12 +263,15 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def _weights_by_module(model: nn.Module) -> dict[str, str]:
-    """Module path -> parameter name of its ``weight``, for modules that own one."""
+    """Module path -> parameter name of its weight (``weight``, or ``in_proj_weight`` for
+    ``nn.MultiheadAttention``), for modules that own one."""
     found = {}
     for module_name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if isinstance(weight, nn.Parameter) and weight.requires_grad:
-            found[module_name] = f"{module_name}.weight" if module_name else "weight"
+        for name in ("weight", "in_proj_weight"):
+            weight = module._parameters.get(name)
+            if isinstance(weight, nn.Parameter) and weight.requires_grad:
+                found[module_name] = f"{module_name}.{name}" if module_name else name
+                break
     return found
 
 
@@ -337,8 +340,9 @@ def weight_alignment(model: nn.Module, rule: Rule) -> dict[str, WeightAlignment]
             f"WeightMirror), got {rule!r}; for other rules use alignment(...) (update angles)"
         )
     result = {}
+    weights = rule.weights(model)
     for path, feedback_t in rule.feedback_matrices(model).items():
-        weight = model.get_submodule(path).weight.detach()
+        weight = weights[path]
         weight_norm = float(weight.double().norm())
         ratio = float(feedback_t.double().norm()) / weight_norm if weight_norm else math.nan
         # B^T is stored in W's shape: the angle between vec(W) and vec(B^T) is that of W^T and B

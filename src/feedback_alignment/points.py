@@ -25,8 +25,8 @@ found, in order of precedence:
      layer of a feed-forward stack, except an activation at the tail of an ``nn.Sequential`` after
      its last layer with parameters (an output nonlinearity: the top layer learns from ``e``
      itself). An activation held as an attribute and called from a hand-written ``forward``
-     (``self.relu``) is always a point; if it also runs after the top layer, the first training
-     forward pass says so.
+     (``self.relu``) is always a point; a call of it (or of a block) whose output is the model's
+     output belongs to the top block (decided at the first training forward pass).
 
 Whatever the source, the first training forward pass of every new placement proves that the graph
 is cut (see :mod:`feedback_alignment.rules.direct`), so a heuristic that misreads a model is refused
