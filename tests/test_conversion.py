@@ -238,7 +238,9 @@ def test_a_loss_that_bypasses_the_injection_is_refused():
     model = TupleLoss()
     fa.DFA().apply(model, output=1)
     model(x)  # without labels nothing is computed before the injection
-    with pytest.raises(fa.PlacementError, match=r"the loss it returns.*error_at="):
+    with pytest.raises(
+        fa.PlacementError, match=r"the returned output\[0\] of TupleLoss does not depend.*error_at="
+    ):
         model(x, labels=y)
     model = TupleLoss()
     fa.DFA().apply(model, output=1, error_at="classifier")
@@ -264,7 +266,11 @@ def test_submodule_calls_outside_the_forward_pass_leave_no_stale_records():
     x, y = _batch()
     for model in (a, b):
         fa.DFA(seed=1).apply(model)
-    a.blocks[0](torch.randn(2, 6, dtype=torch.float64))  # a feature probe between steps
+    probe = torch.randn(2, 6, dtype=torch.float64)
+    with pytest.raises(fa.PlacementError, match=r"'blocks.0' ran with grad enabled outside"):
+        a.blocks[0](probe)  # with grad it would train blocks.0 by backprop
+    with torch.no_grad():
+        a.blocks[0](probe)  # a feature probe between steps
     ga, gb = _step(a, x.double(), y), _step(b, x.double(), y)
     for name in ga:
         torch.testing.assert_close(ga[name], gb[name], rtol=0, atol=0)
@@ -419,3 +425,115 @@ def test_an_automatic_block_that_produces_the_output_is_the_top_block():
     model(torch.randn(4, 5)).square().sum().backward()
     assert rule.layout(model).names == ("blocks.0", "blocks.1")
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_forward_pass_that_bypasses_the_hooks_is_refused():
+    """``model.forward(x)`` skips the model's own hooks; reentrant checkpointing runs the points
+    under no_grad; a wrapper's training step calls the inner module: each would train by BP."""
+    from torch.utils.checkpoint import checkpoint
+
+    model = Residual()
+    fa.Shallow().apply(model)
+    x, _ = _batch()
+    with pytest.raises(fa.PlacementError, match=r"outside a forward pass of the Residual"):
+        model.forward(x)
+
+    class Checkpointed(Residual):
+        def forward(self, x):
+            x = self.embed(x)
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=True)
+            return self.head(x)
+
+    model = Checkpointed()
+    fa.Shallow().apply(model)
+    with pytest.raises(fa.PlacementError, match=r"no feedback point .* use_reentrant=False"):
+        model(x)
+
+    class NonReentrant(Residual):
+        def forward(self, x):
+            x = self.embed(x)
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return self.head(x)
+
+    model = NonReentrant()
+    fa.Shallow().apply(model)
+    model(x).sum().backward()
+    assert model.embed.weight.grad is None and model.head.weight.grad is not None
+
+
+def test_an_auxiliary_output_that_reaches_below_the_points_is_refused():
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.a1, self.l2 = nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4)
+            self.aux = nn.Linear(8, 4)
+
+        def forward(self, x):
+            z = self.l1(x)
+            return self.l2(self.a1(z)), self.aux(z)
+
+    model = Aux()
+    fa.Shallow().apply(model, output=0)
+    with pytest.raises(fa.PlacementError, match=r"the returned output\[1\] also reaches.*l1"):
+        model(_batch()[0])
+
+
+def test_a_module_called_again_above_the_points_is_a_bypass_not_a_tie():
+    """DeepFM with the FM term calling the embedding a second time: refused like the single-call
+    model; a Parameter registered in two modules (GPT-2's tied head) stays a tie."""
+
+    class Recall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Linear(5, 6)
+            self.mlp = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 4))
+
+        def forward(self, x):
+            return self.mlp(self.embedding(x)) + self.embedding(x).sum(-1, keepdim=True)
+
+    model = Recall()
+    fa.Shallow().apply(model)
+    with pytest.raises(fa.PlacementError, match=r"embedding\.weight"):
+        model(_batch()[0])
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(5, 5, bias=False)
+            self.body = nn.Sequential(nn.Linear(5, 5), nn.Tanh())
+            self.head = nn.Linear(5, 5, bias=False)
+            self.head.weight = self.embed.weight  # a declared tie
+
+        def forward(self, x):
+            return self.head(self.body(self.embed(x)))
+
+    model = Tied()
+    rule = fa.DFA()
+    rule.apply(model)
+    model(_batch()[0]).sum().backward()
+    assert rule.parameter_roles(model)["embed.weight"] == "tied"
+
+
+def test_packed_sequences_and_bad_point_lists_are_refused():
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(5, 4, batch_first=True), nn.Linear(4, 3)
+
+        def forward(self, x):
+            packed = nn.utils.rnn.pack_padded_sequence(x, [3, 2, 2, 1], batch_first=True)
+            _, (h, _) = self.rnn(packed)
+            return self.head(h[-1])
+
+    model = Packed()
+    fa.DFA().apply(model, points=["rnn"])
+    with pytest.raises(fa.PlacementError, match=r"returns a PackedSequence"):
+        model(torch.randn(4, 3, 5))
+    with pytest.raises(fa.PlacementError, match=r"names \['head'\] more than once"):
+        fa.DFA().apply(Packed(), points=["head", "head"])
+    with pytest.raises(fa.PlacementError, match=r"output='nope' is not in"):
+        m = LossInside()
+        fa.DFA().apply(m, output="nope", error_at="classifier")
+        m(_batch()[0])

@@ -398,7 +398,11 @@ def test_stray_calls_of_submodules_leave_no_stale_records(name):
     model, reference = _convert(case, rule, "blocks")
     _train(case, model)
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BatchNorm statistics too
-    _stray_call(name, model)
+    # with grad, a point that runs outside the model's forward pass would train by backprop
+    with pytest.raises(fa.PlacementError, match=r"ran with grad enabled outside a forward pass"):
+        _stray_call(name, model)
+    with torch.no_grad():  # a probe: allowed, and it leaves nothing behind
+        _stray_call(name, model)
     model.load_state_dict(state)
     grads = _train(case, model)
     reference.load_state_dict({k: v for k, v in state.items() if k != KEY})

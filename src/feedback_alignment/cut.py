@@ -17,12 +17,15 @@ training forward pass,
 * each **point region** ``H_l``: every node reachable from the recorded point tensor ``h_l``,
 
 share no node other than parameter leaves (``AccumulateGrad``), and the point regions share none
-with each other. A shared parameter leaf is a *tied* parameter (GPT-2's output head reuses the token
-embedding): it legitimately receives the top block's true gradient plus the feedback signal through
-the embedding. A shared interior node is a leak: the parameters below it would receive gradient
+with each other. A shared interior node is a leak: the parameters below it would receive gradient
 from the error site (or from another point's local backprop) that did not come through the
-injected signal. Modules named in ``true_gradient=`` may be reached both ways on purpose (a hybrid
-that the user asked for); anything else is refused with a :class:`~feedback_alignment.points.PlacementError`.
+injected signal. A shared parameter leaf is legitimate only as a *declared tie*: a ``Parameter``
+registered in two modules (GPT-2's output head reuses the token embedding's weight), which receives
+the top block's true gradient plus the feedback signal through the embedding. The same module
+called again above the points (a DeepFM whose FM term calls the embedding a second time) is a
+bypass, refused like the single-call version of the same model. Modules named in
+``true_gradient=`` may be reached both ways on purpose (a hybrid that the user asked for); anything
+else is refused with a :class:`~feedback_alignment.points.PlacementError`.
 
 The walk reads ``grad_fn.next_functions`` only: no backward pass, no gradient, no side effect.
 """
@@ -63,19 +66,22 @@ def reachable(roots: Iterable[Node], follow: Callable[[Node], Iterable[Node]] | 
 class CutReport:
     """What the verification found: the leaks, and the role of every parameter it reached."""
 
-    #: ``(point, parameter names, other)``: ``other`` is ``None`` for a leak from the error site,
-    #: else the name of the point whose local backprop reaches below ``point``
+    #: ``(point, parameter names, other)``: ``other`` is the label of the model output whose
+    #: graph reaches below ``point`` around the cut, or ``"point NAME"`` for another point whose
+    #: local backprop does
     leaks: list[tuple[str, list[str], str | None]] = field(default_factory=list)
     #: per output tensor (in the order given): whether its graph passes through the injection node
     injected: list[bool] = field(default_factory=list)
     #: parameter name -> ``"top"`` (true gradient only), ``"hidden"`` (feedback only) or
-    #: ``"tied"`` (both: a shared leaf or a module named in ``true_gradient``)
+    #: ``"tied"`` (both: a declared tie or a module named in ``true_gradient``)
     roles: dict[str, str] = field(default_factory=dict)
+    #: the error region holds a node of a compiled (AOT autograd) region
+    compiled: bool = False
 
 
 def verify_cut(
     model: nn.Module,
-    outputs: list[torch.Tensor],
+    outputs: list[tuple[str, torch.Tensor]],
     points: list[tuple[str, torch.Tensor]],
     is_injection: Callable[[Node], bool],
     true_gradient: tuple[str, ...] = (),
@@ -84,7 +90,8 @@ def verify_cut(
 
     Args:
         model: the converted model (to name parameters).
-        outputs: the tensors the loss is computed from (model output, a returned ``loss``).
+        outputs: ``(label, tensor)`` of every tensor the model returns that requires grad (the
+            selected output first): a loss may be computed from any of them.
         points: ``(name, h_l)``, the uncut point tensors recorded in this forward pass.
         is_injection: whether a node is this rule's ``DirectFeedbackFn`` node (only its edge to
             ``y``, the first input, belongs to the error region).
@@ -92,6 +99,12 @@ def verify_cut(
             feedback (a hybrid the user asked for).
     """
     names = {id(p): n for n, p in model.named_parameters()}
+    owners: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for param in module._parameters.values():
+            if param is not None:
+                owners[id(param)] = owners.get(id(param), 0) + 1
+    declared_ties = {names[i] for i, count in owners.items() if count > 1 and i in names}
     report = CutReport()
 
     hit = [False]
@@ -104,10 +117,17 @@ def verify_cut(
         return None
 
     error_region: set = set()
-    for tensor in outputs:
+    output_regions: list[tuple[str, set]] = []
+    for label, tensor in outputs:
         hit[0] = False
-        error_region |= reachable([tensor.grad_fn], follow)
+        region = reachable([tensor.grad_fn], follow)
+        output_regions.append((label, region))
+        error_region |= region
         report.injected.append(hit[0])
+
+    def source(nodes: set) -> str:
+        return next((label for label, region in output_regions if region & nodes), "the output")
+
     error_params = _parameters(error_region, names)
     allowed = tuple(path.rstrip(".") + "." for path in true_gradient)
 
@@ -124,7 +144,7 @@ def verify_cut(
         if shared:
             leaked = sorted(p for p in _parameters(reachable(shared), names) if not allowed_name(p))
             if leaked:
-                report.leaks.append((point, leaked, None))
+                report.leaks.append((point, leaked, source(shared)))
         for other, other_region in regions:
             overlap = {n for n in region & other_region if _accumulated(n) is None}
             if overlap:
@@ -132,14 +152,29 @@ def verify_cut(
                     p for p in _parameters(reachable(overlap), names) if not allowed_name(p)
                 )
                 if leaked:
-                    report.leaks.append((other, leaked, point))
+                    report.leaks.append((other, leaked, f"point {point}"))
         regions.append((point, region))
+    for point, region in regions:
+        reused = sorted(
+            p
+            for p in _parameters(region, names) & error_params
+            if p not in declared_ties and not allowed_name(p)
+        )
+        if reused:
+            leaves = {n for n in region if _accumulated(n) is not None}
+            report.leaks.append((point, reused, source(leaves)))
     for name in error_params | hidden_params:
         if name in error_params and name in hidden_params:
             report.roles[name] = "tied"
         else:
             report.roles[name] = "top" if name in error_params else "hidden"
+    report.compiled = any(_is_compiled(n) for n in error_region)
     return report
+
+
+def _is_compiled(node: Node) -> bool:
+    """A node of a ``torch.compile``d (AOT autograd) region: one node spanning the whole cut."""
+    return "Compiled" in type(node).__name__
 
 
 def _parameters(nodes: Iterable[Node], names: dict[int, str]) -> set[str]:

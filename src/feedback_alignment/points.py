@@ -128,6 +128,9 @@ def find_points(
         if isinstance(points, str):
             points = [points]
         found = []
+        repeated = sorted({p for p in points if list(points).count(p) > 1})
+        if repeated:
+            raise PlacementError(f"points names {repeated} more than once; name each point once")
         for point in points:
             base, sharp, call = point.partition("#")
             if sharp and not call.isdigit():
@@ -206,6 +209,9 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and not _inside(name, [b for b, _ in blocks])
             and any(True for _ in child.children())
             and any(_is_normalization(m) for m in child.modules())
+            and any(
+                not _is_normalization(m) and _has_parameters(m) for m in child.modules()
+            )  # a norm wrapper (PyG's BatchNorm) is not a block
         ):
             blocks.append((name, child))
     if blocks:

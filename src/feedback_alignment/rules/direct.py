@@ -114,6 +114,7 @@ class DirectFeedback(BoundRule):
         batch_axes: int | Sequence[int] | None = None,
         point_batch_axes: Mapping[str, int | Sequence[int]] | None = None,
         true_gradient: Sequence[str] = (),
+        verify: str = "placement",
     ) -> nn.Module:
         """Cuts ``model`` at its feedback points and installs the projection of the error.
 
@@ -147,6 +148,10 @@ class DirectFeedback(BoundRule):
                 error site as well as feedback, through a path that bypasses the points (a hybrid,
                 e.g. DeepFM's FM term reaching the embedding). The cut verification refuses
                 every other such path.
+            verify: ``"placement"`` (default) proves the cut at the first training forward pass of
+                every new placement and output structure; ``"always"`` at every training forward
+                pass (one graph walk per step), for models whose graph changes between steps
+                with the same points (a flag or a data-dependent branch that adds a skip path).
 
         Raises:
             PlacementError: no feedback point, or a named module does not exist. A placement that
@@ -157,8 +162,11 @@ class DirectFeedback(BoundRule):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
         if self._bound(model) is not None:
             self._attach(model, None)  # raises, naming the rule already applied
+        if verify not in ("placement", "always"):
+            raise ValueError(f"verify={verify!r}: choose 'placement' or 'always'")
         found = find_points(model, points)
-        if error_at is None and isinstance(output, str):
+        auto_head = error_at is None and isinstance(output, str)
+        if auto_head:
             error_at = find_head(model)
         error_site = None
         if error_at is not None:
@@ -194,6 +202,8 @@ class DirectFeedback(BoundRule):
             batch_axes=_axes_tuple(batch_axes, "batch_axes") if batch_axes is not None else None,
             point_axes=axes,
             true_gradient=tuple(true_gradient),
+            auto_head=auto_head and error_at is not None,
+            verify_always=verify == "always",
         )
         self._attach(model, binding)
         return model
@@ -361,6 +371,8 @@ class _Binding:
         batch_axes: tuple[int, ...] | None,
         point_axes: dict[str, tuple[int, ...] | None],
         true_gradient: tuple[str, ...],
+        auto_head: bool = False,
+        verify_always: bool = False,
     ) -> None:
         self.rule = rule
         self.owner = model
@@ -373,6 +385,10 @@ class _Binding:
         self.batch_axes = batch_axes
         self.point_axes = point_axes
         self.true_gradient = true_gradient
+        self._auto_head = auto_head
+        self._head_output: torch.Tensor | None = None  # the injected head output, this pass
+        self.verify_always = verify_always
+        self._fired = False  # a point ran with grad enabled in this forward pass
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
         self.records: list[Record] = []
@@ -424,7 +440,7 @@ class _Binding:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
         state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
-        state.update(_matrix_key=None, _matrix_cache=None, _last_cut=None)
+        state.update(_matrix_key=None, _matrix_cache=None, _last_cut=None, _head_output=None)
         return state
 
     # --- forward hooks ---------------------------------------------------------------------------
@@ -433,9 +449,10 @@ class _Binding:
 
     def _begin_forward(self, module: nn.Module, args: Any) -> None:
         self.depth += 1
-        if self.depth == 1:  # records of sub-module calls made outside a forward pass are stale
+        if self.depth == 1:
             self.records.clear()
             self.calls.clear()
+            self._fired = False
 
     def _point_name(self, name: str) -> str | None:
         """The point's name for this call (``None``: a call that is not a selected point)."""
@@ -447,9 +464,37 @@ class _Binding:
             return None
         return f"{name}#{count}" if count else name
 
+    def _outside_forward(self, name: str) -> PlacementError:
+        return PlacementError(
+            f"feedback point {name!r} ran with grad enabled outside a forward pass of the "
+            f"{type(self.owner).__name__} the rule was applied to: nothing would cut the graph "
+            "there and it would train by backprop. Call the model itself (model(x), not "
+            "model.forward(x) or one of its submodules; apply the rule to the module you call); "
+            "run probes under torch.no_grad(); reentrant gradient checkpointing recomputes the "
+            "forward pass inside backward: use torch.utils.checkpoint(..., use_reentrant=False) "
+            "(Hugging Face: gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False}))"
+        )
+
     def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
-        if not self.depth or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return None
+        if not self.depth:
+            if self.mode == "rule" and _any_requires_grad(output):
+                raise self._outside_forward(name)
+            return None
+        self._fired = True
+        if isinstance(output, nn.utils.rnn.PackedSequence) or (
+            isinstance(output, tuple)
+            and output
+            and isinstance(output[0], nn.utils.rnn.PackedSequence)
+        ):
+            raise PlacementError(
+                f"feedback point {name!r} returns a PackedSequence: its rows are time steps of "
+                "sorted sequences, not samples, so the error cannot be projected per sample. "
+                "Place the point on a module that receives the padded output "
+                "(nn.utils.rnn.pad_packed_sequence), or on the layer after it"
+            )
         tensor = _first_tensor(output, name)
         if not _any_requires_grad(output):
             return None  # nothing below this point learns: no signal and no cut are needed
@@ -477,8 +522,13 @@ class _Binding:
         view cannot be detached in place: then only this module reads a cut copy, and the cut
         verification refuses the placement if another consumer leaks.
         """
-        if not self.depth or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return None
+        if not self.depth:
+            if self.mode == "rule" and args and getattr(args[0], "requires_grad", False):
+                raise self._outside_forward(name)
+            return None
+        self._fired = True
         if not args or not isinstance(args[0], torch.Tensor):
             raise PlacementError(
                 f"feedback point {name!r}: the module's first input is not a tensor; place the "
@@ -508,7 +558,9 @@ class _Binding:
         if not self.depth or not torch.is_grad_enabled() or self.mode != "rule":
             return None
         tensor = _first_tensor(output, self.error_at or "")
-        return _replace_first(output, self._inject(tensor))
+        injected = self._inject(tensor)
+        self._head_output = injected
+        return _replace_first(output, injected)
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> Any:
         self.depth = max(self.depth - 1, 0)
@@ -560,6 +612,21 @@ class _Binding:
                     "would never receive a signal; place points before error_at"
                 )
             final = output if result is None else result
+            if (
+                not self._fired
+                and self.mode == "rule"
+                and torch.is_grad_enabled()
+                and _any_requires_grad(final)
+            ):
+                raise PlacementError(
+                    f"no feedback point of {type(module).__name__} ran with grad enabled in this "
+                    f"training forward pass (points: {[n for n, _ in self.points]}): the whole "
+                    "model would train by backprop. The points ran under torch.no_grad (reentrant "
+                    "gradient checkpointing does that: use use_reentrant=False) or did not run "
+                    "at all (check points=)"
+                )
+            if self.verify_always and self._injected is not None:
+                self._pending = self._injected
             if self._pending is None and self._injected is not None:
                 # a model that returns a loss only when given labels: verify that case too
                 losses = _count_scalars(final)
@@ -571,7 +638,7 @@ class _Binding:
         finally:
             self.records.clear()
             self.calls.clear()
-            self._pending = self._injected = self._last_cut = None
+            self._pending = self._injected = self._last_cut = self._head_output = None
 
     # --- the projection ----------------------------------------------------------------------------
 
@@ -623,7 +690,9 @@ class _Binding:
         widths = []
         for name, h, axes in records:
             at = axes if axes is not None else tuple(range(len(lead)))
-            if len(at) != len(lead) or any(a >= h.dim() for a in at):
+            if any(-h.dim() <= a < 0 for a in at):
+                at = tuple(a % h.dim() for a in at)
+            if len(at) != len(lead) or any(not 0 <= a < h.dim() for a in at):
                 raise PlacementError(
                     f"feedback point {name!r} produced shape {tuple(h.shape)} but its batch axes "
                     f"{at} cannot hold the output's sample axes {lead}; name them with "
@@ -656,14 +725,38 @@ class _Binding:
             self._is_own_node,
             self.true_gradient,
         )
-        if self.feeds and not all(report.injected):
-            what = "the output" if not report.injected[0] else "the loss it returns"
+        must_inject = [
+            label
+            for (label, tensor), injected in zip(roots, report.injected, strict=True)
+            if not injected and (label == roots[0][0] or tensor.dim() == 0)
+        ]
+        if self.feeds and must_inject:
             site = f"'{self.error_at}'" if self.error_at else "the model's output"
             raise PlacementError(
-                f"{what} of {type(model).__name__} does not depend on {site}, where the error is "
-                "injected (a loss computed inside forward before the output is returned): DFA "
-                "would silently train nothing below the points. Inject where the output is "
-                "produced: rule.apply(model, output=..., error_at='head.module.path')"
+                f"{must_inject[0]} of {type(model).__name__} does not depend on {site}, where the "
+                "error is injected (a loss computed inside forward before the output is "
+                "returned, or from another part of the model): DFA would silently train nothing "
+                "below the points through it. Inject where the output is produced "
+                "(rule.apply(model, output=..., error_at='head.module.path')), or do not return "
+                "that loss while training"
+            )
+        if (
+            self._auto_head
+            and self._head_output is not None
+            and roots
+            and roots[0][1] is not self._head_output
+        ):
+            raise PlacementError(
+                f"the output {self.output!r} is not the output of {self.error_at!r}, the module "
+                "chosen as the head (the last layer with parameters): name the module that "
+                "produces it with rule.apply(model, output=..., error_at='...')"
+            )
+        if report.leaks and report.compiled:
+            raise PlacementError(
+                "the graph of this forward pass was compiled into one autograd node (torch.compile "
+                "with an AOT backend) that spans the feedback points, so the cut cannot be proved: "
+                "use torch.compile(model, backend='eager'), or compile the blocks between points "
+                "separately"
             )
         if report.leaks:
             tried = [name for name, _, _ in records]
@@ -694,7 +787,11 @@ class _Binding:
                 "the feedback points of this forward pass "
                 f"({dict(zip(names, widths, strict=True))}, d_out={out_features}) differ from "
                 f"those that fixed the feedback matrix ({dict(zip(layout.names, layout.widths, strict=True))}, "
-                f"d_out={layout.out_features}); a feedback point's width cannot change between steps"
+                f"d_out={layout.out_features}): the feedback matrix is fixed by the first "
+                "training forward pass, so the set of points that run, their order and widths "
+                "cannot change between steps (a LayerDrop or a data-dependent branch that skips a "
+                "block changes them: place points that run every step, e.g. outside the dropped "
+                "layers)"
             )
         model = self.owner
         layout = FeedbackLayout.build(
@@ -904,17 +1001,32 @@ def _count_scalars(output: Any) -> int:
     return sum(1 for t in _tensors(output) if t.dim() == 0 and t.requires_grad)
 
 
-def _loss_roots(output: Any, selector: OutputSelector) -> list[torch.Tensor]:
-    """What a loss is computed from: the selected output first, then every scalar the model
-    returns (a loss computed inside ``forward``, such as Hugging Face's ``labels=`` loss)."""
+def _loss_roots(output: Any, selector: OutputSelector) -> list[tuple[str, torch.Tensor]]:
+    """``(label, tensor)`` of every tensor the model returns that requires grad, the selected
+    output first: a loss may be computed from any of them (an auxiliary head, hidden states, a loss
+    computed inside ``forward``)."""
     if isinstance(output, torch.Tensor):
-        return [output] if output.requires_grad else []
-    try:
-        roots = [_select_output(output, selector, "")]
-    except PlacementError:
-        roots = [t for t in _tensors(output) if t.dim()]
-    roots += [t for t in _tensors(output) if t.dim() == 0]
-    return [t for t in roots if t.requires_grad]
+        return [("the output", output)] if output.requires_grad else []
+    roots: list[tuple[str, torch.Tensor]] = []
+    selected = None
+    if selector is not None:  # a selector that selects nothing is refused here
+        selected = _select_output(output, selector, "the model")
+        roots.append((f"the output {selector!r}", selected))
+    for label, tensor in _labelled_tensors(output, "output"):
+        if tensor is not selected:
+            roots.append((f"the returned {label}", tensor))
+    return [(label, t) for label, t in roots if t.requires_grad]
+
+
+def _labelled_tensors(value: Any, label: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield label, value
+    elif isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from _labelled_tensors(item, f"{label}[{i}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _labelled_tensors(item, f"{label}[{key!r}]")
 
 
 def _leak_message(
@@ -922,19 +1034,22 @@ def _leak_message(
 ) -> str:
     point, params, other = leaks[0]
     shown = ", ".join(params[:6]) + (f" and {len(params) - 6} more" if len(params) > 6 else "")
-    if other is None:
+    if other is not None and other.startswith("point "):
         what = (
-            f"the error at the output also reaches {len(params)} parameter(s) that feed it "
-            f"({shown}) through a path that bypasses the feedback points (a residual connection "
-            "around the point, another item of its output, or a branch that skips it)"
+            f"the local backprop of {other}'s signal reaches {len(params)} parameter(s) "
+            f"below it ({shown}) through a path that bypasses {point!r}"
         )
     else:
         what = (
-            f"the local backprop of point {other!r}'s signal reaches {len(params)} parameter(s) "
-            f"below it ({shown}) through a path that bypasses {point!r}"
+            f"{other or 'the output'} also reaches {len(params)} parameter(s) that feed it "
+            f"({shown}) through a path that bypasses the feedback points (a residual connection "
+            "around the point, another item of its output, a branch that skips it, or a module "
+            "called again above the points)"
         )
     path = point.split("#")[0]
     blocks = [b for b in enclosing_blocks(model, path) if b in dict(find_blocks(model))]
+    if set(blocks) <= {t.split("#")[0] for t in tried}:
+        blocks = []  # that is the placement refused
     inside = tuple(b + "." for b in blocks)
     below = [p for p in params if not p.startswith(inside)]
     owners = [n for n, m in model.named_modules() if any(p in below for p in _own_params(n, m))]
@@ -1030,7 +1145,14 @@ def _select_output(output: Any, selector: OutputSelector, model_name: str) -> to
     if (isinstance(selector, int) and isinstance(output, (tuple, list))) or (
         isinstance(selector, str) and isinstance(output, Mapping)
     ):
-        value = output[selector]
+        try:
+            value = output[selector]
+        except (KeyError, IndexError):
+            keys = list(output.keys()) if isinstance(output, Mapping) else len(output)
+            raise PlacementError(
+                f"output={selector!r} is not in {model_name}'s output of type "
+                f"{type(output).__name__} (it holds {keys})"
+            ) from None
     elif isinstance(selector, str) and hasattr(output, selector):
         value = getattr(output, selector)
     else:
