@@ -299,3 +299,30 @@ def test_demo_rejects_unknown_rule():
 def test_bench_refuses_a_table_path_that_is_a_folder(tmp_path, capsys, no_work):
     (tmp_path / "b.md").mkdir()
     _refused(["bench", "--out", str(tmp_path / "b.json"), "-q"], capsys, "b.md is a folder")
+
+
+def test_a_second_reproduce_into_the_same_folder_keeps_the_first_report(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(registry, "tasks", lambda: _fake_tasks(calls))
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    assert main(["reproduce", "--tasks", "alpha", "--out", str(tmp_path), "-q"]) == 0
+    assert main(["reproduce", "--tasks", "beta", "--out", str(tmp_path), "-q"]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "### alpha section" in report and "### beta section" in report
+
+
+def test_a_task_whose_packages_are_missing_is_refused_before_work(tmp_path, monkeypatch, capsys):
+    calls: list[str] = []
+    tasks = _fake_tasks(calls)
+    tasks["beta"] = registry.Task("beta", "beta task", tasks["beta"].run, ("no_such_module_xyz",))
+    monkeypatch.setattr(registry, "tasks", lambda: tasks)
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    _refused(
+        ["reproduce", "--tasks", "beta", "--out", str(tmp_path), "-q"],
+        capsys,
+        "beta needs no_such_module_xyz: install them first",
+    )
+    assert calls == []
+    assert main(["reproduce", "--out", str(tmp_path), "-q"]) == 0  # all: skipped, said so
+    assert calls == ["alpha"]
+    assert "skipping tasks whose packages are missing" in capsys.readouterr().err

@@ -260,6 +260,10 @@ def random_graph(
 
 
 def _gcn(size: str) -> list[Workload]:
+    import importlib.util
+
+    if importlib.util.find_spec("torch_geometric") is None:
+        raise ImportError('gcn needs PyTorch Geometric: pip install -e ".[graphs]"')
     from feedback_alignment.models.gnn import build_gnn
 
     nodes, features, edges, classes = (2708, 1433, 10556, 7) if size == "full" else (50, 20, 200, 3)

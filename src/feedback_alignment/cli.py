@@ -294,15 +294,27 @@ def _task_epilog() -> str:
     return "\n".join(lines)
 
 
+SECTION_FILE = "REPORT-section.md"
+"""Each task's part of ``REPORT.md``, kept in its folder, so a later run into the same ``--out``
+adds to the report instead of replacing the earlier tasks' sections."""
+
+
 def _write_report(path: Path, quick: bool, sections: Sequence[str], pending: Sequence[str]) -> None:
+    done = {p.parent.name: p.read_text() for p in sorted(path.parent.glob(f"*/{SECTION_FILE}"))}
+    earlier = [text for name, text in done.items() if text not in sections]
     text = f"# Reproduction report ({'quick' if quick else 'full'} mode)\n\n" + "\n\n".join(
-        sections
+        [*earlier, *sections]
     )
     if pending:
         text += "\n\n" + "\n".join(f"- {line}" for line in pending)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text(text + "\n")
     os.replace(temporary, path)  # a reader never sees half a report
+
+
+def _keep_section(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SECTION_FILE).write_text(text)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -312,12 +324,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
     )
     check_data_cache()
-    from feedback_alignment.experiments.registry import RunOptions, resolve
+    from feedback_alignment.experiments.registry import EXTRAS, RunOptions, resolve
 
     try:
         available = resolve(args.tasks)
     except ValueError as error:
         raise UsageError(f"{error} (see reproduce --help)") from None
+    unavailable = {name: task.missing() for name, task in available.items() if task.missing()}
+    if unavailable:
+        needs = "; ".join(f"{n} needs {', '.join(m)}" for n, m in unavailable.items())
+        extras = sorted({EXTRAS.get(m, m) for missing in unavailable.values() for m in missing})
+        hint = f'pip install -e ".[{",".join(extras)}]"'
+        if args.tasks != ["all"]:
+            raise UsageError(f"{needs}: install them first ({hint})")
+        _say(f"skipping tasks whose packages are missing ({needs}; {hint})")
+        available = {n: t for n, t in available.items() if n not in unavailable}
     names = list(available)
     out_root.mkdir(parents=True, exist_ok=True)
     report = out_root / "REPORT.md"
@@ -341,9 +362,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 log.exception("task %s failed", name)
             failed.append(name)
             sections.append(f"### {name}\n\nFAILED: {type(error).__name__}: {error}")
+            _keep_section(out_root / name, sections[-1])
             _say(f"{name}: FAILED ({type(error).__name__}: {error})")
         else:
             sections.append(result.markdown)
+            _keep_section(out_root / name, result.markdown)
             print(result.markdown + "\n", flush=True)
             if not args.quiet:
                 _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
@@ -524,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replace each table between <!-- results: NAME --> markers in the docs by the "
         "rendering of docs/results/NAME.json (a test checks that they agree).",
     )
+    _add_common(render, top=False)
     render.add_argument("docs", nargs="*", type=Path, default=[Path("docs/REPRODUCTION.md")])
     render.add_argument("--results", type=Path, default=Path("docs/results"))
     render.add_argument(
@@ -567,9 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse's own errors (exit 2) and --help (exit 0)
         return int(exit_.code or 0)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if getattr(args, "quiet", False) and not args.verbose:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
     threads = _default_threads(args)
     if threads is not None:
         import torch
@@ -585,6 +610,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `| head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as error:
         from feedback_alignment.data import ENV_VAR, cache_root
 

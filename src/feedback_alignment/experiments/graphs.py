@@ -326,7 +326,11 @@ def config_for(options: RunOptions) -> GraphConfig:
     return GraphConfig(seeds=tuple(seeds))
 
 
-@register_task("graphs", "GCN/ChebNet/GAT/GraphConv (PyG) on Cora: BP, DFA, Shallow (minutes)")
+@register_task(
+    "graphs",
+    "GCN/ChebNet/GAT/GraphConv (PyG) on Cora: BP, DFA, Shallow (minutes)",
+    requires=("torch_geometric", "pandas", "pyarrow"),
+)
 def run(options: RunOptions) -> TaskReport:
     """Runs the task (settings: :func:`config_for`)."""
     config = config_for(options)

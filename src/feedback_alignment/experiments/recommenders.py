@@ -342,7 +342,9 @@ def config_for(options: RunOptions) -> RecConfig:
 
 
 @register_task(
-    "recommenders", "FM/DeepFM/Deep&Cross/AutoInt on MovieLens-100k and Adult: BP, DFA, Shallow"
+    "recommenders",
+    "FM/DeepFM/Deep&Cross/AutoInt on MovieLens-100k and Adult: BP, DFA, Shallow",
+    requires=("pandas", "pyarrow"),  # the Adult table's parquet carrier
 )
 def run(options: RunOptions) -> TaskReport:
     """Runs the task (settings: :func:`config_for`)."""

@@ -63,6 +63,18 @@ class Task:
     name: str
     description: str
     run: Callable[[RunOptions], TaskReport]
+    #: importable modules the task needs beyond the core install (checked before any work)
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The modules of :attr:`requires` that cannot be imported here (nothing is imported)."""
+        import importlib.util
+
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+EXTRAS: dict[str, str] = {"torch_geometric": "graphs", "pandas": "data", "pyarrow": "data"}
+"""Which extra of the package installs a module that a task requires."""
 
 
 _TASKS: dict[str, Task] = {}
@@ -76,15 +88,16 @@ class Group:
     members: tuple[str, ...]
 
 
-def register_task(name: str, description: str) -> Callable:
-    """Decorator: ``@register_task("convnets", "...")`` on a ``run(options)`` function."""
+def register_task(name: str, description: str, requires: tuple[str, ...] = ()) -> Callable:
+    """Decorator: ``@register_task("convnets", "...")`` on a ``run(options)`` function;
+    ``requires`` names the optional modules it imports (see :data:`EXTRAS`)."""
 
     def decorate(run: Callable[[RunOptions], TaskReport]) -> Callable[[RunOptions], TaskReport]:
         if name in _TASKS and _TASKS[name].run is not run:
             raise ValueError(f"task {name!r} is registered twice")
         if name in _GROUPS:
             raise ValueError(f"task {name!r} has the name of a group")
-        _TASKS[name] = Task(name, description, run)
+        _TASKS[name] = Task(name, description, run, tuple(requires))
         return run
 
     return decorate
