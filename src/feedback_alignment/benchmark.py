@@ -38,14 +38,16 @@ machine are no pass/fail criterion: tests run the tiny size for the structure of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import platform
+import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -388,6 +390,27 @@ def workloads(families: Sequence[str] = FAMILIES, size: str = "full") -> list[Wo
     return found
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """The profiler's C++ side prints a line at each start and stop straight to file descriptor
+    2 (``USDT: ... profiler_start``); a piped log would be half of them. Python's ``sys.stderr``
+    is unaffected; the descriptor is restored even if the block raises."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (an embedded interpreter): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 # ---- the hand-written floor ---------------------------------------------------------------------
 
 
@@ -591,7 +614,10 @@ def peak_step_memory(step: Callable[[], None], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         step()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
