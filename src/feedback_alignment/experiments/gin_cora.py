@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "gin_cora",
         [
             Column("variant", align="left"),
-            Column("training loss, first -> last", 2),
+            Column("training loss, first / last", 2),
             Column("test accuracy % (best validation epoch)", 1),
         ],
         caption=(
