@@ -137,8 +137,11 @@ def test_cli_list_and_fetch(tmp_cache, web, temp_spec, capsys) -> None:
     assert "[1/1] toy5" in capsys.readouterr().out
     assert data.is_cached("toy5")
     assert cli.main(["fetch"]) == 2
-    assert cli.main(["fetch", "no-such-set"]) == 1
-    assert "unknown data set" in capsys.readouterr().err
+    # A usage error (exit 2) naming the known sets, before anything is fetched.
+    assert cli.main(["fetch", "no-such-set"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown data set 'no-such-set'; known data sets: " in captured.err
+    assert "cora" in captured.err and "[1/1]" not in captured.out
 
 
 def test_add_parser_wires_a_data_subcommand(tmp_cache, capsys) -> None:

@@ -18,6 +18,8 @@ formats (Planetoid, CIFAR-10) are parsed without unpickling (:mod:`.safe_pickle`
 The cache lives in ``$FEEDBACK_ALIGNMENT_DATA`` if set, else
 ``$XDG_CACHE_HOME/feedback-alignment`` (default ``~/.cache/feedback-alignment``).
 ``python -m feedback_alignment.data list`` shows what exists and what is cached.
+:func:`requirements` says, without importing anything heavy, which optional packages a data set's
+parser still needs (``pip install "feedback-alignment[data]"`` installs them).
 """
 
 from . import graphs, images, ratings, scenes, text
@@ -30,6 +32,7 @@ from .registry import (
     FAMILIES,
     DatasetSpec,
     DataUnavailableError,
+    MissingDependencyError,
     check,
     discard,
     ensure,
@@ -37,6 +40,7 @@ from .registry import (
     is_cached,
     list_specs,
     load,
+    requirements,
 )
 from .scenes import SceneViews
 from .text import CharCorpus
@@ -51,6 +55,7 @@ __all__ = [
     "DatasetSpec",
     "GraphData",
     "ImageData",
+    "MissingDependencyError",
     "SceneViews",
     "cache_root",
     "check",
@@ -64,6 +69,7 @@ __all__ = [
     "list_specs",
     "load",
     "ratings",
+    "requirements",
     "scenes",
     "text",
 ]

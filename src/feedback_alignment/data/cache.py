@@ -95,7 +95,7 @@ STALE_AFTER_S = 24 * 3600.0
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 _TEMP_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]+\.partial$")
-_TEMP_DIR = re.compile(r"^\.(pip|deb)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
+_TEMP_DIR = re.compile(r"^\.(pip|deb|fetch)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
 # Names written before the writer was recorded (no host, or nothing but a random suffix).
 _LEGACY_NAME = re.compile(r"\.(?P<pid>\d+)-[0-9a-f]{8}\.partial$")
 _LEGACY_DIR = re.compile(r"^\.(pip|deb)-[a-z0-9_]{8}$")
@@ -151,9 +151,10 @@ def _writer_gone(match: re.Match[str] | None, path: Path) -> bool:
     return False
 
 
-def clean_stale(directory: Path) -> list[Path]:
+def clean_stale(directory: Path, *, recursive: bool = True) -> list[Path]:
     """Remove the ``*.partial`` files and temporary folders that dead writers left in
-    ``directory`` (recursively for files); return what was removed.
+    ``directory`` (recursively, unless ``recursive`` is False: the cache root, where only
+    the folders of ``--force`` fetches live); return what was removed.
 
     Concurrent fetches are safe: a temporary whose writer is still running on this host (or
     that belongs to another host and is younger than :data:`STALE_AFTER_S`) is kept.
@@ -161,7 +162,7 @@ def clean_stale(directory: Path) -> list[Path]:
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
-    for path in directory.rglob(".*"):
+    for path in directory.rglob(".*") if recursive else directory.glob(".*"):
         file_match = _TEMP_NAME.search(path.name) or _LEGACY_NAME.search(path.name)
         dir_match = _TEMP_DIR.match(path.name)
         legacy_dir = dir_match is None and _LEGACY_DIR.match(path.name) is not None

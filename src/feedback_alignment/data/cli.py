@@ -7,16 +7,48 @@ This is the only module of the package that prints.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .cache import cache_root, dataset_dir, human_size, tree_size
+from .cache import ENV_VAR, cache_root, dataset_dir, human_size, tree_size
 from .errors import DataError
 from .registry import check, ensure, get_spec, list_specs
 
+_Command = Callable[[argparse.Namespace], int]
 
+
+def _guarded(command: _Command) -> _Command:
+    """Refuse a cache root that is not a folder (exit 2, before any work), and end quietly
+    when the reader of stdout goes away (``data list | head -1``)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        root = cache_root()
+        if (root.exists() or root.is_symlink()) and not root.is_dir():
+            print(
+                f"error: the data cache {root} is not a folder; set {ENV_VAR} to a writable folder",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            code = command(args)
+            sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+            return code
+        except BrokenPipeError:
+            # Why dup2: Python flushes stdout again at exit and would print a second traceback.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 0
+
+    return run
+
+
+@_guarded
 def _cmd_list(args: argparse.Namespace) -> int:
     specs = list_specs(args.family)
     print(f"cache: {cache_root()}")
@@ -46,7 +78,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, problems in damaged:
         print(f"\n{name} is damaged: {'; '.join(problems)}")
         print(f"  repair: python -m feedback_alignment data fetch {name} --force")
-    if args.verbose:
+    if getattr(args, "verbose", False):
         for spec in specs:
             print(f"\n{spec.name}: {spec.description}")
             for i, source in enumerate(spec.sources, start=1):
@@ -54,6 +86,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guarded
 def _cmd_fetch(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         # Progress comes through logging; show it when the caller configured nothing.
@@ -61,6 +94,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.all == bool(args.names):
         print("give data set names or --all (not both)", file=sys.stderr)
         return 2
+    for name in args.names:  # a usage error, found before anything is fetched
+        try:
+            get_spec(name)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     kinds = ("carrier", "bundled") if args.carriers_only else None
     if args.all:
         specs = [s for s in list_specs() if not args.carriers_only or s.offline]
@@ -86,16 +125,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guarded
 def _cmd_verify(args: argparse.Namespace) -> int:
     """Hash every cached file of the named (or all cached) data sets, as ``load`` does."""
     names = args.names or [s.name for s in list_specs()]
-    damaged = 0
     for name in names:
         try:
             get_spec(name)
         except ValueError as exc:
-            print(exc, file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             return 2
+    damaged = 0
+    for name in names:
         start = time.perf_counter()
         problems = check(name)
         seconds = time.perf_counter() - start
@@ -124,10 +165,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _fill(parser: argparse.ArgumentParser) -> None:
+    # The main CLI's common options (--threads N, -v), accepted after each data command too;
+    # imported here because the main CLI imports this module.
+    from feedback_alignment.cli import _add_common
+
     sub = parser.add_subparsers(dest="data_command", required=True)
-    p_list = sub.add_parser("list", help="what exists, what is cached, sizes, licences")
+    p_list = sub.add_parser(
+        "list",
+        help="what exists, what is cached, sizes, licences (-v: also the sources)",
+    )
     p_list.add_argument("--family", default=None, help="only this family")
-    p_list.add_argument("-v", "--verbose", action="store_true", help="also list the sources")
     p_list.set_defaults(func=_cmd_list)
     p_fetch = sub.add_parser("fetch", help="put data sets into the cache")
     p_fetch.add_argument("names", nargs="*", metavar="NAME", help="data sets to fetch")
@@ -141,8 +188,9 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     p_fetch.add_argument(
         "--force",
         action="store_true",
-        help="discard the cached copy (and the first-use digests of unpinned downloads) and "
-        "fetch again: the repair of a damaged cache entry",
+        help="fetch a fresh copy (and fresh first-use digests of unpinned downloads) and swap "
+        "it in once complete, keeping the cached copy when nothing can be fetched; removes "
+        "folders standing where files belong: the repair of a damaged cache entry",
     )
     p_fetch.set_defaults(func=_cmd_fetch)
     p_verify = sub.add_parser(
@@ -150,6 +198,8 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     )
     p_verify.add_argument("names", nargs="*", metavar="NAME", help="data sets (default: all)")
     p_verify.set_defaults(func=_cmd_verify)
+    for command in (p_list, p_fetch, p_verify):
+        _add_common(command, top=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,5 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _fill(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
+    verbose = getattr(args, "verbose", False)
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="  %(message)s", stream=sys.stderr)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     return int(args.func(args))

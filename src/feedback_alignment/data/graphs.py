@@ -200,8 +200,30 @@ def _read_pickle(path: Path) -> Any:
     return load_pickle(path, encoding="latin1")
 
 
+DENSE_LIMIT = 1 << 28
+"""Most elements of one dense Planetoid matrix (2**28: 1 GiB as float32). The real sets are far
+below it (PubMed's ``allx``: 18,717 x 500; CiteSeer's: 3,327 x 3,703 at most); a tiny crafted
+sparse matrix can declare any shape, and densifying it would allocate terabytes."""
+
+
 def _dense(obj: Any, path: Path) -> np.ndarray:
-    """A 2-D float32 array from a sparse matrix or array; DataError naming ``path`` else."""
+    """A 2-D float32 array from a sparse matrix or array; DataError naming ``path`` else.
+
+    Raises:
+        DataError: not a 2-D matrix, or its dense size would pass :data:`DENSE_LIMIT`.
+    """
+    shape = getattr(obj, "shape", None)
+    if isinstance(shape, tuple) and all(isinstance(d, (int, np.integer)) for d in shape):
+        elements = 1
+        for d in shape:
+            elements *= max(int(d), 0)
+        if elements > DENSE_LIMIT:
+            raise DataError(
+                f"declares a {' x '.join(map(str, shape))} matrix ({elements} elements), past "
+                f"the limit of {DENSE_LIMIT} (2**28) for a dense Planetoid matrix; refusing it "
+                "(a damaged or crafted file?)",
+                file=path,
+            )
     array = obj.toarray() if hasattr(obj, "toarray") else obj
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         kind = getattr(array, "shape", type(array).__name__)
@@ -320,6 +342,7 @@ register(
         "train, 500 val, 1,000 test",
         license="no explicit licence (McCallum et al. 2000); carrier graphdatascience Apache-2.0",
         loader=load_cora_dir,
+        requires=("pandas", "pyarrow"),
         files=("cora_nodes.parquet.gzip", "cora_rels.parquet.gzip"),
         sources=(
             PipCarrier(

