@@ -537,3 +537,16 @@ def test_packed_sequences_and_bad_point_lists_are_refused():
         m = LossInside()
         fa.DFA().apply(m, output="nope", error_at="classifier")
         m(_batch()[0])
+
+
+def test_an_unpickled_model_names_its_rule_for_removal():
+    import pickle
+
+    model = Residual()
+    fa.DFA(seed=3).apply(model)
+    _step(model, *_batch())
+    loaded = pickle.loads(pickle.dumps(model))
+    [rule] = fa.applied_rules(loaded)
+    assert isinstance(rule, fa.DFA) and rule.seed == 3 and rule.is_applied(loaded)
+    rule.remove(loaded)
+    assert fa.applied_rules(loaded) == [] and fa.FEEDBACK_BUFFER not in loaded.state_dict()

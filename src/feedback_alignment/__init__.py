@@ -41,6 +41,7 @@ from feedback_alignment.rules import (
     frSF,
     uSF,
 )
+from feedback_alignment.rules.base import applied_rules
 
 __version__ = "0.1.0"
 
@@ -91,6 +92,7 @@ __all__ = [
     "WeightAlignment",
     "WeightMirror",
     "alignment",
+    "applied_rules",
     "batch_manhattan",
     "brSF",
     "constrain_weight_norm",

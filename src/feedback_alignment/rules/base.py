@@ -141,3 +141,15 @@ class BoundRule(Rule):
             yield record
         finally:
             binding.recorders.remove(record)
+
+
+def applied_rules(model: nn.Module) -> list[Rule]:
+    """The rules applied to ``model`` (at most one per family), e.g. after unpickling a converted
+    model in another process, where the rule objects are the unpickled copies:
+    ``for rule in fa.applied_rules(model): rule.remove(model)``."""
+    prefix = "_feedback_alignment_"
+    return [
+        binding.rule
+        for key, binding in model.__dict__.items()
+        if key.startswith(prefix) and binding is not None
+    ]
