@@ -119,3 +119,17 @@ def test_bad_settings_are_refused():
         benchmark.run_workload(workload, rounds=1)
     with pytest.raises(ValueError, match="must include BP"):
         benchmark.run_workload(workload, ["DFA"])
+
+
+def test_the_committed_benchmark_tables_are_the_rendering_of_the_committed_json():
+    """docs/BENCHMARKS.md's per-family tables come from docs/results/benchmark.json."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    text = (docs / "BENCHMARKS.md").read_text()
+    blocks = re.findall(r"<!-- bench: (\S+) -->\n(.*?)\n<!-- /bench -->", text, flags=re.S)
+    assert blocks, "no <!-- bench: ... --> table in docs/BENCHMARKS.md"
+    for name, table in blocks:
+        results, machine = benchmark.load_results(docs / name)
+        assert table == benchmark.to_markdown(results, machine), f"{name} and its table differ"

@@ -839,6 +839,33 @@ def write_results(
         os.replace(temporary, path)
 
 
+def load_results(path: Path) -> tuple[list[WorkloadResult], dict[str, Any]]:
+    """Reads a JSON written by :func:`write_results` back (``null`` is NaN again): the committed
+    results under docs/ are re-rendered from it (``to_markdown(*load_results(path))``)."""
+    payload = json.loads(Path(path).read_text())
+
+    def number(value: Any) -> float:
+        return math.nan if value is None else value
+
+    results = []
+    for workload in payload["workloads"]:
+        rows = [
+            Row(
+                **{
+                    k: (
+                        number(v)
+                        if k in ("median_ms", "q25_ms", "q75_ms", "peak_mib", "memory_vs_bp")
+                        else v
+                    )
+                    for k, v in row.items()
+                }
+            )
+            for row in workload["rows"]
+        ]
+        results.append(WorkloadResult(**{**workload, "rows": rows}))
+    return results, payload["machine"]
+
+
 def run(
     families: Sequence[str] = FAMILIES,
     rules: Sequence[str] = tuple(RULES),
