@@ -300,7 +300,7 @@ def main() -> None:
         spec = build(name, args.quick)
         state = {k: v.clone() for k, v in spec["model"].state_dict().items()}
 
-        def model_copy(spec=spec, state=state):
+        def model_copy(name=name, state=state):
             fresh = build(name, args.quick)["model"]
             fresh.load_state_dict(state)
             return fresh
@@ -358,7 +358,7 @@ def finish(report: dict, args: argparse.Namespace, micro_counts: list[int]) -> N
         entry["model"] = predictions(costs, micro_counts, entry["comm_s"])
         batch = build(name, args.quick)["x"].shape[0]
         for stages_count in entry["model"].values():
-            for micro, methods in stages_count.items():
+            for methods in stages_count.values():
                 for result in methods.values():
                     result["samples_per_s"] = batch / result["step_s"]
         entry["costs"] = {
