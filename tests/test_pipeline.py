@@ -17,6 +17,7 @@ from torch import nn
 
 import feedback_alignment as fa
 from feedback_alignment.models import MLP
+from feedback_alignment.models.transformer import Block, TransformerConfig
 from feedback_alignment.pipeline import (
     DFAPipelineStage,
     run_local,
@@ -127,6 +128,68 @@ def test_gradients_equal_single_process_dfa(boundaries, activations, shared):
         assert grad.dtype == torch.float64
         assert torch.allclose(grad, reference[name], rtol=0, atol=1e-10), name
     assert math.isclose(results[-1][2], ref_loss, rel_tol=0, abs_tol=1e-12)
+
+
+class _Embed(nn.Module):
+    def __init__(self, vocab: int, tokens: int, width: int) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(tokens, width)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tok(idx) + self.pos(torch.arange(idx.shape[1]))  # (B, T, C)
+
+
+def _transformer() -> nn.Sequential:
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=11, block_size=5, n_layer=3, n_head=2, d_model=12)
+    blocks = [Block(config) for _ in range(3)]
+    return nn.Sequential(_Embed(11, 5, 12), *blocks, nn.Linear(12, 11)).double()
+
+
+def _token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def _token_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    return (
+        torch.randint(0, 11, (7, 5), generator=generator),
+        torch.randint(0, 11, (7, 5), generator=generator),
+    )
+
+
+TOKEN_POINTS = [["1", "2"], ["3"]]  # every block output ("macro"), split after block 2
+
+
+def _token_stage(rank: int, world: int) -> dict[str, torch.Tensor]:
+    model = _transformer()
+    stages = split_sequential(model, [3])
+    stage = DFAPipelineStage(
+        stages[rank],
+        fa.DFA(seed=5),
+        points=TOKEN_POINTS[rank],
+        optimizer=GradientLog,
+        micro_batches=2,
+        loss_fn=_token_loss,
+        timeout=20.0,
+    )
+    with stage:
+        stage.step(*_token_batch())
+    total = stage.optimizer.total
+    return {name: total[id(p)] for name, p in stages[rank].named_parameters()}
+
+
+def test_per_token_errors_of_a_transformer_equal_single_process_dfa():
+    """Sequence outputs: ``e`` is projected per token, points are (batch, tokens, width)."""
+    results = run_local(_token_stage, 2, timeout=DEADLINE)
+    model = _transformer()
+    fa.DFA(seed=5).apply(model, points=[p for stage in TOKEN_POINTS for p in stage])
+    x, y = _token_batch()
+    _token_loss(model(x), y).backward()
+    got = {name: grad for grads in results for name, grad in grads.items()}
+    assert sorted(got) == sorted(name for name, _ in model.named_parameters())
+    for name, p in model.named_parameters():
+        assert torch.allclose(got[name], p.grad, rtol=0, atol=1e-10), name
 
 
 def test_gradients_differ_with_another_feedback_seed():
