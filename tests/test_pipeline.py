@@ -342,11 +342,19 @@ def test_split_keeps_names_and_shares_modules():
     assert stage_points(model, [4, 8]) == [["1", "3"], ["5", "7"], ["9"]]
     assert stage_points(model, [4, 8], activations=False) == [["3"], ["7"], []]
     assert stage_points(model, [5]) == [["1", "3", "4"], ["5", "7", "9"]]
+    by_name = split_sequential(model, ["4", "8"])
+    assert [list(s._modules) for s in by_name] == [list(s._modules) for s in stages]
 
 
 @pytest.mark.parametrize(
     ("boundaries", "match"),
-    [([], "single stage"), ([0], "strictly increasing"), ([4, 4], "strictly"), ([11], "1..10")],
+    [
+        ([], "single stage"),
+        ([0], "strictly increasing"),
+        ([4, 4], "strictly"),
+        ([11], "1..10"),
+        (["nope"], "'nope' is not a child"),
+    ],
 )
 def test_split_refuses_bad_boundaries(boundaries, match):
     with pytest.raises(ValueError, match=match):

@@ -21,15 +21,28 @@ from torch import nn
 
 from feedback_alignment.points import find_points
 
+Boundary = int | str
 
-def _check_boundaries(model: nn.Sequential, boundaries: Sequence[int]) -> list[int]:
+
+def _check_boundaries(model: nn.Sequential, boundaries: Sequence[Boundary]) -> list[int]:
     if not isinstance(model, nn.Sequential):
         raise TypeError(
-            f"split_sequential expects an nn.Sequential, got {type(model).__name__}; build the "
-            "stages yourself as a list of modules and wrap them with nn.Sequential(*stages)"
+            f"split_sequential expects an nn.Sequential, got {type(model).__name__}; put a list "
+            "of stage modules in nn.Sequential(*modules) and split it at [1, 2, ...]"
         )
     count = len(model)
-    bounds = [int(b) for b in boundaries]
+    names = list(model._modules)
+    bounds = []
+    for boundary in boundaries:
+        if isinstance(boundary, str):
+            if boundary not in names:
+                raise ValueError(
+                    f"boundary {boundary!r} is not a child of the nn.Sequential; children: "
+                    f"{', '.join(names[:40])}"
+                )
+            bounds.append(names.index(boundary))
+        else:
+            bounds.append(int(boundary))
     if not bounds:
         raise ValueError("boundaries=[] gives a single stage; give at least one child index")
     if bounds != sorted(set(bounds)) or bounds[0] <= 0 or bounds[-1] >= count:
@@ -40,8 +53,11 @@ def _check_boundaries(model: nn.Sequential, boundaries: Sequence[int]) -> list[i
     return bounds
 
 
-def split_sequential(model: nn.Sequential, boundaries: Sequence[int]) -> list[nn.Sequential]:
+def split_sequential(model: nn.Sequential, boundaries: Sequence[Boundary]) -> list[nn.Sequential]:
     """``model[0:b_1], model[b_1:b_2], ..., model[b_k:]``: the stages, sharing the model's modules.
+
+    A boundary is the index or the name of the first child of a new stage. A model given as a list
+    of stage modules is ``nn.Sequential(*modules)`` split at ``[1, 2, ..., len(modules) - 1]``.
 
     The stages keep the model's child names and share its parameters (no copy): a process keeps
     the stage of its rank and lets the others go.
@@ -54,7 +70,7 @@ def split_sequential(model: nn.Sequential, boundaries: Sequence[int]) -> list[nn
 
 
 def stage_points(
-    model: nn.Sequential, boundaries: Sequence[int], *, activations: bool = True
+    model: nn.Sequential, boundaries: Sequence[Boundary], *, activations: bool = True
 ) -> list[list[str]]:
     """The feedback points of each stage, as paths valid in both the stage and the whole model.
 
