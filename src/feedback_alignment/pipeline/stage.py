@@ -48,6 +48,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 import torch
@@ -200,16 +201,32 @@ class DFAPipelineStage:
         self._weights: dict[str, torch.Tensor] | None = None
         if self.mode == "async" and not self.is_last:
             self._refresh_weights()
+        # one process group per stream (activations s -> s+1, errors last -> s), so that each
+        # communicator is used by one thread per rank: the sender's main thread and the receiver's
+        # inbox (NCCL does not promise more). Every rank creates every group, in the same order.
+        last = self.stages - 1
+        self._act_groups = [dist.new_group([s, s + 1]) for s in range(last)]
+        self._err_groups = [dist.new_group([s, last]) for s in range(last)]
         self._inbox_act = None
         self._inbox_err = None
         if not self.is_first:
             self._inbox_act = Inbox(
-                self.stage - 1, ACTIVATION_TAG, self._events, self.device, self.timeout
+                self.stage - 1,
+                ACTIVATION_TAG,
+                self._events,
+                self.device,
+                self.timeout,
+                self._act_groups[self.stage - 1],
             )
             self._inbox_act.start()
         if not self.is_last:
             self._inbox_err = Inbox(
-                self.stages - 1, ERROR_TAG, self._events, self.device, self.timeout
+                last,
+                ERROR_TAG,
+                self._events,
+                self.device,
+                self.timeout,
+                self._err_groups[self.stage],
             )
             self._inbox_err.start()
 
@@ -389,7 +406,7 @@ class DFAPipelineStage:
         meta, self._error_meta = self._error_meta, None
         works = []
         for dst in range(self.stages - 1):
-            works += send(error, dst, ERROR_TAG, self._seq, meta)
+            works += send(error, dst, ERROR_TAG, self._seq, meta, self._err_groups[dst])
         self._log("loss", self._seq, start)
         start = time.perf_counter()
         torch.autograd.backward([y, *hidden], [error, *self._signals(error, hidden)])
@@ -476,7 +493,14 @@ class DFAPipelineStage:
                 if self._seq == 0:
                     assert self._upstream is not None and self._own_shapes is not None
                     meta = _encode_shapes([*self._upstream, *self._own_shapes])
-                works += send(out, self.stage + 1, ACTIVATION_TAG, self._seq, meta)
+                works += send(
+                    out,
+                    self.stage + 1,
+                    ACTIVATION_TAG,
+                    self._seq,
+                    meta,
+                    self._act_groups[self.stage],
+                )
                 self._pending.append(_Pending(self._seq, self._step, hidden))
                 self._inbox_err.expect(1)
                 self._drain(self.max_pending if self.mode == "async" else None)
@@ -524,8 +548,6 @@ class DFAPipelineStage:
             self._weights = {n: p.clone() for n, p in self.module.named_parameters()}
 
     def _wait(self, works: list[dist.Work]) -> None:
-        from datetime import timedelta
-
         for work in works:
             work.wait(timedelta(seconds=self.timeout))
 
