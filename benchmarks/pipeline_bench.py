@@ -289,6 +289,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    uptime_start = _uptime()
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != 2:
         raise SystemExit("pipeline_bench.py measures 2 stages: torchrun --nproc-per-node 2")
@@ -328,6 +329,7 @@ def main() -> None:
                 "stages": gathered,
             }
     if rank == 0:
+        report["uptime_start"] = uptime_start
         finish(report, args, micro_counts)
     dist.destroy_process_group()
 
@@ -367,18 +369,38 @@ def finish(report: dict, args: argparse.Namespace, micro_counts: list[int]) -> N
     report["command"] = "torchrun --nproc-per-node 2 benchmarks/pipeline_bench.py " + " ".join(
         sys.argv[1:]
     )
-    report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    report["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    report["machine"] = f"{_cpu_name()}, {os.cpu_count()} cores"
+    report["uptime_end"] = _uptime()
     report["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report["torch"] = torch.__version__
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    print(table(report))
+    text = table(report)
+    header = (
+        f"`{report['command']}`  \n{report['machine']}, torch {report['torch']}, {report['date']}  \n"
+        f"load: start `{report['uptime_start']}`, end `{report['uptime_end']}`\n"
+    )
+    out.with_suffix(".md").write_text(header + text + "\n")
+    print(header + text)
     try:
         plot(report, Path(args.figures), quick=args.quick)
     except ImportError as exc:  # matplotlib is a dependency, but a bare env may lack it
         print(f"no figures: {exc}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def table(report: dict) -> str:
