@@ -1,7 +1,8 @@
 """Pipeline throughput: DFA (sync, async) vs BP with torch.distributed.pipelining (GPipe, 1F1B).
 
 The same two stages (one process each, one thread each) are trained four ways, interleaved in
-rounds so that a change of machine load hits every method alike:
+rounds (``--steps`` steps of one method, then the next) so that a change of machine load hits
+every method alike:
 
 * ``gpipe``, ``1f1b``: backprop with ``torch.distributed.pipelining`` (``ScheduleGPipe``,
   ``Schedule1F1B``) on its own gloo group;
@@ -207,15 +208,16 @@ def measure(
         "dfa-async": DFARunner(spec, rank, micro, "async"),
     }
     windows: dict[str, list[tuple[float, float]]] = {m: [] for m in runners}
-    for round_index in range(rounds + 1):  # round 0 warms up
+    for round_index in range(rounds + 1):  # round 0 warms up, with one step per method
         order = list(runners)
         shift = round_index % len(order)
         for method in order[shift:] + order[:shift]:
             dist.barrier(group=barrier_group)
             start = time.perf_counter()
-            for _ in range(steps):
+            for _ in range(steps if round_index else 1):
                 runners[method].step()
-            dist.barrier(group=barrier_group)  # both stages done with the round
+            # both stages done: a flush that only the async pipeline does not do by itself
+            dist.barrier(group=barrier_group)
             if round_index:
                 windows[method].append((start, time.perf_counter()))
     samples = spec["x"].shape[0] * steps
@@ -281,8 +283,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mlp,transformer")
     parser.add_argument("--micro", default="4,8,16")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2, help="steps per method per round")
+    parser.add_argument("--rounds", type=int, default=2, help="measured rounds (after a warm-up)")
+    parser.add_argument("--steps", type=int, default=4, help="steps per method per round")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "pipeline_results.json"))
     parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
@@ -328,9 +330,8 @@ def main() -> None:
                 "comm_s": comm,
                 "stages": gathered,
             }
-    if rank == 0:
-        report["uptime_start"] = uptime_start
-        finish(report, args, micro_counts)
+            report["uptime_start"] = uptime_start
+            finish(report, args, micro_counts)  # after every model: a cut-short run keeps these
     dist.destroy_process_group()
 
 

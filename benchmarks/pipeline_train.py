@@ -5,7 +5,8 @@ into two stages of two hidden layers each, feedback after every hidden activatio
 momentum, ``--epochs`` epochs of batches of 128 in ``--micro`` micro-batches. For each seed (which
 fixes the weights, the feedback matrix and the batch order) the same model is trained three ways:
 single-process ``fa.DFA`` (on rank 0), the pipeline in ``sync`` mode (the same updates) and in
-``async`` mode (errors applied up to ``--max-pending`` micro-batches late). The test accuracy of
+``async`` mode (at most ``--max-pending`` micro-batches waiting for their error; a list of
+bounds trains one async run per bound). The test accuracy of
 each, and the staleness the async run saw, go to a JSON file.
 
 Run::
@@ -122,33 +123,40 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--micro", type=int, default=4)
-    parser.add_argument("--max-pending", type=int, default=8)
+    parser.add_argument("--modes", default="sync,async", help="pipeline modes to train")
+    parser.add_argument(
+        "--max-pending", default="8", help="async bounds on waiting micro-batches, e.g. 2,8,32"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "pipeline_train.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     split = data()
+    runs = []
+    for mode in args.modes.split(","):
+        bounds = [int(k) for k in args.max_pending.split(",")] if mode == "async" else [None]
+        runs += [(mode, bound) for bound in bounds]
     rows = []
     for seed in map(int, args.seeds.split(",")):
-        sync, _ = pipelined(seed, "sync", args, split)
-        asynchronous, staleness = pipelined(seed, "async", args, split)
-        if dist.get_rank() == 0:
-            single = single_process(seed, args, split)
-            rows.append(
-                dict(
-                    seed=seed,
-                    single=single,
-                    sync=sync,
-                    asynchronous=asynchronous,
-                    async_staleness_steps=staleness,
-                )
+        row: dict = dict(seed=seed)
+        for mode, bound in runs:
+            key = mode if bound is None else f"async_max_pending_{bound}"
+            acc, staleness = pipelined(
+                seed, mode, argparse.Namespace(**{**vars(args), "max_pending": bound}), split
             )
-            print(rows[-1], flush=True)
+            row[key] = acc
+            if bound is not None:
+                row[key + "_staleness_steps"] = staleness
+        if dist.get_rank() == 0:
+            row["single"] = single_process(seed, args, split)
+            rows.append(row)
+            print(row, flush=True)
         dist.barrier()
     if dist.get_rank() == 0:
+        keys = [k for k in rows[0] if k != "seed" and not k.endswith("_steps")]
         summary = {
             key: (statistics.mean(r[key] for r in rows), statistics.pstdev(r[key] for r in rows))
-            for key in ("single", "sync", "asynchronous")
+            for key in keys
         }
         report = dict(
             rows=rows,
@@ -163,7 +171,6 @@ def main() -> None:
                 epochs=args.epochs,
                 batch=args.batch,
                 micro=args.micro,
-                max_pending=args.max_pending,
                 optimizer="SGD(lr=0.1, momentum=0.9)",
             ),
         )
