@@ -364,3 +364,32 @@ def test_split_refuses_bad_boundaries(boundaries, match):
 def test_split_refuses_a_module_that_is_not_sequential():
     with pytest.raises(TypeError, match=r"expects an nn\.Sequential"):
         split_sequential(nn.ModuleList([nn.Linear(2, 2)]), [1])
+
+
+# --- the schedule model of benchmarks/pipeline_model.py ----------------------------------------
+
+
+def _schedule_model():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    return importlib.import_module("pipeline_model")
+
+
+@pytest.mark.parametrize(("stages", "micro"), [(2, 4), (4, 8), (8, 4)])
+def test_schedule_model_matches_the_closed_forms(stages, micro):
+    """Equal stages, free messages: GPipe and 1F1B take (M + S - 1)(f + b) per step (Huang et al.
+    2019); async DFA has no bubble, M (f + b); sync DFA's bubble is the pipeline fill."""
+    model = _schedule_model()
+    bp = [model.StageCost(1.0, 2.0)] * stages
+    dfa = [model.StageCost(1.0, 1.0)] * stages
+    bubble = (micro + stages - 1) * 3.0
+    assert model.simulate("gpipe", bp, micro).step_time == pytest.approx(bubble)
+    assert model.simulate("1f1b", bp, micro).step_time == pytest.approx(bubble)
+    assert model.simulate("dfa-async", dfa, micro, steps=24).step_time == pytest.approx(
+        micro * 2.0, rel=0.02
+    )
+    sync = model.simulate("dfa-sync", dfa, micro).step_time
+    assert micro * 2.0 < sync <= micro * 2.0 + (stages - 1) * 1.0 + 1.0
