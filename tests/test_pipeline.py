@@ -24,6 +24,14 @@ from feedback_alignment.pipeline import (
     split_sequential,
     stage_points,
 )
+from feedback_alignment.pipeline.layout import (
+    build_layout,
+    decode_shapes,
+    encode_shapes,
+    stage_matrix,
+    widths_from_shapes,
+)
+from feedback_alignment.points import PlacementError
 
 SIZES = [12, 16, 16, 16, 16, 16, 5]  # children: Linear/Tanh pairs "0".."9", top Linear "10"
 BATCH = 25  # 3 micro-batches of 9, 8, 8 rows: unequal shares are weighted by n_i / N
@@ -328,6 +336,45 @@ def _output_not_point(rank: int, world: int) -> None:
     )
     if rank == 0:
         stage.step(*_batch())
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("scale", ["principled", "tinydfa", 0.5])
+def test_stage_matrices_are_the_slices_of_fa_dfa_feedback(shared, scale):
+    """Each stage's columns, drawn on its own, are ``fa.DFA``'s ``B_l`` of the same points."""
+    model = _model()
+    points = stage_points(model, [4, 8])
+    rule = fa.DFA(seed=11, shared=shared, scale=scale)
+    rule.apply(model, points=[p for stage in points for p in stage])
+    recorded: list[torch.Size] = []
+    hooks = [
+        model.get_submodule(p).register_forward_hook(lambda m, a, out: recorded.append(out.shape))
+        for stage in points
+        for p in stage
+    ]
+    x, _ = _batch()
+    y = model(x)
+    for hook in hooks:
+        hook.remove()
+    reference = rule.feedback_matrices(model)
+    widths = widths_from_shapes(recorded, y.shape)
+    layout = build_layout(rule, widths, y.shape[-1])
+    first = 0
+    for stage in points:
+        matrix = stage_matrix(rule, layout, first, len(stage), dtype=torch.float64)
+        expected = torch.cat([reference[p] for p in stage], dim=1) if stage else None
+        if expected is None:
+            assert matrix is None
+        else:
+            assert torch.equal(matrix, expected)
+        first += len(stage)
+
+
+def test_shape_messages_round_trip():
+    shapes = [[3, 4], [3, 5, 6], [2]]
+    assert decode_shapes(encode_shapes(shapes)) == shapes
+    with pytest.raises(PlacementError, match=r"leading axes must equal the output's"):
+        widths_from_shapes([[3, 4], [2, 4]], [3, 10])
 
 
 def test_split_keeps_names_and_shares_modules():

@@ -56,7 +56,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
 
-from feedback_alignment.feedback import FeedbackLayout, draw
+from feedback_alignment.feedback import FeedbackLayout
+from feedback_alignment.pipeline.layout import (
+    build_layout,
+    decode_shapes,
+    encode_shapes,
+    stage_matrix,
+    widths_from_shapes,
+)
 from feedback_alignment.pipeline.transport import ACTIVATION_TAG, ERROR_TAG, Inbox, Message, send
 from feedback_alignment.points import PlacementError, find_points
 from feedback_alignment.rules import DFA
@@ -84,22 +91,6 @@ class _Pending:
     seq: int
     step: int
     hidden: list[torch.Tensor]
-
-
-def _encode_shapes(shapes: Sequence[Sequence[int]]) -> list[int]:
-    flat = [len(shapes)]
-    for shape in shapes:
-        flat += [len(shape), *shape]
-    return flat
-
-
-def _decode_shapes(flat: Sequence[int]) -> list[list[int]]:
-    shapes, pos = [], 1
-    for _ in range(flat[0]):
-        ndim = flat[pos]
-        shapes.append(list(flat[pos + 1 : pos + 1 + ndim]))
-        pos += 1 + ndim
-    return shapes
 
 
 class DFAPipelineStage:
@@ -195,7 +186,6 @@ class DFAPipelineStage:
         self._first_index = 0
         self._own_shapes: list[list[int]] | None = None
         self._layout: FeedbackLayout | None = None
-        self._lead_rank = 0
         self._matrix: torch.Tensor | None = None
         self._error_meta: list[int] | None = None
         self._weights: dict[str, torch.Tensor] | None = None
@@ -308,37 +298,21 @@ class DFAPipelineStage:
     # --- feedback layout ---------------------------------------------------------------------------
 
     def _build_layout(self, y: torch.Tensor) -> list[int]:
-        """On the last stage: the global layout from every point's shape and ``y``'s."""
-        assert self._upstream is not None and self._own_shapes is not None
-        shapes = [*self._upstream, *self._own_shapes]
-        lead = list(y.shape[:-1]) if y.dim() > 1 else list(y.shape)
-        samples = math.prod(lead)
+        """On the last stage: the layout from every point's shape and ``y``'s; returns the meta
+        (``d_out``, count, widths) that the first error carries to the other stages."""
+        if self._upstream is None or self._own_shapes is None:
+            raise RuntimeError(f"stage {self.stage}: the layout is built after a first forward")
+        widths = widths_from_shapes([*self._upstream, *self._own_shapes], y.shape)
         d_out = y.shape[-1] if y.dim() > 1 else 1
-        for index, shape in enumerate(shapes):
-            if shape[: len(lead)] != lead:
-                raise PlacementError(
-                    f"feedback point {index} (in pipeline order) has shape {tuple(shape)} but the "
-                    f"output has shape {tuple(y.shape)}: a point's leading axes must equal the "
-                    f"output's batch-like axes {tuple(lead)}"
-                )
-        widths = [math.prod(shape) // samples for shape in shapes]
-        self._set_layout(widths, d_out, len(lead), dtype=y.dtype)
-        return [d_out, len(lead), len(widths), *widths]
+        self._set_layout(widths, d_out, dtype=y.dtype)
+        return [d_out, len(widths), *widths]
 
-    def _set_layout(self, widths: list[int], d_out: int, lead_rank: int, dtype: torch.dtype):
-        names = [f"point{i}" for i in range(len(widths))]
-        layout = FeedbackLayout.build(
-            names, widths, d_out, shared=self.rule.shared, scaling=self.rule.scale
+    def _set_layout(self, widths: list[int], d_out: int, dtype: torch.dtype) -> None:
+        self._layout = build_layout(self.rule, widths, d_out)
+        count = len(self._own_shapes or [])
+        self._matrix = stage_matrix(
+            self.rule, self._layout, self._first_index, count, dtype=dtype, device=self.device
         )
-        self._layout, self._lead_rank = layout, lead_rank
-        own = range(self._first_index, self._first_index + len(self._own_shapes or []))
-        if len(own) == 0:
-            self._matrix = None
-            return
-        dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        buffer = draw(self.rule.feedback, (d_out, layout.total), self.rule.seed, dtype=dtype)
-        matrix = torch.cat([layout.matrix(buffer, i) for i in own], dim=1)
-        self._matrix = matrix.to(self.device)
 
     def feedback_matrix(self) -> torch.Tensor | None:
         """This stage's ``[B_l ...]`` side by side, shape ``(d_out, sum of its widths)``."""
@@ -372,8 +346,8 @@ class DFAPipelineStage:
             meta = message.meta
             if not meta:
                 raise RuntimeError(f"stage {self.stage}: the first error came without its layout")
-            d_out, lead_rank, count = meta[:3]
-            self._set_layout(list(meta[3 : 3 + count]), d_out, lead_rank, message.tensor.dtype)
+            d_out, count = meta[:2]
+            self._set_layout(list(meta[2 : 2 + count]), d_out, message.tensor.dtype)
         if not self._pending:
             raise RuntimeError(f"stage {self.stage}: an error arrived for no pending micro-batch")
         pending = self._pending.popleft()
@@ -452,7 +426,7 @@ class DFAPipelineStage:
                 f"stage {self.stage}: got micro-batch {message.seq}, expected {self._seq}"
             )
         if self._upstream is None:
-            self._upstream = _decode_shapes(message.meta)
+            self._upstream = decode_shapes(message.meta)
             self._first_index = len(self._upstream)
         return message
 
@@ -492,7 +466,7 @@ class DFAPipelineStage:
                 meta = None
                 if self._seq == 0:
                     assert self._upstream is not None and self._own_shapes is not None
-                    meta = _encode_shapes([*self._upstream, *self._own_shapes])
+                    meta = encode_shapes([*self._upstream, *self._own_shapes])
                 works += send(
                     out,
                     self.stage + 1,
