@@ -97,7 +97,9 @@ class DFAPipelineStage:
     """The stage of this process (rank ``s`` runs stage ``s``) in a pipeline trained by DFA.
 
     Every rank calls :meth:`step` once per batch with the same arguments: stage 0 reads
-    ``inputs``, the last stage reads ``targets``, the others may pass ``None``.
+    ``inputs``, the last stage reads ``targets``, the others may pass ``None``. Constructing a
+    stage is collective (it creates the pipeline's process groups): every rank constructs its
+    stage, in the same order as the others.
 
     Args:
         module: this stage's layers (e.g. one item of :func:`split_sequential`).
