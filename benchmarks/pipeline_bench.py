@@ -288,7 +288,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "pipeline_results.json"))
     parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+    parser.add_argument(
+        "--from-json", help="measure nothing: redo the model, table and figures of a saved run"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        micro_counts = sorted({int(m) for e in report["models"].values() for m in e["stages"][0]})
+        finish(report, args, micro_counts, keep_run_info=True)
+        return
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     uptime_start = _uptime()
@@ -323,7 +331,9 @@ def main() -> None:
         gathered: list = [None, None]
         dist.all_gather_object(gathered, per_micro)
         if rank == 0:
+            report["steps"] = args.steps
             report["models"][name] = {
+                "batch": spec["x"].shape[0],
                 "label": spec["label"],
                 "boundary": spec["boundary"],
                 "points": spec["points"],
@@ -335,46 +345,74 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-def finish(report: dict, args: argparse.Namespace, micro_counts: list[int]) -> None:
-    for name, entry in report["models"].items():
+def _mean_costs(timeline: list) -> dict[str, float]:
+    """Mean duration of each kind of operation in a stage's last measured round."""
+    durations: dict[str, list[float]] = {}
+    for kind, begin, end in timeline:
+        durations.setdefault(kind, []).append(end - begin)
+    return {kind: statistics.mean(values) for kind, values in durations.items()}
+
+
+def finish(
+    report: dict, args: argparse.Namespace, micro_counts: list[int], keep_run_info: bool = False
+) -> None:
+    """Model predictions, table and figures from the measurements in ``report``.
+
+    The model takes each operation's mean duration in the last measured round (means, not
+    medians: on a shared machine the slow operations are part of the throughput). The check at
+    S = 2 replays the benchmark's protocol (rounds of ``--steps`` steps from an empty pipeline,
+    ``makespan``); the predictions for S = 2..16 are the steady state of uninterrupted training.
+    """
+    steps = report.get("steps", args.steps)
+    for entry in report["models"].values():
+        batch = entry["batch"]
         stages = entry["stages"]
-        costs: dict = {"loss": {}}
         measured: dict = {}
+        costs: dict = {}
         for method in METHODS:
-            costs[method], costs["loss"][method] = {}, {}
             for micro in map(str, micro_counts):
+                means = [_mean_costs(s[micro][method]["timeline"]) for s in stages]
                 pair = [
-                    StageCost(
-                        s[micro][method]["forward_s"],
-                        s[micro][method]["update_s"],
-                        s[micro][method]["optimizer_s"],
-                    )
-                    for s in stages
+                    StageCost(m.get("forward", 0.0), m.get("backward", 0.0), m.get("step", 0.0))
+                    for m in means
                 ]
-                costs[method][micro] = pair
-                costs["loss"][method][micro] = stages[1][micro][method]["loss_s"]
+                costs.setdefault(method, {})[micro] = (pair, means[1].get("loss", 0.0))
                 measured.setdefault(micro, {})[method] = {
                     "samples_per_s": min(s[micro][method]["samples_per_s"] for s in stages),
                     "idle": [s[micro][method]["idle"] for s in stages],
                 }
+                pair_costs, loss = costs[method][micro]
+                check = simulate(
+                    method, pair_costs, int(micro), comm=entry["comm_s"], loss=loss, steps=steps
+                )
+                measured[micro][method]["model_round_samples_per_s"] = (
+                    batch * steps / check.makespan
+                )
         entry["measured"] = measured
-        entry["model"] = predictions(costs, micro_counts, entry["comm_s"])
-        batch = build(name, args.quick)["x"].shape[0]
-        for stages_count in entry["model"].values():
-            for methods in stages_count.values():
-                for result in methods.values():
-                    result["samples_per_s"] = batch / result["step_s"]
+        prediction: dict = {}
+        for count in (2, 4, 8, 16):
+            for micro in map(str, micro_counts):
+                for method in METHODS:
+                    (first, last), loss = costs[method][micro]
+                    sim = simulate(
+                        method,
+                        [first] * (count - 1) + [last],
+                        int(micro),
+                        comm=entry["comm_s"],
+                        loss=loss,
+                    )
+                    prediction.setdefault(str(count), {}).setdefault(micro, {})[method] = {
+                        "step_s": sim.step_time,
+                        "samples_per_s": batch / sim.step_time,
+                        "idle": sim.idle,
+                    }
+        entry["model"] = prediction
         entry["costs"] = {
-            m: {k: [vars(c) for c in v] for k, v in costs[m].items()} for m in METHODS
+            m: {k: [vars(c) for c in v[0]] for k, v in costs[m].items()} for m in METHODS
         }
-    report["command"] = "torchrun --nproc-per-node 2 benchmarks/pipeline_bench.py " + " ".join(
-        sys.argv[1:]
-    )
-    report["machine"] = f"{_cpu_name()}, {os.cpu_count()} cores"
-    report["uptime_end"] = _uptime()
-    report["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    report["torch"] = torch.__version__
-    out = Path(args.out)
+    if not keep_run_info:
+        _run_info(report)
+    out = Path(args.from_json or args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     text = table(report)
@@ -388,6 +426,16 @@ def finish(report: dict, args: argparse.Namespace, micro_counts: list[int]) -> N
         plot(report, Path(args.figures), quick=args.quick)
     except ImportError as exc:  # matplotlib is a dependency, but a bare env may lack it
         print(f"no figures: {exc}")
+
+
+def _run_info(report: dict) -> None:
+    report["command"] = "torchrun --nproc-per-node 2 benchmarks/pipeline_bench.py " + " ".join(
+        sys.argv[1:]
+    )
+    report["machine"] = f"{_cpu_name()}, {os.cpu_count()} cores"
+    report["uptime_end"] = _uptime()
+    report["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report["torch"] = torch.__version__
 
 
 def _cpu_name() -> str:
@@ -409,13 +457,13 @@ def table(report: dict) -> str:
     for _name, entry in report["models"].items():
         lines += [
             f"\n{entry['label']}",
-            "| M | method | samples/s | vs best BP | idle (stage 0, 1) | model S=2 |",
+            "| M | method | samples/s | vs best BP | idle (stage 0, 1) | model, same protocol |",
             "|---|---|---|---|---|---|",
         ]
         for micro, methods in entry["measured"].items():
             best = max(methods["gpipe"]["samples_per_s"], methods["1f1b"]["samples_per_s"])
             for method, result in methods.items():
-                model = entry["model"]["2"][micro][method]["samples_per_s"]
+                model = result["model_round_samples_per_s"]
                 idle = ", ".join(f"{v:.0%}" for v in result["idle"])
                 lines.append(
                     f"| {micro} | {method} | {result['samples_per_s']:.0f} | "

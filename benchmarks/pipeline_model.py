@@ -16,7 +16,8 @@ optimizer (``o_s``); a message takes ``c`` seconds. The dependencies:
 
 The simulation is event driven: the stage whose next operation can start earliest runs it, so a
 greedy choice never misses a message that would have arrived earlier. Step time is the steady-state
-period (the mean over the last steps of ``T``).
+period (the mean over the last half of ``steps``); ``makespan`` is the time of all ``steps`` from an
+empty pipeline, which is what a benchmark round between two barriers measures.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Simulation:
 
     step_time: float
     idle: list[float]
+    makespan: float = 0.0
+    """Time until every stage finished all ``steps`` steps, from an empty pipeline."""
     ops: list[list[tuple[str, int, int, float, float]]] = field(default_factory=list)
 
 
@@ -199,4 +202,5 @@ def simulate(
         )
         periods.append((stop_t - start_t) / window)
         idle.append(1.0 - inside / (stop_t - start_t))
-    return Simulation(sum(periods) / stages, idle, ops)
+    makespan = max(step_end[(s, steps - 1)] for s in range(stages))
+    return Simulation(sum(periods) / stages, idle, makespan=makespan, ops=ops)
