@@ -550,3 +550,36 @@ def test_an_unpickled_model_names_its_rule_for_removal():
     assert isinstance(rule, fa.DFA) and rule.seed == 3 and rule.is_applied(loaded)
     rule.remove(loaded)
     assert fa.applied_rules(loaded) == [] and fa.FEEDBACK_BUFFER not in loaded.state_dict()
+
+
+def test_parallel_heads_taken_for_blocks_are_refused():
+    """Multi-task heads (LayerNorm + Linear each, in a ModuleList) look like repeated blocks; they
+    run side by side on one input, so automatic block points would cut them off the error."""
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.out = nn.LayerNorm(6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(self.norm(x))
+
+    class MultiTask(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh())
+            self.heads = nn.ModuleList(Head() for _ in range(3))
+
+        def forward(self, x):
+            h = self.trunk(x)
+            return torch.cat([head(h) for head in self.heads], dim=-1)
+
+    model = MultiTask()
+    fa.DFA().apply(model)
+    with pytest.raises(fa.PlacementError, match=r"'heads.0' and 'heads.1' run side by side"):
+        model(_batch()[0])
+    model = MultiTask()
+    rule = fa.DFA()
+    rule.apply(model, points=["trunk.1", "trunk.3"])
+    model(_batch()[0]).sum().backward()
+    assert all(p.grad is not None for p in model.heads.parameters())

@@ -237,7 +237,7 @@ def automatic_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
         (i for i, (_, m) in enumerate(ordered) if _has_parameters(m)), default=-1
     )
     parents = _parents(model)
-    chosen = {name for name in block_names}
+    chosen = set(block_names)
     placed: list[str] = []
     for i, (name, module) in enumerate(ordered):
         if not name or (_inside(name, block_names) and name not in chosen):

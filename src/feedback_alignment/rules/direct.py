@@ -378,6 +378,17 @@ class _Binding:
         self.owner = model
         self.points = points
         self.automatic = automatic
+        # automatic block points -> their container: blocks of one container must form a chain
+        self._block_of = (
+            {
+                name: name.rpartition(".")[0]
+                for name, _ in find_blocks(model)
+                if any(name == p for p, _ in points)
+            }
+            if automatic
+            else {}
+        )
+        self._block_inputs: dict[tuple[str, int], str] = {}
         self._last_cut: tuple[torch.Tensor, torch.Tensor] | None = None  # (cut, uncut)
         self.output = output
         self.error_at = error_at
@@ -441,6 +452,7 @@ class _Binding:
         state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
         state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
         state.update(_matrix_key=None, _matrix_cache=None, _last_cut=None, _head_output=None)
+        state.update(_block_inputs={})
         return state
 
     # --- forward hooks ---------------------------------------------------------------------------
@@ -452,6 +464,7 @@ class _Binding:
         if self.depth == 1:
             self.records.clear()
             self.calls.clear()
+            self._block_inputs.clear()
             self._fired = False
 
     def _point_name(self, name: str) -> str | None:
@@ -496,6 +509,17 @@ class _Binding:
                 "(nn.utils.rnn.pad_packed_sequence), or on the layer after it"
             )
         tensor = _first_tensor(output, name)
+        container = self._block_of.get(name)
+        if container is not None and args and isinstance(args[0], torch.Tensor):
+            sibling = self._block_inputs.setdefault((container, id(args[0])), name)
+            if sibling != name:
+                raise PlacementError(
+                    f"automatic placement took the children of {container!r} for a chain of "
+                    f"blocks, but {sibling!r} and {name!r} run side by side on the same input "
+                    "(parallel heads or branches, not a residual stack): feedback at their "
+                    "outputs would cut them off the error. Name the points with "
+                    "rule.apply(model, points=[...]) leaving them out"
+                )
         if not _any_requires_grad(output):
             return None  # nothing below this point learns: no signal and no cut are needed
         point = self._point_name(name)
