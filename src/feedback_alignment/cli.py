@@ -17,6 +17,7 @@ or a failing task keeps what was finished.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import math
 import os
@@ -340,6 +341,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         _say(f"skipping tasks whose packages are missing ({needs}; {hint})")
         available = {n: t for n, t in available.items() if n not in unavailable}
     names = list(available)
+    if args.tune:
+        from feedback_alignment.experiments import tuning
+
+        if importlib.util.find_spec("optuna") is None:
+            raise UsageError(
+                '--tune needs Optuna: pip install -e ".[tune]" (without --tune the stored '
+                "tuned values are used)"
+            )
+        untunable = [n for n in names if n not in tuning.tunables()]
+        if untunable and args.tasks != ["all"]:
+            raise UsageError(
+                f"--tune: {', '.join(untunable)} declare no tuning; tunable tasks: "
+                f"{', '.join(sorted(tuning.tunables()))}"
+            )
     out_root.mkdir(parents=True, exist_ok=True)
     report = out_root / "REPORT.md"
     sections: list[str] = []
@@ -353,9 +368,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             quick=args.quick,
             progress=_progress_bars(args),
             seeds=args.seeds,
+            tuned=not args.hand_set,
         )
         start = time.perf_counter()
         try:
+            if args.tune and name in tuning.tunables():
+                path = tuning.tune(
+                    name, out_dir=options.out_dir, quick=args.quick, trials=args.trials
+                )
+                options.tuned_dir = path.parent
+                _say(f"{name}: tuned values in {path} (commit them to "
+                     f"src/feedback_alignment/experiments/tuned/ to make them the default)")  # fmt: skip
             result = task.run(options)
         except Exception as error:  # one failing task must not lose the others' results
             if args.verbose:
@@ -538,6 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--quick", action="store_true", help="CPU-minutes mode")
     reproduce.add_argument("--seeds", type=_int_list(0), default=(0,), help="e.g. 0,1,2")
     reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
+    reproduce.add_argument(
+        "--tune",
+        action="store_true",
+        help="first search each rule's hyperparameters on validation data (Optuna, the tune "
+        "extra; resumable in <out>/<task>/tuned/), then run with them",
+    )
+    reproduce.add_argument(
+        "--trials", type=_count(1), default=None, help="trials per rule for --tune (task default)"
+    )
+    reproduce.add_argument(
+        "--hand-set",
+        action="store_true",
+        help="use the hand-set hyperparameters instead of the stored tuned ones",
+    )
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     reproduce.set_defaults(func=_cmd_reproduce)
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -87,6 +88,8 @@ class NeRFTaskConfig:
     test_views: int | None = None
     rules: tuple[str, ...] = RULES
     threads: int | None = None
+    tuned: bool = True  # use the stored tuned learning rates in place of ``lr``
+    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rules if r not in RULES]
@@ -122,6 +125,7 @@ class NeRFResult:
     seconds: float
     curve: list[tuple[int, float]]  # (step, PSNR of the first test view)
     train_loss: list[float]
+    lr: float = math.nan
 
 
 @dataclass
@@ -136,10 +140,16 @@ class Scene:
     focal: float
     near: float
     far: float
+    val_image: torch.Tensor | None = None  # (H, W, 3): a training view held out (tuning)
+    val_pose: torch.Tensor | None = None  # (4, 4)
 
 
-def load_scene(name: str, downscale: int = 1) -> Scene:
-    """Loads a registry scene and flattens its training views into rays."""
+def load_scene(name: str, downscale: int = 1, hold_out: int | None = None) -> Scene:
+    """Loads a registry scene and flattens its training views into rays.
+
+    ``hold_out``: index of a training view kept out of the rays as the validation view (what the
+    tuner scores; the test views are never read for a choice).
+    """
     from feedback_alignment import data
 
     views = data.load(name)
@@ -153,8 +163,14 @@ def load_scene(name: str, downscale: int = 1) -> Scene:
     images, test_images = shrink(views.images), shrink(views.test_images)
     height, width = images.shape[1:3]
     focal = views.focal / downscale
+    poses = views.poses
+    val_image = val_pose = None
+    if hold_out is not None:
+        keep = [i for i in range(len(images)) if i != hold_out]
+        val_image, val_pose = images[hold_out], poses[hold_out]
+        images, poses = images[keep], poses[keep]
     origins, directions = zip(
-        *(camera_rays(height, width, focal, pose) for pose in views.poses), strict=True
+        *(camera_rays(height, width, focal, pose) for pose in poses), strict=True
     )
     return Scene(
         origins=torch.stack(origins).reshape(-1, 3),
@@ -165,6 +181,8 @@ def load_scene(name: str, downscale: int = 1) -> Scene:
         focal=focal,
         near=views.near,
         far=views.far,
+        val_image=val_image,
+        val_pose=val_pose,
     )
 
 
@@ -179,25 +197,47 @@ def place_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
     return apply_rule(name, model, seed, points=points, error_at="field")
 
 
-def render_view(model: NeRFRenderer, scene: Scene, index: int) -> torch.Tensor:
-    """Renders held-out view ``index`` as ``(H, W, 3)`` (evaluation mode: bin-centre samples)."""
+def render_view(
+    model: NeRFRenderer, scene: Scene, index: int, pose: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Renders held-out view ``index`` (or the camera ``pose``) as ``(H, W, 3)`` (evaluation
+    mode: bin-centre samples)."""
     height, width = scene.test_images.shape[1:3]
     was_training = model.training
     model.eval()
-    rgb, _ = model.render_image(height, width, scene.focal, scene.test_poses[index])
+    camera = scene.test_poses[index] if pose is None else pose
+    rgb, _ = model.render_image(height, width, scene.focal, camera)
     model.train(was_training)
     return rgb.clamp(0, 1)
 
 
+def learning_rates(config: NeRFTaskConfig) -> dict[str, float]:
+    """``config.lr`` with the stored tuned rates in place where ``config.tuned``."""
+    stored = tuning.tuned_values("nerf", config.tuned_dir) if config.tuned else {}
+    return {**config.lr, **{r: v["lr"] for r, v in stored.items() if "lr" in v}}
+
+
 def train_one(
-    rule_name: str, seed: int, config: NeRFTaskConfig, scene: Scene, progress: bool = True
+    rule_name: str,
+    seed: int,
+    config: NeRFTaskConfig,
+    scene: Scene,
+    progress: bool = True,
+    lr: float | None = None,
+    report: tuning.Report | None = None,
 ) -> tuple[NeRFResult, list[torch.Tensor]]:
-    """Fits one field with one rule; returns its test metrics and its renders of the test views."""
+    """Fits one field with one rule; returns its test metrics and its renders of the test views.
+
+    With ``report`` (a tuner's trial) the learning curve is the PSNR of the scene's validation
+    view, passed to ``report(step, psnr)``, and the result's ``psnr`` is that view's at the end;
+    no test view is rendered.
+    """
     torch.manual_seed(seed)
     model_config = NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
     model = NeRFRenderer(model_config)
     place_rule(rule_name, model, seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr[rule_name])
+    rate = learning_rates(config)[rule_name] if lr is None else lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=rate)
     generator = torch.Generator().manual_seed(seed)
 
     def batches(_: int) -> Iterator[torch.Tensor]:
@@ -208,6 +248,14 @@ def train_one(
         rgb = model(scene.origins[index], scene.directions[index])
         return F.mse_loss(rgb, scene.colours[index])
 
+    def test_view() -> dict[str, float]:
+        return {"psnr": psnr(render_view(model, scene, 0), scene.test_images[0])}
+
+    def validate() -> dict[str, float]:
+        if scene.val_image is None:
+            raise ValueError("a tuning trial needs a scene with a held-out view (hold_out=)")
+        return {"psnr": psnr(render_view(model, scene, 0, scene.val_pose), scene.val_image)}
+
     done = fit(
         model,
         optimizer,
@@ -216,17 +264,24 @@ def train_one(
         total_steps=config.steps,
         # NeRF's exponential decay to final_lr_factor at the last step
         lr_at=lambda step, base: base * config.final_lr_factor ** (step / config.steps),
-        evaluate=lambda: {"psnr": psnr(render_view(model, scene, 0), scene.test_images[0])},
+        evaluate=validate if report is not None else test_view,
         eval_every=config.eval_every,
+        on_evaluate=None if report is None else (lambda step, m: report(step, m["psnr"])),
         label=f"{rule_name:>7} seed {seed}",
         progress=progress,
     )
     curve = [(step, m["psnr"]) for step, m in done.evaluations]
+    if report is not None:
+        value = curve[-1][1] if curve else math.nan
+        return NeRFResult(
+            rule_name, seed, value, math.nan, [], done.seconds, curve, done.losses
+        ), []
     count = len(scene.test_images) if config.test_views is None else config.test_views
     renders = [render_view(model, scene, i) for i in range(min(count, len(scene.test_images)))]
     psnrs = [psnr(r, t) for r, t in zip(renders, scene.test_images, strict=False)]
     ssims = [ssim(r, t) for r, t in zip(renders, scene.test_images, strict=False)]
     result = NeRFResult(
+        lr=rate,
         rule=rule_name,
         seed=seed,
         psnr=sum(psnrs) / len(psnrs),
@@ -277,6 +332,9 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
     paper_order = [r for r in RULES if r in config.rules]
     verdict = "the same as" if order == paper_order else "different from"
     m = config.model
+    rates = {r: sorted({x.lr for x in results if x.rule == r}) for r in config.rules}
+    rates = {r: v[0] if len(v) == 1 else v for r, v in rates.items()}
+    tuned = config.tuned and bool(tuning.tuned_values("nerf", config.tuned_dir))
     table.caption = (
         f"Ordering found (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
         f"({' > '.join(paper_order)}). Gap BP - DFA: ours "
@@ -284,7 +342,8 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
         f"frequencies, {m.n_samples} stratified samples per ray, no hierarchical sampling; "
-        f"{config.rays} rays x {config.steps} steps, Adam lr {config.lr} decayed to "
+        f"{config.rays} rays x {config.steps} steps, Adam lr {rates} "
+        f"({'tuned on a held-out training view' if tuned else 'hand-set'}) decayed to "
         f"x{config.final_lr_factor}; seeds {sorted({r.seed for r in results})}. DFA: a feedback "
         "point after every hidden layer, error dL/d(raw) per sample point through the renderer."
     )
@@ -337,6 +396,7 @@ def _plot(results: list[NeRFResult], path: Path, quick: bool = False) -> Path:
 def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport:
     """Trains every rule; writes ``results.json``, the table, ``test_views.png``, ``curves.png``."""
     config = config or (QUICK if options.quick else NeRFTaskConfig())
+    config = replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
     seeds = options.seeds[:1] if options.quick else options.seeds
     results, renders, scene = run_experiment(config, tuple(seeds), options.progress)
     out = options.out_dir
@@ -357,3 +417,45 @@ def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport
         + "\n\n![test views](test_views.png)"
     )
     return TaskReport("nerf", markdown, files)
+
+
+# --- tuning --------------------------------------------------------------------------------
+
+TUNING_STEPS = 700
+"""Steps of a tuning trial (about a third of the full run's, to fit the budget)."""
+
+HOLD_OUT_VIEW = 0
+"""The training view held out as the validation view of the tuning trials."""
+
+_SCENES: dict[bool, Scene] = {}
+
+
+def _tuning_objective(
+    arm: str, values: dict[str, float], report: tuning.Report, quick: bool
+) -> float:
+    """PSNR of the held-out training view after a shortened run of ``arm`` at ``values["lr"]``."""
+    base = QUICK if quick else NeRFTaskConfig()
+    steps = 60 if quick else TUNING_STEPS
+    config = replace(base, steps=steps, eval_every=max(steps // 4, 1), rules=(arm,))
+    if quick not in _SCENES:
+        _SCENES[quick] = load_scene(config.scene, config.downscale, hold_out=HOLD_OUT_VIEW)
+    with threads(config.threads):
+        result, _ = train_one(arm, 0, config, _SCENES[quick], False, values["lr"], report)
+    return result.psnr
+
+
+tuning.register_tunable(
+    tuning.Tunable(
+        task="nerf",
+        arms=RULES,
+        space=lambda arm: {"lr": tuning.Param(1e-4, 1e-2)},
+        defaults=lambda arm: {"lr": NeRFTaskConfig().lr[arm]},
+        objective=_tuning_objective,
+        direction="maximize",
+        metric="PSNR of a held-out training view (dB)",
+        trials=8,
+        schedule=f"Each trial trains seed 0 for {TUNING_STEPS} of the full run's 2000 steps (the "
+        f"same exponential decay over its length) without training view {HOLD_OUT_VIEW}, and is "
+        "scored on that view.",
+    )
+)

@@ -41,12 +41,17 @@ class RunOptions:
         quick: the CPU-minutes mode (a few minutes in all), exercised by the tests.
         progress: show progress bars (only drawn on a terminal; elsewhere one log line per run).
         seeds: seeds to average over (a task may use fewer in quick mode).
+        tuned: use the tuned hyperparameters (``False``: the hand-set ones).
+        tuned_dir: where the tuned values are read (``None``: the committed ones, see
+            :mod:`feedback_alignment.experiments.tuning`).
     """
 
     out_dir: Path
     quick: bool = False
     progress: bool = True
     seeds: tuple[int, ...] = (0,)
+    tuned: bool = True
+    tuned_dir: Path | None = None
 
 
 @dataclass
