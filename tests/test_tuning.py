@@ -143,7 +143,9 @@ def test_the_graphs_task_uses_the_tuned_values_and_falls_back_to_the_hand_set(tm
     (tmp_path / "graphs.json").write_text(json.dumps(stored))
     chosen = graphs.rule_settings("gcn", "DFA", directory=tmp_path)
     assert (chosen.lr, chosen.dropout, chosen.weight_decay) == (0.02, 0.3, hand.weight_decay)
-    assert graphs.rule_settings("gcn", "BP", directory=tmp_path) == graphs.hand_settings("gcn", "BP")
+    assert graphs.rule_settings("gcn", "BP", directory=tmp_path) == graphs.hand_settings(
+        "gcn", "BP"
+    )
 
 
 def test_transformer_and_nerf_read_their_tuned_learning_rates(tmp_path: Path):
