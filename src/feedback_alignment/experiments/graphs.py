@@ -309,15 +309,21 @@ def table(summary: dict[str, dict[str, Any]], quick: bool = False, tuned: bool =
         "hidden layer's weights (mean over its weight matrices) and the cosine is the per-node "
         "cosine between `B e` and BP's `dL/dh` at the hidden activation (labelled and "
         "neighbouring nodes), both at the last epoch. GraphConv has no paper figure. "
-        + (
-            "Each (layer, rule) used its own learning rate, weight decay and dropout, tuned on "
-            "the validation nodes (`src/feedback_alignment/experiments/tuned/graphs.json`)."
-            if tuned
-            else "Hand-set hyperparameters from the authors' code (BP's, and one set shared by "
-            "DFA and Shallow)."
-        )
+        + _settings_note(tuned)
     )
     return result
+
+
+def _settings_note(tuned: tuple[str, ...]) -> str:
+    """Which (layer, rule) pairs used tuned values and which the authors' hand-set ones."""
+    hand = "the authors' hand-set values (BP's, and one set shared by DFA and Shallow)"
+    if not tuned:
+        return f"Hyperparameters: {hand}."
+    return (
+        f"Hyperparameters: {', '.join(tuned)} used their own learning rate, weight decay and "
+        "dropout, tuned on the validation nodes (`experiments/tuned/graphs.json`); the other "
+        f"pairs used {hand}."
+    )
 
 
 def plot(
@@ -396,8 +402,11 @@ def run(options: RunOptions) -> TaskReport:
     config = config_for(options)
     runs = run_all(config, progress=options.progress)
     summary = summarise(runs, config)
-    used_tuning = config.tuned and bool(tuning.tuned_values("graphs", config.tuned_dir))
-    result = table(summary, options.quick, used_tuning)
+    stored = tuning.tuned_values("graphs", config.tuned_dir) if config.tuned else {}
+    tuned_arms = tuple(
+        f"{lay}/{r}" for lay in config.layers for r in config.rules if f"{lay}/{r}" in stored
+    )
+    result = table(summary, options.quick, tuned_arms)
     out = options.out_dir
     files = [
         write_results(
