@@ -97,6 +97,13 @@ def test_a_missing_or_quick_json_renders_not_measured(tmp_path):
     assert statuses["nerf-gap"].startswith(f"**{claims.NOT_MEASURED}**")
     assert "`feedback-alignment reproduce --tasks nerf`" in statuses["nerf-gap"]
     assert statuses["recs-level"].startswith(f"**{claims.NOT_TESTABLE}**")
+    rows = [
+        ["BP", {"mean": 25.0, "std": 0.1}],
+        ["DFA", {"mean": None, "std": None}],
+        ["Shallow", 9.0],
+    ]
+    _write(tmp_path, "nerf", ["rule", "test PSNR dB (ours)"], rows)  # DFA's seeds all NaN
+    assert _status("nerf-gap", tmp_path).status == claims.NOT_MEASURED
     _nerf(tmp_path, dfa=20.0, mode="quick")
     outcome = _status("nerf-gap", tmp_path)
     assert outcome.status == claims.NOT_MEASURED and "quick mode" in outcome.detail
