@@ -262,7 +262,8 @@ def _conv(r: Results) -> Outcome:
     trained, frozen = t.each(ERR, ("DFA", "DFA, convolutions frozen")).values()
     ours = f"conv angles {angle[0]:.1f} / {angle[1]:.1f} deg; error {trained.show(2)} % trained, "
     met = min(angle) >= 80 and abs(frozen.mean - trained.mean) <= 1
-    return verdict(t, ours + f"{frozen.show(2)} % frozen", met, "conv layers align or matter")
+    miss = "a conv layer aligns (< 80 deg) or freezing them moves the error by > 1 point"
+    return verdict(t, ours + f"{frozen.show(2)} % frozen", met, miss)
 
 
 def _transformer(which: str) -> Evaluate:
