@@ -11,9 +11,14 @@ and its data in ``docs/results/graphs_cora.json``, in the format a run writes
 replaces the text between the markers with the rendering of the JSON, so docs never drift from
 data; ``--check`` only reports the tables that differ (exit status 1), which is what the test does.
 
+The claims table (:mod:`feedback_alignment.experiments.claims`: each claim of the papers, the
+paper's figure, ours and the status, all computed from the same JSON) sits between
+``<!-- claims -->`` and ``<!-- /claims -->``; ``<!-- claims: summary -->`` gives its short form
+(the headline claims, for README.md).
+
 Usage::
 
-    python -m feedback_alignment.experiments.render            # rewrite docs/REPRODUCTION.md
+    python -m feedback_alignment.experiments.render            # rewrite REPRODUCTION.md, README.md
     python -m feedback_alignment.experiments.render --check    # exit 1 if a table is stale
 """
 
@@ -26,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from feedback_alignment.experiments import claims
 from feedback_alignment.experiments.results import Table
 
 MARKER = re.compile(
@@ -34,7 +40,13 @@ MARKER = re.compile(
 )
 """A rendered block: the opening marker (with the JSON's stem), the table, the closing marker."""
 
-DEFAULT_DOCS = (Path("docs/REPRODUCTION.md"),)
+CLAIMS_MARKER = re.compile(
+    r"(?P<open><!-- claims(?P<view>: summary)? -->\n)(?P<body>.*?)(?P<close><!-- /claims -->)",
+    re.DOTALL,
+)
+"""The claims table (or, with ``: summary``, its short form) between its markers."""
+
+DEFAULT_DOCS = (Path("docs/REPRODUCTION.md"), Path("README.md"))
 DEFAULT_RESULTS = Path("docs/results")
 
 
@@ -63,7 +75,14 @@ def render_text(text: str, results: Path) -> tuple[str, list[str]]:
             changed.append(name)
         return match["open"] + body + match["close"]
 
-    return MARKER.sub(replace, text), changed
+    def replace_claims(match: re.Match[str]) -> str:
+        view = claims.summary_table if match["view"] else claims.claims_table
+        body = view(results).to_markdown() + "\n"
+        if body != match["body"]:
+            changed.append("claims" + (match["view"] or ""))
+        return match["open"] + body + match["close"]
+
+    return CLAIMS_MARKER.sub(replace_claims, MARKER.sub(replace, text)), changed
 
 
 def marked_tables(text: str) -> list[str]:
@@ -77,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Re-render the result tables of the docs from the committed JSON.",
     )
     parser.add_argument("docs", nargs="*", type=Path, default=list(DEFAULT_DOCS),
-                        help="markdown files with <!-- results: NAME --> markers")  # fmt: skip
+                        help="markdown files with <!-- results: NAME --> or claims markers")  # fmt: skip
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                         help="folder of the committed <NAME>.json tables")  # fmt: skip
     parser.add_argument("--check", action="store_true",
@@ -96,13 +115,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if args.check:
             for name in changed:
-                print(f"{doc}: table {name!r} differs from {args.results / name}.json")
+                source = (
+                    args.results if name.startswith("claims") else args.results / f"{name}.json"
+                )
+                print(f"{doc}: table {name!r} differs from its rendering of {source}")
             stale = stale or bool(changed)
         elif changed:
             doc.write_text(rendered)
             print(f"{doc}: re-rendered {', '.join(changed)}")
         else:
-            print(f"{doc}: {len(marked_tables(text))} tables, all up to date")
+            count = len(marked_tables(text)) + len(CLAIMS_MARKER.findall(text))
+            print(f"{doc}: {count} tables, all up to date")
     return 1 if stale else 0
 
 
