@@ -585,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         "rendering of docs/results/NAME.json (a test checks that they agree).",
     )
     _add_common(render, top=False)
-    render.add_argument("docs", nargs="*", type=Path, default=[Path("docs/REPRODUCTION.md")])
+    render.add_argument(
+        "docs", nargs="*", type=Path, default=[Path("docs/REPRODUCTION.md"), Path("README.md")]
+    )
     render.add_argument("--results", type=Path, default=Path("docs/results"))
     render.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if a table differs"
