@@ -77,7 +77,14 @@ class NeRFTaskConfig:
     downscale: int = 1
     model: NeRFConfig = field(
         default_factory=lambda: NeRFConfig(
-            depth=6, width=96, skips=(3,), view_width=48, pos_freqs=8, dir_freqs=4, n_samples=32
+            depth=6,
+            width=96,
+            skips=(3,),
+            view_width=48,
+            pos_freqs=8,
+            dir_freqs=4,
+            n_samples=16,
+            n_importance=32,
         )
     )
     rays: int = 512
@@ -105,7 +112,14 @@ class NeRFTaskConfig:
 QUICK = NeRFTaskConfig(
     downscale=2,
     model=NeRFConfig(
-        depth=4, width=64, skips=(2,), view_width=32, pos_freqs=6, dir_freqs=2, n_samples=24
+        depth=4,
+        width=64,
+        skips=(2,),
+        view_width=32,
+        pos_freqs=6,
+        dir_freqs=2,
+        n_samples=12,
+        n_importance=12,
     ),
     rays=256,
     steps=300,
@@ -186,15 +200,27 @@ def load_scene(name: str, downscale: int = 1, hold_out: int | None = None) -> Sc
     )
 
 
-def place_rule(name: str, model: NeRFRenderer, seed: int) -> Rule:
+FINE_SEED_OFFSET = 10_000
+"""The fine field's feedback seed is the run's seed plus this (its own matrices)."""
+
+
+def place_rule(name: str, model: NeRFRenderer, seed: int) -> list[Rule]:
     """Applies ``name`` (one of :data:`RULES`); DFA/Shallow take the error through the renderer.
 
-    Explicit points (after every hidden layer of the field), as the paper placed them.
+    Explicit points (after every hidden layer of the field), as the paper placed them. With
+    hierarchical sampling each field is a sub-network with its own rule, error site (its own
+    output, ``dL/d raw`` through the renderer) and seeded feedback.
     """
     if name == "BP":
-        return apply_rule("BP", model)
-    points = feedback_points("field", model.config)
-    return apply_rule(name, model, seed, points=points, error_at="field")
+        return [apply_rule("BP", model)]
+    if model.fine is None:
+        points = feedback_points("field", model.config)
+        return [apply_rule(name, model, seed, points=points, error_at="field")]
+    points = feedback_points("", model.config)
+    return [
+        apply_rule(name, model.field, seed, points=points),
+        apply_rule(name, model.fine, seed + FINE_SEED_OFFSET, points=points),
+    ]
 
 
 def render_view(
@@ -245,8 +271,10 @@ def train_one(
             yield torch.randint(0, len(scene.colours), (config.rays,), generator=generator)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        rgb = model(scene.origins[index], scene.directions[index])
-        return F.mse_loss(rgb, scene.colours[index])
+        rgb, target = model(scene.origins[index], scene.directions[index]), scene.colours[index]
+        if model.fine is None:
+            return F.mse_loss(rgb, target)
+        return F.mse_loss(model.coarse_rgb, target) + F.mse_loss(rgb, target)  # coarse + fine
 
     def test_view() -> dict[str, float]:
         return {"psnr": psnr(render_view(model, scene, 0), scene.test_images[0])}
@@ -341,8 +369,15 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
         f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
-        f"frequencies, {m.n_samples} stratified samples per ray, no hierarchical sampling; "
-        f"{config.rays} rays x {config.steps} steps, Adam lr {rates} "
+        f"frequencies, "
+        + (
+            f"hierarchical sampling: {m.n_samples} stratified samples per ray for the coarse "
+            f"field, {m.n_importance} more from its weights for the fine field (loss: coarse + "
+            "fine; each field trained by its own rule from its own error, own feedback seed); "
+            if m.n_importance
+            else f"{m.n_samples} stratified samples per ray, no hierarchical sampling; "
+        )
+        + f"{config.rays} rays x {config.steps} steps, Adam lr {rates} "
         f"({'tuned on a held-out training view' if tuned else 'hand-set'}) decayed to "
         f"x{config.final_lr_factor}; seeds {sorted({r.seed for r in results})}. DFA: a feedback "
         "point after every hidden layer, error dL/d(raw) per sample point through the renderer."

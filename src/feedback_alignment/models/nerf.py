@@ -16,8 +16,16 @@ its output in its own ``forward``: taking the error at ``error_at="field"`` give
 per sample point, computed *through the exact renderer* by ordinary autograd (the renderer, which
 has no parameters, is the "top" of the graph), and every hidden layer of the field
 (:func:`feedback_points`) receives ``B_l e`` per sample point: the setup of Launay et al. (2020,
-section 3.1.1). Hierarchical (coarse-to-fine) sampling is not implemented: one field, stratified
-samples.
+section 3.1.1).
+
+Hierarchical sampling (``n_importance > 0``, Mildenhall et al. section 5.2): a second field,
+``fine``, is evaluated at the coarse samples plus ``n_importance`` depths drawn from the coarse
+weights (inverse-transform sampling of the piecewise-constant density along each ray, with the
+weights detached, as in the NeRF code). Both renders are trained, ``L = |C_coarse - C|^2 +
+|C_fine - C|^2``, and the fine one is the output. For direct feedback each field is its own
+sub-network with its own error site: one rule applied to ``field`` and one to ``fine``, each
+with its own seed, so the coarse field learns from ``dL/d raw_coarse`` and the fine one from
+``dL/d raw_fine``.
 
 References:
     Mildenhall et al., "NeRF: Representing Scenes as Neural Radiance Fields for View Synthesis",
@@ -66,7 +74,9 @@ class NeRFConfig:
         skips: trunk layers that also receive ``gamma(x)`` (the skip connection).
         view_width: units of the view-direction layer.
         pos_freqs, dir_freqs: frequencies of the positional encodings of ``x`` and ``d``.
-        n_samples: stratified samples per ray.
+        n_samples: stratified samples per ray (of the coarse field).
+        n_importance: extra samples per ray drawn from the coarse weights for the fine field
+            (0: no hierarchical sampling, one field).
         near, far: the depth range sampled along each ray.
         white_background: composite over white (the Blender scenes' convention) or black.
     """
@@ -78,6 +88,7 @@ class NeRFConfig:
     pos_freqs: int = 10
     dir_freqs: int = 4
     n_samples: int = 64
+    n_importance: int = 0
     near: float = 2.0
     far: float = 6.0
     white_background: bool = True
@@ -86,6 +97,10 @@ class NeRFConfig:
         for name in ("depth", "width", "view_width", "n_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_importance < 0:
+            raise ValueError(f"n_importance must be >= 0, got {self.n_importance}")
+        if self.n_importance and self.n_samples < 3:
+            raise ValueError("hierarchical sampling needs n_samples >= 3 coarse samples")
         bad = [s for s in self.skips if not 0 < s < self.depth]
         if bad:
             raise ValueError(f"skips {bad} must name trunk layers 1..{self.depth - 1}")
@@ -182,6 +197,49 @@ def volume_render(
     Returns ``(rgb (R, 3), depth (R,), opacity (R,))``, smooth in every input. The last interval is
     "infinite" (``1e10``), so a ray ends at its last sample, as in the NeRF authors' code.
     """
+    rgb, depth, opacity, _ = composite(raw, depths, directions, white_background)
+    return rgb, depth, opacity
+
+
+def importance_depths(
+    depths: torch.Tensor,
+    weights: torch.Tensor,
+    count: int,
+    *,
+    jitter: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``count`` depths per ray ``(R, count)`` drawn from the coarse ``weights`` ``(R, S)``.
+
+    The density between the midpoints of the coarse depths is piecewise constant with mass
+    ``w_k`` (the interior weights, plus 1e-5 so that an empty ray samples uniformly); depths are
+    the inverse of its CDF at ``u`` (uniform draws in training, evenly spaced otherwise). Nothing
+    here is differentiated (the NeRF code stops the gradient at the weights too).
+    """
+    with torch.no_grad():
+        edges = 0.5 * (depths[..., 1:] + depths[..., :-1])  # (R, S-1)
+        mass = weights[..., 1:-1] + 1e-5  # (R, S-2): one bin between consecutive edges
+        cdf = torch.cumsum(mass / mass.sum(dim=-1, keepdim=True), dim=-1)
+        cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf], dim=-1)  # (R, S-1)
+        shape = (*cdf.shape[:-1], count)
+        if jitter:
+            u = torch.rand(shape, dtype=cdf.dtype, device=cdf.device, generator=generator)
+        else:
+            u = torch.linspace(0.0, 1.0, count, dtype=cdf.dtype, device=cdf.device).expand(shape)
+        u = u.contiguous()
+        above = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+        below = (above - 1).clamp(min=0)
+        cdf_below, cdf_above = cdf.gather(-1, below), cdf.gather(-1, above)
+        edge_below, edge_above = edges.gather(-1, below), edges.gather(-1, above)
+        span = cdf_above - cdf_below
+        span = torch.where(span < 1e-5, torch.ones_like(span), span)
+        return edge_below + (u - cdf_below) / span * (edge_above - edge_below)
+
+
+def composite(
+    raw: torch.Tensor, depths: torch.Tensor, directions: torch.Tensor, white_background: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`volume_render` plus the compositing weights ``T_k alpha_k`` ``(R, S)``."""
     if raw.shape[:-1] != depths.shape or raw.shape[-1] != 4:
         raise ValueError(
             f"raw {tuple(raw.shape)} and depths {tuple(depths.shape)} do not match: expected "
@@ -205,7 +263,7 @@ def volume_render(
     depth = (weights * depths).sum(dim=-1)
     if white_background:
         rgb = rgb + (1.0 - opacity[..., None])
-    return rgb, depth, opacity
+    return rgb, depth, opacity, weights
 
 
 class NeRFRenderer(nn.Module):
@@ -213,13 +271,18 @@ class NeRFRenderer(nn.Module):
 
     Samples depths (jittered in training mode), evaluates :attr:`field` at every sample point, and
     composites with :func:`volume_render`. The field runs once per forward pass, so that
-    ``error_at="field"`` sees one ``(R, S, 4)`` output per step.
+    ``error_at="field"`` sees one ``(R, S, 4)`` output per step. With ``config.n_importance``
+    a second field, :attr:`fine`, renders the coarse samples plus importance samples; the
+    forward pass then returns the fine colours and :attr:`coarse_rgb` holds the coarse ones
+    of the same pass (both enter the loss).
     """
 
     def __init__(self, config: NeRFConfig) -> None:
         super().__init__()
         self.config = config
         self.field = NeRF(config)
+        self.fine = NeRF(config) if config.n_importance else None
+        self.coarse_rgb: torch.Tensor | None = None
 
     def forward(self, origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         return self.render(origins, directions)[0]
@@ -227,7 +290,8 @@ class NeRFRenderer(nn.Module):
     def render(
         self, origins: torch.Tensor, directions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(rgb (R, 3), depth (R,), opacity (R,))`` of a batch of rays."""
+        """``(rgb (R, 3), depth (R,), opacity (R,))`` of a batch of rays (the fine field's when
+        hierarchical; the coarse colours are then left in :attr:`coarse_rgb`)."""
         if origins.shape != directions.shape or origins.shape[-1] != 3 or origins.dim() != 2:
             raise ValueError(
                 f"expected origins and directions of shape (rays, 3), got {tuple(origins.shape)} "
@@ -243,7 +307,18 @@ class NeRFRenderer(nn.Module):
         points = origins[:, None, :] + directions[:, None, :] * depths[..., None]  # (R, S, 3)
         unit = directions / directions.norm(dim=-1, keepdim=True)
         raw = self.field(points, unit[:, None, :].expand_as(points))  # (R, S, 4)
-        return volume_render(raw, depths, directions, self.config.white_background)
+        white = self.config.white_background
+        rgb, depth, opacity, weights = composite(raw, depths, directions, white)
+        if self.fine is None:
+            return rgb, depth, opacity
+        self.coarse_rgb = rgb
+        extra = importance_depths(
+            depths, weights, self.config.n_importance, jitter=self.training
+        )  # (R, N)
+        depths, _ = torch.sort(torch.cat([depths, extra], dim=-1), dim=-1)  # (R, S + N)
+        points = origins[:, None, :] + directions[:, None, :] * depths[..., None]
+        raw = self.fine(points, unit[:, None, :].expand_as(points))  # (R, S + N, 4)
+        return volume_render(raw, depths, directions, white)
 
     @torch.no_grad()
     def render_image(
