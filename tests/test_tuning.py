@@ -212,3 +212,13 @@ def test_reproduce_tune_refuses_untunable_tasks_and_a_missing_optuna(
     assert main(["reproduce", "--tasks", "toy", "--tune", *out]) == 2
     assert 'pip install -e ".[tune]"' in capsys.readouterr().err
     assert not fake_task  # nothing ran
+
+
+def test_the_docs_tuned_blocks_are_rendered_from_the_committed_values(tmp_path: Path):
+    from feedback_alignment.experiments import render
+
+    text = "before\n<!-- tuned: graphs -->\nstale\n<!-- /tuned -->\nafter\n"
+    rendered, changed = render.render_text(text, tmp_path)
+    assert changed == ["tuned: graphs"]
+    assert tuning.markdown("graphs") in rendered and "stale" not in rendered
+    assert render.render_text(rendered, tmp_path)[1] == []

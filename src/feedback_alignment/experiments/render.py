@@ -46,6 +46,12 @@ CLAIMS_MARKER = re.compile(
 )
 """The claims table (or, with ``: summary``, its short form) between its markers."""
 
+TUNED_MARKER = re.compile(
+    r"(?P<open><!-- tuned: (?P<task>[A-Za-z0-9_.-]+) -->\n)(?P<body>.*?)(?P<close><!-- /tuned -->)",
+    re.DOTALL,
+)
+"""The tuned hyperparameters of a task (its committed ``experiments/tuned/<task>.json``)."""
+
 DEFAULT_DOCS = (Path("docs/REPRODUCTION.md"), Path("README.md"))
 DEFAULT_RESULTS = Path("docs/results")
 
@@ -82,7 +88,16 @@ def render_text(text: str, results: Path) -> tuple[str, list[str]]:
             changed.append("claims" + (match["view"] or ""))
         return match["open"] + body + match["close"]
 
-    return CLAIMS_MARKER.sub(replace_claims, MARKER.sub(replace, text)), changed
+    def replace_tuned(match: re.Match[str]) -> str:
+        from feedback_alignment.experiments import tuning
+
+        body = tuning.markdown(match["task"]) + "\n"
+        if body != match["body"]:
+            changed.append("tuned: " + match["task"])
+        return match["open"] + body + match["close"]
+
+    text = TUNED_MARKER.sub(replace_tuned, MARKER.sub(replace, text))
+    return CLAIMS_MARKER.sub(replace_claims, text), changed
 
 
 def marked_tables(text: str) -> list[str]:
@@ -116,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             for name in changed:
                 source = (
-                    args.results if name.startswith("claims") else args.results / f"{name}.json"
+                    args.results
+                    if name.startswith("claims")
+                    else "experiments/tuned/"
+                    if name.startswith("tuned")
+                    else args.results / f"{name}.json"
                 )
                 print(f"{doc}: table {name!r} differs from its rendering of {source}")
             stale = stale or bool(changed)
@@ -124,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc.write_text(rendered)
             print(f"{doc}: re-rendered {', '.join(changed)}")
         else:
-            count = len(marked_tables(text)) + len(CLAIMS_MARKER.findall(text))
+            count = sum(len(m.findall(text)) for m in (MARKER, CLAIMS_MARKER, TUNED_MARKER))
             print(f"{doc}: {count} tables, all up to date")
     return 1 if stale else 0
 
