@@ -204,7 +204,7 @@ def test_reproduce_tune_refuses_untunable_tasks_and_a_missing_optuna(
 
     out = ["--out", str(tmp_path / "a"), "-q"]
     assert main(["reproduce", "--tasks", "plain", "--tune", *out]) == 2
-    assert "plain declare no tuning; tunable tasks: " in capsys.readouterr().err
+    assert "plain has no search declared; drop --tune or choose" in capsys.readouterr().err
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
@@ -222,3 +222,54 @@ def test_the_docs_tuned_blocks_are_rendered_from_the_committed_values(tmp_path: 
     assert changed == ["tuned: graphs"]
     assert tuning.markdown("graphs") in rendered and "stale" not in rendered
     assert render.render_text(rendered, tmp_path)[1] == []
+
+
+def test_arms_and_resumed_sessions_draw_their_own_trials(toy, tmp_path: Path):
+    tuning.tune("toy", out_dir=tmp_path, trials=3)
+    bp = [v["lr"] for arm, v in toy if arm == "BP"]
+    dfa = [v["lr"] for arm, v in toy if arm == "DFA"]
+    assert bp[1:] != dfa[1:]  # trial 0 is each arm's hand-set value; the draws differ
+    toy.clear()
+    tuning.tune("toy", out_dir=tmp_path, trials=4, arms=("BP",))
+    assert toy[0][1]["lr"] not in bp  # the resumed session does not repeat the first's draws
+
+
+def test_stored_values_are_checked_against_the_search_space(toy, tmp_path: Path):
+    for values, message in (
+        ({"lr": "fast"}, "not a finite number"),
+        ({"lr": 5.0}, r"outside its search range \[0.0001, 1.0\]"),
+        ({"momentum": 0.9}, "has no parameter 'momentum'"),
+    ):
+        (tmp_path / "toy.json").write_text(json.dumps({"arms": {"BP": {"values": values}}}))
+        with pytest.raises(ValueError, match=message):
+            tuning.tuned_values("toy", tmp_path)
+    (tmp_path / "toy.json").write_text(json.dumps({"arms": {"KP": {"values": {"lr": 0.1}}}}))
+    with pytest.raises(ValueError, match="toy has no arm 'KP'"):
+        tuning.tuned_values("toy", tmp_path)
+
+
+def test_quick_searches_go_to_their_own_folder(toy, tmp_path: Path):
+    path = tuning.tune("toy", out_dir=tmp_path, quick=True)
+    assert path == tmp_path / "tuned-quick" / "toy.json"
+    assert json.loads(path.read_text())["quick"] is True
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_a_corrupt_file_in_the_search_folder_is_named_not_parsed_blindly(toy, tmp_path: Path):
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "toy.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"toy.json is not a tuning result.*delete it"):
+        tuning.tune("toy", out_dir=tmp_path, trials=1)
+
+
+def test_contradictory_or_orphan_tuning_options_are_refused(fake_task, tmp_path, capsys):
+    from feedback_alignment.cli import main
+
+    out = ["--out", str(tmp_path), "-q"]
+    assert main(["reproduce", "--tasks", "toy", "--tune", "--hand-set", *out]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert main(["reproduce", "--tasks", "toy", "--trials", "3", *out]) == 2
+    assert "add --tune" in capsys.readouterr().err
+    assert main(["reproduce", "--tasks", "toy", "--tune", "--arms", "KP", *out]) == 2
+    assert "--arms: unknown ['KP']" in capsys.readouterr().err
+    assert not fake_task

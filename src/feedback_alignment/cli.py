@@ -321,6 +321,10 @@ def _keep_section(folder: Path, text: str) -> None:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from datetime import date
 
+    if args.tune and args.hand_set:
+        raise UsageError("--tune and --hand-set contradict each other: choose one")
+    if not args.tune and (args.trials is not None or args.arms):
+        raise UsageError("--trials and --arms choose what --tune searches: add --tune")
     out_root = check_output_folder(
         args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
     )
@@ -352,9 +356,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         untunable = [n for n in names if n not in tuning.tunables()]
         if untunable and args.tasks != ["all"]:
             raise UsageError(
-                f"--tune: {', '.join(untunable)} declare no tuning; tunable tasks: "
+                f"--tune: {', '.join(untunable)} {'has' if len(untunable) == 1 else 'have'} no "
+                f"search declared; drop --tune or choose from the tunable tasks: "
                 f"{', '.join(sorted(tuning.tunables()))}"
             )
+        if args.arms:
+            wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+            tunable_names = [n for n in names if n in tuning.tunables()]
+            if len(tunable_names) != 1:
+                raise UsageError("--arms needs exactly one tunable task in --tasks")
+            known = tuning.tunables()[tunable_names[0]].arms
+            unknown = [a for a in wanted if a not in known]
+            if unknown:
+                raise UsageError(f"--arms: unknown {unknown}; {tunable_names[0]} has {list(known)}")
+            args.arms = tuple(wanted)
     out_root.mkdir(parents=True, exist_ok=True)
     report = out_root / "REPORT.md"
     sections: list[str] = []
@@ -374,11 +389,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         try:
             if args.tune and name in tuning.tunables():
                 path = tuning.tune(
-                    name, out_dir=options.out_dir, quick=args.quick, trials=args.trials
-                )
+                    name, out_dir=options.out_dir, quick=args.quick, trials=args.trials,
+                    arms=args.arms or None,
+                )  # fmt: skip
                 options.tuned_dir = path.parent
-                _say(f"{name}: tuned values in {path} (commit them to "
-                     f"src/feedback_alignment/experiments/tuned/ to make them the default)")  # fmt: skip
+                hint = "" if args.quick else (
+                    " (copy the file to src/feedback_alignment/experiments/tuned/ to make them "
+                    "the default)"
+                )  # fmt: skip
+                _say(f"{name}: tuned values in {path}{hint}")
             result = task.run(options)
         except Exception as error:  # one failing task must not lose the others' results
             if args.verbose:
@@ -565,7 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune",
         action="store_true",
         help="first search each rule's hyperparameters on validation data (Optuna, the tune "
-        "extra; resumable in <out>/<task>/tuned/), then run with them",
+        "extra; resumable in <out>/<task>/tuned/), then run with them; tasks with a search: "
+        "graphs, transformer, nerf",
+    )
+    reproduce.add_argument(
+        "--arms",
+        default="",
+        help="with --tune and one task: search only these arms, e.g. gcn/BP,gcn/DFA (default all)",
     )
     reproduce.add_argument(
         "--trials", type=_count(1), default=None, help="trials per rule for --tune (task default)"

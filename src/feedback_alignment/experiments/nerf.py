@@ -361,7 +361,7 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
     verdict = "the same as" if order == paper_order else "different from"
     m = config.model
     rates = {r: sorted({x.lr for x in results if x.rule == r}) for r in config.rules}
-    rates = {r: v[0] if len(v) == 1 else v for r, v in rates.items()}
+    rates = {r: ", ".join(f"{x:.2g}" for x in v) for r, v in rates.items()}
     tuned = config.tuned and bool(tuning.tuned_values("nerf", config.tuned_dir))
     table.caption = (
         f"Ordering found (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "

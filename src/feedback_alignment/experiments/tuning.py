@@ -16,10 +16,12 @@ values as JSON; :func:`tuned_values` reads them back without importing Optuna, s
 
 Optuna is an optional dependency (the ``tune`` extra); nothing else in the package imports it.
 
-Why the learning rate and not the feedback scale for Adam-trained tasks: Adam's update is
-invariant to a constant factor on a parameter's gradient (up to its epsilon), so the scale of a
-direct rule's feedback matrix cannot change an Adam run; it is searched only where the task uses
-a plain SGD step.
+Why the feedback scale of the direct rules is not searched separately: Adam's update does not
+change when a parameter's gradient is multiplied by a constant (up to its epsilon), so in the
+tasks here (all Adam) the scale of ``B`` acts only through what couples gradients across
+parameters: coupled L2 weight decay (the graphs, where scaling ``B`` by ``c`` equals dividing the
+decay of the layers it trains by ``c``: the searched weight decay covers it) and global-norm
+clipping (the transformer, where a larger ``B`` clips sooner; not searched, stated in the docs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import platform
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -113,23 +116,58 @@ def tuned_path(task: str, directory: Path | None = None) -> Path:
     return (directory or TUNED_DIR) / f"{task}.json"
 
 
+def _read(path: Path, task: str) -> dict[str, Any]:
+    """The stored file at ``path``, parsed and shaped like a tuning result, or a ValueError
+    that names the file and the repair."""
+    try:
+        stored = json.loads(path.read_text())
+        arms = {arm: dict(entry["values"]) for arm, entry in stored["arms"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"{path} is not a tuning result ({error}); delete it (a rerun of "
+            f"`feedback-alignment reproduce --tasks {task} --tune` then writes a new one)"
+        ) from None
+    declared = _TUNABLES.get(task)
+    for arm, values in arms.items():
+        space = declared.space(arm) if declared is not None and arm in declared.arms else None
+        if declared is not None and space is None:
+            raise ValueError(f"{path}: {task} has no arm {arm!r} (arms: {list(declared.arms)})")
+        for name, value in values.items():
+            bad_type = not isinstance(value, (int, float)) or isinstance(value, bool)
+            if bad_type or not math.isfinite(value):
+                raise ValueError(f"{path}: {arm} {name} = {value!r} is not a finite number")
+            if space is not None and name not in space:
+                raise ValueError(f"{path}: {arm} has no parameter {name!r} (has {list(space)})")
+            if space is not None and not space[name].low <= value <= space[name].high:
+                raise ValueError(
+                    f"{path}: {arm} {name} = {value} is outside its search range "
+                    f"[{space[name].low}, {space[name].high}]"
+                )
+    return stored
+
+
 def tuned_values(task: str, directory: Path | None = None) -> dict[str, dict[str, float]]:
     """``arm -> {name: value}`` stored for ``task`` (empty when none is stored).
 
+    The values are checked against the task's search space when its module is loaded (names,
+    finite numbers, ranges); a quick-mode file is refused where the committed values belong.
+
     Raises:
-        ValueError: the file exists but is not a tuning result (names the file and the repair).
+        ValueError: the file is not a valid tuning result (names the file and the repair).
     """
     path = tuned_path(task, directory)
     if not path.is_file():
         return {}
-    try:
-        stored = json.loads(path.read_text())
-        return {arm: dict(entry["values"]) for arm, entry in stored["arms"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(
-            f"{path} is not a tuning result ({error}); delete it or rerun "
-            f"`feedback-alignment reproduce --tasks {task} --tune`"
-        ) from None
+    stored = _read(path, task)
+    if stored.get("quick") and path.parent == TUNED_DIR:
+        raise ValueError(f"{path} holds quick-mode values; commit a full search's file there")
+    return {arm: dict(entry["values"]) for arm, entry in stored["arms"].items()}
+
+
+def arm_seed(seed: int, arm: str, trials_so_far: int) -> int:
+    """The sampler's seed for one arm and one session: different arms draw different start-up
+    trials, and a resumed search draws new ones instead of repeating the first session's."""
+    return (seed * 1_000_003 + zlib.crc32(arm.encode()) + 7919 * trials_so_far) % 2**32
 
 
 def _machine() -> str:
@@ -142,7 +180,7 @@ def _machine() -> str:
 def _commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).parent,
         )  # fmt: skip
         return out.stdout.strip() or "unknown"
@@ -201,7 +239,7 @@ def tune(
     if unknown:
         raise ValueError(f"unknown arms {unknown} of {task!r}; choose from {list(tunable.arms)}")
     count = trials or (2 if quick else tunable.trials)
-    folder = out_dir / "tuned"
+    folder = out_dir / ("tuned-quick" if quick else "tuned")
     folder.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(
         JournalFileBackend(str(folder / f"{task}{'-quick' if quick else ''}.journal"))
@@ -209,6 +247,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, ArmResult] = {}
     path = tuned_path(task, folder)
+    commit = _commit()  # of the code that searches (read now: the tree may change meanwhile)
     for arm in chosen:
         space = tunable.space(arm)
         study = optuna.create_study(
@@ -216,8 +255,13 @@ def tune(
             storage=storage,
             load_if_exists=True,
             direction=tunable.direction,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, count)),
+            sampler=optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=min(4, count)
+            ),  # reseeded below
             pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        )
+        study.sampler = optuna.samplers.TPESampler(
+            seed=arm_seed(seed, arm, len(study.trials)), n_startup_trials=min(4, count)
         )
         if not study.trials:
             default = {k: v for k, v in tunable.defaults(arm).items() if k in space}
@@ -263,7 +307,7 @@ def tune(
         )
         log.info("tune %s %s: best %s = %.4g with %s", task, arm, tunable.metric,
                  best.value, best.params)  # fmt: skip
-        _write(path, task, tunable, results, count, quick, seed, optuna.__version__)
+        _write(path, task, tunable, results, count, quick, seed, optuna.__version__, commit)
     return path
 
 
@@ -276,9 +320,10 @@ def _write(
     quick: bool,
     seed: int,
     optuna_version: str,
+    commit: str,
 ) -> None:
     """Writes the best values so far (after every arm, so an interrupt loses at most one)."""
-    previous = json.loads(path.read_text())["arms"] if path.is_file() else {}
+    previous = _read(path, task)["arms"] if path.is_file() else {}
     payload = {
         "task": task,
         "quick": quick,
@@ -286,13 +331,15 @@ def _write(
         "direction": tunable.direction,
         "schedule": tunable.schedule,
         "trials_per_arm": count,
-        "sampler": f"TPE (seed {seed}), median pruner; the hand-set values are trial 0",
+        "sampler": f"TPE seeded by (seed {seed}, arm, trials so far), median pruner; the "
+        "hand-set values are trial 0",
         "space": {a: {k: asdict(p) for k, p in tunable.space(a).items()} for a in tunable.arms},
         "arms": {**previous, **{a: {**asdict(r), "values": r.values} for a, r in results.items()}},
         "provenance": {
             "command": f"feedback-alignment reproduce --tasks {task} --tune"
+            + (f" --arms {','.join(results)}" if set(results) != set(tunable.arms) else "")
             + (" --quick" if quick else ""),
-            "commit": _commit(),
+            "commit": commit,
             "machine": _machine(),
             "optuna": optuna_version,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -308,7 +355,7 @@ def markdown(task: str, directory: Path | None = None) -> str:
         return f"No tuned values stored for {task}."
     stored = json.loads(path.read_text())
     lines = [
-        f"| arm | values | {stored['metric']} (best) | hand-set trial | trials (pruned) |",
+        f"| arm | values | best {stored['metric']} | hand-set trial's | trials (pruned) |",
         "|:---|:---|---:|---:|---:|",
     ]
     for arm, entry in stored["arms"].items():
@@ -332,7 +379,7 @@ def markdown(task: str, directory: Path | None = None) -> str:
     )
     prov = stored["provenance"]
     return "\n".join(lines) + (
-        f"\n\nSearch: {stored['sampler']}, {stored['trials_per_arm']} trials per arm; "
+        f"\n\nSearch: {stored['sampler']}, {stored['trials_per_arm']} trials per arm. "
         f"{stored['schedule']} Space: {space}. `{prov['command']}`, commit {prov['commit']}, "
         f"{prov['date']}."
     )
