@@ -79,8 +79,9 @@ SOURCES: dict[str, tuple[str, Tag]] = {
     "BIOTORCH_FMNIST_LENET_ERROR": ("BioTorch benchmark tables", "code"),
     "LAUNAY_2020_CORA": ("Launay et al. 2020, table 2", "paper"),
     "LAUNAY_2020_CRITEO": (
-        "Launay et al. 2020, table 3; AutoInt from reproduce_autoint.sh",
-        "paper",
+        "Launay et al. 2020, table 3 (DeepFM, Deep & Cross: [paper]); AutoInt from the comments "
+        "of reproduce_autoint.sh, so the constant as a whole is tagged [code]",
+        "code",
     ),
     "LAUNAY_2020_PERPLEXITY": ("Launay et al. 2020, table 4", "paper"),
     "LAUNAY_2020_PSNR": ("Launay et al. 2020, table 1", "paper"),
