@@ -273,3 +273,17 @@ def test_contradictory_or_orphan_tuning_options_are_refused(fake_task, tmp_path,
     assert main(["reproduce", "--tasks", "toy", "--tune", "--arms", "KP", *out]) == 2
     assert "--arms: unknown ['KP']" in capsys.readouterr().err
     assert not fake_task
+
+
+def test_convnets_reads_a_tuned_rate_per_rule_and_batch_manhattan_pair(tmp_path: Path):
+    from feedback_alignment.experiments import convnets
+
+    stored = {"arms": {"FA+BM": {"values": {"lr": 3e-3}}, "uSF": {"values": {"lr": 2e-4}}}}
+    (tmp_path / "convnets.json").write_text(json.dumps(stored))
+    config = convnets.ConvConfig(tuned_dir=tmp_path)
+    assert convnets.learning_rate(config, "FA", True) == 3e-3
+    assert convnets.learning_rate(config, "FA", False) == config.lr
+    assert convnets.learning_rate(config, "uSF", False) == 2e-4
+    hand = convnets.ConvConfig(tuned=False, tuned_dir=tmp_path)
+    assert convnets.learning_rate(hand, "uSF", False) == hand.lr
+    assert "convnets" in tuning.tunables() and "KP+BM" in tuning.tunables()["convnets"].arms

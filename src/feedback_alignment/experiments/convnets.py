@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment, weight_alignment
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.papers import BIOTORCH_FMNIST_LENET_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -75,6 +76,20 @@ class ConvConfig:
     probe_size: int = 256  # training samples on which angles are measured
     measurements: int = 12  # angle measurements over training (and one at the start)
     seeds: tuple[int, ...] = (0,)
+    tuned: bool = True  # use the stored tuned learning rates where there are any
+    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
+
+
+def arm(rule: str, manhattan: bool) -> str:
+    """The tuning arm of a (rule, Batch Manhattan) pair: ``"FA"`` or ``"FA+BM"``."""
+    return f"{rule}+BM" if manhattan else rule
+
+
+def learning_rate(config: ConvConfig, rule: str, manhattan: bool) -> float:
+    """The pair's tuned rate where stored (and ``config.tuned``), else the hand-set one."""
+    stored = tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
+    hand = config.manhattan_lr if manhattan else config.lr
+    return stored.get(arm(rule, manhattan), {}).get("lr", hand)
 
 
 def quick_config() -> ConvConfig:
@@ -113,15 +128,18 @@ def load_fashion_mnist(
     return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
 
 
-def _optimizer(model: torch.nn.Module, rule: str, manhattan: bool, config: ConvConfig):
+def _optimizer(
+    model: torch.nn.Module, rule: str, manhattan: bool, config: ConvConfig, lr: float | None
+):
     decay = config.kp_weight_decay if rule == "KP" else config.weight_decay
+    rate = learning_rate(config, rule, manhattan) if lr is None else lr
     if manhattan:
         optimizer = torch.optim.SGD(
-            model.parameters(), config.manhattan_lr, momentum=config.momentum, weight_decay=decay
+            model.parameters(), rate, momentum=config.momentum, weight_decay=decay
         )
         batch_manhattan(optimizer)
         return optimizer
-    return torch.optim.AdamW(model.parameters(), config.lr, weight_decay=decay)
+    return torch.optim.AdamW(model.parameters(), rate, weight_decay=decay)
 
 
 def _finite(value: float) -> float | None:
@@ -148,13 +166,15 @@ def train_one(
     config: ConvConfig,
     tensors: tuple[torch.Tensor, ...],
     progress: bool = True,
+    lr: float | None = None,
 ) -> RunRecord:
-    """Trains a fresh LeNet with one rule and one seed; returns its record."""
+    """Trains a fresh LeNet with one rule and one seed; returns its record (``lr`` overrides
+    :func:`learning_rate`; a tuning trial passes validation tensors in the test slots)."""
     x_train, y_train, x_test, y_test = tensors
     torch.manual_seed(seed)
     model = LeNet(in_channels=x_train.shape[1], image_size=x_train.shape[-1])
     rule = apply_rule(rule_name, model, seed)
-    optimizer = _optimizer(model, rule_name, manhattan, config)
+    optimizer = _optimizer(model, rule_name, manhattan, config, lr)
     total = math.ceil(len(x_train) / config.batch_size) * config.epochs
     every = max(1, total // max(1, config.measurements))
     probe = (x_train[: config.probe_size], y_train[: config.probe_size])
@@ -282,7 +302,17 @@ def summary(
             )
     optimizer = (
         f"AdamW lr {config.lr} (weight decay {config.weight_decay}); Batch Manhattan: SGD momentum "
-        f"{config.momentum} lr {config.manhattan_lr} on sign(dW); cosine decay; KP weight decay "
+        f"{config.momentum} lr {config.manhattan_lr} on sign(dW)"
+        + (
+            f" (tuned per pair on held-out training images where stored: {sorted(stored)})"
+            if (
+                stored := (
+                    tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
+                )
+            )
+            else ""
+        )
+        + f"; cosine decay; KP weight decay "
         f"{config.kp_weight_decay}"
     )
     table.caption = (
@@ -349,8 +379,54 @@ def plot(records: list[RunRecord], out_dir: Path, quick: bool = False) -> list[P
 )
 def run(options: RunOptions) -> TaskReport:
     config = quick_config() if options.quick else ConvConfig()
-    config = replace(config, seeds=tuple(options.seeds))
+    config = replace(
+        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
+    )
     _, markdown, files = run_experiment(
         config, options.out_dir, progress=options.progress, quick=options.quick
     )
     return TaskReport("convnets", markdown, files)
+
+
+# --- tuning --------------------------------------------------------------------------------
+
+VALIDATION_SIZE = 5000
+"""Training images held out (the last of a fixed permutation) to score a tuning trial."""
+
+_TENSORS: dict[bool, tuple[torch.Tensor, ...]] = {}
+
+
+def _tuning_objective(
+    name: str, values: dict[str, float], report: tuning.Report, quick: bool
+) -> float:
+    """Validation error % of one seed-0 run of the pair ``name`` (``"FA"``, ``"FA+BM"``) at
+    ``values["lr"]``, trained without the held-out images (the test set is never read)."""
+    rule_name, manhattan = name.removesuffix("+BM"), name.endswith("+BM")
+    config = replace(quick_config() if quick else ConvConfig(), measurements=1)
+    if quick not in _TENSORS:
+        x, y, _, _ = load_fashion_mnist(config)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+        held = min(VALIDATION_SIZE, len(x) // 5)
+        train, val = order[:-held], order[-held:]
+        _TENSORS[quick] = (x[train], y[train], x[val], y[val])
+    record = train_one(rule_name, manhattan, 0, config, _TENSORS[quick], False, values["lr"])
+    report(1, record.test_error)
+    return record.test_error
+
+
+tuning.register_tunable(
+    tuning.Tunable(
+        task="convnets",
+        arms=tuple(arm(r, bm) for bm in (False, True) for r in RULES),
+        space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
+        defaults=lambda name: {
+            "lr": ConvConfig().manhattan_lr if name.endswith("+BM") else ConvConfig().lr
+        },
+        objective=_tuning_objective,
+        direction="minimize",
+        metric="validation error %",
+        trials=8,
+        schedule=f"Each trial is the full run's schedule for seed 0 on the training images less "
+        f"{VALIDATION_SIZE} held out, scored on those.",
+    )
+)
