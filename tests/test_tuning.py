@@ -287,3 +287,15 @@ def test_convnets_reads_a_tuned_rate_per_rule_and_batch_manhattan_pair(tmp_path:
     hand = convnets.ConvConfig(tuned=False, tuned_dir=tmp_path)
     assert convnets.learning_rate(hand, "uSF", False) == hand.lr
     assert "convnets" in tuning.tunables() and "KP+BM" in tuning.tunables()["convnets"].arms
+
+
+def test_recommenders_read_a_tuned_rate_per_data_set_model_and_rule(tmp_path: Path):
+    from feedback_alignment.experiments import recommenders as rec
+
+    stored = {"arms": {"adult/dcn/DFA": {"values": {"lr": 4e-3}}}}
+    (tmp_path / "recommenders.json").write_text(json.dumps(stored))
+    config = rec.RecConfig(tuned_dir=tmp_path)
+    assert rec.learning_rate(config, "adult", "dcn", "DFA") == 4e-3
+    assert rec.learning_rate(config, "adult", "dcn", "BP") == config.lr
+    assert "movielens-100k/fm/BP" in tuning.tunables()["recommenders"].arms
+    assert "movielens-100k/fm/DFA" not in tuning.tunables()["recommenders"].arms

@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first search each rule's hyperparameters on validation data (Optuna, the tune "
         "extra; resumable in <out>/<task>/tuned/), then run with them; tasks with a search: "
-        "graphs, transformer, nerf, convnets",
+        "graphs, transformer, nerf, convnets, recommenders",
     )
     reproduce.add_argument(
         "--arms",

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.papers import LAUNAY_2020_CRITEO
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -74,8 +75,21 @@ class RecConfig:
     epochs: int = 8
     patience: int = 2
     batch_size: int = 1024
-    lr: float = 1e-3  # Adam, the same for every rule (not tuned per rule)
+    lr: float = 1e-3  # Adam: the hand-set rate of every rule (tuned ones replace it where stored)
     max_train_rows: int | None = None  # subsample the training rows (quick mode)
+    tuned: bool = True  # use the stored tuned rates (``experiments/tuned/recommenders.json``)
+    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
+
+
+def arm(dataset: str, kind: str, rule: str) -> str:
+    """The tuning arm of one (data set, model, rule): ``"adult/dcn/DFA"``."""
+    return f"{dataset}/{kind}/{rule}"
+
+
+def learning_rate(config: RecConfig, dataset: str, kind: str, rule: str) -> float:
+    """The tuned rate of the triple where stored (and ``config.tuned``), else ``config.lr``."""
+    stored = tuning.tuned_values("recommenders", config.tuned_dir) if config.tuned else {}
+    return stored.get(arm(dataset, kind, rule), {}).get("lr", config.lr)
 
 
 @dataclass
@@ -125,9 +139,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 def train_one(
     kind: str, dataset: str, rule_name: str, seed: int, table: Any, config: RecConfig,
-    progress: bool,
+    progress: bool, lr: float | None = None, report: tuning.Report | None = None,
 ) -> RecRun:  # fmt: skip
-    """Trains one model with one rule; early stopping on validation AUC, best epoch restored."""
+    """Trains one model with one rule; early stopping on validation AUC, best epoch restored.
+
+    ``lr`` overrides :func:`learning_rate`; ``report(epoch, val_auc)`` is called after every
+    epoch (a tuner's pruning) and the test split is then not read."""
     x, y = table.x_cat, table.y
     train_idx = table.train_idx
     if config.max_train_rows is not None:
@@ -147,7 +164,8 @@ def train_one(
         points=model.block_outputs() or None,
         true_gradient=model.bypass_modules() or None,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rate = learning_rate(config, dataset, kind, rule_name) if lr is None else lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=rate)
     generator = torch.Generator().manual_seed(seed)
 
     def batches(_: int):
@@ -172,10 +190,15 @@ def train_one(
         select="auc",
         patience=config.patience,
         keep_best=True,
+        on_evaluate=None if report is None else (lambda epoch, m: report(epoch, m["auc"])),
         label=f"{kind:>7} {dataset[:5]} {rule_name:>7} s{seed}",
         progress=progress,
     )
     record.seconds, record.best_epoch = done.seconds, done.best_epoch
+    if report is not None:  # a tuning trial: the best validation AUC, no test read
+        record.test_auc = done.best.get("auc", math.nan)
+        rule.remove(model)
+        return record
     record.test_auc, record.test_logloss = evaluate(model, x[table.test_idx], y[table.test_idx])
     if rule_name == "DFA":
         model.train()
@@ -334,11 +357,12 @@ def config_for(options: RunOptions) -> RecConfig:
     training rows, one epoch of batches of 256, 32-wide MLPs."""
     if options.quick:
         return RecConfig(seeds=tuple(options.seeds[:1]), mlp_dims=(32, 32, 32), cross_layers=2,
-                         epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000)  # fmt: skip
+                         epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000,
+                         tuned=options.tuned, tuned_dir=options.tuned_dir)  # fmt: skip
     seeds = (
         options.seeds if len(options.seeds) > 1 else tuple(options.seeds[0] + i for i in range(3))
     )
-    return RecConfig(seeds=tuple(seeds))
+    return RecConfig(seeds=tuple(seeds), tuned=options.tuned, tuned_dir=options.tuned_dir)
 
 
 @register_task(
@@ -361,6 +385,12 @@ def run(options: RunOptions) -> TaskReport:
             config.seeds,
             config=config,
             paper_criteo=LAUNAY_2020_CRITEO,
+            learning_rates={
+                arm(d, m, r): learning_rate(config, d, m, r)
+                for d in config.datasets
+                for m in config.models
+                for r in config.rules
+            },
             summary=summary,
             runs=runs,
         ),
@@ -373,3 +403,44 @@ def run(options: RunOptions) -> TaskReport:
         "paper columns: Criteo)"
     )
     return TaskReport("recommenders", heading + "\n\n" + result.to_markdown(), files)
+
+
+# --- tuning --------------------------------------------------------------------------------
+
+_TABLES: dict[str, Any] = {}
+
+
+def _tuning_objective(
+    name: str, values: dict[str, float], report: tuning.Report, quick: bool
+) -> float:
+    """Best validation AUC of one seed-0 run of ``dataset/model/rule`` at ``values["lr"]``."""
+    from feedback_alignment import data
+
+    dataset, kind, rule_name = name.split("/")
+    config = config_for(RunOptions(out_dir=Path("."), quick=quick))
+    if dataset not in _TABLES:
+        _TABLES[dataset] = data.load(dataset)
+    run = train_one(kind, dataset, rule_name, 0, _TABLES[dataset], config, False,
+                    values["lr"], report)  # fmt: skip
+    return run.test_auc
+
+
+tuning.register_tunable(
+    tuning.Tunable(
+        task="recommenders",
+        arms=tuple(
+            arm(d, m, r)
+            for d in DATASETS
+            for m in MODEL_NAMES
+            for r in RULES
+            if not (m == "fm" and r != "BP")
+        ),
+        space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
+        defaults=lambda name: {"lr": RecConfig().lr},
+        objective=_tuning_objective,
+        direction="maximize",
+        metric="validation AUC (best epoch)",
+        trials=8,
+        schedule="Each trial is the full run of seed 0 (early stopping on the validation split).",
+    )
+)
