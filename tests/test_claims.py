@@ -127,7 +127,9 @@ def test_a_rerun_that_crosses_a_target_makes_the_docs_stale(tmp_path, capsys):
     doc.write_text((ROOT / "docs" / "REPRODUCTION.md").read_text())
     path = tmp_path / "results" / "nerf.json"
     payload = json.loads(path.read_text())
-    payload["rows"][1][1] = payload["rows"][0][1] - 1.0  # DFA 1 dB below BP
+    bp = payload["rows"][0][1]
+    bp = bp["mean"] if isinstance(bp, dict) else bp
+    payload["rows"][1][1] = bp - 1.0  # DFA 1 dB below BP
     path.write_text(json.dumps(payload))
     args = [str(doc), "--results", str(tmp_path / "results")]
     assert render.main([*args, "--check"]) == 1
@@ -142,3 +144,14 @@ def test_spearman():
     assert claims.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert claims.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert claims.spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(0.8660254)
+
+
+def test_the_nerf_ordering_fails_when_one_dfa_seed_is_below_shallow(tmp_path):
+    columns = ["rule", "test PSNR dB (ours)", "worst seed PSNR dB (ours)"]
+    rows = [["BP", 25.0, 24.9], ["DFA", 13.0, 8.0], ["Shallow", 9.5, 9.4]]
+    _write(tmp_path, "nerf", columns, rows, seeds=[0, 1])
+    outcome = _status("nerf-order", tmp_path)
+    assert outcome.status == claims.NOT_REPRODUCED and "below Shallow" in outcome.detail
+    rows[1][2] = 12.0  # every seed above Shallow: the ordering holds
+    _write(tmp_path, "nerf", columns, rows, seeds=[0, 1])
+    assert _status("nerf-order", tmp_path).status == claims.REPRODUCED
