@@ -42,7 +42,7 @@ def test_a_changed_number_is_caught_and_rerendered(tmp_path):
     doc.write_text(DOCS.read_text())
     path = tmp_path / "results" / "graphs_cora.json"
     payload = json.loads(path.read_text())
-    payload["rows"][0][1]["mean"] = 12.3
+    payload["rows"][0][1]["mean"], payload["rows"][0][1]["std"] = 12.3, 1.1
     path.write_text(json.dumps(payload))
     args = [str(doc), "--results", str(tmp_path / "results")]
     assert render.main([*args, "--check"]) == 1
