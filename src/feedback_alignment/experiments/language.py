@@ -184,8 +184,9 @@ def evaluate(model: CharTransformer, data: torch.Tensor, batches: int, batch_siz
 
 def learning_rates(config: LanguageConfig) -> dict[str, float]:
     """``config.lr`` with the stored tuned rates in place where ``config.tuned``."""
-    stored = tuning.tuned_values("transformer", config.tuned_dir) if config.tuned else {}
-    return {**config.lr, **{r: v["lr"] for r, v in stored.items() if "lr" in v}}
+    return tuning.with_tuned(
+        "transformer", config.lr, enabled=config.tuned, directory=config.tuned_dir
+    )
 
 
 def train_one(

@@ -240,8 +240,7 @@ def render_view(
 
 def learning_rates(config: NeRFTaskConfig) -> dict[str, float]:
     """``config.lr`` with the stored tuned rates in place where ``config.tuned``."""
-    stored = tuning.tuned_values("nerf", config.tuned_dir) if config.tuned else {}
-    return {**config.lr, **{r: v["lr"] for r, v in stored.items() if "lr" in v}}
+    return tuning.with_tuned("nerf", config.lr, enabled=config.tuned, directory=config.tuned_dir)
 
 
 def train_one(

@@ -164,6 +164,20 @@ def tuned_values(task: str, directory: Path | None = None) -> dict[str, dict[str
     return {arm: dict(entry["values"]) for arm, entry in stored["arms"].items()}
 
 
+def with_tuned(
+    task: str,
+    hand: dict[str, float],
+    name: str = "lr",
+    *,
+    enabled: bool = True,
+    directory: Path | None = None,
+) -> dict[str, float]:
+    """``hand`` (arm -> hand-set value of ``name``) with the stored tuned values in place, where
+    ``enabled`` and stored: what a task whose arms each have one searched number runs with."""
+    stored = tuned_values(task, directory) if enabled else {}
+    return {**hand, **{arm: v[name] for arm, v in stored.items() if name in v}}
+
+
 def arm_seed(seed: int, arm: str, trials_so_far: int) -> int:
     """The sampler's seed for one arm and one session: different arms draw different start-up
     trials, and a resumed search draws new ones instead of repeating the first session's."""
