@@ -299,3 +299,24 @@ def test_recommenders_read_a_tuned_rate_per_data_set_model_and_rule(tmp_path: Pa
     assert rec.learning_rate(config, "adult", "dcn", "BP") == config.lr
     assert "movielens-100k/fm/BP" in tuning.tunables()["recommenders"].arms
     assert "movielens-100k/fm/DFA" not in tuning.tunables()["recommenders"].arms
+
+
+def test_a_graphs_trial_averages_its_seeds_and_prunes_on_the_first(monkeypatch):
+    """Cora's 500 validation nodes are too few to choose by one seed: a trial is the mean of
+    TRIAL_SEEDS, and only the first seed's curve is reported to the pruner."""
+    pytest.importorskip("torch_geometric")
+    from types import SimpleNamespace
+
+    from feedback_alignment.experiments import graphs
+
+    seen: list[tuple[int, bool]] = []
+
+    def fake_train(layer, rule, seed, graph, config, progress, values, report):
+        seen.append((seed, report is not None))
+        return SimpleNamespace(best_val_accuracy=70.0 + seed)
+
+    monkeypatch.setattr(graphs, "train_one", fake_train)
+    monkeypatch.setattr(graphs, "_CORA", [object()])
+    score = graphs._tuning_objective("gcn/DFA", {"lr": 0.01}, lambda step, value: None, False)
+    assert seen == [(0, True), (1, False), (2, False)]
+    assert score == pytest.approx(71.0)

@@ -455,19 +455,30 @@ def run(options: RunOptions) -> TaskReport:
 _CORA: list[Any] = []
 
 
+TRIAL_SEEDS: tuple[int, ...] = (0, 1, 2)
+"""Seeds a trial trains and averages: Cora's 500 validation nodes make a one-seed score too
+noisy to choose by (a 10-trial one-seed search of GCN's rules picked values that were 1-10 nodes
+better on validation and worse on test)."""
+
+
 def _tuning_objective(
     arm: str, values: dict[str, float], report: tuning.Report, quick: bool
 ) -> float:
-    """Best validation accuracy of one seed-0 run of ``layer/rule`` with ``values`` (the test
-    split is never read for the choice)."""
+    """Mean best validation accuracy of ``layer/rule`` with ``values`` over :data:`TRIAL_SEEDS`
+    (seed 0's curve feeds the pruner; the test split is never read for the choice)."""
     layer, rule_name = arm.split("/")
     if not _CORA:
         _CORA.append(load_cora())
     config = GraphConfig(layers=(layer,), rules=(rule_name,), seeds=(0,),
                          epochs=5 if quick else 250, align_every=10**9)  # fmt: skip
     chosen = RuleSettings(**{**asdict(hand_settings(layer, rule_name)), **values})
-    run = train_one(layer, rule_name, 0, _CORA[0], config, False, chosen, report)
-    return run.best_val_accuracy
+    seeds = TRIAL_SEEDS[:1] if quick else TRIAL_SEEDS
+    scores = []
+    for seed in seeds:
+        pruned_on = report if seed == seeds[0] else None
+        run = train_one(layer, rule_name, seed, _CORA[0], config, False, chosen, pruned_on)
+        scores.append(run.best_val_accuracy)
+    return sum(scores) / len(scores)
 
 
 tuning.register_tunable(
@@ -484,7 +495,8 @@ tuning.register_tunable(
         direction="maximize",
         metric="validation accuracy % (best epoch)",
         trials=10,
-        schedule="Each trial is the full 250-epoch run of seed 0, scored on Cora's 500 "
-        "validation nodes.",
+        schedule=f"Each trial is the full 250-epoch run of seeds {list(TRIAL_SEEDS)}, scored by "
+        "their mean best accuracy on Cora's 500 validation nodes (seed 0's curve feeds the "
+        "pruner).",
     )
 )

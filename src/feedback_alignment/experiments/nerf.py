@@ -10,7 +10,10 @@ DFA follows the paper: a feedback point after every hidden layer of the field, a
 the graph, so ``e`` is ordinary autograd through it (``error_at="field"``). The paper trained DFA
 with a lower learning rate than BP (1e-4 vs 5e-4); we keep the ratio at rates chosen for our scale.
 Shallow trains only the density and colour output layers and, as the paper says, cannot capture the
-geometry. Hierarchical sampling is left out (one field, stratified samples), as in tiny-NeRF.
+geometry. Sampling is hierarchical, as in NeRF: a coarse field on stratified samples and a fine
+field on those plus importance samples drawn from the coarse weights, the loss the sum of both
+renders' errors; under DFA each field is its own sub-network with its own error site and feedback
+(:func:`place_rule`).
 
 References:
     Mildenhall et al., "NeRF: Representing Scenes as Neural Radiance Fields for View Synthesis",
