@@ -161,6 +161,21 @@ def test_transformer_and_nerf_read_their_tuned_learning_rates(tmp_path: Path):
     assert language.learning_rates(language.LanguageConfig(tuned=False)) == config.lr
     nerf_config = nerf.NeRFTaskConfig(tuned_dir=tmp_path)
     assert nerf.learning_rates(nerf_config)["DFA"] == 7e-4
+    assert nerf.adam_eps(nerf_config) == nerf_config.eps  # no eps stored: Adam's default
+    stored = {"arms": {"DFA": {"values": {"lr": 7e-4, "eps": 1e-3}}}}
+    (tmp_path / "nerf.json").write_text(json.dumps(stored))
+    assert nerf.adam_eps(nerf_config) == {"BP": 1e-8, "DFA": 1e-3, "Shallow": 1e-8}
+
+
+def test_only_dfa_searches_adams_epsilon_on_nerf():
+    """DFA's fine field collapses with Adam's default epsilon (nerf.adam_eps says why); BP and
+    Shallow keep the default, so their search is the rate alone."""
+    from feedback_alignment.experiments import nerf
+
+    declared = tuning.tunables()["nerf"]
+    assert set(declared.space("DFA")) == {"lr", "eps"}
+    assert set(declared.space("BP")) == set(declared.space("Shallow")) == {"lr"}
+    assert declared.defaults("DFA") == {"lr": nerf.NeRFTaskConfig().lr["DFA"], "eps": 1e-8}
 
 
 # ---- the command line -------------------------------------------------------------------------
