@@ -324,7 +324,7 @@ def _conv_order(r: Results) -> Outcome:
 def _lenet_level(r: Results) -> Outcome:
     t, e = _lenet(r)
     gap = e["BP"].mean - BIO["BP"]
-    miss = f"BP {gap:+.2f} points above BioTorch's (2 epochs on 2 cores vs their long schedule)"
+    miss = f"BP {gap:+.2f} points above BioTorch's (our schedule vs their longer one)"
     return verdict(t, f"BP {e['BP'].show(2)} %", gap <= 1, miss)
 
 
