@@ -326,3 +326,27 @@ def test_a_task_whose_packages_are_missing_is_refused_before_work(tmp_path, monk
     assert main(["reproduce", "--out", str(tmp_path), "-q"]) == 0  # all: skipped, said so
     assert calls == ["alpha"]
     assert "skipping tasks whose packages are missing" in capsys.readouterr().err
+
+
+def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys):
+    seen: list[int] = []
+
+    def run(options):
+        seen.append(options.workers)
+        return registry.TaskReport("alpha", "### alpha")
+
+    monkeypatch.setattr(registry, "tasks", lambda: {"alpha": registry.Task("alpha", "a", run)})
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    assert main(["reproduce", "--tasks", "alpha", "--out", str(tmp_path), "-q"]) == 0
+    assert (
+        main(["reproduce", "--tasks", "alpha", "--workers", "2", "--out", str(tmp_path), "-q"]) == 0
+    )
+    assert seen == [1, 2]
+    assert main(["reproduce", "--workers", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_the_workers_help_names_the_tasks_that_use_it(capsys):
+    assert main(["reproduce", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"used by {' and '.join(registry.PARALLEL_TASKS)}" in out

@@ -107,3 +107,36 @@ def test_quick_experiment_on_a_tiny_subset_uses_every_seed(tmp_path, one_thread)
     assert errors[0] != errors[1]
     with pytest.raises(ValueError, match=r"unknown rules \['XYZ'\]"):
         convnets.run_experiment(replace(config, rules=("XYZ",)), tmp_path, tensors=tensors)
+
+
+def test_runs_spread_over_worker_processes_equal_the_sequential_ones(tmp_path, one_thread):
+    """``--workers``: each run seeds itself, so two spawned processes give the same records, in
+    the same order, as one loop (the data is sent to each worker once)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
+    tensors = (x[:64], y[:64], x[64:], y[64:])
+    config = replace(
+        convnets.quick_config(),
+        rules=("uSF", "DFA"),
+        manhattan=(False,),
+        batch_size=32,
+        probe_size=16,
+        measurements=1,
+        seeds=(0, 1),
+    )
+    runs = {}
+    for workers in (1, 2):
+        records, _, _ = convnets.run_experiment(
+            config, tmp_path / str(workers), tensors=tensors, progress=False, workers=workers
+        )
+        runs[workers] = [(r.rule, r.seed, r.train_loss, r.test_error) for r in records]
+    assert runs[2] == runs[1] and [r[:2] for r in runs[1]] == [
+        ("uSF", 0), ("DFA", 0), ("uSF", 1), ("DFA", 1)
+    ]  # fmt: skip
+
+
+def test_run_jobs_refuses_zero_workers():
+    from feedback_alignment.experiments.run import run_jobs
+
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_jobs(max, [1], "x", workers=0)

@@ -384,6 +384,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress=_progress_bars(args),
             seeds=args.seeds,
             tuned=not args.hand_set,
+            workers=args.workers,
         )
         start = time.perf_counter()
         try:
@@ -579,6 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--quick", action="store_true", help="CPU-minutes mode")
     reproduce.add_argument("--seeds", type=_int_list(0), default=(0,), help="e.g. 0,1,2")
+    reproduce.add_argument(
+        "--workers",
+        type=_count(1),
+        default=1,
+        help="processes to spread a task's runs (rules x seeds) over, each on --threads "
+        "threads; used by convnets and nerf (default 1; e.g. 2 with --threads 1 on 2 cores)",
+    )
     reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
     reproduce.add_argument(
         "--tune",

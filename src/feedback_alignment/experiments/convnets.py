@@ -43,7 +43,7 @@ from feedback_alignment.experiments.results import (
     write_table,
 )
 from feedback_alignment.experiments.results import title as plot_title
-from feedback_alignment.experiments.run import apply_rule, fit, jobs, shuffled
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, shuffled
 from feedback_alignment.models import LeNet
 from feedback_alignment.optim import batch_manhattan
 from feedback_alignment.rules import LayerwiseFeedback, Rule
@@ -216,6 +216,12 @@ def train_one(
     return record
 
 
+def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> RunRecord:
+    """One (rule, Batch Manhattan, seed) run, as :func:`run_jobs` calls it."""
+    rule, manhattan, seed, config, progress = job
+    return train_one(rule, manhattan, seed, config, tensors, progress)
+
+
 def run_experiment(
     config: ConvConfig,
     out_dir: Path,
@@ -223,8 +229,11 @@ def run_experiment(
     progress: bool = True,
     title: str = "Fashion-MNIST",
     quick: bool = False,
+    workers: int = 1,
 ) -> tuple[list[RunRecord], str, list[Path]]:
     """Runs every (rule, Batch Manhattan, seed); writes JSON, the table and plots into ``out_dir``.
+
+    ``workers``: processes to spread the runs over (:func:`~feedback_alignment.experiments.run.run_jobs`).
 
     Returns:
         The records, the markdown section and the files written.
@@ -236,10 +245,15 @@ def run_experiment(
         raise ValueError("convnets needs at least one seed")
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
     triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
-    records = [
-        train_one(rule, bm, seed, config, tensors, progress)
-        for rule, bm, seed in jobs(triples, "convnets", progress)
-    ]
+    in_workers = workers > 1
+    records = run_jobs(
+        _train_job,
+        [(rule, bm, seed, config, progress and not in_workers) for rule, bm, seed in triples],
+        "convnets",
+        shared=tensors,
+        workers=workers,
+        progress=progress,
+    )
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
     table = summary(records, config, sizes, seconds, title, quick)
@@ -386,8 +400,9 @@ def run(options: RunOptions) -> TaskReport:
         config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
     )
     _, markdown, files = run_experiment(
-        config, options.out_dir, progress=options.progress, quick=options.quick
-    )
+        config, options.out_dir, progress=options.progress, quick=options.quick,
+        workers=options.workers,
+    )  # fmt: skip
     return TaskReport("convnets", markdown, files)
 
 

@@ -45,7 +45,7 @@ from feedback_alignment.experiments.results import (
     write_table,
 )
 from feedback_alignment.experiments.results import title as plot_title
-from feedback_alignment.experiments.run import apply_rule, fit, jobs, threads
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, threads
 from feedback_alignment.models.nerf import (
     NeRFConfig,
     NeRFRenderer,
@@ -350,18 +350,36 @@ def train_one(
     return result, renders
 
 
+def _train_job(scene: Scene, job: tuple) -> tuple[NeRFResult, list[torch.Tensor]]:
+    """One (rule, seed) run, as :func:`run_jobs` calls it."""
+    rule, seed, config, progress = job
+    return train_one(rule, seed, config, scene, progress)
+
+
 def run_experiment(
-    config: NeRFTaskConfig, seeds: tuple[int, ...] = (0,), progress: bool = True
+    config: NeRFTaskConfig,
+    seeds: tuple[int, ...] = (0,),
+    progress: bool = True,
+    workers: int = 1,
 ) -> tuple[list[NeRFResult], dict[str, list[torch.Tensor]], Scene]:
-    """Every rule for every seed; returns the results, the first seed's renders and the scene."""
+    """Every rule for every seed (over ``workers`` processes); returns the results, the first
+    seed's renders and the scene."""
     scene = load_scene(config.scene, config.downscale)
-    results, renders = [], {}
     pairs = [(rule, seed) for seed in seeds for rule in config.rules]
+    bars = progress and workers == 1
     with threads(config.threads):
-        for rule, seed in jobs(pairs, "nerf", progress):
-            result, images = train_one(rule, seed, config, scene, progress)
-            results.append(result)
-            renders.setdefault(rule, images)
+        done = run_jobs(
+            _train_job,
+            [(rule, seed, config, bars) for rule, seed in pairs],
+            "nerf",
+            shared=scene,
+            workers=workers,
+            progress=progress,
+        )
+    results, renders = [], {}
+    for result, images in done:
+        results.append(result)
+        renders.setdefault(result.rule, images)
     return results, renders, scene
 
 
@@ -466,7 +484,9 @@ def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport
     config = config or (QUICK if options.quick else NeRFTaskConfig())
     config = replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
     seeds = options.seeds[:1] if options.quick else options.seeds
-    results, renders, scene = run_experiment(config, tuple(seeds), options.progress)
+    results, renders, scene = run_experiment(
+        config, tuple(seeds), options.progress, options.workers
+    )
     out = options.out_dir
     table = summary(results, config, options.quick)
     write_results(

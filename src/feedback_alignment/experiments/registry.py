@@ -44,6 +44,8 @@ class RunOptions:
         tuned: use the tuned hyperparameters (``False``: the hand-set ones).
         tuned_dir: where the tuned values are read (``None``: the committed ones, see
             :mod:`feedback_alignment.experiments.tuning`).
+        workers: processes over which a task may spread its independent runs (the tasks in
+            :data:`PARALLEL_TASKS`; the others run one at a time).
     """
 
     out_dir: Path
@@ -52,6 +54,12 @@ class RunOptions:
     seeds: tuple[int, ...] = (0,)
     tuned: bool = True
     tuned_dir: Path | None = None
+    workers: int = 1
+
+
+PARALLEL_TASKS: tuple[str, ...] = ("convnets", "nerf")
+"""Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: the two whose
+full runs exceed the 45-minute budget on one core."""
 
 
 @dataclass

@@ -116,6 +116,62 @@ def jobs(items: list[T], desc: str, enabled: bool = True) -> Iterator[T]:
         yield item
 
 
+R = TypeVar("R")
+
+_SHARED: Any = None
+"""What :func:`run_jobs` hands every job of a worker process (set once by its initializer)."""
+
+
+def _init_worker(shared: Any, thread_count: int) -> None:
+    global _SHARED
+    _SHARED = shared
+    torch.set_num_threads(thread_count)
+
+
+def _call_in_worker(fn: Callable[[Any, Any], Any], item: Any) -> Any:
+    return fn(_SHARED, item)
+
+
+def run_jobs(
+    fn: Callable[[Any, T], R],
+    items: list[T],
+    desc: str,
+    *,
+    shared: Any = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[R]:
+    """``[fn(shared, item) for item in items]``, in order; with ``workers > 1`` in that many
+    processes, so that independent runs (seeds, rules) use every core.
+
+    Why processes: each run is a small model on one torch thread (the fastest setting for these
+    sizes on a shared CPU), so one process leaves the other cores idle, and threads would share
+    Python's lock. The workers are *spawned* (not forked: a forked child of a process whose
+    OpenMP pool has run can deadlock); ``shared`` (the data) is sent once per worker, and each
+    worker runs with the caller's torch thread count. ``fn`` must be a module-level function and
+    the items picklable. A run seeds itself, so the results equal the sequential ones.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(items) <= 1:
+        return [fn(shared, item) for item in jobs(items, desc, progress)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    count = min(workers, len(items))
+    log.info("%s: %d runs on %d worker processes", desc, len(items), count)
+    initargs = (shared, torch.get_num_threads())
+    with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
+                             initargs=initargs) as pool:  # fmt: skip
+        futures = [pool.submit(_call_in_worker, fn, item) for item in items]
+        results = []
+        for index, (item, future) in enumerate(zip(items, futures, strict=True), 1):
+            results.append(future.result())
+            log.info("%s: run %d/%d %s done", desc, index, len(items), item)
+    return results
+
+
 @contextmanager
 def threads(count: int | None) -> Iterator[None]:
     """Sets torch's intra-op threads for a block (``None``: leaves them), then restores them."""
