@@ -7,6 +7,7 @@ function that would do the work is replaced by one that fails the test if it is 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -328,7 +329,7 @@ def test_a_task_whose_packages_are_missing_is_refused_before_work(tmp_path, monk
     assert "skipping tasks whose packages are missing" in capsys.readouterr().err
 
 
-def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys):
+def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys, caplog):
     seen: list[int] = []
 
     def run(options):
@@ -342,6 +343,14 @@ def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys):
         main(["reproduce", "--tasks", "alpha", "--workers", "2", "--out", str(tmp_path), "-q"]) == 0
     )
     assert seen == [1, 2]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with caplog.at_level(logging.WARNING):
+        assert (
+            main(["reproduce", "--tasks", "alpha", "--workers", "9", "--out", str(tmp_path), "-q"])
+            == 0
+        )
+    assert seen[-1] == 2 and "more than the 2 CPUs" in caplog.text
+    assert "alpha run one at a time" in caplog.text
     assert main(["reproduce", "--workers", "0"]) == 2
     assert "must be >= 1" in capsys.readouterr().err
 

@@ -135,8 +135,13 @@ def test_runs_spread_over_worker_processes_equal_the_sequential_ones(tmp_path, o
     ]  # fmt: skip
 
 
-def test_run_jobs_refuses_zero_workers():
+def test_run_jobs_keeps_the_order_raises_a_workers_error_and_refuses_zero_workers():
+    import operator
+
     from feedback_alignment.experiments.run import run_jobs
 
+    assert run_jobs(operator.truediv, [1, 2, 4], "x", shared=1.0, workers=2) == [1.0, 0.5, 0.25]
+    with pytest.raises(ZeroDivisionError):
+        run_jobs(operator.truediv, [1, 0, 2, 4, 8], "x", shared=1.0, workers=2)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_jobs(max, [1], "x", workers=0)

@@ -329,12 +329,27 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
     )
     check_data_cache()
-    from feedback_alignment.experiments.registry import EXTRAS, RunOptions, resolve
+    from feedback_alignment.experiments.registry import (
+        EXTRAS,
+        PARALLEL_TASKS,
+        RunOptions,
+        resolve,
+    )
 
     try:
         available = resolve(args.tasks)
     except ValueError as error:
         raise UsageError(f"{error} (see reproduce --help)") from None
+    cores = os.cpu_count() or 1
+    if args.workers > cores:
+        log.warning("--workers %d is more than the %d CPUs here: using %d", args.workers, cores,
+                    cores)  # fmt: skip
+        args.workers = cores
+    if args.workers > 1:
+        serial = [name for name in available if name not in PARALLEL_TASKS]
+        if serial:
+            log.warning("--workers: %s run one at a time (only %s spread their runs)",
+                        ", ".join(serial), ", ".join(PARALLEL_TASKS))  # fmt: skip
     unavailable = {name: task.missing() for name, task in available.items() if task.missing()}
     if unavailable:
         needs = "; ".join(f"{n} needs {', '.join(m)}" for n, m in unavailable.items())
@@ -585,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(1),
         default=1,
         help="processes to spread a task's runs (rules x seeds) over, each on --threads "
-        "threads; used by convnets and nerf (default 1; e.g. 2 with --threads 1 on 2 cores)",
+        "threads; used by convnets and nerf (default 1; e.g. 2 with --threads 1 on 2 cores; "
+        "at most the CPU count; a --tune search runs in one process)",
     )
     reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
     reproduce.add_argument(

@@ -111,6 +111,7 @@ class RunRecord:
     seconds: float
     train_loss: list[float] = field(default_factory=list)  # mean per epoch
     history: list[dict[str, Any]] = field(default_factory=list)  # angles over training
+    lr: float = math.nan  # the rate it ran at (NaN in records written before it was stored)
 
 
 def load_fashion_mnist(
@@ -183,6 +184,7 @@ def train_one(
     probe = (x_train[: config.probe_size], y_train[: config.probe_size])
     generator = torch.Generator().manual_seed(seed)
     record = RunRecord(rule_name, manhattan, seed, math.nan, 0.0)
+    record.lr = learning_rate(config, rule_name, manhattan) if lr is None else lr
     record.history.append(_measure(model, rule, probe, 0))
 
     def measure(step: int) -> None:
@@ -253,6 +255,7 @@ def run_experiment(
         shared=tensors,
         workers=workers,
         progress=progress,
+        label=lambda job: job[:3],
     )
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
@@ -297,6 +300,7 @@ def summary(
         [
             Column("rule", align="left"),
             Column("Batch Manhattan", align="left"),
+            Column("lr", 3),
             Column("test error %", 2),
             Column("BioTorch error %", 2),
             Column("hidden update angle (deg)", 1),
@@ -309,34 +313,35 @@ def summary(
             group = [r for r in records if r.rule == rule and r.manhattan == bm]
             if not group:
                 continue
+            rates = {r.lr for r in group if not math.isnan(r.lr)}
+            rate = rates.pop() if len(rates) == 1 else learning_rate(config, rule, bm)
             table.add(
                 rule,
                 bm,
+                f"{rate:.2g}",
                 mean_std(r.test_error for r in group).cell(single=True),
                 None if bm else BIOTORCH_FMNIST_LENET_ERROR.get(rule),
                 mean_std(_final_mean(r, "update_angle") for r in group).cell(single=True),
                 mean_std(_final_mean(r, "weight_angle") for r in group).cell(single=True),
             )
+    stored = tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
     optimizer = (
-        f"AdamW lr {config.lr} (weight decay {config.weight_decay}); Batch Manhattan: SGD momentum "
-        f"{config.momentum} lr {config.manhattan_lr} on sign(dW)"
+        f"AdamW (weight decay {config.weight_decay}) or, with Batch Manhattan, SGD momentum "
+        f"{config.momentum} on sign(dW); lr per pair in the table ("
         + (
-            f" (tuned per pair on held-out training images where stored: {sorted(stored)})"
-            if (
-                stored := (
-                    tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
-                )
-            )
-            else ""
+            f"tuned on held-out training images for {len(stored)} pairs, hand-set "
+            f"{config.lr} / {config.manhattan_lr} otherwise"
+            if stored
+            else f"hand-set: AdamW {config.lr}, Batch Manhattan {config.manhattan_lr}"
         )
-        + f"; cosine decay; KP weight decay "
-        f"{config.kp_weight_decay}"
+        + f"); cosine decay; KP weight decay {config.kp_weight_decay}"
     )
     table.caption = (
         f"LeNet-5 (conv 6, 16; linear 120, 84; ReLU), {sizes['train']:,} training / "
         f"{sizes['test']:,} test images, {config.epochs} epoch(s), batch {config.batch_size}, "
         f"{optimizer}; seeds {list(config.seeds)} (mean ± std over seeds where more than one); "
-        f"{seconds / 60:.1f} min of training on {torch.get_num_threads()} threads. Angles at the "
+        f"{seconds / 60:.1f} min of training (summed over runs) on {torch.get_num_threads()} "
+        "thread(s) per run. Angles at the "
         "end of training on a fixed probe batch, averaged over the hidden layers (all but the top "
         "one): the update angle is between the rule's and BP's weight update (0 = BP); the weight "
         "angle between vec(W^T) and vec(B). BioTorch trained their LeNet for many more epochs, so "

@@ -107,12 +107,15 @@ def progress_bar(iterable: Iterable[T] | None = None, *, enabled: bool = True, *
     return tqdm(iterable, disable=not (enabled and on_terminal()), **kwargs)
 
 
-def jobs(items: list[T], desc: str, enabled: bool = True) -> Iterator[T]:
-    """Iterates a task's runs with an outer progress bar, logging each start off a terminal."""
+def jobs(
+    items: list[T], desc: str, enabled: bool = True, label: Callable[[T], Any] = str
+) -> Iterator[T]:
+    """Iterates a task's runs with an outer progress bar, logging each start off a terminal
+    (``label(item)`` names the run in the log)."""
     bar = progress_bar(items, enabled=enabled, desc=desc, unit="run", leave=True)
     for i, item in enumerate(bar, 1):
         if not on_terminal():
-            log.info("%s: run %d/%d %s", desc, i, len(items), item)
+            log.info("%s: run %d/%d %s", desc, i, len(items), label(item))
         yield item
 
 
@@ -122,10 +125,12 @@ _SHARED: Any = None
 """What :func:`run_jobs` hands every job of a worker process (set once by its initializer)."""
 
 
-def _init_worker(shared: Any, thread_count: int) -> None:
+def _init_worker(shared: Any, thread_count: int, log_level: int) -> None:
     global _SHARED
     _SHARED = shared
     torch.set_num_threads(thread_count)
+    # a spawned process starts with no logging set up: the per-run lines would vanish
+    logging.basicConfig(level=log_level, format="%(levelname)s %(message)s")
 
 
 def _call_in_worker(fn: Callable[[Any, Any], Any], item: Any) -> Any:
@@ -140,6 +145,7 @@ def run_jobs(
     shared: Any = None,
     workers: int = 1,
     progress: bool = True,
+    label: Callable[[T], Any] = str,
 ) -> list[R]:
     """``[fn(shared, item) for item in items]``, in order; with ``workers > 1`` in that many
     processes, so that independent runs (seeds, rules) use every core.
@@ -149,27 +155,35 @@ def run_jobs(
     Python's lock. The workers are *spawned* (not forked: a forked child of a process whose
     OpenMP pool has run can deadlock); ``shared`` (the data) is sent once per worker, and each
     worker runs with the caller's torch thread count. ``fn`` must be a module-level function and
-    the items picklable. A run seeds itself, so the results equal the sequential ones.
+    the items picklable. A run seeds itself, so the results equal the sequential ones. The first
+    run that raises cancels the runs not yet started, and its error is raised here.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(items) <= 1:
-        return [fn(shared, item) for item in jobs(items, desc, progress)]
+        return [fn(shared, item) for item in jobs(items, desc, progress, label)]
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     count = min(workers, len(items))
     log.info("%s: %d runs on %d worker processes", desc, len(items), count)
-    initargs = (shared, torch.get_num_threads())
+    initargs = (shared, torch.get_num_threads(), logging.getLogger().getEffectiveLevel())
     with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                              initargs=initargs) as pool:  # fmt: skip
-        futures = [pool.submit(_call_in_worker, fn, item) for item in items]
-        results = []
-        for index, (item, future) in enumerate(zip(items, futures, strict=True), 1):
-            results.append(future.result())
-            log.info("%s: run %d/%d %s done", desc, index, len(items), item)
-    return results
+        futures = {pool.submit(_call_in_worker, fn, item): item for item in items}
+        pending, finished = set(futures), 0
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise future.exception()  # type: ignore[misc]
+                finished += 1
+                log.info(
+                    "%s: run %d/%d done: %s", desc, finished, len(items), label(futures[future])
+                )
+        return [future.result() for future in futures]
 
 
 @contextmanager
