@@ -145,3 +145,16 @@ def test_run_jobs_keeps_the_order_raises_a_workers_error_and_refuses_zero_worker
         run_jobs(operator.truediv, [1, 0, 2, 4, 8], "x", shared=1.0, workers=2)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_jobs(max, [1], "x", workers=0)
+
+
+def test_run_jobs_logs_one_line_per_finished_run(caplog):
+    import logging
+    import operator
+
+    from feedback_alignment.experiments.run import run_jobs
+
+    with caplog.at_level(logging.INFO):
+        run_jobs(operator.truediv, [1, 2, 4], "x", shared=1.0, workers=2)
+    done = [m for m in caplog.messages if " done: " in m]
+    assert [m.split(" done: ")[0] for m in done] == ["x: run 1/3", "x: run 2/3", "x: run 3/3"]
+    assert sorted(m.split(" done: ")[1] for m in done) == ["1", "2", "4"]

@@ -163,7 +163,7 @@ def run_jobs(
     if workers == 1 or len(items) <= 1:
         return [fn(shared, item) for item in jobs(items, desc, progress, label)]
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     count = min(workers, len(items))
@@ -174,7 +174,7 @@ def run_jobs(
         futures = {pool.submit(_call_in_worker, fn, item): item for item in items}
         pending, finished = set(futures), 0
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line per run as it ends
             for future in done:
                 if future.exception() is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
