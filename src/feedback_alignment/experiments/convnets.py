@@ -132,11 +132,8 @@ def load_fashion_mnist(
     return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
 
 
-def _optimizer(
-    model: torch.nn.Module, rule: str, manhattan: bool, config: ConvConfig, lr: float | None
-):
+def _optimizer(model: torch.nn.Module, rule: str, manhattan: bool, config: ConvConfig, rate: float):
     decay = config.kp_weight_decay if rule == "KP" else config.weight_decay
-    rate = learning_rate(config, rule, manhattan) if lr is None else lr
     if manhattan:
         optimizer = torch.optim.SGD(
             model.parameters(), rate, momentum=config.momentum, weight_decay=decay
@@ -178,13 +175,13 @@ def train_one(
     torch.manual_seed(seed)
     model = LeNet(in_channels=x_train.shape[1], image_size=x_train.shape[-1])
     rule = apply_rule(rule_name, model, seed)
-    optimizer = _optimizer(model, rule_name, manhattan, config, lr)
+    rate = learning_rate(config, rule_name, manhattan) if lr is None else lr
+    optimizer = _optimizer(model, rule_name, manhattan, config, rate)
     total = math.ceil(len(x_train) / config.batch_size) * config.epochs
     every = max(1, total // max(1, config.measurements))
     probe = (x_train[: config.probe_size], y_train[: config.probe_size])
     generator = torch.Generator().manual_seed(seed)
-    record = RunRecord(rule_name, manhattan, seed, math.nan, 0.0)
-    record.lr = learning_rate(config, rule_name, manhattan) if lr is None else lr
+    record = RunRecord(rule_name, manhattan, seed, math.nan, 0.0, lr=rate)
     record.history.append(_measure(model, rule, probe, 0))
 
     def measure(step: int) -> None:
