@@ -358,4 +358,4 @@ def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys, cap
 def test_the_workers_help_names_the_tasks_that_use_it(capsys):
     assert main(["reproduce", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert f"used by {' and '.join(registry.PARALLEL_TASKS)}" in out
+    assert f"used by {', '.join(registry.PARALLEL_TASKS)} (default 1" in out

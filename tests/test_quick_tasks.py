@@ -17,6 +17,7 @@ from feedback_alignment.experiments.registry import RunOptions, resolve
 
 FAMILIES = {
     "convnets": (["fashion-mnist"], "convnets_fashion_mnist", "| uSF | no |"),
+    "resnet": (["fashion-mnist"], "resnet_fashion_mnist", "| uSF |"),
     "principled": (
         ["mnist-5k", "fashion-mnist"],
         "principled_conv",

@@ -491,6 +491,7 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from feedback_alignment import __version__
+    from feedback_alignment.experiments.registry import PARALLEL_TASKS
 
     parser = _Parser(
         prog="feedback-alignment",
@@ -600,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count(1),
         default=1,
         help="processes to spread a task's runs (rules x seeds) over, each on --threads "
-        "threads; used by convnets and nerf (default 1; e.g. 2 with --threads 1 on 2 cores; "
-        "at most the CPU count; a --tune search runs in one process)",
+        f"threads; used by {', '.join(PARALLEL_TASKS)} (default 1; e.g. 2 with --threads 1 on "
+        "2 cores; at most the CPU count; a --tune search runs in one process)",
     )
     reproduce.add_argument("--out", type=Path, default=None, help="folder, default results/<date>")
     reproduce.add_argument(

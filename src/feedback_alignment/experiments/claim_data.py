@@ -9,7 +9,7 @@ that would measure it); a table that lacks the row or column raises :class:`Clai
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "gin_cora": "python -m feedback_alignment.experiments.gin_cora",
     "recommenders_auc": "feedback-alignment reproduce --tasks recommenders --seeds 0,1,2",
     "convnets_fashion_mnist": "feedback-alignment reproduce --tasks convnets",
+    "resnet_fashion_mnist": "feedback-alignment reproduce --tasks resnet --workers 2",
 }  # fmt: skip
 """The run that writes each table a claim reads (its JSON is then copied to docs/results/)."""
 
@@ -110,3 +111,34 @@ class Results(dict[str, Data]):
             raise KeyError(f"no run known for table {name!r}: add it to claim_data.COMMANDS")
         self[name] = Data(self.folder / f"{name}.json")
         return self[name]
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+NOT_TESTABLE, NOT_MEASURED = "not testable here", "not measured"
+TARGET = {"macro": 0.79, "micro": 0.57, "nerf_db": 5.6, "gcn": 0.97, "sf_points": 1.0, "auc": 0.02}
+"""Issue 13's targets (the papers' figures, rounded as the issue states them)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ours: str
+    status: str
+    detail: str = ""
+
+
+Evaluate = Callable[[Results], Outcome]
+
+
+def verdict(t: Data, ours: str, met: bool, miss: str, hit: str = "") -> Outcome:
+    """The outcome of a criterion: ``ours`` (tagged with the table and seeds) and the status."""
+    return Outcome(f"{ours} {t.tag()}", REPRODUCED if met else NOT_REPRODUCED, hit if met else miss)
+
+
+def untestable(reason: str) -> Evaluate:
+    return lambda _: Outcome("—", NOT_TESTABLE, reason)
+
+
+def slash(stats: dict[Any, Stat], digits: int) -> str:
+    return " / ".join(f"{k} {v.show(digits)}" for k, v in stats.items())

@@ -21,9 +21,10 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,11 @@ class ConvConfig:
     runs, where it acts after the sign as in Liao et al. Kolen-Pollack aligns ``B`` with ``W``
     only through weight decay, so its runs use ``kp_weight_decay`` (on ``W`` and, by the rule,
     on ``B``). Every pair (rule, Batch Manhattan) is trained once per seed of ``seeds``.
+    A subclass trains another network on the same loop (:meth:`build`; ``task`` names the
+    task whose stored tuned rates it reads).
     """
 
+    task: ClassVar[str] = "convnets"
     rules: tuple[str, ...] = RULES
     manhattan: tuple[bool, ...] = (False, True)
     epochs: int = 10
@@ -82,6 +86,10 @@ class ConvConfig:
     tuned: bool = True  # use the stored tuned learning rates where there are any
     tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
 
+    def build(self, in_channels: int, image_size: int) -> torch.nn.Module:
+        """The network a run trains: LeNet-5."""
+        return LeNet(in_channels=in_channels, image_size=image_size)
+
 
 def arm(rule: str, manhattan: bool) -> str:
     """The tuning arm of a (rule, Batch Manhattan) pair: ``"FA"`` or ``"FA+BM"``."""
@@ -90,7 +98,7 @@ def arm(rule: str, manhattan: bool) -> str:
 
 def learning_rate(config: ConvConfig, rule: str, manhattan: bool) -> float:
     """The pair's tuned rate where stored (and ``config.tuned``), else the hand-set one."""
-    stored = tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
+    stored = tuning.tuned_values(config.task, config.tuned_dir) if config.tuned else {}
     hand = config.manhattan_lr if manhattan else config.lr
     return stored.get(arm(rule, manhattan), {}).get("lr", hand)
 
@@ -148,6 +156,7 @@ def _finite(value: float) -> float | None:
 
 
 def _measure(model, rule: Rule, probe, step: int) -> dict[str, Any]:
+    """Angles on the probe batch (:func:`alignment` puts BatchNorm's running statistics back)."""
     report = alignment(model, rule, probe, F.cross_entropy)
     entry: dict[str, Any] = {
         "step": step,
@@ -169,11 +178,12 @@ def train_one(
     progress: bool = True,
     lr: float | None = None,
 ) -> RunRecord:
-    """Trains a fresh LeNet with one rule and one seed; returns its record (``lr`` overrides
-    :func:`learning_rate`; a tuning trial passes validation tensors in the test slots)."""
+    """Trains a fresh ``config.build()`` network with one rule and one seed; returns its record
+    (``lr`` overrides :func:`learning_rate`; a tuning trial passes validation tensors in the test
+    slots)."""
     x_train, y_train, x_test, y_test = tensors
     torch.manual_seed(seed)
-    model = LeNet(in_channels=x_train.shape[1], image_size=x_train.shape[-1])
+    model = config.build(x_train.shape[1], x_train.shape[-1])
     rule = apply_rule(rule_name, model, seed)
     rate = learning_rate(config, rule_name, manhattan) if lr is None else lr
     optimizer = _optimizer(model, rule_name, manhattan, config, rate)
@@ -276,7 +286,7 @@ def run_experiment(
     return records, markdown, files
 
 
-def _final_mean(record: RunRecord, key: str) -> float:
+def final_mean(record: RunRecord, key: str) -> float:
     """Mean over the hidden layers (all but the top one) of the last measurement of ``key``."""
     values = record.history[-1].get(key, {})
     names = list(values)[:-1]
@@ -318,8 +328,8 @@ def summary(
                 f"{rate:.2g}",
                 mean_std(r.test_error for r in group).cell(single=True),
                 None if bm else BIOTORCH_FMNIST_LENET_ERROR.get(rule),
-                mean_std(_final_mean(r, "update_angle") for r in group).cell(single=True),
-                mean_std(_final_mean(r, "weight_angle") for r in group).cell(single=True),
+                mean_std(final_mean(r, "update_angle") for r in group).cell(single=True),
+                mean_std(final_mean(r, "weight_angle") for r in group).cell(single=True),
             )
     stored = tuning.tuned_values("convnets", config.tuned_dir) if config.tuned else {}
     optimizer = (
@@ -418,26 +428,33 @@ SEARCH_EPOCHS = 2
 pairs would take about 40 minutes of one core more than the run itself); the cosine schedule is
 the full run's, compressed."""
 
-_TENSORS: dict[bool, tuple[torch.Tensor, ...]] = {}
 
+def validation_objective(
+    full: Callable[[], ConvConfig],
+    quick: Callable[[], ConvConfig],
+    train_size: int | None = None,
+) -> Callable[[str, dict[str, float], tuning.Report, bool], float]:
+    """A tuning objective: the validation error % of one seed-0 run of the arm ``"FA"`` or
+    ``"FA+BM"`` at ``values["lr"]``, with the config ``full()`` (or ``quick()``), trained on the
+    training images less :data:`VALIDATION_SIZE` held out (the first ``train_size`` of the rest,
+    if given) and scored on those held out: the test set is never read."""
+    held_out: dict[bool, tuple[torch.Tensor, ...]] = {}
 
-def _tuning_objective(
-    name: str, values: dict[str, float], report: tuning.Report, quick: bool
-) -> float:
-    """Validation error % of one seed-0 run of the pair ``name`` (``"FA"``, ``"FA+BM"``) at
-    ``values["lr"]``, trained without the held-out images (the test set is never read)."""
-    rule_name, manhattan = name.removesuffix("+BM"), name.endswith("+BM")
-    config = quick_config() if quick else ConvConfig(epochs=SEARCH_EPOCHS)
-    config = replace(config, measurements=1)
-    if quick not in _TENSORS:
-        x, y, _, _ = load_fashion_mnist(config)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
-        held = min(VALIDATION_SIZE, len(x) // 5)
-        train, val = order[:-held], order[-held:]
-        _TENSORS[quick] = (x[train], y[train], x[val], y[val])
-    record = train_one(rule_name, manhattan, 0, config, _TENSORS[quick], False, values["lr"])
-    report(1, record.test_error)
-    return record.test_error
+    def objective(name: str, values: dict[str, float], report: tuning.Report, is_quick: bool):
+        rule_name, manhattan = name.removesuffix("+BM"), name.endswith("+BM")
+        config = quick() if is_quick else full()
+        if is_quick not in held_out:
+            x, y, _, _ = load_fashion_mnist(config)
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+            held = min(VALIDATION_SIZE, len(x) // 5)
+            train, val = order[:-held], order[-held:]
+            train = train[:train_size] if train_size is not None and not is_quick else train
+            held_out[is_quick] = (x[train], y[train], x[val], y[val])
+        record = train_one(rule_name, manhattan, 0, config, held_out[is_quick], False, values["lr"])
+        report(1, record.test_error)
+        return record.test_error
+
+    return objective
 
 
 tuning.register_tunable(
@@ -448,7 +465,10 @@ tuning.register_tunable(
         defaults=lambda name: {
             "lr": ConvConfig().manhattan_lr if name.endswith("+BM") else ConvConfig().lr
         },
-        objective=_tuning_objective,
+        objective=validation_objective(
+            lambda: ConvConfig(epochs=SEARCH_EPOCHS, measurements=1),
+            lambda: replace(quick_config(), measurements=1),
+        ),
         direction="minimize",
         metric="validation error %",
         trials=8,

@@ -46,6 +46,14 @@ layer, test accuracy % where given)."""
 BIOTORCH_FMNIST_LENET_ERROR: dict[str, float] = {"BP": 9.2, "FA": 13.06, "DFA": 12.81, "uSF": 9.69}
 """Fashion-MNIST LeNet top-1 test error %."""
 
+BIOTORCH_CIFAR10_RESNET20_ERROR: dict[str, float] = {
+    "BP": 8.63,
+    "FA": 32.16,
+    "DFA": 45.94,
+    "uSF": 10.05,
+}
+"""CIFAR-10 ResNet-20 (BatchNorm) top-1 test error %."""
+
 LAUNAY_2020_CORA: dict[str, tuple[float, float, float]] = {
     "gcn": (80.1, 79.9, 37.0),
     "cheb": (79.2, 75.4, 23.3),
@@ -77,6 +85,7 @@ SOURCES: dict[str, tuple[str, Tag]] = {
     "NOKLAND_MNIST_ERROR": ("Nøkland 2016", "unverified"),
     "LAUNAY_2019_BOTTLENECK": ("Launay, Poli, Krzakala 2019, the authors' logs", "code"),
     "BIOTORCH_FMNIST_LENET_ERROR": ("BioTorch benchmark tables", "code"),
+    "BIOTORCH_CIFAR10_RESNET20_ERROR": ("BioTorch benchmark tables", "code"),
     "LAUNAY_2020_CORA": ("Launay et al. 2020, table 2", "paper"),
     "LAUNAY_2020_CRITEO": (
         "Launay et al. 2020, table 3 (DeepFM, Deep & Cross: [paper]); AutoInt from the comments "

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.quick_digits",
     "feedback_alignment.experiments.convnets",
+    "feedback_alignment.experiments.resnet",
     "feedback_alignment.experiments.principled",
     "feedback_alignment.experiments.graphs",
     "feedback_alignment.experiments.recommenders",
@@ -57,8 +58,8 @@ class RunOptions:
     workers: int = 1
 
 
-PARALLEL_TASKS: tuple[str, ...] = ("convnets", "nerf")
-"""Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: the two whose
+PARALLEL_TASKS: tuple[str, ...] = ("convnets", "resnet", "nerf")
+"""Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: those whose
 full runs exceed the 45-minute budget on one core."""
 
 
