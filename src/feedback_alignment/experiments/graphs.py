@@ -33,26 +33,18 @@ import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
 from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.graphs_report import LAYER_NAMES, plot, table
 from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
-    Column,
-    MeanStd,
-    Table,
     gap_closure,
     mean_std,
-    pyplot,
-    save_figure,
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.results import title as plot_title
 from feedback_alignment.experiments.run import apply_rule, fit, jobs
 
 RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
-
-LAYER_NAMES = {"gcn": "GCNConv", "cheb": "ChebConv (K=2)", "gat": "GATConv (8x8)",
-               "graphconv": "GraphConv"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -276,114 +268,6 @@ def summarise(runs: list[GraphRun], config: GraphConfig) -> dict[str, dict[str, 
             row["G"] = gap_closure(row["DFA"].mean, row["BP"].mean, row["Shallow"].mean)
         summary[layer] = row
     return summary
-
-
-def table(
-    summary: dict[str, dict[str, Any]],
-    quick: bool = False,
-    tuned: tuple[str, ...] = (),
-    source: str = "experiments/tuned/graphs.json",
-    everything: bool = False,
-) -> Table:
-    """Cora test accuracy beside the paper's, the gap closure and DFA's alignment."""
-    acc, two = 1, 2
-    result = Table(
-        "graphs_cora",
-        [Column("layer", align="left"), Column("BP", acc), Column("BP paper", acc),
-         Column("DFA", acc), Column("DFA paper", acc), Column("Shallow", acc),
-         Column("Shallow paper", acc), Column("G", two), Column("G paper", two),
-         Column("DFA hidden update angle (deg)", acc), Column("DFA signal cosine", two)],
-        missing="-",
-        quick=quick,
-    )  # fmt: skip
-
-    def cell(value: MeanStd | None) -> Any:
-        return value.cell() if value is not None else None
-
-    for layer, row in summary.items():
-        paper = LAUNAY_2020_CORA.get(layer)
-        g_paper = gap_closure(paper[1], paper[0], paper[2]) if paper else None
-        result.add(
-            LAYER_NAMES[layer],
-            cell(row.get("BP")), paper[0] if paper else None,
-            cell(row.get("DFA")), paper[1] if paper else None,
-            cell(row.get("Shallow")), paper[2] if paper else None,
-            row.get("G"), g_paper, cell(row.get("angle")), cell(row.get("cosine")),
-        )  # fmt: skip
-    result.caption = (
-        "G = (DFA - Shallow) / (BP - Shallow). The angle is between DFA's and BP's update of the "
-        "hidden layer's weights (mean over its weight matrices) and the cosine is the per-node "
-        "cosine between `B e` and BP's `dL/dh` at the hidden activation (labelled and "
-        "neighbouring nodes), both at the last epoch. GraphConv has no paper figure. "
-        + _settings_note(tuned, source, everything)
-    )
-    return result
-
-
-def _settings_note(tuned: tuple[str, ...], source: str = "", everything: bool = False) -> str:
-    """Which (layer, rule) pairs used tuned values (from ``source``) and which the authors'
-    hand-set ones."""
-    hand = "the authors' hand-set values (BP's, and one set shared by DFA and Shallow)"
-    if not tuned:
-        return f"Hyperparameters: {hand}."
-    rest = "" if everything else f"; the other pairs used {hand}"
-    return (
-        f"Hyperparameters: {', '.join(tuned)} used their own learning rate, weight decay and "
-        f"dropout, tuned on the validation nodes (`{source}`){rest}."
-    )
-
-
-def plot(
-    runs: list[GraphRun], summary: dict[str, dict[str, Any]], out_dir: Path, quick: bool = False
-) -> list[Path]:
-    """Bars of test accuracy beside the paper's, validation curves, and DFA's alignment."""
-    plt = pyplot()
-    colours = {"BP": "tab:blue", "DFA": "tab:orange", "Shallow": "tab:gray"}
-    layers = list(summary)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax = axes[0]
-    width = 0.27
-    for i, rule_name in enumerate(RULES):
-        cells = [summary[lay].get(rule_name) for lay in layers]
-        xs = [j + (i - 1) * width for j in range(len(layers))]
-        ax.bar(xs, [c.mean if c else math.nan for c in cells], width,
-               yerr=[c.std if c else 0.0 for c in cells], color=colours[rule_name],
-               label=f"{rule_name} (ours)")  # fmt: skip
-        paper = [LAUNAY_2020_CORA.get(lay, (math.nan,) * 3)[i] for lay in layers]
-        ax.scatter(xs, paper, marker="_", s=400, color="black", zorder=3,
-                   label="paper" if i == 0 else None)  # fmt: skip
-    ax.set_xticks(range(len(layers)), [LAYER_NAMES[lay] for lay in layers], fontsize=8)
-    ax.set_ylabel("Cora test accuracy (%)")
-    ax.set_title(plot_title("Test accuracy at best validation epoch", quick))
-    ax.set_ylim(0, 110)  # room for the legend above the paper marks
-    ax.legend(fontsize=7, loc="upper center", ncol=4)
-
-    ax = axes[1]
-    styles = dict(zip(layers, ["-", "--", ":", "-."], strict=False))
-    first_seed = min(r.seed for r in runs)
-    for run in runs:
-        if run.seed == first_seed:
-            ax.plot(range(1, len(run.val_curve) + 1), run.val_curve, styles[run.layer],
-                    color=colours[run.rule], lw=1, label=f"{run.layer} {run.rule}")  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(plot_title(f"Validation accuracy (seed {first_seed})", quick))
-    ax.legend(fontsize=6, ncol=2)
-
-    ax = axes[2]
-    for layer in layers:
-        dfa = [r for r in runs if r.layer == layer and r.rule == "DFA" and r.alignment]
-        if dfa:
-            epochs = [a[0] for a in dfa[0].alignment]
-            mean = [statistics.fmean(r.alignment[k][1] for r in dfa) for k in range(len(epochs))]
-            ax.plot(epochs, mean, styles[layer], marker="o", ms=3, label=LAYER_NAMES[layer])
-    ax.axhline(90, color="red", lw=0.8, ls=":", label="90 deg (no learning)")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("DFA vs BP hidden update angle (deg)")
-    ax.set_title(plot_title("Alignment of the hidden layer (DFA)", quick))
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    return [save_figure(fig, out_dir / "graphs_cora.png")]
 
 
 def config_for(options: RunOptions) -> GraphConfig:

@@ -33,23 +33,18 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.nerf_report import plot_curves, save_images, summary
+from feedback_alignment.experiments.nerf_scene import Scene, load_scene
 from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
-    Column,
-    Table,
-    mean_std,
-    pyplot,
-    save_figure,
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.results import title as plot_title
 from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, threads
 from feedback_alignment.models.nerf import (
     NeRFConfig,
     NeRFRenderer,
-    camera_rays,
     feedback_points,
     psnr,
     ssim,
@@ -147,64 +142,6 @@ class NeRFResult:
     train_loss: list[float]
     lr: float = math.nan
     eps: float = 1e-8  # runs recorded before eps was stored used Adam's default
-
-
-@dataclass
-class Scene:
-    """Views as flat training rays plus the held-out cameras."""
-
-    origins: torch.Tensor  # (N*H*W, 3)
-    directions: torch.Tensor  # (N*H*W, 3)
-    colours: torch.Tensor  # (N*H*W, 3)
-    test_images: torch.Tensor  # (M, H, W, 3)
-    test_poses: torch.Tensor  # (M, 4, 4)
-    focal: float
-    near: float
-    far: float
-    val_image: torch.Tensor | None = None  # (H, W, 3): a training view held out (tuning)
-    val_pose: torch.Tensor | None = None  # (4, 4)
-
-
-def load_scene(name: str, downscale: int = 1, hold_out: int | None = None) -> Scene:
-    """Loads a registry scene and flattens its training views into rays.
-
-    ``hold_out``: index of a training view kept out of the rays as the validation view (what the
-    tuner scores; the test views are never read for a choice).
-    """
-    from feedback_alignment import data
-
-    views = data.load(name)
-
-    def shrink(images: torch.Tensor) -> torch.Tensor:
-        if downscale == 1:
-            return images
-        nchw = images.permute(0, 3, 1, 2)
-        return F.avg_pool2d(nchw, downscale).permute(0, 2, 3, 1).contiguous()
-
-    images, test_images = shrink(views.images), shrink(views.test_images)
-    height, width = images.shape[1:3]
-    focal = views.focal / downscale
-    poses = views.poses
-    val_image = val_pose = None
-    if hold_out is not None:
-        keep = [i for i in range(len(images)) if i != hold_out]
-        val_image, val_pose = images[hold_out], poses[hold_out]
-        images, poses = images[keep], poses[keep]
-    origins, directions = zip(
-        *(camera_rays(height, width, focal, pose) for pose in poses), strict=True
-    )
-    return Scene(
-        origins=torch.stack(origins).reshape(-1, 3),
-        directions=torch.stack(directions).reshape(-1, 3),
-        colours=images.reshape(-1, 3),
-        test_images=test_images,
-        test_poses=views.test_poses,
-        focal=focal,
-        near=views.near,
-        far=views.far,
-        val_image=val_image,
-        val_pose=val_pose,
-    )
 
 
 FINE_SEED_OFFSET = 10_000
@@ -386,103 +323,6 @@ def run_experiment(
     return results, renders, scene
 
 
-def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = False) -> Table:
-    """Our test PSNR/SSIM beside the paper's NeRF-Synthetic PSNR."""
-
-    def mean(rule: str, key: str) -> float:
-        values = [getattr(r, key) for r in results if r.rule == rule]
-        return sum(values) / len(values) if values else math.nan
-
-    table = Table(
-        "nerf_quick" if quick else "nerf",
-        [Column("rule", align="left"), Column("test PSNR dB (ours)", 2),
-         Column("worst seed PSNR dB (ours)", 2), Column("test SSIM (ours)", 3),
-         Column("paper PSNR dB (NeRF-Synthetic mean)", 2)],
-        quick=quick,
-    )  # fmt: skip
-    for rule in config.rules:
-        paper = LAUNAY_2020_PSNR[rule]
-        psnrs = [r.psnr for r in results if r.rule == rule]
-        table.add(
-            rule, mean_std(psnrs).cell(single=True), min(psnrs) if psnrs else None,
-            mean_std(r.ssim for r in results if r.rule == rule).cell(single=True),
-            paper if paper is not None else "fails to capture geometry",
-        )  # fmt: skip
-    order = sorted(config.rules, key=lambda r: -mean(r, "psnr"))
-    paper_order = [r for r in RULES if r in config.rules]
-    verdict = "the same as" if order == paper_order else "different from"
-    below = sorted(
-        r.seed for r in results if r.rule == "DFA" and r.psnr < mean("Shallow", "psnr")
-    )  # a failed seed that the means hide (the claims table judges the ordering per seed)
-    per_seed = f"; per seed, DFA is below Shallow's mean on seed(s) {below}" if below else ""
-    m = config.model
-    rates = {r: sorted({x.lr for x in results if x.rule == r}) for r in config.rules}
-    rates = {r: ", ".join(f"{x:.2g}" for x in v) for r, v in rates.items()}
-    epsilons = {r: sorted({x.eps for x in results if x.rule == r}) for r in config.rules}
-    epsilons = {r: ", ".join(f"{x:.1e}" for x in v) for r, v in epsilons.items()}
-    tuned = config.tuned and bool(tuning.tuned_values("nerf", config.tuned_dir))
-    table.caption = (
-        f"Ordering of the means (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
-        f"({' > '.join(paper_order)}){per_seed}. Gap BP - DFA: ours "
-        f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
-        f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
-        f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
-        f"frequencies, "
-        + (
-            f"hierarchical sampling: {m.n_samples} stratified samples per ray for the coarse "
-            f"field, {m.n_importance} more from its weights for the fine field (loss: coarse + "
-            "fine; each field trained by its own rule from its own error, own feedback seed); "
-            if m.n_importance
-            else f"{m.n_samples} stratified samples per ray, no hierarchical sampling; "
-        )
-        + f"{config.rays} rays x {config.steps} steps, Adam lr {rates} "
-        f"({'tuned on a held-out training view' if tuned else 'hand-set'}) decayed to "
-        f"x{config.final_lr_factor}, eps {epsilons}; seeds {sorted({r.seed for r in results})}. "
-        "DFA: a feedback point after every hidden layer, error dL/d(raw) per sample point through the renderer."
-    )
-    return table
-
-
-def summary_table(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool) -> str:
-    """Markdown of :func:`summary`."""
-    return summary(results, config, quick).to_markdown()
-
-
-def _save_images(
-    scene: Scene, renders: dict[str, list[torch.Tensor]], path: Path, quick: bool = False
-) -> Path:
-    """Test views side by side: ground truth, then each rule's render, one row per view."""
-    plt = pyplot()
-    rules = list(renders)
-    rows = min(3, *(len(v) for v in renders.values()))
-    fig, axes = plt.subplots(rows, 1 + len(rules), figsize=(2.2 * (1 + len(rules)), 2.3 * rows))
-    axes = axes.reshape(rows, 1 + len(rules))
-    for i in range(rows):
-        truth = scene.test_images[i]
-        panels = [("ground truth", truth)]
-        panels += [(f"{r} {psnr(renders[r][i], truth):.1f} dB", renders[r][i]) for r in rules]
-        for ax, (text, image) in zip(axes[i], panels, strict=True):
-            ax.imshow(image.numpy())
-            ax.set_title(text, fontsize=8)
-            ax.axis("off")
-    if quick:
-        fig.suptitle(plot_title("held-out views", quick), fontsize=9)
-    return save_figure(fig, path, dpi=120)
-
-
-def _plot(results: list[NeRFResult], path: Path, quick: bool = False) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for result in results:
-        ax.plot([c[0] for c in result.curve], [c[1] for c in result.curve], marker="o",
-                label=result.rule)  # fmt: skip
-    ax.set_xlabel("step")
-    ax.set_ylabel("PSNR of test view 0 (dB)")
-    ax.legend()
-    ax.set_title(plot_title("NeRF: BP vs DFA vs Shallow", quick))
-    return save_figure(fig, path, dpi=120)
-
-
 @register_task(
     "nerf", "NeRF on the rendered duck: BP, DFA, Shallow; test PSNR (Launay 2020 §3.1.1)"
 )
@@ -503,8 +343,8 @@ def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport
     (out / "table.md").write_text(table.to_markdown() + "\n")
     files = [out / "results.json", out / "table.md", *write_table(out, table, seeds)]
     files += [
-        _save_images(scene, renders, out / "test_views.png", options.quick),
-        _plot(results, out / "curves.png", options.quick),
+        save_images(scene, renders, out / "test_views.png", options.quick),
+        plot_curves(results, out / "curves.png", options.quick),
     ]
     markdown = (
         "### nerf (Launay et al. 2020, §3.1.1)\n\n"

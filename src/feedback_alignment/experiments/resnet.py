@@ -33,6 +33,7 @@ import torch
 
 from feedback_alignment.experiments import convnets, tuning
 from feedback_alignment.experiments.convnets import ConvConfig, RunRecord, learning_rate
+from feedback_alignment.experiments.convnets_report import final_mean
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -151,8 +152,8 @@ def summary(
             f"{rate:.2g}",
             mean_std(r.test_error for r in group).cell(single=True),
             BIOTORCH_CIFAR10_RESNET20_ERROR.get(rule),
-            mean_std(convnets.final_mean(r, "update_angle") for r in group).cell(single=True),
-            mean_std(convnets.final_mean(r, "weight_angle") for r in group).cell(single=True),
+            mean_std(final_mean(r, "update_angle") for r in group).cell(single=True),
+            mean_std(final_mean(r, "weight_angle") for r in group).cell(single=True),
         )
     stored = tuning.tuned_values("resnet", config.tuned_dir) if config.tuned else {}
     rates = (
