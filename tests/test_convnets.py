@@ -147,6 +147,32 @@ def test_run_jobs_keeps_the_order_raises_a_workers_error_and_refuses_zero_worker
         run_jobs(max, [1], "x", workers=0)
 
 
+def _sleep_or_fail(shared, seconds):
+    """A run for :func:`run_jobs` in a spawned worker: sleeps, or fails when ``seconds < 0``."""
+    import time
+
+    if seconds < 0:
+        raise RuntimeError("this run fails")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_failed_run_stops_the_running_ones_instead_of_leaving_them_to_finish():
+    """Without stopping them, the sleeping worker would keep its core busy (and the process
+    from exiting) for two minutes after the error was raised."""
+    import multiprocessing
+    import time
+
+    from feedback_alignment.experiments.run import run_jobs
+
+    with pytest.raises(RuntimeError, match="this run fails"):
+        run_jobs(_sleep_or_fail, [120, -1, 120], "x", workers=2)
+    deadline = time.monotonic() + 20
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not multiprocessing.active_children()
+
+
 def test_run_jobs_logs_one_line_per_finished_run(caplog):
     import logging
     import operator

@@ -156,7 +156,8 @@ def run_jobs(
     OpenMP pool has run can deadlock); ``shared`` (the data) is sent once per worker, and each
     worker runs with the caller's torch thread count. ``fn`` must be a module-level function and
     the items picklable. A run seeds itself, so the results equal the sequential ones. The first
-    run that raises cancels the runs not yet started, and its error is raised here.
+    run that raises cancels the runs not yet started, stops those running (a failed 45-minute
+    task should not wait for its other runs to finish), and its error is raised here.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -177,13 +178,27 @@ def run_jobs(
             done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line per run as it ends
             for future in done:
                 if future.exception() is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    _stop(pool)
                     raise future.exception()  # type: ignore[misc]
                 finished += 1
                 log.info(
                     "%s: run %d/%d done: %s", desc, finished, len(items), label(futures[future])
                 )
         return [future.result() for future in futures]
+
+
+def _stop(pool: Any) -> None:
+    """Cancels a process pool's queued runs and terminates its running workers now (a plain
+    shutdown waits for the running ones to finish)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    # Python < 3.14 has no public way to stop a running worker; shutdown drops the reference
+    running = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in running:
+        process.terminate()
 
 
 @contextmanager
