@@ -64,6 +64,9 @@ def test_measuring_angles_leaves_batchnorm_statistics_as_they_were():
     probe = (torch.randn(8, 1, 16, 16) * 3 + 1, torch.arange(8) % 10)
     entry = convnets._measure(model, rule, probe, 0)
     assert entry["update_angle"] and entry["weight_angle"]
+    # the angles are of the conv and linear layers: BatchNorm's affine parameters are left out
+    assert set(entry["update_angle"]) == set(entry["weight_angle"])
+    assert "blocks.0.conv1" in entry["update_angle"] and "blocks.0.bn1" not in entry["update_angle"]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

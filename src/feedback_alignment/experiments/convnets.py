@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from feedback_alignment.alignment import alignment, weight_alignment
 from feedback_alignment.experiments import tuning
@@ -150,11 +151,14 @@ def _finite(value: float) -> float | None:
 
 
 def _measure(model, rule: Rule, probe, step: int) -> dict[str, Any]:
-    """Angles on the probe batch (:func:`alignment` puts BatchNorm's running statistics back)."""
+    """Angles on the probe batch (:func:`alignment` puts BatchNorm's running statistics back),
+    of the convolutional and linear layers only: a BatchNorm's scale and shift are no layer of
+    the feedback rules, and averaging them in would dilute the layers' angles."""
     report = alignment(model, rule, probe, F.cross_entropy)
+    layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     entry: dict[str, Any] = {
         "step": step,
-        "update_angle": {k: _finite(v) for k, v in report.update_angle.items()},
+        "update_angle": {k: _finite(v) for k, v in report.update_angle.items() if k in layers},
     }
     if isinstance(rule, LayerwiseFeedback):
         weights = weight_alignment(model, rule)
