@@ -173,6 +173,53 @@ def test_a_failed_run_stops_the_running_ones_instead_of_leaving_them_to_finish()
     assert not multiprocessing.active_children()
 
 
+JOBS_SCRIPT = """
+import os, sys, time
+from feedback_alignment.experiments.run import run_jobs
+
+def job(folder, seconds):
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    time.sleep(seconds)
+
+if __name__ == "__main__":
+    run_jobs(job, [120, 120], "x", shared=sys.argv[1], workers=2)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_stop_the_workers_too(tmp_path, signal_name):
+    """Killing a ``--workers`` run must not leave its workers running, orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, folder = tmp_path / "jobs.py", tmp_path / "pids"
+    script.write_text(JOBS_SCRIPT)
+    folder.mkdir()
+    process = subprocess.Popen([sys.executable, str(script), str(folder)], cwd=tmp_path)
+    deadline = time.monotonic() + 90
+    while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.name) for p in folder.iterdir()]
+    assert len(pids) == 2, "the workers did not start"
+    process.send_signal(getattr(signal, signal_name))
+    assert process.wait(timeout=30) != 0
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids)
+
+
 def test_run_jobs_logs_one_line_per_finished_run(caplog):
     import logging
     import operator

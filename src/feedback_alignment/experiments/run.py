@@ -157,7 +157,8 @@ def run_jobs(
     worker runs with the caller's torch thread count. ``fn`` must be a module-level function and
     the items picklable. A run seeds itself, so the results equal the sequential ones. The first
     run that raises cancels the runs not yet started, stops those running (a failed 45-minute
-    task should not wait for its other runs to finish), and its error is raised here.
+    task should not wait for its other runs to finish), and its error is raised here; Ctrl-C and
+    SIGTERM stop the workers too.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -171,20 +172,44 @@ def run_jobs(
     log.info("%s: %d runs on %d worker processes", desc, len(items), count)
     initargs = (shared, torch.get_num_threads(), logging.getLogger().getEffectiveLevel())
     with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
-                             initargs=initargs) as pool:  # fmt: skip
+                             initargs=initargs) as pool, _terminate_raises():  # fmt: skip
         futures = {pool.submit(_call_in_worker, fn, item): item for item in items}
         pending, finished = set(futures), 0
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line per run as it ends
-            for future in done:
-                if future.exception() is not None:
-                    _stop(pool)
-                    raise future.exception()  # type: ignore[misc]
-                finished += 1
-                log.info(
-                    "%s: run %d/%d done: %s", desc, finished, len(items), label(futures[future])
-                )
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line as each ends
+                for future in done:
+                    if future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+                    finished += 1
+                    log.info(
+                        "%s: run %d/%d done: %s", desc, finished, len(items), label(futures[future])
+                    )
+        except BaseException:  # a failed run, Ctrl-C or SIGTERM: the other workers stop too
+            _stop(pool)
+            raise
         return [future.result() for future in futures]
+
+
+@contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While workers run, SIGTERM raises ``SystemExit`` in the main thread (by default it ends
+    the process at once and leaves the workers running their jobs, orphaned)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop(pool: Any) -> None:
