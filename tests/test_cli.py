@@ -107,6 +107,8 @@ def test_output_check_creates_nothing(tmp_path):
         (["demo", "--lr", "0"], "argument --lr: must be a finite number > 0, got 0"),
         (["demo", "--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
         (["reproduce", "--seeds", "x"], "argument --seeds: expected comma-separated integers"),
+        (["reproduce", "--seeds", "1,1"], "argument --seeds: each value once, got [1] more than"),
+        (["reproduce", "--seeds", "0,,1"], "argument --seeds: empty item in '0,,1'"),
     ],
 )
 def test_bad_values_are_usage_errors(argv, match, capsys, no_work):
@@ -343,7 +345,7 @@ def test_reproduce_hands_workers_to_the_tasks(tmp_path, monkeypatch, capsys, cap
         main(["reproduce", "--tasks", "alpha", "--workers", "2", "--out", str(tmp_path), "-q"]) == 0
     )
     assert seen == [1, 2]
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
     with caplog.at_level(logging.WARNING):
         assert (
             main(["reproduce", "--tasks", "alpha", "--workers", "9", "--out", str(tmp_path), "-q"])
@@ -359,3 +361,10 @@ def test_the_workers_help_names_the_tasks_that_use_it(capsys):
     assert main(["reproduce", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"used by {', '.join(registry.PARALLEL_TASKS)} (default 1" in out
+    assert f"tasks with a search: {', '.join(registry.TUNED_TASKS)}" in out
+
+
+def test_the_tasks_named_as_tunable_are_those_that_declare_a_search():
+    from feedback_alignment.experiments import tuning
+
+    assert sorted(registry.TUNED_TASKS) == sorted(tuning.tunables())

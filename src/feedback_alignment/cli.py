@@ -75,10 +75,23 @@ def _threads(text: str) -> int:
     return value
 
 
-def _int_list(minimum: int) -> Callable[[str], tuple[int, ...]]:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS says; else the CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _int_list(minimum: int, distinct: bool = False) -> Callable[[str], tuple[int, ...]]:
+    """Comma-separated integers ``>= minimum``; ``distinct``: no value twice (a seed given twice
+    would be averaged with itself and shown as a spread)."""
+
     def parse(text: str) -> tuple[int, ...]:
+        parts = [part.strip() for part in text.split(",")]
+        if any(not part for part in parts[:-1]) or (len(parts) > 1 and not parts[-1]):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
         try:
-            values = tuple(int(part) for part in text.split(",") if part.strip())
+            values = tuple(int(part) for part in parts if part)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated integers, got {text!r}"
@@ -88,6 +101,9 @@ def _int_list(minimum: int) -> Callable[[str], tuple[int, ...]]:
         low = [v for v in values if v < minimum]
         if low:
             raise argparse.ArgumentTypeError(f"every value must be >= {minimum}, got {low}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if distinct and repeated:
+            raise argparse.ArgumentTypeError(f"each value once, got {repeated} more than once")
         return values
 
     parse.__name__ = "list"
@@ -340,7 +356,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         available = resolve(args.tasks)
     except ValueError as error:
         raise UsageError(f"{error} (see reproduce --help)") from None
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if args.workers > cores:
         log.warning("--workers %d is more than the %d CPUs here: using %d", args.workers, cores,
                     cores)  # fmt: skip
@@ -491,7 +507,7 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from feedback_alignment import __version__
-    from feedback_alignment.experiments.registry import PARALLEL_TASKS
+    from feedback_alignment.experiments.registry import PARALLEL_TASKS, TUNED_TASKS
 
     parser = _Parser(
         prog="feedback-alignment",
@@ -513,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--hidden", type=_int_list(1), default=(64, 64, 64), help="hidden widths, e.g. 64,64,64"
     )
-    demo.add_argument("--seeds", type=_int_list(0), default=(0, 1, 2), help="e.g. 0,1,2")
+    demo.add_argument(
+        "--seeds", type=_int_list(0, distinct=True), default=(0, 1, 2), help="e.g. 0,1,2"
+    )
     demo.add_argument(
         "--lr", type=_positive_float, default=1e-3, help="Adam learning rate, every rule"
     )
@@ -595,7 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs every task once",
     )
     reproduce.add_argument("--quick", action="store_true", help="CPU-minutes mode")
-    reproduce.add_argument("--seeds", type=_int_list(0), default=(0,), help="e.g. 0,1,2")
+    reproduce.add_argument(
+        "--seeds", type=_int_list(0, distinct=True), default=(0,), help="e.g. 0,1,2"
+    )
     reproduce.add_argument(
         "--workers",
         type=_count(1),
@@ -610,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first search each rule's hyperparameters on validation data (Optuna, the tune "
         "extra; resumable in <out>/<task>/tuned/), then run with them; tasks with a search: "
-        "graphs, transformer, nerf, convnets, recommenders",
+        f"{', '.join(TUNED_TASKS)}",
     )
     reproduce.add_argument(
         "--arms",

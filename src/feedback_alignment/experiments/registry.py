@@ -58,6 +58,17 @@ class RunOptions:
     workers: int = 1
 
 
+TUNED_TASKS: tuple[str, ...] = (
+    "graphs",
+    "transformer",
+    "nerf",
+    "convnets",
+    "resnet",
+    "recommenders",
+)
+"""Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
+named here for ``reproduce --help`` without importing every task (a test holds them equal)."""
+
 PARALLEL_TASKS: tuple[str, ...] = ("convnets", "resnet", "nerf")
 """Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: those whose
 full runs exceed the 45-minute budget on one core."""
