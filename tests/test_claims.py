@@ -81,6 +81,24 @@ def test_a_status_flips_when_the_value_crosses_its_target(tmp_path):
         assert _status("transformer-macro", tmp_path).status == status
 
 
+@pytest.mark.parametrize(
+    ("errors", "status", "detail"),
+    [
+        ({"uSF": 9.9}, claims.REPRODUCED, "0.90 points, within issue 13's 1 point"),
+        ({"uSF": 10.4}, claims.REPRODUCED, "1.40 points, outside issue 13's 1 point"),
+        ({"uSF": 10.5}, claims.NOT_REPRODUCED, "uSF − BP = 1.50 points"),
+        ({"uSF": 9.5, "DFA": 9.4}, claims.NOT_REPRODUCED, "uSF not ahead of FA and DFA"),
+    ],
+)
+def test_the_resnet_claim_holds_usf_to_biotorchs_own_gap(tmp_path, errors, status, detail):
+    error = {"BP": 9.0, "FA": 20.0, "DFA": 30.0, **errors}
+    rows = [[rule, value] for rule, value in error.items()]
+    _write(tmp_path, "resnet_fashion_mnist", ["rule", "test error %"], rows)
+    outcome = _status("sign-symmetry-resnet", tmp_path)
+    assert outcome.status == status and outcome.detail.endswith(detail)
+    assert "BP 9.00 / uSF" in outcome.ours and "[resnet_fashion_mnist, 1 seed]" in outcome.ours
+
+
 def test_spread_and_seeds_come_from_the_json(tmp_path):
     cell = {"mean": 78.0, "std": 1.25}
     rows = [[layer, cell, {"mean": 77.0, "std": 2.0}, {"mean": 30.0, "std": 2.0}]

@@ -85,7 +85,8 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
     """The objective trains on the training split less the held-out images, scores those, and
     never reads the test images."""
     seen = {}
-    train, labels = torch.randn(60, 1, 16, 16), torch.randint(0, 10, (60,))
+    train = torch.arange(60.0).reshape(60, 1, 1, 1).expand(60, 1, 16, 16)  # image i is all i
+    labels = torch.randint(0, 10, (60,))
     test = torch.full((20, 1, 16, 16), float("nan"))  # reading these would poison the score
     monkeypatch.setattr(
         convnets, "load_fashion_mnist", lambda config: (train, labels, test, labels[:20])
@@ -93,6 +94,7 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
 
     def fake_train(rule, manhattan, seed, config, tensors, progress, lr):
         seen.update(rule=rule, lr=lr, sizes=[len(t) for t in tensors], x_val=tensors[2])
+        seen.update(ids=[set(t[:, 0, 0, 0].tolist()) for t in (tensors[0], tensors[2])])
         return convnets.RunRecord(rule, manhattan, seed, 12.5, 0.0, lr=lr)
 
     monkeypatch.setattr(convnets, "train_one", fake_train)
@@ -104,3 +106,5 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
     assert seen["rule"] == "uSF" and seen["lr"] == 2e-3 and reported == [12.5]
     assert seen["sizes"] == [30, 30, 12, 12]  # 12 held out (a fifth), 30 of the other 48
     assert torch.isfinite(seen["x_val"]).all()
+    trained, held = seen["ids"]
+    assert len(trained) == 30 and len(held) == 12 and not trained & held  # disjoint

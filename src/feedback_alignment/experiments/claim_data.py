@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "gin_cora": "python -m feedback_alignment.experiments.gin_cora",
     "recommenders_auc": "feedback-alignment reproduce --tasks recommenders --seeds 0,1,2",
     "convnets_fashion_mnist": "feedback-alignment reproduce --tasks convnets",
-    "resnet_fashion_mnist": "feedback-alignment reproduce --tasks resnet --workers 2",
+    "resnet_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks resnet --workers 2",
 }  # fmt: skip
 """The run that writes each table a claim reads (its JSON is then copied to docs/results/)."""
 

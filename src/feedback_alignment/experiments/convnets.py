@@ -319,7 +319,9 @@ def validation_objective(
     """A tuning objective: the validation error % of one seed-0 run of the arm ``"FA"`` or
     ``"FA+BM"`` at ``values["lr"]``, with the config ``full()`` (or ``quick()``), trained on the
     training images less :data:`VALIDATION_SIZE` held out (the first ``train_size`` of the rest,
-    if given) and scored on those held out: the test set is never read."""
+    if given) and scored on those held out: no choice is scored on the test images (they are
+    loaded with the training set, and the standardisation's mean and std are the whole training
+    set's, held-out images included)."""
     held_out: dict[bool, tuple[torch.Tensor, ...]] = {}
 
     def objective(name: str, values: dict[str, float], report: tuning.Report, is_quick: bool):

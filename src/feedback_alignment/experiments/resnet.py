@@ -12,8 +12,8 @@ BioTorch's CIFAR-10 errors are shown for the ordering they claim, not as levels 
 and 5 epochs are what fit in 45 minutes of 2 cores (ResNet-20 takes 3-4 min per epoch of one core);
 the issue asks for one seed "if that is all the budget allows", and it is.
 
-Rerun: ``feedback-alignment reproduce --tasks resnet --workers 2`` (``--quick``: depth 8, width 4,
-2,000 images, under a minute).
+Rerun: ``feedback-alignment --threads 1 reproduce --tasks resnet --workers 2`` (one thread per
+worker process; ``--quick``: depth 8, width 4, 2,000 images, under a minute).
 
 References:
     Liao, Leibo, Poggio, "How Important Is Weight Symmetry in Backpropagation?", AAAI 2016.
@@ -156,10 +156,17 @@ def summary(
             mean_std(final_mean(r, "weight_angle") for r in group).cell(single=True),
         )
     stored = tuning.tuned_values("resnet", config.tuned_dir) if config.tuned else {}
+    tuned = [r for r in config.rules if r in stored]
     rates = (
-        f"tuned on held-out training images for {len(stored)} rules, hand-set {config.lr} otherwise"
-        if stored
-        else f"hand-set {config.lr}"
+        "hand-set " + str(config.lr)
+        if not tuned
+        else "tuned on held-out training images"
+        + (
+            f" ({', '.join(tuned)}; hand-set {config.lr} otherwise)"
+            if len(tuned) < len(config.rules)
+            else ""
+        )
+        + (" for the full run's ResNet-20" if quick else "")
     )
     table.caption = (
         f"ResNet-{config.depth} (BatchNorm, width {config.width}), {sizes['train']:,} training / "
