@@ -14,3 +14,12 @@ def _deterministic():
     torch.set_default_dtype(torch.float32)
     yield
     torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one torch thread (and do not spin on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

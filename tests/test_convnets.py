@@ -49,15 +49,6 @@ def test_task_is_registered():
     assert "convnets" in tasks()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run fastest on one thread (and do not spin on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_quick_experiment_on_a_tiny_subset_uses_every_seed(tmp_path, one_thread):
     torch.manual_seed(0)
     # four separable "classes": a bright square in one quadrant

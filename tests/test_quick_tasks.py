@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from feedback_alignment import data
 from feedback_alignment.experiments.registry import RunOptions, resolve
@@ -26,14 +25,6 @@ FAMILIES = {
     "transformer": (["shakespeare"], "transformer_quick", "| DFA-macro |"),
     "nerf": (["duck"], "nerf_quick", "| Shallow |"),
 }
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

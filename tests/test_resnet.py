@@ -15,14 +15,6 @@ from feedback_alignment.experiments.run import make_rule
 from feedback_alignment.models import ResNet
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _quadrants(n: int = 96) -> tuple[torch.Tensor, ...]:
     """Four separable classes (a bright square in one quadrant), 2/3 training, 1/3 test."""
     torch.manual_seed(0)

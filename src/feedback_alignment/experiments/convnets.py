@@ -289,15 +289,19 @@ def run_experiment(
     "LeNet on Fashion-MNIST: BP, FA, sign-symmetry (uSF, frSF, brSF), KP, DFA, +/- Batch Manhattan",
 )
 def run(options: RunOptions) -> TaskReport:
-    config = quick_config() if options.quick else ConvConfig()
-    config = replace(
-        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    config = with_options(quick_config() if options.quick else ConvConfig(), options)
     _, markdown, files = run_experiment(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
     )  # fmt: skip
     return TaskReport("convnets", markdown, files)
+
+
+def with_options(config: ConvConfig, options: RunOptions) -> ConvConfig:
+    """``config`` with the run's seeds and its choice of tuned or hand-set values."""
+    return replace(
+        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
+    )
 
 
 # --- tuning --------------------------------------------------------------------------------

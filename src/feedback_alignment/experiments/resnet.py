@@ -184,10 +184,7 @@ def summary(
     "resnet", "BatchNorm ResNet-20 on Fashion-MNIST: BP, FA, uSF, DFA (one seed; BioTorch/Liao)"
 )
 def run(options: RunOptions) -> TaskReport:
-    config = quick_config() if options.quick else ResNetConfig()
-    config = replace(
-        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    config = convnets.with_options(quick_config() if options.quick else ResNetConfig(), options)
     _, markdown, files = run_experiment(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
