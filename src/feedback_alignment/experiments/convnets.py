@@ -229,6 +229,29 @@ def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> RunRecord:
     return train_one(rule, manhattan, seed, config, tensors, progress)
 
 
+def train_all(
+    config: ConvConfig, tensors: tuple[torch.Tensor, ...], progress: bool = True, workers: int = 1
+) -> list[RunRecord]:
+    """Every (rule, Batch Manhattan, seed) of ``config``, over ``workers`` processes
+    (:func:`~feedback_alignment.experiments.run.run_jobs`), after checking the rules and seeds."""
+    unknown = [r for r in config.rules if r not in RULES]
+    if unknown:
+        raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
+    if not config.seeds:
+        raise ValueError(f"{config.task} needs at least one seed")
+    triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
+    bars = progress and workers == 1
+    return run_jobs(
+        _train_job,
+        [(rule, bm, seed, config, bars) for rule, bm, seed in triples],
+        config.task,
+        shared=tensors,
+        workers=workers,
+        progress=progress,
+        label=lambda job: job[:3],
+    )
+
+
 def run_experiment(
     config: ConvConfig,
     out_dir: Path,
@@ -245,23 +268,8 @@ def run_experiment(
     Returns:
         The records, the markdown section and the files written.
     """
-    unknown = [r for r in config.rules if r not in RULES]
-    if unknown:
-        raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
-    if not config.seeds:
-        raise ValueError("convnets needs at least one seed")
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
-    triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
-    in_workers = workers > 1
-    records = run_jobs(
-        _train_job,
-        [(rule, bm, seed, config, progress and not in_workers) for rule, bm, seed in triples],
-        "convnets",
-        shared=tensors,
-        workers=workers,
-        progress=progress,
-        label=lambda job: job[:3],
-    )
+    records = train_all(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
     table = summary(records, config, sizes, seconds, title, quick)

@@ -35,6 +35,17 @@ def final_mean(record: RunRecord, key: str) -> float:
     return finite_mean(values[n] for n in names if values[n] is not None)
 
 
+def run_rate(group: list[RunRecord], config: ConvConfig, rule: str, manhattan: bool) -> float:
+    """The rate a group of runs trained at; for records written before the rate was stored,
+    the one ``config`` gives the pair."""
+    rates = {r.lr for r in group if not math.isnan(r.lr)}
+    if len(rates) == 1:
+        return rates.pop()
+    from feedback_alignment.experiments.convnets import learning_rate  # (a cycle at import)
+
+    return learning_rate(config, rule, manhattan)
+
+
 def summary(
     records: list[RunRecord],
     config: ConvConfig,
@@ -62,13 +73,7 @@ def summary(
             group = [r for r in records if r.rule == rule and r.manhattan == bm]
             if not group:
                 continue
-            rates = {r.lr for r in group if not math.isnan(r.lr)}
-            if len(rates) == 1:
-                rate = rates.pop()
-            else:  # records written before the rate was stored: the configured one
-                from feedback_alignment.experiments.convnets import learning_rate
-
-                rate = learning_rate(config, rule, bm)
+            rate = run_rate(group, config, rule, bm)
             table.add(
                 rule,
                 bm,

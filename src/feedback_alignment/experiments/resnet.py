@@ -24,7 +24,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -32,8 +31,8 @@ from typing import ClassVar
 import torch
 
 from feedback_alignment.experiments import convnets, tuning
-from feedback_alignment.experiments.convnets import ConvConfig, RunRecord, learning_rate
-from feedback_alignment.experiments.convnets_report import final_mean
+from feedback_alignment.experiments.convnets import ConvConfig, RunRecord
+from feedback_alignment.experiments.convnets_report import final_mean, run_rate
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -43,7 +42,6 @@ from feedback_alignment.experiments.results import (
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.run import run_jobs
 from feedback_alignment.models import ResNet
 
 RULES: tuple[str, ...] = ("BP", "FA", "uSF", "DFA")
@@ -73,12 +71,6 @@ def quick_config() -> ResNetConfig:
     )
 
 
-def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> RunRecord:
-    """One (rule, seed) run, as :func:`run_jobs` calls it."""
-    rule, seed, config, progress = job
-    return convnets.train_one(rule, False, seed, config, tensors, progress)
-
-
 def run_experiment(
     config: ResNetConfig,
     out_dir: Path,
@@ -88,18 +80,8 @@ def run_experiment(
     workers: int = 1,
 ) -> tuple[list[RunRecord], str, list[Path]]:
     """Trains every (rule, seed); writes ``results.json`` and the table into ``out_dir``."""
-    unknown = [r for r in config.rules if r not in convnets.RULES]
-    if unknown:
-        raise ValueError(f"unknown rules {unknown}; choose from {list(convnets.RULES)}")
-    if not config.seeds:
-        raise ValueError("resnet needs at least one seed")
     tensors = tensors if tensors is not None else convnets.load_fashion_mnist(config)
-    in_workers = workers > 1
-    jobs = [(r, s, config, progress and not in_workers) for s in config.seeds for r in config.rules]
-    records = run_jobs(
-        _train_job, jobs, "resnet", shared=tensors, workers=workers, progress=progress,
-        label=lambda job: job[:2],
-    )  # fmt: skip
+    records = convnets.train_all(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
     table = summary(records, config, sizes, seconds, quick)
@@ -145,8 +127,7 @@ def summary(
         group = [r for r in records if r.rule == rule]
         if not group:
             continue
-        rates = {r.lr for r in group if not math.isnan(r.lr)}
-        rate = rates.pop() if len(rates) == 1 else learning_rate(config, rule, False)
+        rate = run_rate(group, config, rule, False)
         table.add(
             rule,
             f"{rate:.2g}",
