@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from feedback_alignment.experiments import principled as p
-from feedback_alignment.experiments.registry import groups, resolve, tasks
+from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.principled import mlp
+from feedback_alignment.experiments.principled.common import Split
+from feedback_alignment.experiments.registry import RunOptions, groups, resolve, tasks
 from feedback_alignment.rules import DFA
 
 
@@ -90,3 +94,54 @@ def test_every_part_runs_in_the_tiny_setting(tmp_path):
     rules = {r["rule"] for r in json.loads((tmp_path / "mlp.json").read_text())["runs"]}
     assert {"BP", "DFA", "Shallow"} <= rules
     assert "| DFA, convolutions frozen |" in report.markdown
+
+
+def test_the_mlp_part_runs_each_arm_at_its_own_rate(tmp_path):
+    rates = {mlp.arm("digits", "1x32", "DFA"): 0.004, mlp.arm("digits", "3x16", "BP"): 0.0002}
+    p.run_parts(("mlp",), tmp_path, p.TINY, seeds=(0,), progress=False, rates=rates)
+    runs = json.loads((tmp_path / "mlp.json").read_text())["runs"]
+    lr = {(r["settings"]["arch"], r["rule"]): r["settings"]["lr"] for r in runs}
+    assert lr[("1x32", "DFA")] == 0.004 and lr[("3x16", "BP")] == 0.0002
+    assert lr[("1x32", "BP")] == lr[("3x16", "Shallow")] == p.TINY.lr  # none stored: the recipe's
+    rows = json.loads((tmp_path / "principled_mlp.json").read_text())["rows"]
+    assert rows[2][:4] == ["digits", "1x32", "DFA", "0.004"]
+
+
+def test_the_mlp_rates_are_read_from_the_stored_search(tmp_path):
+    stored = {"arms": {"fashion-mnist/7x240/FA": {"values": {"lr": 3e-4}}}}
+    (tmp_path / "principled-mlp.json").write_text(json.dumps(stored))
+    assert mlp.stored_rates(True, tmp_path) == {"fashion-mnist/7x240/FA": 3e-4}
+    assert mlp.stored_rates(False, tmp_path) == {}
+    arms = tuning.tunables()["principled-mlp"].arms
+    assert len(arms) == 16 and "mnist-5k/1x800/Shallow" in arms
+
+
+def test_a_full_run_widens_the_default_seed_to_three_and_quick_keeps_one(tmp_path):
+    full = RunOptions(out_dir=tmp_path, seeds=(4,))
+    assert p.seeds_for(full) == (4, 5, 6)
+    assert p.seeds_for(RunOptions(out_dir=tmp_path, seeds=(1, 9))) == (1, 9)
+    assert p.seeds_for(RunOptions(out_dir=tmp_path, quick=True, seeds=(2, 3))) == (2,)
+
+
+def test_a_trial_scores_held_out_training_images_never_the_test_set(monkeypatch):
+    """The objective trains on the training images less those held out and scores on those:
+    the test images of the split it loads must not reach the run at all."""
+    x = torch.arange(100, dtype=torch.float32).view(100, 1, 1, 1)
+    split = Split("toy", x, torch.zeros(100, dtype=torch.long), -x[:10], torch.ones(10).long())
+    seen: list[tuple[Split, int, float]] = []
+
+    def fake_train(setting, split_, arch, hidden, rule, recipe, seed, progress):
+        seen.append((split_, seed, recipe.lr))
+        return SimpleNamespace(error=10.0 + seed)
+
+    reports: list[tuple[int, float]] = []
+    monkeypatch.setattr(mlp, "load_split", lambda *args: split)
+    monkeypatch.setattr(mlp, "_train", fake_train)
+    score = mlp._objective("mnist-5k/7x240/FA", {"lr": 0.02}, lambda s, v: reports.append((s, v)),
+                           False)  # fmt: skip
+    assert score == pytest.approx(11.0) and reports == [(1, 10.0)]
+    assert [s for _, s, _ in seen] == list(mlp.TRIAL_SEEDS) and {lr for *_, lr in seen} == {0.02}
+    used = seen[0][0]
+    train, val = set(used.x_train.flatten().tolist()), set(used.x_test.flatten().tolist())
+    assert len(val) == 20 and len(train) == 80 and not train & val
+    assert train | val == set(range(100))  # only training images, none of the test set's

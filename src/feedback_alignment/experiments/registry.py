@@ -65,6 +65,7 @@ TUNED_TASKS: tuple[str, ...] = (
     "convnets",
     "resnet",
     "recommenders",
+    "principled-mlp",
 )
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""
