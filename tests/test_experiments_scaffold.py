@@ -176,6 +176,16 @@ def test_written_results_carry_their_provenance(tmp_path):
     assert provenance["seeds"] == [0, 1] and provenance["mode"] == "quick"
     assert {"command", "commit", "machine", "date"} <= set(provenance)
     assert provenance["machine"]["torch"] == torch.__version__
+    assert provenance["wall_seconds"] is None  # written outside a task
+
+
+def test_a_task_records_its_wall_time_and_the_console_name(monkeypatch, tmp_path):
+    monkeypatch.setattr(results.time, "perf_counter", iter([100.0, 142.4]).__next__)
+    monkeypatch.setattr(results.sys, "argv", ["/x/feedback_alignment/cli.py", "reproduce"])
+    with results.timed_task():
+        stamp = results.provenance(False, (0,))
+    assert stamp["wall_seconds"] == 42 and stamp["command"] == "feedback-alignment reproduce"
+    assert results.provenance(False, (0,))["wall_seconds"] is None  # the mark ends with the task
 
 
 def test_every_paper_figure_has_a_source_and_a_tag():

@@ -345,6 +345,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
     )
     check_data_cache()
+    from feedback_alignment.experiments import results
     from feedback_alignment.experiments.registry import (
         EXTRAS,
         PARALLEL_TASKS,
@@ -430,7 +431,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                     "the default)"
                 )  # fmt: skip
                 _say(f"{name}: tuned values in {path}{hint}")
-            result = task.run(options)
+            with results.timed_task():  # after the search: the run's own wall time
+                result = task.run(options)
         except Exception as error:  # one failing task must not lose the others' results
             if args.verbose:
                 log.exception("task %s failed", name)

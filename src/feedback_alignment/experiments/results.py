@@ -18,7 +18,9 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,10 +199,37 @@ def _commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+_TASK_START: float | None = None
+"""``time.perf_counter()`` when the running task started (set by :func:`timed_task`)."""
+
+
+@contextmanager
+def timed_task() -> Iterator[None]:
+    """Marks the start of one task, so that every file it writes records its wall time so far
+    (``provenance()["wall_seconds"]``): the runtime a reader weighs against the budget, written
+    by the run rather than copied from a log."""
+    global _TASK_START
+    previous, _TASK_START = _TASK_START, time.perf_counter()
+    try:
+        yield
+    finally:
+        _TASK_START = previous
+
+
+def _command() -> str:
+    """The command line, with the console script's name where the CLI module ran as a script
+    (``python -m feedback_alignment.cli`` has ``.../cli.py`` as ``argv[0]``)."""
+    program = Path(sys.argv[0]).name
+    if program in ("cli.py", "__main__.py"):
+        program = "feedback-alignment"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
-    """What produced a result: command, commit, machine, date, seeds and mode."""
+    """What produced a result: command, commit, machine, date, seeds, mode and, inside a
+    :func:`timed_task`, the seconds from the task's start to this file (``None`` outside one)."""
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": _command(),
         "commit": _commit(),
         "machine": {
             "platform": platform.platform(),
@@ -212,6 +241,7 @@ def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seeds": list(seeds),
         "mode": "quick" if quick else "full",
+        "wall_seconds": None if _TASK_START is None else round(time.perf_counter() - _TASK_START),
     }
 
 
