@@ -139,8 +139,10 @@ def test_a_trial_scores_held_out_training_images_never_the_test_set(monkeypatch)
     monkeypatch.setattr(mlp, "_train", fake_train)
     score = mlp._objective("mnist-5k/7x240/FA", {"lr": 0.02}, lambda s, v: reports.append((s, v)),
                            False)  # fmt: skip
-    assert score == pytest.approx(11.0) and reports == [(1, 10.0)]
-    assert [s for _, s, _ in seen] == list(mlp.TRIAL_SEEDS) and {lr for *_, lr in seen} == {0.02}
+    assert score == pytest.approx(1011.0) and reports == [(1, 1010.0)]
+    assert [s for _, s, _ in seen] == list(mlp.TRIAL_SEEDS) == [1000, 1001, 1002] and {
+        lr for *_, lr in seen
+    } == {0.02}
     used = seen[0][0]
     train, val = set(used.x_train.flatten().tolist()), set(used.x_test.flatten().tolist())
     assert len(val) == 20 and len(train) == 80 and not train & val

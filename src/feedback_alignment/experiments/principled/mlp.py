@@ -144,9 +144,10 @@ def plots(result: dict[str, Any], setting: Setting, out_dir: Path) -> list[Path]
 
 # --- the search -----------------------------------------------------------------------------------
 
-TRIAL_SEEDS: tuple[int, ...] = (0, 1, 2)
+TRIAL_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
 """Seeds a trial averages: MNIST-5k's 800 held-out images give one run a spread of about half a
-point, as large as the differences between good rates."""
+point, as large as the differences between good rates. Not the seeds of the reported runs
+(0, 1, 2 by default), so that no rate is chosen on the initialisations the table reports."""
 VALIDATION_SIZE = 10_000
 """Training images held out for scoring trials (at most a fifth of the training set: 800 of
 MNIST-5k's 4,000, 10,000 of Fashion-MNIST's 60,000)."""
