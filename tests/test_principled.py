@@ -98,7 +98,7 @@ def test_every_part_runs_in_the_tiny_setting(tmp_path):
 
 def test_the_mlp_part_runs_each_arm_at_its_own_rate(tmp_path):
     rates = {mlp.arm("digits", "1x32", "DFA"): 0.004, mlp.arm("digits", "3x16", "BP"): 0.0002}
-    p.run_parts(("mlp",), tmp_path, p.TINY, seeds=(0,), progress=False, rates=rates)
+    p.run_parts(("mlp",), tmp_path, p.TINY, seeds=(0,), progress=False, rates={"mlp": rates})
     runs = json.loads((tmp_path / "mlp.json").read_text())["runs"]
     lr = {(r["settings"]["arch"], r["rule"]): r["settings"]["lr"] for r in runs}
     assert lr[("1x32", "DFA")] == 0.004 and lr[("3x16", "BP")] == 0.0002
@@ -147,3 +147,32 @@ def test_a_trial_scores_held_out_training_images_never_the_test_set(monkeypatch)
     train, val = set(used.x_train.flatten().tolist()), set(used.x_test.flatten().tolist())
     assert len(val) == 20 and len(train) == 80 and not train & val
     assert train | val == set(range(100))  # only training images, none of the test set's
+
+
+def test_the_conv_part_runs_each_arm_at_its_own_rate(tmp_path):
+    from feedback_alignment.experiments.principled import conv
+
+    assert tuning.tunables()["principled-conv"].arms == ("BP", "DFA", "DFA-frozen", "Shallow")
+    rates = {"conv": {"DFA-frozen": 0.003}}
+    p.run_parts(("conv",), tmp_path, p.TINY, seeds=(0,), progress=False, rates=rates)
+    rows = {r[0]: r[1] for r in json.loads((tmp_path / "principled_conv.json").read_text())["rows"]}
+    assert rows["DFA, convolutions frozen"] == "0.003" and rows["DFA"] == f"{p.TINY.lr:.2g}"
+    assert set(conv.ARMS) == {label for label, *_ in conv.RUNS}
+
+
+def test_a_conv_trial_trains_the_arms_run_on_held_out_images(monkeypatch):
+    from feedback_alignment.experiments.principled import conv
+
+    x = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1)
+    split = Split("toy", x, torch.zeros(50, dtype=torch.long), -x[:5], torch.ones(5).long())
+    seen = []
+    monkeypatch.setattr(conv, "load_split", lambda *args: split)
+    monkeypatch.setattr(
+        conv, "_train", lambda *a: seen.append(a) or SimpleNamespace(error=12.5 + a[6])
+    )
+    assert conv._objective("DFA-frozen", {"lr": 0.01}, lambda s, v: None, False) == 1013.5
+    _, used, label, rule, freeze, recipe, seed, _ = seen[0]
+    assert (label, rule, freeze, recipe.lr, seed) == ("DFA, convolutions frozen", "DFA", True,
+                                                      0.01, 1000)  # fmt: skip
+    assert not set(used.x_test.flatten().tolist()) & set(used.x_train.flatten().tolist())
+    assert min(used.x_test.flatten().tolist()) >= 0  # held-out training images, not the test set

@@ -66,6 +66,7 @@ TUNED_TASKS: tuple[str, ...] = (
     "resnet",
     "recommenders",
     "principled-mlp",
+    "principled-conv",
 )
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""

@@ -18,8 +18,8 @@ task                        what it measures
 The shared recipe, data and training run are in :mod:`.common`. The numbers beside ours come from
 :mod:`feedback_alignment.experiments.papers`: Nøkland's MNIST errors are ``[unverified]``, and the
 bottleneck logs are CIFAR-10 (which cannot be had offline here), so they are context, not targets.
-Only the MLP part compares rules, so only its rules each get their own learning rate (searched on
-validation data, :data:`.mlp.TUNABLE`); the other parts run the shared recipe.
+The MLP and conv parts compare rules, so their rules each get their own learning rate (searched on
+validation data: :data:`TUNED_PARTS`); the other parts study DFA alone under the shared recipe.
 
 References:
     Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks", NeurIPS 2016.
@@ -77,6 +77,10 @@ MODULES: dict[str, ModuleType] = {
 }
 """Each claim's module: ``run(setting, seeds, progress)``, ``table(result, setting)``, ``plots``."""
 
+TUNED_PARTS: dict[str, ModuleType] = {"mlp": mlp, "conv": conv}
+"""The parts that compare rules, so whose rules each get their own searched learning rate
+(``principled-<part>`` in :mod:`~feedback_alignment.experiments.tuning`); the other three study
+DFA alone under the shared recipe."""
 PARTS: tuple[str, ...] = tuple(MODULES)
 """The five experiments, in the order the group runs them."""
 PART_TITLES: dict[str, str] = {part: module.TITLE for part, module in MODULES.items()}
@@ -97,11 +101,11 @@ def run_parts(
     setting: Setting,
     seeds: Sequence[int] = (0,),
     progress: bool = True,
-    rates: Mapping[str, float] | None = None,
+    rates: Mapping[str, Mapping[str, float]] | None = None,
 ) -> TaskReport:
     """Runs ``parts`` with ``setting``; writes ``<part>.json`` (the runs), the table as
-    ``principled_<part>.json``/``.md`` and the plots into ``out_dir``. ``rates`` (the MLP part's
-    arm -> learning rate, :func:`.mlp.stored_rates`) reaches the MLP part only."""
+    ``principled_<part>.json``/``.md`` and the plots into ``out_dir``. ``rates``: part -> (arm ->
+    learning rate), for the parts that compare rules (:data:`TUNED_PARTS`)."""
     unknown = [p for p in parts if p not in MODULES]
     if unknown:
         raise ValueError(f"unknown principled parts {unknown}; choose from {list(MODULES)}")
@@ -110,7 +114,7 @@ def run_parts(
     sections, files = [], []
     for part in parts:
         start = time.perf_counter()
-        extra = {"rates": rates} if part == "mlp" else {}
+        extra = {"rates": (rates or {}).get(part, {})} if part in TUNED_PARTS else {}
         result = MODULES[part].run(setting, tuple(seeds), progress, **extra)
         seconds = time.perf_counter() - start
         section, written = _write_part(part, result, setting, seconds, seeds, out_dir)
@@ -178,7 +182,11 @@ def seeds_for(options: RunOptions) -> tuple[int, ...]:
 
 def _task(part: str) -> Callable[[RunOptions], TaskReport]:
     def run(options: RunOptions) -> TaskReport:
-        rates = mlp.stored_rates(options.tuned, options.tuned_dir) if part == "mlp" else None
+        rates = (
+            {part: TUNED_PARTS[part].stored_rates(options.tuned, options.tuned_dir)}
+            if part in TUNED_PARTS
+            else None
+        )
         return run_parts(
             (part,), options.out_dir, setting_for(options), seeds_for(options), options.progress,
             rates,

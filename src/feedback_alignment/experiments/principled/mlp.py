@@ -13,13 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.papers import NOKLAND_MNIST_ERROR
 from feedback_alignment.experiments.principled.common import (
     FULL,
     QUICK,
+    VALIDATION_SIZE,
     Recipe,
     Run,
     Setting,
@@ -28,6 +27,7 @@ from feedback_alignment.experiments.principled.common import (
     group,
     load_split,
     train_run,
+    validation_split,
 )
 from feedback_alignment.experiments.results import Column, Table, gap_closure, mean_std
 
@@ -148,22 +148,6 @@ TRIAL_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
 """Seeds a trial averages: MNIST-5k's 800 held-out images give one run a spread of about half a
 point, as large as the differences between good rates. Not the seeds of the reported runs
 (0, 1, 2 by default), so that no rate is chosen on the initialisations the table reports."""
-VALIDATION_SIZE = 10_000
-"""Training images held out for scoring trials (at most a fifth of the training set: 800 of
-MNIST-5k's 4,000, 10,000 of Fashion-MNIST's 60,000)."""
-
-
-def validation_split(split: Split, held: int = VALIDATION_SIZE) -> Split:
-    """``split`` with its test images replaced by training images held out (and dropped from its
-    training images): what a trial trains and scores on, so no choice sees the test set. (The
-    standardisation's mean and std stay the whole training set's, held-out images included.)"""
-    order = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(1))
-    held = min(held, len(order) // 5)
-    train, val = order[:-held], order[-held:]
-    return Split(
-        f"{split.name} (validation)",
-        split.x_train[train], split.y_train[train], split.x_train[val], split.y_train[val],
-    )  # fmt: skip
 
 
 def _objective(name: str, values: dict[str, float], report: tuning.Report, quick: bool) -> float:
