@@ -114,6 +114,11 @@ def test_the_mlp_rates_are_read_from_the_stored_search(tmp_path):
     assert mlp.stored_rates(False, tmp_path) == {}
     arms = tuning.tunables()["principled-mlp"].arms
     assert len(arms) == 16 and "mnist-5k/1x800/Shallow" in arms
+    space = tuning.tunables()["principled-mlp"].space
+    # Shallow trains a linear read-out: its range reaches rates that would wreck the deep rules
+    assert (
+        space("mnist-5k/7x240/Shallow")["lr"].high == 0.3 > space("mnist-5k/7x240/DFA")["lr"].high
+    )
 
 
 def test_a_full_run_widens_the_default_seed_to_three_and_quick_keeps_one(tmp_path):

@@ -28,6 +28,7 @@ from feedback_alignment.experiments.principled.common import (
     Run,
     Setting,
     Split,
+    learning_rate_space,
     load_split,
     train_run,
     validation_split,
@@ -209,7 +210,7 @@ TUNABLE = tuning.register_tunable(
     tuning.Tunable(
         task=TUNED_TASK,
         arms=tuple(ARMS.values()),
-        space=lambda name: {"lr": tuning.Param(3e-5, 3e-2)},
+        space=lambda name: {"lr": tuning.Param(*learning_rate_space(name))},
         defaults=lambda name: {"lr": FULL.lr},
         objective=_objective,
         direction="minimize",

@@ -25,6 +25,7 @@ from feedback_alignment.experiments.principled.common import (
     Split,
     block_mlp,
     group,
+    learning_rate_space,
     load_split,
     train_run,
     validation_split,
@@ -173,7 +174,7 @@ TUNABLE = tuning.register_tunable(
         arms=tuple(
             arm(d, a, r) for d in FULL.mlp_datasets for a in FULL.mlp_archs() for r in RULES
         ),
-        space=lambda name: {"lr": tuning.Param(3e-5, 3e-2)},
+        space=lambda name: {"lr": tuning.Param(*learning_rate_space(name.split("/")[-1]))},
         defaults=lambda name: {"lr": FULL.lr},
         objective=_objective,
         direction="minimize",
