@@ -181,3 +181,12 @@ def test_a_conv_trial_trains_the_arms_run_on_held_out_images(monkeypatch):
                                                       0.01, 1000)  # fmt: skip
     assert not set(used.x_test.flatten().tolist()) & set(used.x_train.flatten().tolist())
     assert min(used.x_test.flatten().tolist()) >= 0  # held-out training images, not the test set
+
+
+def test_each_table_names_the_seeds_its_part_ran(tmp_path):
+    p.run_parts(("alignment", "practices"), tmp_path, p.TINY, seeds=(0, 1), progress=False)
+    seeds = {
+        part: json.loads((tmp_path / f"principled_{part}.json").read_text())["provenance"]["seeds"]
+        for part in ("alignment", "practices")
+    }
+    assert seeds == {"alignment": [0], "practices": [0, 1]}  # one monitored run, of seed 0

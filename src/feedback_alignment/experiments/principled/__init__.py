@@ -142,7 +142,9 @@ def _write_part(
     json_path = write_json(out_dir / f"{part}.json", payload)
     md_path = out_dir / f"{part}.md"
     md_path.write_text(markdown + "\n")
-    tables = write_table(out_dir, table, seeds)
+    # the seeds the part ran (the alignment part monitors one run, of the first seed)
+    ran = sorted({r.seed for r in result["runs"]}) or list(seeds)
+    tables = write_table(out_dir, table, ran)
     return markdown, [json_path, md_path, *tables, *module.plots(result, setting, out_dir)]
 
 
