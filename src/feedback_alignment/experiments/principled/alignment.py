@@ -123,7 +123,8 @@ def table(result: dict[str, Any], setting: Setting) -> Table:
             *(h["cosine"][p][0] for p in points),
         )
     out.caption = (
-        f"DFA, {setting.dataset} {result['arch']} tanh, {setting.alignment_epochs} epochs, "
+        f"DFA, {setting.dataset} {result['arch']} tanh, {setting.alignment_epochs} epochs, one "
+        f"run (seed {trained.seed}), "
         f"measured every {setting.alignment_every} steps on a fixed probe batch of "
         f"{setting.probe} training images; final test accuracy {100 * trained.test_accuracy:.2f}%. "
         f"Mean hidden update angle {stats['first']['mean_angle']:.1f} deg at step "

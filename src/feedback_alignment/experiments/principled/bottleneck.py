@@ -176,7 +176,9 @@ def table(result: dict[str, Any], setting: Setting) -> Table:
     paper_widths = sorted(LAUNAY_2019_BOTTLENECK)
     paper_rho = spearman(paper_widths, [LAUNAY_2019_BOTTLENECK[b][0] for b in paper_widths])
     bp = {r.settings["width"]: 100 * r.test_accuracy for r in group(result["runs"], rule="BP")}
+    seeds = sorted({r.seed for r in result["runs"]})
     out.caption = (
+        f"Means over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
         "Spearman correlation with b: cosine narrow "
         f"{narrow['spearman_cosine']:.2f}, masked {masked['spearman_cosine']:.2f} (paper's logs "
         f"{paper_rho:.2f}); cosine of the layer below, narrow "
