@@ -190,3 +190,27 @@ def test_each_table_names_the_seeds_its_part_ran(tmp_path):
         for part in ("alignment", "practices")
     }
     assert seeds == {"alignment": [0], "practices": [0, 1]}  # one monitored run, of seed 0
+
+
+def test_the_bottleneck_caption_averages_bp_over_seeds():
+    from feedback_alignment.experiments.principled import bottleneck
+
+    def run(rule: str, width: int, seed: int, accuracy: float) -> p.Run:
+        return p.Run("bottleneck", "x", rule, "toy", seed, accuracy, 0.1, {"1": 50.0},
+                     {"a": (0.1, 0.0), "b": (0.2, 0.0), "c": (0.3, 0.0)}, 1.0,
+                     {"variant": "narrow", "width": width})  # fmt: skip
+
+    runs = [
+        run("BP", 1, 0, 0.40),
+        run("BP", 1, 1, 0.60),
+        run("BP", 4, 0, 0.8),
+        run("BP", 4, 1, 0.9),
+    ]
+    runs += [run("DFA", b, s, 0.5) for b in (1, 4) for s in (0, 1)]
+    masked = [p.Run(**{**r.__dict__, "settings": {"variant": "masked", "width": r.settings["width"]}})
+              for r in runs if r.rule == "DFA"]  # fmt: skip
+    result = {"runs": runs + masked, "curves": bottleneck.curves(runs + masked), "features": 4}
+    caption = bottleneck.table(result, p.TINY).caption
+    assert (
+        "BP, narrow: 50.00% at b=1, 85.00% at b=4" in caption and "Means over 2 seed(s)" in caption
+    )

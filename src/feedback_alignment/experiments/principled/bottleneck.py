@@ -175,7 +175,11 @@ def table(result: dict[str, Any], setting: Setting) -> Table:
         )  # fmt: skip
     paper_widths = sorted(LAUNAY_2019_BOTTLENECK)
     paper_rho = spearman(paper_widths, [LAUNAY_2019_BOTTLENECK[b][0] for b in paper_widths])
-    bp = {r.settings["width"]: 100 * r.test_accuracy for r in group(result["runs"], rule="BP")}
+    bp_runs = group(result["runs"], rule="BP")
+    bp = {  # mean over seeds per width
+        b: statistics.mean(100 * r.test_accuracy for r in bp_runs if r.settings["width"] == b)
+        for b in sorted({r.settings["width"] for r in bp_runs})
+    }
     seeds = sorted({r.seed for r in result["runs"]})
     out.caption = (
         f"Means over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
