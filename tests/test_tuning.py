@@ -287,7 +287,30 @@ def test_contradictory_or_orphan_tuning_options_are_refused(fake_task, tmp_path,
     assert "add --tune" in capsys.readouterr().err
     assert main(["reproduce", "--tasks", "toy", "--tune", "--arms", "KP", *out]) == 2
     assert "--arms: unknown ['KP']" in capsys.readouterr().err
+    assert main(["reproduce", "--tasks", "toy", "--tune", "--arms", " , ", *out]) == 2
+    assert "--arms names no arm" in capsys.readouterr().err  # not "every arm"
     assert not fake_task
+
+
+def test_a_search_of_some_arms_keeps_the_committed_values_of_the_others(
+    toy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The run after ``--tune --arms DFA`` (and a copy of its file over the committed one) must
+    not quietly put BP back on its hand-set value."""
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    entry = {"values": {"lr": 0.02}, "value": 1.0, "trials": 6, "pruned": 0}
+    (committed / "toy.json").write_text(json.dumps({"arms": {"BP": entry, "DFA": entry}}))
+    monkeypatch.setattr(tuning, "TUNED_DIR", committed)
+    path = tuning.tune("toy", out_dir=tmp_path / "run", arms=("DFA",), trials=2)
+    stored = json.loads(path.read_text())
+    assert stored["carried_from_committed"] == ["BP"] and {a for a, _ in toy} == {"DFA"}
+    values = tuning.tuned_values("toy", path.parent)
+    assert values["BP"] == {"lr": 0.02} and values["DFA"] != {"lr": 0.02}
+    # resuming the same folder for BP replaces the carried entry by the searched one
+    path = tuning.tune("toy", out_dir=tmp_path / "run", arms=("BP",), trials=2)
+    stored = json.loads(path.read_text())
+    assert stored["carried_from_committed"] == [] and stored["arms"]["BP"]["trials"] == 2
 
 
 def test_convnets_reads_a_tuned_rate_per_rule_and_batch_manhattan_pair(tmp_path: Path):

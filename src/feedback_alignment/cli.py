@@ -394,6 +394,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             )
         if args.arms:
             wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+            if not wanted:
+                raise UsageError("--arms names no arm; list them, e.g. --arms BP,DFA")
             tunable_names = [n for n in names if n in tuning.tunables()]
             if len(tunable_names) != 1:
                 raise UsageError("--arms needs exactly one tunable task in --tasks")

@@ -128,20 +128,25 @@ def _read(path: Path, task: str) -> dict[str, Any]:
             f"`feedback-alignment reproduce --tasks {task} --tune` then writes a new one)"
         ) from None
     declared = _TUNABLES.get(task)
+    repair = f"; delete it or search again (feedback-alignment reproduce --tasks {task} --tune)"
     for arm, values in arms.items():
         space = declared.space(arm) if declared is not None and arm in declared.arms else None
         if declared is not None and space is None:
-            raise ValueError(f"{path}: {task} has no arm {arm!r} (arms: {list(declared.arms)})")
+            raise ValueError(
+                f"{path}: {task} has no arm {arm!r} (arms: {list(declared.arms)}){repair}"
+            )
         for name, value in values.items():
             bad_type = not isinstance(value, (int, float)) or isinstance(value, bool)
             if bad_type or not math.isfinite(value):
-                raise ValueError(f"{path}: {arm} {name} = {value!r} is not a finite number")
+                raise ValueError(f"{path}: {arm} {name} = {value!r} is not a finite number{repair}")
             if space is not None and name not in space:
-                raise ValueError(f"{path}: {arm} has no parameter {name!r} (has {list(space)})")
+                raise ValueError(
+                    f"{path}: {arm} has no parameter {name!r} (has {list(space)}){repair}"
+                )
             if space is not None and not space[name].low <= value <= space[name].high:
                 raise ValueError(
                     f"{path}: {arm} {name} = {value} is outside its search range "
-                    f"[{space[name].low}, {space[name].high}]"
+                    f"[{space[name].low}, {space[name].high}]{repair}"
                 )
     return stored
 
@@ -261,6 +266,10 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: dict[str, ArmResult] = {}
     path = tuned_path(task, folder)
+    carried = _committed_arms(task, exclude=chosen)
+    if carried:
+        log.info("tune %s: the arms not searched keep their committed values: %s", task,
+                 ", ".join(carried))  # fmt: skip
     commit = _commit()  # of the code that searches (read now: the tree may change meanwhile)
     for arm in chosen:
         space = tunable.space(arm)
@@ -321,8 +330,20 @@ def tune(
         )
         log.info("tune %s %s: best %s = %.4g with %s", task, arm, tunable.metric,
                  best.value, best.params)  # fmt: skip
-        _write(path, task, tunable, results, count, quick, seed, optuna.__version__, commit)
+        _write(
+            path, task, tunable, results, count, quick, seed, optuna.__version__, commit, carried
+        )
     return path
+
+
+def _committed_arms(task: str, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """The committed entries of the arms not in ``exclude``: a search of some arms writes them
+    beside its own, so that the run after it (and a copy of its file over the committed one)
+    keeps every other arm's searched values instead of falling back to the hand-set ones."""
+    committed = tuned_path(task)
+    if not committed.is_file():
+        return {}
+    return {a: e for a, e in _read(committed, task)["arms"].items() if a not in exclude}
 
 
 def _write(
@@ -335,9 +356,16 @@ def _write(
     seed: int,
     optuna_version: str,
     commit: str,
+    carried: dict[str, Any] | None = None,
 ) -> None:
-    """Writes the best values so far (after every arm, so an interrupt loses at most one)."""
-    previous = _read(path, task)["arms"] if path.is_file() else {}
+    """Writes the best values so far (after every arm, so an interrupt loses at most one), with
+    the ``carried`` committed entries of the arms this search leaves alone."""
+    stored = _read(path, task) if path.is_file() else {"arms": {}}
+    was_carried = set(stored.get("carried_from_committed", []))
+    earlier = {a: e for a, e in stored["arms"].items() if a not in was_carried}  # a resumed search
+    fresh = {a: {**asdict(r), "values": r.values} for a, r in results.items()}
+    searched = {**(carried or {}), **earlier, **fresh}
+    kept = sorted(a for a in searched if a not in earlier and a not in fresh)
     payload = {
         "task": task,
         "quick": quick,
@@ -348,7 +376,8 @@ def _write(
         "sampler": f"TPE seeded by (seed {seed}, arm, trials so far), median pruner; the "
         "hand-set values are trial 0",
         "space": {a: {k: asdict(p) for k, p in tunable.space(a).items()} for a in tunable.arms},
-        "arms": {**previous, **{a: {**asdict(r), "values": r.values} for a, r in results.items()}},
+        "arms": {a: searched[a] for a in tunable.arms if a in searched},
+        "carried_from_committed": kept,
         "provenance": {
             "command": f"feedback-alignment reproduce --tasks {task} --tune"
             + (f" --arms {','.join(results)}" if set(results) != set(tunable.arms) else "")

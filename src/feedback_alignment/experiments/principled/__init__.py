@@ -202,7 +202,7 @@ DESCRIPTIONS = {
     "alignment": "DFA's per-layer update angle and signal cosine through training",
     "bottleneck": "DFA through a narrow (or partly trained) middle layer, width swept",
     "practices": "ablations of DFA: activation, feedback, BatchNorm, dropout, lr, init",
-    "conv": "a small conv net under BP, DFA, Shallow (can DFA train conv layers?)",
+    "conv": "a small conv net under BP, DFA, DFA with frozen convs, Shallow (does DFA train convs?)",
 }
 for _part in PARTS:
     register_task(f"principled-{_part}", DESCRIPTIONS[_part])(_task(_part))

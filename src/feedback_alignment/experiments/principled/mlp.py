@@ -1,8 +1,9 @@
 """Part 1, the MLP claims (Nøkland 2016): BP, FA, DFA and Shallow on tanh MLPs 1x800 and 7x240.
 
-The one rule comparison of the principled family, so the one part whose rules each get their own
-Adam learning rate, searched on validation data (:data:`TUNABLE`: one arm per data set, MLP and
-rule); the other four parts study DFA alone under the shared recipe.
+One of the two rule comparisons of the principled family (with the conv part), so its rules each
+get their own Adam learning rate, searched on validation data (:data:`TUNABLE`: one arm per data
+set, MLP and rule); the alignment, bottleneck and ablation parts study DFA alone under the shared
+recipe.
 """
 
 from __future__ import annotations
