@@ -14,7 +14,7 @@ from feedback_alignment.experiments import principled as p
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.principled import mlp
 from feedback_alignment.experiments.principled.common import Split
-from feedback_alignment.experiments.registry import RunOptions, groups, resolve, tasks
+from feedback_alignment.experiments.registry import RunOptions, groups, resolve, run_seeds, tasks
 from feedback_alignment.rules import DFA
 
 
@@ -107,11 +107,15 @@ def test_the_mlp_part_runs_each_arm_at_its_own_rate(tmp_path):
     assert rows[2][:4] == ["digits", "1x32", "DFA", "0.004"]
 
 
-def test_the_mlp_rates_are_read_from_the_stored_search(tmp_path):
+def test_the_mlp_rates_are_read_from_the_stored_search(tmp_path, monkeypatch):
     stored = {"arms": {"fashion-mnist/7x240/FA": {"values": {"lr": 3e-4}}}}
     (tmp_path / "principled-mlp.json").write_text(json.dumps(stored))
-    assert mlp.stored_rates(True, tmp_path) == {"fashion-mnist/7x240/FA": 3e-4}
-    assert mlp.stored_rates(False, tmp_path) == {}
+    passed: list[object] = []
+    monkeypatch.setattr(p, "run_parts", lambda *args: passed.append(args[5]["mlp"]))
+    for tuned in (True, False):
+        tasks()["principled-mlp"].run(RunOptions(out_dir=tmp_path, tuned=tuned, tuned_dir=tmp_path))
+    assert passed[0] == {"fashion-mnist/7x240/FA": 3e-4}
+    assert passed[1] == {}
     arms = tuning.tunables()["principled-mlp"].arms
     assert len(arms) == 16 and "mnist-5k/1x800/Shallow" in arms
     space = tuning.tunables()["principled-mlp"].space
@@ -123,9 +127,9 @@ def test_the_mlp_rates_are_read_from_the_stored_search(tmp_path):
 
 def test_a_full_run_widens_the_default_seed_to_three_and_quick_keeps_one(tmp_path):
     full = RunOptions(out_dir=tmp_path, seeds=(4,))
-    assert p.seeds_for(full) == (4, 5, 6)
-    assert p.seeds_for(RunOptions(out_dir=tmp_path, seeds=(1, 9))) == (1, 9)
-    assert p.seeds_for(RunOptions(out_dir=tmp_path, quick=True, seeds=(2, 3))) == (2,)
+    assert run_seeds(full) == (4, 5, 6)
+    assert run_seeds(RunOptions(out_dir=tmp_path, seeds=(1, 9))) == (1, 9)
+    assert run_seeds(RunOptions(out_dir=tmp_path, quick=True, seeds=(2, 3))) == (2,)
 
 
 def test_a_trial_scores_held_out_training_images_never_the_test_set(monkeypatch):

@@ -35,7 +35,12 @@ from feedback_alignment.alignment import alignment
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.graphs_report import LAYER_NAMES, plot, table
 from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import (
+    RunOptions,
+    TaskReport,
+    register_task,
+    run_seeds,
+)
 from feedback_alignment.experiments.results import (
     gap_closure,
     mean_std,
@@ -276,11 +281,8 @@ def config_for(options: RunOptions) -> GraphConfig:
     seed, 5 epochs."""
     tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
     if options.quick:
-        return GraphConfig(seeds=tuple(options.seeds[:1]), epochs=5, align_every=5, **tuned)
-    seeds = (
-        options.seeds if len(options.seeds) > 1 else tuple(options.seeds[0] + i for i in range(3))
-    )
-    return GraphConfig(seeds=tuple(seeds), **tuned)
+        return GraphConfig(seeds=run_seeds(options), epochs=5, align_every=5, **tuned)
+    return GraphConfig(seeds=run_seeds(options), **tuned)
 
 
 @register_task(

@@ -43,7 +43,12 @@ from feedback_alignment.alignment import alignment
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.papers import LAUNAY_2020_CRITEO
 from feedback_alignment.experiments.recommenders_report import MODEL_NAMES, plot, table
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import (
+    RunOptions,
+    TaskReport,
+    register_task,
+    run_seeds,
+)
 from feedback_alignment.experiments.results import (
     gap_closure,
     mean_std,
@@ -257,13 +262,10 @@ def config_for(options: RunOptions) -> RecConfig:
     """Full mode widens a single seed to three consecutive seeds; quick mode: one seed, 8,000
     training rows, one epoch of batches of 256, 32-wide MLPs."""
     if options.quick:
-        return RecConfig(seeds=tuple(options.seeds[:1]), mlp_dims=(32, 32, 32), cross_layers=2,
+        return RecConfig(seeds=run_seeds(options), mlp_dims=(32, 32, 32), cross_layers=2,
                          epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000,
                          tuned=options.tuned, tuned_dir=options.tuned_dir)  # fmt: skip
-    seeds = (
-        options.seeds if len(options.seeds) > 1 else tuple(options.seeds[0] + i for i in range(3))
-    )
-    return RecConfig(seeds=tuple(seeds), tuned=options.tuned, tuned_dir=options.tuned_dir)
+    return RecConfig(seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir)
 
 
 @register_task(

@@ -58,6 +58,17 @@ class RunOptions:
     workers: int = 1
 
 
+def run_seeds(options: RunOptions, full_count: int = 3) -> tuple[int, ...]:
+    """The seeds a task runs: quick mode the first one; a full run the ``--seeds`` given, or, for
+    the CLI's single default seed, ``full_count`` consecutive seeds from it (the papers'
+    comparisons need a spread; an explicit single seed cannot be told from the default)."""
+    if options.quick:
+        return tuple(options.seeds[:1])
+    if len(options.seeds) > 1:
+        return tuple(options.seeds)
+    return tuple(options.seeds[0] + i for i in range(full_count))
+
+
 TUNED_TASKS: tuple[str, ...] = (
     "graphs",
     "transformer",

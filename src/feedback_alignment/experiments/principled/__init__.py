@@ -42,6 +42,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.principled import alignment, bottleneck, conv, mlp, practices
 from feedback_alignment.experiments.principled.bottleneck import PartlyTrained, bottleneck_mlp
 from feedback_alignment.experiments.principled.common import (
@@ -58,6 +59,7 @@ from feedback_alignment.experiments.registry import (
     TaskReport,
     register_group,
     register_task,
+    run_seeds,
 )
 from feedback_alignment.experiments.results import write_json, write_table
 
@@ -170,27 +172,18 @@ def rerender(part: str, out_dir: Path) -> TaskReport:
     return TaskReport(f"principled-{part}", markdown, files)
 
 
-FULL_SEEDS = 3
-"""Seeds of a full run given the CLI's single default seed (consecutive from it): all five parts
-with three seeds fit the family's 45-minute budget on 2 cores; ``--seeds`` with more than one
-seed is used as given, and quick mode keeps one."""
-
-
-def seeds_for(options: RunOptions) -> tuple[int, ...]:
-    if options.quick or len(options.seeds) > 1:
-        return tuple(options.seeds[:1]) if options.quick else tuple(options.seeds)
-    return tuple(options.seeds[0] + i for i in range(FULL_SEEDS))
-
-
 def _task(part: str) -> Callable[[RunOptions], TaskReport]:
     def run(options: RunOptions) -> TaskReport:
-        rates = (
-            {part: TUNED_PARTS[part].stored_rates(options.tuned, options.tuned_dir)}
-            if part in TUNED_PARTS
-            else None
-        )
+        rates = None
+        if part in TUNED_PARTS:  # arm -> lr, committed or from --tune (empty with --hand-set)
+            stored = tuning.with_tuned(
+                TUNED_PARTS[part].TUNED_TASK, {}, enabled=options.tuned,
+                directory=options.tuned_dir,
+            )  # fmt: skip
+            rates = {part: stored}
+        # three seeds by default: all five parts fit the family's 45-minute budget with them
         return run_parts(
-            (part,), options.out_dir, setting_for(options), seeds_for(options), options.progress,
+            (part,), options.out_dir, setting_for(options), run_seeds(options), options.progress,
             rates,
         )  # fmt: skip
 

@@ -3,8 +3,9 @@
 Every run uses the same recipe unless an ablation changes it: Adam (lr 1e-3, except in the two
 parts that compare rules, MLP and conv, where each rule runs at its own searched rate), batch
 128, inputs standardised by the training set's mean and standard deviation, PyTorch's default
-initialisation, the same seed for the model of every rule. Alignment is measured on a fixed probe batch of training
-images with :func:`feedback_alignment.alignment` (no side effects on the model).
+initialisation, the same seed for the model of every rule. Alignment is measured on a fixed
+probe batch of training images with :func:`feedback_alignment.alignment` (no side effects on the
+model).
 """
 
 from __future__ import annotations

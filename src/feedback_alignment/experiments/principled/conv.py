@@ -54,11 +54,6 @@ ARMS: dict[str, str] = {
 """Each run's tuning arm (a name without commas, as ``--arms`` lists them)."""
 
 
-def stored_rates(enabled: bool = True, directory: Path | None = None) -> dict[str, float]:
-    """``arm -> lr`` stored for this part (empty when ``enabled`` is false or none is stored)."""
-    return tuning.with_tuned(TUNED_TASK, {}, enabled=enabled, directory=directory)
-
-
 def small_convnet(
     image: Sequence[int], sizes: tuple[int, int, int] = (16, 32, 256)
 ) -> nn.Sequential:

@@ -44,11 +44,6 @@ def arm(dataset: str, arch: str, rule: str) -> str:
     return f"{dataset}/{arch}/{rule}"
 
 
-def stored_rates(enabled: bool = True, directory: Path | None = None) -> dict[str, float]:
-    """``arm -> lr`` stored for this part (empty when ``enabled`` is false or none is stored)."""
-    return tuning.with_tuned(TUNED_TASK, {}, enabled=enabled, directory=directory)
-
-
 def run(
     setting: Setting,
     seeds: Sequence[int],
