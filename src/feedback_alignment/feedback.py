@@ -35,6 +35,7 @@ References:
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,35 @@ import torch
 
 DISTRIBUTIONS = ("gaussian", "uniform", "rademacher")
 SCALINGS = ("none", "tinydfa", "principled", "nokland")
+
+STREAM_VERSION = 2
+"""Version of the recipe that turns a direct rule's ``seed`` into its feedback matrix.
+
+* 1 (until 2026-12-05): ``torch.Generator().manual_seed(seed)``. The bare integer replays the
+  stream of ``torch.manual_seed(seed)``, so a weight initialised after ``torch.manual_seed(0)``
+  could equal ``B`` drawn with ``seed=0`` (a tied LM's embedding had cosine 1.0 with its feedback:
+  weight transport by coincidence).
+* 2: the generator is seeded with :func:`direct_stream_seed` (a keyed blake2b of the seed).
+
+Results that regenerate feedback from a seed record this number in their provenance; checkpoints
+are unaffected (the matrix itself is in ``state_dict``).
+"""
+
+MAX_SEED = 2**63 - 1
+"""Largest seed a rule accepts: seeds are integers in ``[0, 2**63 - 1]``."""
+
+
+def derive_seed(*key: object) -> int:
+    """A 63-bit generator seed from a key: ``blake2b("/".join(key))``, little-endian, top bit
+    dropped. The same on every machine and process, and unrelated to the stream that
+    ``torch.manual_seed`` of any part of the key would give (which a bare integer seed replays)."""
+    digest = hashlib.blake2b("/".join(str(part) for part in key).encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def direct_stream_seed(seed: int) -> int:
+    """The generator seed of a direct rule's feedback matrix: ``derive_seed("direct", seed)``."""
+    return derive_seed("direct", int(seed))
 
 
 def draw(

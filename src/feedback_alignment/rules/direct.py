@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from feedback_alignment.cut import verify_cut
-from feedback_alignment.feedback import DISTRIBUTIONS, SCALINGS, FeedbackLayout, draw
+from feedback_alignment.feedback import (
+    DISTRIBUTIONS,
+    SCALINGS,
+    FeedbackLayout,
+    direct_stream_seed,
+    draw,
+)
 from feedback_alignment.functional import DirectFeedbackFn
 from feedback_alignment.points import (
     INPUT_SUFFIX,
@@ -825,7 +831,13 @@ class _Binding:
         shape = (out_features, layout.total)
         if buffer is None:
             dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
-            buffer = draw(self.rule.feedback, shape, self.rule.seed, dtype=dtype, device=y.device)
+            buffer = draw(
+                self.rule.feedback,
+                shape,
+                direct_stream_seed(self.rule.seed),
+                dtype=dtype,
+                device=y.device,
+            )
             model._buffers[FEEDBACK_BUFFER] = buffer
             narrow = {n: w for n, w in zip(names, widths, strict=True) if w < out_features}
             if narrow:

@@ -91,7 +91,6 @@ References:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -105,7 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from feedback_alignment.feedback import DISTRIBUTIONS, draw
+from feedback_alignment.feedback import DISTRIBUTIONS, derive_seed, draw
 from feedback_alignment.functional import (
     ConvFeedbackFn,
     LinearFeedbackFn,
@@ -184,8 +183,7 @@ def layer_seed(seed: int, index: int, step: int = 0) -> int:
 
     A 63-bit integer from ``blake2b("seed/index/step")``: the same on every machine and process.
     """
-    digest = hashlib.blake2b(f"{int(seed)}/{int(index)}/{int(step)}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") >> 1
+    return derive_seed(int(seed), int(index), int(step))
 
 
 def init_std(weight: torch.Tensor, kind: str = "linear") -> float:
