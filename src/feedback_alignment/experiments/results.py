@@ -7,20 +7,32 @@ formatted text) and writes it with :func:`write_table`; the same JSON, committed
 
 Every file written in quick mode says so: JSON (``"mode": "quick"``), tables (a first line
 ``**QUICK MODE** ...``) and plot titles (``[QUICK MODE] ...``).
+
+Every JSON file written here is *sealed*: it carries ``"digest": "sha256:..."`` of its canonical
+content (every key but the digest itself, :func:`content_digest`), so that ``render`` can refuse a
+file edited after its run wrote it (:func:`seal_state`). Its provenance records the feedback
+stream version of the direct rules (:data:`feedback_alignment.feedback.STREAM_VERSION`); a file
+without one was written with version 1. Every file is written atomically (a temporary file in the
+same folder, renamed over the final name once complete): a full disk or a kill leaves the earlier
+file or none, never a truncated one, and a failed write raises :class:`ResultsWriteError`, which
+names the file and the reason in one sentence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import platform
+import secrets
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -226,8 +238,11 @@ def _command() -> str:
 
 
 def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
-    """What produced a result: command, commit, machine, date, seeds, mode and, inside a
-    :func:`timed_task`, the seconds from the task's start to this file (``None`` outside one)."""
+    """What produced a result: command, commit, machine, date, seeds, mode, the feedback stream
+    version of the direct rules and, inside a :func:`timed_task`, the seconds from the task's
+    start to this file (``None`` outside one)."""
+    from feedback_alignment.feedback import STREAM_VERSION
+
     return {
         "command": _command(),
         "commit": _commit(),
@@ -242,6 +257,7 @@ def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
         "seeds": list(seeds),
         "mode": "quick" if quick else "full",
         "wall_seconds": None if _TASK_START is None else round(time.perf_counter() - _TASK_START),
+        "feedback_stream_version": STREAM_VERSION,
     }
 
 
@@ -260,11 +276,89 @@ def sanitize(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    """Writes ``payload`` (sanitised, indented) to ``path``; creates the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sanitize(payload), indent=1) + "\n")
+DIGEST_KEY = "digest"
+"""The key of a sealed file's digest (``"sha256:<hex>"`` of :func:`content_digest`)."""
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """``sha256:<hex>`` of ``payload`` without its digest, as canonical JSON (sorted keys, no
+    spaces, NaN as ``null``): the same for the payload a run wrote and the file read back."""
+    body = sanitize({k: v for k, v in payload.items() if k != DIGEST_KEY})
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` sanitised, with the digest of its content under :data:`DIGEST_KEY`."""
+    body = sanitize({k: v for k, v in payload.items() if k != DIGEST_KEY})
+    return {**body, DIGEST_KEY: content_digest(body)}
+
+
+SEALED, UNSEALED, TAMPERED = "sealed", "unsealed", "tampered"
+
+
+def seal_state(payload: dict[str, Any]) -> str:
+    """:data:`SEALED` (its digest matches its content), :data:`UNSEALED` (no digest: written
+    before files were sealed) or :data:`TAMPERED` (edited after it was written)."""
+    if DIGEST_KEY not in payload:
+        return UNSEALED
+    return SEALED if payload[DIGEST_KEY] == content_digest(payload) else TAMPERED
+
+
+def stream_version(payload: dict[str, Any]) -> int:
+    """The feedback stream version a file's provenance records (1 where it records none: the
+    files written before the version was recorded)."""
+    provenance = payload.get("provenance")
+    version = provenance.get("feedback_stream_version") if isinstance(provenance, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
+
+
+class ResultsWriteError(OSError):
+    """A results file could not be written (full disk, read-only folder); nothing truncated was
+    left behind. ``str()`` is one sentence naming the file and the reason."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        super().__init__(error.errno, f"could not write {path} ({reason})", str(path))
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_atomic(path: Path, data: bytes | str | Any) -> Path:
+    """Writes ``data`` (bytes, text, or ``writer(temporary_path)``) to ``path`` through a
+    temporary file beside it, renamed over ``path`` only once complete; creates the folder.
+
+    Raises:
+        ResultsWriteError: the folder or the file could not be written (the temporary file is
+            removed; an earlier ``path`` is left as it was).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(data):
+            data(temporary)
+        else:
+            raw = data.encode() if isinstance(data, str) else data
+            with open(temporary, "wb") as handle:
+                handle.write(raw)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with suppress(OSError):
+            temporary.unlink()
+        if isinstance(error, ResultsWriteError):
+            raise
+        raise ResultsWriteError(path, error) from error
     return path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Writes ``payload`` (sanitised, sealed, indented) to ``path`` atomically; creates the
+    folder (:func:`write_atomic`)."""
+    return write_atomic(path, json.dumps(seal(payload), indent=1) + "\n")
 
 
 def write_results(
@@ -279,8 +373,7 @@ def write_table(out_dir: Path, table: Table, seeds: Sequence[int]) -> list[Path]
     """``<name>.json`` (the docs format, with provenance) and ``<name>.md`` in ``out_dir``."""
     payload = {**table.to_json(), "provenance": provenance(table.quick, seeds)}
     json_path = write_json(out_dir / f"{table.name}.json", payload)
-    md_path = out_dir / f"{table.name}.md"
-    md_path.write_text(table.to_markdown() + "\n")
+    md_path = write_atomic(out_dir / f"{table.name}.md", table.to_markdown() + "\n")
     return [json_path, md_path]
 
 
@@ -306,7 +399,10 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     """Lays out, saves and closes ``fig``."""
     plt = pyplot()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        write_atomic(
+            path, lambda temporary: fig.savefig(temporary, dpi=dpi, format=path.suffix[1:])
+        )
+    finally:
+        plt.close(fig)
     return path

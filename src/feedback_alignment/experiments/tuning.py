@@ -359,7 +359,10 @@ def _write(
     carried: dict[str, Any] | None = None,
 ) -> None:
     """Writes the best values so far (after every arm, so an interrupt loses at most one), with
-    the ``carried`` committed entries of the arms this search leaves alone."""
+    the ``carried`` committed entries of the arms this search leaves alone; sealed with a digest
+    and the feedback stream version of the direct rules in its provenance."""
+    from feedback_alignment.feedback import STREAM_VERSION
+
     stored = _read(path, task) if path.is_file() else {"arms": {}}
     was_carried = set(stored.get("carried_from_committed", []))
     earlier = {a: e for a, e in stored["arms"].items() if a not in was_carried}  # a resumed search
@@ -386,18 +389,66 @@ def _write(
             "machine": _machine(),
             "optuna": optuna_version,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "feedback_stream_version": STREAM_VERSION,
         },
     }
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    from feedback_alignment.experiments.results import write_json
+
+    write_json(path, payload)  # sealed with a digest, written atomically
+
+
+def _number(path: Path, field: str, value: Any, *, optional: bool = False) -> None:
+    """Raises a ValueError naming ``path`` and ``field`` unless ``value`` is a number."""
+    if optional and value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(
+            f"{path}: {field} is {value!r}, where a number belongs; restore the file as the "
+            "search wrote it, or search again"
+        )
 
 
 def markdown(task: str, directory: Path | None = None) -> str:
-    """A table of the stored values of ``task`` (arm, values, validation metric, trials)."""
+    """A table of the stored values of ``task`` (arm, values, validation metric, trials),
+    under the render's legacy mark when the file predates digests and stream versions.
+
+    Raises:
+        ValueError: the file was edited after the search wrote it (its digest does not match),
+            or holds text where a number belongs (names the file and the field).
+    """
+    from feedback_alignment.experiments import render
+
     path = tuned_path(task, directory)
     if not path.is_file():
         return f"No tuned values stored for {task}."
-    stored = json.loads(path.read_text())
+    try:
+        stored = json.loads(path.read_bytes())
+        arms, space, prov = stored["arms"], stored["space"], stored["provenance"]
+        stored["metric"], stored["sampler"], stored["schedule"], stored["trials_per_arm"]
+        arms.items(), space.items(), prov["command"], prov["commit"], prov["date"]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"{path} is not a tuning result ({type(error).__name__}: {error}); restore it as the "
+            f"search wrote it, or search again (feedback-alignment reproduce --tasks {task} --tune)"
+        ) from None
+    search = f"feedback-alignment reproduce --tasks {task} --tune"
+    render.refuse_tampered(path, task, stored, search)
+    for arm, entry in arms.items():
+        for name, value in entry["values"].items():
+            _number(path, f"arms.{arm}.values.{name}", value)
+        _number(path, f"arms.{arm}.value", entry["value"])
+        _number(path, f"arms.{arm}.default_value", entry.get("default_value"), optional=True)
+        _number(path, f"arms.{arm}.trials", entry["trials"])
+        _number(path, f"arms.{arm}.pruned", entry["pruned"])
+    for arm, params in space.items():
+        for name, p in params.items():
+            _number(path, f"space.{arm}.{name}.low", p["low"])
+            _number(path, f"space.{arm}.{name}.high", p["high"])
+    note = render.legacy_note(
+        task, stored, copy_to="src/feedback_alignment/experiments/tuned/", command=search
+    )
     lines = [
+        *([note, ""] if note else []),
         f"| arm | values | best {stored['metric']} | hand-set trial's | trials (pruned) |",
         "|:---|:---|---:|---:|---:|",
     ]
