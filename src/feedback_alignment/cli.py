@@ -17,10 +17,13 @@ or a failing task keeps what was finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import math
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -160,6 +163,16 @@ def check_output_file(path: Path, option: str) -> Path:
     if path.is_dir():
         raise UsageError(f"{what} is a folder; give a file name such as {path / 'results.json'}")
     _check_creatable_folder(path.parent, what)
+    if os.path.lexists(path):
+        if not path.is_file():
+            raise UsageError(f"{what} exists and is not a regular file; give another file name")
+        mode = path.stat().st_mode
+        # root may write anything: the file's own mode says whether it is meant to be replaced
+        if not os.access(path, os.W_OK) or not mode & stat.S_IWUSR:
+            raise UsageError(
+                f"{what} is read-only (mode {stat.S_IMODE(mode):o}): give another file name, "
+                f"or make it writable (chmod u+w {path}) to replace it"
+            )
     return path
 
 
@@ -240,9 +253,30 @@ def _say(message: str) -> None:
 # ---- sub-commands -------------------------------------------------------------------------------
 
 
+def physical_memory() -> int | None:
+    """Bytes of memory on this machine (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gigabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:,.0f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.0f} MB"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out") if args.out is not None else None
     from feedback_alignment.experiments import demo
+
+    hidden = ",".join(map(str, args.hidden))
+    needed, memory = demo.memory_needed(args.hidden), physical_memory()
+    if memory is not None and needed > memory:
+        raise UsageError(
+            f"--hidden {hidden}: training this MLP needs about {_gigabytes(needed)} of memory, "
+            f"more than this machine's {_gigabytes(memory)}; choose smaller widths (the default "
+            "is 64,64,64)"
+        )
 
     config = demo.DemoConfig(
         hidden=args.hidden,
@@ -258,7 +292,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"on the digits ({_threads_note()})"
         )
     start = time.perf_counter()
-    results, config = demo.run(config, progress=bars)
+    try:
+        results, config = demo.run(config, progress=bars)
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and "alloc" not in str(error).lower():
+            raise
+        raise UsageError(
+            f"--hidden {hidden}: the model does not fit in the free memory ({error}); choose "
+            "smaller widths"
+        ) from None
     print(demo.summary_table(results, config))
     if out is not None:
         demo.write_json(results, config, out)
@@ -316,6 +358,11 @@ SECTION_FILE = "REPORT-section.md"
 adds to the report instead of replacing the earlier tasks' sections."""
 
 
+PARTIAL_RUNS = "partial-runs"
+"""The folder in a task's folder where each finished run is saved as it ends (removed once the
+task has written its results): a killed task resumes from it."""
+
+
 def _write_report(path: Path, quick: bool, sections: Sequence[str], pending: Sequence[str]) -> None:
     done = {p.parent.name: p.read_text() for p in sorted(path.parent.glob(f"*/{SECTION_FILE}"))}
     earlier = [text for name, text in done.items() if text not in sections]
@@ -324,14 +371,57 @@ def _write_report(path: Path, quick: bool, sections: Sequence[str], pending: Seq
     )
     if pending:
         text += "\n\n" + "\n".join(f"- {line}" for line in pending)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text + "\n")
-    os.replace(temporary, path)  # a reader never sees half a report
+    from feedback_alignment.experiments.results import write_atomic
+
+    write_atomic(path, text + "\n")  # a reader never sees half a report
 
 
 def _keep_section(folder: Path, text: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / SECTION_FILE).write_text(text)
+    from feedback_alignment.experiments.results import write_atomic
+
+    write_atomic(folder / SECTION_FILE, text)
+
+
+def _finished_section(folder: Path, name: str) -> str | None:
+    """The section of a task that finished in ``folder`` (not failed, no partial runs left)."""
+    path = folder / SECTION_FILE
+    if not path.is_file() or (folder / PARTIAL_RUNS).is_dir():
+        return None
+    text = path.read_text()
+    return None if text.startswith(f"### {name}\n\nFAILED:") else text
+
+
+def _resume_folder(out: Path | None) -> Path:
+    """``--resume``'s folder: ``--out``, or the newest ``results/*`` holding a report."""
+    if out is not None:
+        return out
+    reports = sorted(Path("results").glob("*/REPORT.md"), key=lambda p: p.stat().st_mtime)
+    return reports[-1].parent if reports else Path("results") / "<date>"
+
+
+def _check_resumable(out_root: Path, quick: bool) -> None:
+    report = out_root / "REPORT.md"
+    if not report.is_file() and not list(out_root.glob(f"*/{PARTIAL_RUNS}")):
+        raise UsageError(
+            f"--resume: {out_root} holds no interrupted reproduce run (no REPORT.md, no "
+            f"{PARTIAL_RUNS}/); give the --out of the interrupted run, or drop --resume"
+        )
+    if report.is_file():
+        first = report.read_text().split("\n", 1)[0]
+        mode = "quick" if "(quick mode)" in first else "full" if "(full mode)" in first else None
+        if mode is not None and mode != ("quick" if quick else "full"):
+            raise UsageError(
+                f"--resume: {out_root} holds a {mode}-mode run; "
+                + ("add --quick" if mode == "quick" else "drop --quick")
+                + " to resume it, or give another --out"
+            )
+
+
+def _write_failed(error: OSError, out_root: Path) -> bool:
+    """Whether ``error`` is a write into ``out_root`` that failed (full disk, read-only)."""
+    from feedback_alignment.experiments.results import ResultsWriteError
+
+    return isinstance(error, ResultsWriteError) or _is_under(error.filename, out_root)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -341,9 +431,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError("--tune and --hand-set contradict each other: choose one")
     if not args.tune and (args.trials is not None or args.arms):
         raise UsageError("--trials and --arms choose what --tune searches: add --tune")
-    out_root = check_output_folder(
-        args.out if args.out is not None else Path("results") / date.today().isoformat(), "--out"
-    )
+    if not [n for part in args.tasks for n in part.split(",") if n.strip()]:
+        raise UsageError(
+            f"--tasks {' '.join(map(repr, args.tasks))} names no task: name one or more (see "
+            "reproduce --help), or leave --tasks out to run them all"
+        )
+    if args.resume:
+        out_root = check_output_folder(_resume_folder(args.out), "--out")
+        _check_resumable(out_root, args.quick)
+    else:
+        out_root = check_output_folder(
+            args.out if args.out is not None else Path("results") / date.today().isoformat(),
+            "--out",
+        )
     check_data_cache()
     from feedback_alignment.experiments import results
     from feedback_alignment.experiments.registry import (
@@ -404,16 +504,28 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             if unknown:
                 raise UsageError(f"--arms: unknown {unknown}; {tunable_names[0]} has {list(known)}")
             args.arms = tuple(wanted)
+    if not names:
+        raise UsageError("no task is left to run (see the tasks skipped above)")
+    from feedback_alignment.experiments import run as run_module
+    from feedback_alignment.experiments.results import ResultsWriteError
+
     out_root.mkdir(parents=True, exist_ok=True)
     report = out_root / "REPORT.md"
     sections: list[str] = []
     failed: list[str] = []
     for index, name in enumerate(names, start=1):
         task = available[name]
+        folder = out_root / name
+        pending = [f"{n}: not run yet" for n in names[index:]]
+        earlier = _finished_section(folder, name) if args.resume else None
+        if earlier is not None:
+            _say(f"{name}: finished earlier in {folder}; kept (--resume)")
+            sections.append(earlier)
+            continue
         if not args.quiet:
             _say(f"== [{index}/{len(names)}] {name}: {task.description}")
         options = RunOptions(
-            out_dir=out_root / name,
+            out_dir=folder,
             quick=args.quick,
             progress=_progress_bars(args),
             seeds=args.seeds,
@@ -421,40 +533,96 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
         start = time.perf_counter()
+        store = run_module.SavedRuns(folder / PARTIAL_RUNS)
         try:
-            if args.tune and name in tuning.tunables():
-                path = tuning.tune(
-                    name, out_dir=options.out_dir, quick=args.quick, trials=args.trials,
-                    arms=args.arms or None,
-                )  # fmt: skip
-                options.tuned_dir = path.parent
-                hint = "" if args.quick else (
-                    " (copy the file to src/feedback_alignment/experiments/tuned/ to make them "
-                    "the default)"
-                )  # fmt: skip
-                _say(f"{name}: tuned values in {path}{hint}")
-            with results.timed_task():  # after the search: the run's own wall time
-                result = task.run(options)
-        except Exception as error:  # one failing task must not lose the others' results
-            if args.verbose:
-                log.exception("task %s failed", name)
-            failed.append(name)
-            sections.append(f"### {name}\n\nFAILED: {type(error).__name__}: {error}")
-            _keep_section(out_root / name, sections[-1])
-            _say(f"{name}: FAILED ({type(error).__name__}: {error})")
-        else:
+            try:
+                with run_module.saved_runs(store.folder) as store:
+                    if args.tune and name in tuning.tunables():
+                        path = tuning.tune(
+                            name, out_dir=options.out_dir, quick=args.quick, trials=args.trials,
+                            arms=args.arms or None,
+                        )  # fmt: skip
+                        options.tuned_dir = path.parent
+                        hint = "" if args.quick else (
+                            " (copy the file to src/feedback_alignment/experiments/tuned/ to "
+                            "make them the default)"
+                        )  # fmt: skip
+                        _say(f"{name}: tuned values in {path}{hint}")
+                    with results.timed_task():  # after the search: the run's own wall time
+                        result = task.run(options)
+            except KeyboardInterrupt:
+                saved = store.count()
+                kept = (
+                    f"{saved} finished run(s) of {name} are saved in {store.folder}"
+                    if saved
+                    else f"no run of {name} had finished"
+                )
+                with contextlib.suppress(OSError):  # interrupted: say so even if this fails
+                    _write_report(report, args.quick, sections,
+                                  [f"{name}: interrupted ({kept})", *pending])  # fmt: skip
+                _say(
+                    f"reproduce interrupted during {name}: {kept}; rerun the same command with "
+                    f"--resume (--out {out_root}) to continue from them"
+                )
+                raise
+            except ResultsWriteError:
+                raise
+            except OSError as error:
+                if _write_failed(error, out_root):
+                    raise ResultsWriteError(Path(error.filename), error) from error
+                raise _TaskFailed(error) from error
+            except Exception as error:  # one failing task must not lose the others' results
+                raise _TaskFailed(error) from error
             sections.append(result.markdown)
-            _keep_section(out_root / name, result.markdown)
+            _keep_section(folder, result.markdown)
+            shutil.rmtree(store.folder, ignore_errors=True)  # the results are written
             print(result.markdown + "\n", flush=True)
+            if store.resumed:
+                _say(f"{name}: resumed {store.resumed} of {store.total} runs from {store.folder}")
             if not args.quiet:
                 _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
-        pending = [f"{n}: not run yet" for n in names[index:]]
-        _write_report(report, args.quick, sections, pending)
+        except _TaskFailed as failure:
+            error = failure.error
+            if args.verbose:
+                log.error("task %s failed", name, exc_info=error)
+            failed.append(name)
+            sections.append(f"### {name}\n\nFAILED: {type(error).__name__}: {error}")
+            try:
+                _keep_section(folder, sections[-1])
+            except ResultsWriteError as write_error:
+                return _stopped(write_error, out_root, store)
+            saved = f"; its {store.count()} finished run(s) are kept" if store.count() else ""
+            _say(f"{name}: FAILED ({type(error).__name__}: {error}){saved}")
+        except ResultsWriteError as error:
+            return _stopped(error, out_root, store)
+        try:
+            _write_report(report, args.quick, sections, pending)
+        except ResultsWriteError as error:
+            return _stopped(error, out_root, store)
     _say(f"wrote {report}")
     if failed:
         _say(f"failed task(s): {', '.join(failed)} (rerun with -v for the traceback)")
         return 1
     return 0
+
+
+class _TaskFailed(Exception):
+    """A task raised: recorded in its section, and the next task runs."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _stopped(error: OSError, out_root: Path, store: Any) -> int:
+    """Says in one sentence which write failed and where the finished results are; exit 1."""
+    kept = f", the finished runs of the task in {store.folder}" if store.count() else ""
+    _say(
+        f"reproduce stopped: {error}; the finished results are in {out_root}{kept} and no file "
+        "was left half-written: free some space (or make the folder writable) and rerun with "
+        "--resume to continue"
+    )
+    return 1
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -648,6 +816,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--hand-set",
         action="store_true",
         help="use the hand-set hyperparameters instead of the stored tuned ones",
+    )
+    reproduce.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out (default: the newest results/* folder): keep "
+        "the tasks it finished, and resume the interrupted task from its saved runs (a rerun "
+        f"into the same --out resumes those anyway: each finished run is kept in "
+        f"<task>/{PARTIAL_RUNS}/ until the task has written its results)",
     )
     reproduce.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     reproduce.set_defaults(func=_cmd_reproduce)

@@ -8,6 +8,7 @@ random initialisation), and its hidden-layer updates lie within 90 degrees of BP
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
 from feedback_alignment.experiments.results import Column, Table, mean_std
-from feedback_alignment.experiments.run import apply_rule, fit, jobs, shuffled
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, shuffled
 from feedback_alignment.models import MLP
 
 
@@ -115,11 +116,32 @@ def run(
     if unknown:
         raise ValueError(f"unknown demo rules {unknown}; choose from {list(RULES)}")
     tensors = load_digits_tensors()
-    pairs = [(rule, seed) for rule in config.rules for seed in config.seeds]
-    results = []
-    for rule, seed in jobs(pairs, "demo", progress):
-        results.append(train_one(rule, seed, config, tensors, progress))
+    pairs = [(rule, seed, config) for rule in config.rules for seed in config.seeds]
+    # through run_jobs: inside `reproduce`, each run is saved as it ends (a killed task resumes)
+    results = run_jobs(
+        _train_job,
+        pairs,
+        "demo",
+        shared=(tensors, progress),
+        progress=progress,
+        label=lambda job: f"{job[0]} seed {job[1]}",
+    )
     return results, config
+
+
+def _train_job(shared: tuple, job: tuple[str, int, DemoConfig]) -> RunResult:
+    tensors, progress = shared
+    rule, seed, config = job
+    return train_one(rule, seed, config, tensors, progress)
+
+
+def memory_needed(hidden: Sequence[int], features: int = 64, classes: int = 10) -> int:
+    """Bytes that training the demo's MLP takes at least: float32 weights, their gradients and
+    Adam's two moments (4 copies), plus the activations of the whole training set (1,437 rows,
+    kept twice) that the alignment report computes."""
+    widths = [features, *hidden, classes]
+    parameters = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    return 4 * (4 * parameters + 2 * 1437 * sum(widths))
 
 
 def summary(results: Sequence[RunResult], config: DemoConfig, quick: bool = False) -> Table:
@@ -155,6 +177,9 @@ def summary_table(results: Sequence[RunResult], config: DemoConfig, quick: bool 
 
 
 def write_json(results: Sequence[RunResult], config: DemoConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes the runs atomically (a full disk leaves the earlier file or none, and raises
+    :class:`~feedback_alignment.experiments.results.ResultsWriteError`)."""
+    from feedback_alignment.experiments.results import write_atomic
+
     payload = {"config": asdict(config), "runs": [asdict(r) for r in results]}
-    path.write_text(json.dumps(payload, indent=2))
+    write_atomic(path, json.dumps(payload, indent=2))

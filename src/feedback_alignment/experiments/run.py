@@ -13,13 +13,19 @@ each training run logs one line when it ends.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import importlib
+import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -137,6 +143,192 @@ def _call_in_worker(fn: Callable[[Any, Any], Any], item: Any) -> Any:
     return fn(_SHARED, item)
 
 
+# --- finished runs, saved as they end ------------------------------------------------------------
+
+
+class _Unsaveable(TypeError):
+    """A run's result (or job) holds a value the store cannot write without pickle."""
+
+
+def _encode(value: Any) -> Any:
+    """``value`` as what ``torch.load(weights_only=True)`` reads back: tensors, numbers, text,
+    lists, tuples and dicts as they are; dataclasses of this package and numpy values tagged."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        if not cls.__module__.startswith("feedback_alignment."):
+            raise _Unsaveable(f"a {cls.__qualname__} (not a feedback_alignment dataclass)")
+        fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_encode(v) for v in value)
+    if isinstance(value, dict):
+        return {"__dict__": [(_encode(k), _encode(v)) for k, v in value.items()]}
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    module = type(value).__module__
+    if module == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value).copy())}
+        if isinstance(value, np.generic):
+            return {"__npscalar__": (str(value.dtype), value.item())}
+    raise _Unsaveable(f"a {type(value).__qualname__}")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_decode(v) for v in value)
+    if not isinstance(value, dict):
+        return value
+    if "__dict__" in value:
+        return {_decode(k): _decode(v) for k, v in value["__dict__"]}
+    if "__path__" in value:
+        return Path(value["__path__"])
+    if "__ndarray__" in value:
+        return value["__ndarray__"].numpy()
+    if "__npscalar__" in value:
+        import numpy as np
+
+        dtype, item = value["__npscalar__"]
+        return np.dtype(dtype).type(item)
+    module, _, name = value["__dataclass__"].partition(":")
+    if not module.startswith("feedback_alignment."):
+        raise ValueError(f"refusing to rebuild {module}:{name}")
+    cls: Any = importlib.import_module(module)
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    if not dataclasses.is_dataclass(cls):
+        raise ValueError(f"{module}:{name} is not a dataclass")
+    made = cls.__new__(cls)
+    for key, item in value["fields"].items():
+        object.__setattr__(made, key, _decode(item))
+    return made
+
+
+def _key_form(value: Any) -> Any:
+    """A JSON-ready form of a job for its key (floats by ``repr``: no rounding)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        fields = {f.name: _key_form(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return [f"{cls.__module__}:{cls.__qualname__}", fields]
+    if isinstance(value, (list, tuple)):
+        return [_key_form(v) for v in value]
+    if isinstance(value, dict):
+        return [[_key_form(k), _key_form(v)] for k, v in sorted(value.items(), key=repr)]
+    if isinstance(value, float):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise _Unsaveable(f"a {type(value).__qualname__} in a job")
+
+
+class SavedRuns:
+    """The finished runs of one task, one file each under ``folder``, saved as each run ends.
+
+    A run is known by its key: the sha256 of its job (the rule, seed and configuration that
+    :func:`run_jobs` hands it), the task's description of its runs, the feedback stream version
+    and the torch version. A later run of the same task with the same settings finds the files
+    and skips the runs they hold: as every run seeds itself, the task's numbers are those of an
+    uninterrupted run. The files hold tensors, numbers and this package's dataclasses, read
+    back with ``torch.load(weights_only=True)`` (no pickle of arbitrary objects).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.resumed = 0  # runs found saved, over the task's calls of run_jobs
+        self.total = 0  # runs asked for
+
+    def key(self, desc: str, job: Any) -> str | None:
+        """The file stem of ``job``'s run (``None``: the job cannot be keyed, so not saved)."""
+        from feedback_alignment.feedback import STREAM_VERSION
+
+        try:
+            form = _key_form(job)
+        except _Unsaveable:
+            return None
+        text = json.dumps([desc, form, STREAM_VERSION, torch.__version__], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def load(self, key: str | None) -> tuple[bool, Any]:
+        """``(True, result)`` for a saved run; ``(False, None)`` when there is none (or it cannot
+        be read: the run then runs again)."""
+        path = self.folder / f"{key}.pt"
+        if key is None or not path.is_file():
+            return False, None
+        try:
+            return True, _decode(torch.load(path, weights_only=True))
+        except Exception as error:  # a damaged file: run again rather than stop
+            log.warning("the saved run %s cannot be read (%s): running it again", path, error)
+            return False, None
+
+    def save(self, key: str | None, result: Any) -> None:
+        """Writes ``result`` atomically (a full disk raises
+        :class:`~feedback_alignment.experiments.results.ResultsWriteError`)."""
+        from feedback_alignment.experiments.results import write_atomic
+
+        if key is None:
+            return
+        try:
+            encoded = _encode(result)
+        except _Unsaveable as why:
+            log.debug("a run's result holds %s: not saved for resuming", why)
+            return
+        write_atomic(self.folder / f"{key}.pt", lambda path: torch.save(encoded, path))
+
+    def count(self) -> int:
+        """How many finished runs the folder holds."""
+        return len(list(self.folder.glob("*.pt"))) if self.folder.is_dir() else 0
+
+
+_SAVED: ContextVar[SavedRuns | None] = ContextVar("saved_runs", default=None)
+
+
+@contextmanager
+def saved_runs(folder: Path) -> Iterator[SavedRuns]:
+    """Within the block, :func:`run_jobs` saves each finished run in ``folder`` as it ends and
+    reuses the runs found there (what ``reproduce`` wraps around each task)."""
+    store = SavedRuns(folder)
+    token = _SAVED.set(store)
+    try:
+        yield store
+    finally:
+        _SAVED.reset(token)
+
+
+def _flipped(job: Any) -> Any:
+    """``job`` with its trailing bool (a task's progress-bar flag) negated, else ``None``."""
+    if isinstance(job, tuple) and job and isinstance(job[-1], bool):
+        return (*job[:-1], not job[-1])
+    return None
+
+
+def _saved_results(store: SavedRuns, desc: str, items: list[Any]) -> tuple[list, dict[int, Any]]:
+    """The keys of ``items`` and the results already saved, by index. A job whose last item is
+    a bool is also found under the other value of it (the progress flag: ``--workers`` changes
+    it, not the numbers) unless that job is itself one of ``items``."""
+    keys = [store.key(desc, item) for item in items]
+    own = set(keys)
+    found: dict[int, Any] = {}
+    for index, (item, key) in enumerate(zip(items, keys, strict=True)):
+        ok, result = store.load(key)
+        if not ok and _flipped(item) is not None:
+            other = store.key(desc, _flipped(item))
+            if other not in own:
+                ok, result = store.load(other)
+        if ok:
+            found[index] = result
+    return keys, found
+
+
 def run_jobs(
     fn: Callable[[Any, T], R],
     items: list[T],
@@ -150,6 +342,8 @@ def run_jobs(
     """``[fn(shared, item) for item in items]``, in order; with ``workers > 1`` in that many
     processes, so that independent runs (seeds, rules) use every core.
 
+    Inside :func:`saved_runs` (every ``reproduce`` task), each run is saved as it ends and the
+    runs already saved for the same jobs are not run again: a task killed midway resumes.
     Why processes: each run is a small model on one torch thread (the fastest setting for these
     sizes on a shared CPU), so one process leaves the other cores idle, and threads would share
     Python's lock. The workers are *spawned* (not forked: a forked child of a process whose
@@ -162,8 +356,46 @@ def run_jobs(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    store = _SAVED.get()
+    if store is None:
+        return _run_jobs(fn, items, desc, shared, workers, progress, label, lambda i, r: None)
+    keys, found = _saved_results(store, desc, items)
+    store.total += len(items)
+    if found:
+        store.resumed += len(found)
+        log.info("%s: resumed %d of %d runs from %s", desc, len(found), len(items), store.folder)
+    todo = [i for i in range(len(items)) if i not in found]
+    done = _run_jobs(
+        fn,
+        [items[i] for i in todo],
+        desc,
+        shared,
+        workers,
+        progress,
+        label,
+        lambda position, result: store.save(keys[todo[position]], result),
+    )
+    found.update(zip(todo, done, strict=True))
+    return [found[i] for i in range(len(items))]
+
+
+def _run_jobs(
+    fn: Callable[[Any, T], R],
+    items: list[T],
+    desc: str,
+    shared: Any,
+    workers: int,
+    progress: bool,
+    label: Callable[[T], Any],
+    finished: Callable[[int, R], None],
+) -> list[R]:
+    """:func:`run_jobs` without the saved runs; ``finished(index, result)`` as each run ends."""
     if workers == 1 or len(items) <= 1:
-        return [fn(shared, item) for item in jobs(items, desc, progress, label)]
+        out = []
+        for index, item in enumerate(jobs(items, desc, progress, label)):
+            out.append(fn(shared, item))
+            finished(index, out[-1])
+        return out
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -173,17 +405,22 @@ def run_jobs(
     initargs = (shared, torch.get_num_threads(), logging.getLogger().getEffectiveLevel())
     with ProcessPoolExecutor(count, mp_context=context, initializer=_init_worker,
                              initargs=initargs) as pool, _terminate_raises():  # fmt: skip
-        futures = {pool.submit(_call_in_worker, fn, item): item for item in items}
-        pending, finished = set(futures), 0
+        futures = {pool.submit(_call_in_worker, fn, item): i for i, item in enumerate(items)}
+        pending, count_done = set(futures), 0
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line as each ends
                 for future in done:
                     if future.exception() is not None:
                         raise future.exception()  # type: ignore[misc]
-                    finished += 1
+                    count_done += 1
+                    finished(futures[future], future.result())
                     log.info(
-                        "%s: run %d/%d done: %s", desc, finished, len(items), label(futures[future])
+                        "%s: run %d/%d done: %s",
+                        desc,
+                        count_done,
+                        len(items),
+                        label(items[futures[future]]),
                     )
         except BaseException:  # a failed run, Ctrl-C or SIGTERM: the other workers stop too
             _stop(pool)

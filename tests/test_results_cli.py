@@ -1,0 +1,262 @@
+"""Issue 21 (items 5, 7, 8, 9, 13): the command line loses no work and says no false thing.
+
+``reproduce`` with no task is refused, a full disk is a one-sentence error that leaves no truncated
+file, a killed task resumes from the runs it had finished (with the numbers of an uninterrupted
+run), and ``demo`` refuses up front an output file it could not replace and a model that could not
+fit in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from feedback_alignment import cli
+from feedback_alignment.cli import main
+from feedback_alignment.experiments import demo, registry, results
+from feedback_alignment.experiments import run as run_module
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(demo, "run", forbidden)
+    monkeypatch.setattr(demo, "train_one", forbidden)
+
+
+def _refused(argv, capsys, match):
+    start = time.perf_counter()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert match in err, err
+    assert time.perf_counter() - start < 2.0
+    return err
+
+
+def _fake(name, calls, body=None):
+    def run(options):
+        calls.append(name)
+        if body is not None:
+            body(options)
+        return registry.TaskReport(name, f"### {name} section")
+
+    return registry.Task(name, f"{name} task", run)
+
+
+# ---- item 5: no task named -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tasks", [[""], [","], [" , "]])
+def test_reproduce_with_no_task_named_is_refused_and_claims_no_report(tmp_path, capsys, tasks):
+    out = tmp_path / "out"
+    err = _refused(
+        ["reproduce", "--quick", "--tasks", *tasks, "--out", str(out)], capsys, "--tasks"
+    )
+    assert "names no task" in err and "wrote" not in err
+    assert not (out / "REPORT.md").exists()
+
+
+# ---- item 9 and 13: demo refuses up front ----------------------------------------------------------
+
+
+def test_demo_refuses_an_existing_read_only_out_file_before_training(tmp_path, capsys, no_work):
+    target = tmp_path / "demo.json"
+    target.write_text("{}")
+    target.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    err = _refused(["demo", "--out", str(target), "-q"], capsys, f"--out {target} is read-only")
+    assert "chmod u+w" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "{}"
+
+
+def test_demo_refuses_a_model_too_large_for_memory(capsys, no_work):
+    err = _refused(["demo", "--hidden", "2000000000", "-q"], capsys, "--hidden 2000000000")
+    assert "memory" in err and len(err.strip().splitlines()) == 1
+    _refused(["demo", "--hidden", "64,100000,100000", "-q"], capsys, "more than this machine")
+
+
+# ---- item 7: a full disk -------------------------------------------------------------------------
+
+
+class _FullDisk:
+    """``open`` for the results module: writes half of what it is given, then ENOSPC."""
+
+    def __init__(self, real_open):
+        self.real_open = real_open
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        handle = self.real_open(path, mode, *args, **kwargs)
+        if "w" not in mode:
+            return handle
+        write = handle.write
+
+        def half(data):
+            write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        handle.write = half
+        return handle
+
+
+def _fill_disk(monkeypatch):
+    """Every later write through ``open`` (the results writer's) or ``Path.open`` (``write_text``)
+    writes half its data and fails with ENOSPC, as on a full disk."""
+    import pathlib
+
+    monkeypatch.setattr(results, "open", _FullDisk(open), raising=False)
+    real = pathlib.Path.open
+    monkeypatch.setattr(pathlib.Path, "open", lambda self, *a, **k: _FullDisk(real)(self, *a, **k))
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_no_truncated_file(tmp_path, monkeypatch, capsys):
+    calls: list[str] = []
+
+    def write(options):
+        results.write_results(options.out_dir, "beta", True, [0], runs=[1.0])
+
+    tasks = {"alpha": _fake("alpha", calls), "beta": _fake("beta", calls, write)}
+    monkeypatch.setattr(registry, "tasks", lambda: tasks)
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    out = tmp_path / "out"
+    assert main(["reproduce", "--tasks", "alpha", "--out", str(out), "-q"]) == 0
+    report = (out / "REPORT.md").read_text()
+    capsys.readouterr()
+    _fill_disk(monkeypatch)
+    code = main(["reproduce", "--tasks", "beta", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"could not write {out / 'beta' / 'results.json'} (No space left on device)" in err
+    assert f"finished results are in {out}" in err and "Traceback" not in err
+    assert "wrote" not in err
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size == 0]
+    assert leftovers == [] and not list(out.rglob("*.partial"))
+    assert not (out / "beta" / "results.json").exists()
+    assert (out / "REPORT.md").read_text() == report  # the earlier report kept whole
+    monkeypatch.undo()
+
+
+def test_write_atomic_keeps_the_earlier_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    results.write_json(path, {"a": 1})
+    before = path.read_bytes()
+    _fill_disk(monkeypatch)
+    with pytest.raises(results.ResultsWriteError, match=r"could not write .*t\.json \(No space"):
+        results.write_json(path, {"a": 2})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["t.json"]
+
+
+# ---- item 8: resume a killed task from its finished runs -----------------------------------------
+
+_REAL_TRAIN_ONE = demo.train_one
+
+
+def _tiny(calls, kill_at=None):
+    """demo.train_one on a tiny net (1 epoch, 8 units); ``kill_at``: the call that is 'killed'."""
+
+    def train_one(rule, seed, config, tensors, progress=True):
+        calls.append((rule, seed))
+        if kill_at is not None and len(calls) == kill_at:
+            raise KeyboardInterrupt
+        small = demo.DemoConfig(hidden=(16,), epochs=1, seeds=config.seeds, rules=config.rules)
+        return _REAL_TRAIN_ONE(rule, seed, small, tensors, progress=False)
+
+    return train_one
+
+
+def _tiny_digits():
+    """Stand-in for the digits: 96 training and 32 test rows of 64 features (no data loading)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 64, generator=generator)
+    y = torch.randint(0, 10, (128,), generator=generator)
+    return x[:96], y[:96], x[96:], y[96:]
+
+
+def _runs(folder: Path) -> list[dict]:
+    runs = json.loads((folder / "digits" / "results.json").read_text())["runs"]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+
+def test_a_killed_task_resumes_from_its_finished_runs_with_the_same_numbers(
+    tmp_path, monkeypatch, capsys
+):
+    argv = ["reproduce", "--tasks", "digits", "--quick", "-q", "--seeds", "0"]
+    monkeypatch.setattr(demo, "load_digits_tensors", _tiny_digits)
+    from feedback_alignment.experiments import quick_digits  # registers "digits" (only it)
+
+    digits = registry.Task("digits", "digits", quick_digits.run)
+    monkeypatch.setattr(registry, "tasks", lambda: {"digits": digits})
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    calls: list = []
+    monkeypatch.setattr(demo, "train_one", _tiny(calls))
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    assert len(calls) == 3
+    assert not (tmp_path / "whole" / "digits" / cli.PARTIAL_RUNS).exists()  # removed once done
+
+    calls.clear()
+    monkeypatch.setattr(demo, "train_one", _tiny(calls, kill_at=3))
+    out = tmp_path / "killed"
+    assert main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "2 finished run(s) of digits are saved" in err and "--resume" in err
+    assert len(list((out / "digits" / cli.PARTIAL_RUNS).glob("*.pt"))) == 2
+
+    calls.clear()
+    monkeypatch.setattr(demo, "train_one", _tiny(calls))
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert calls == [("Shallow", 0)]  # only the run the kill lost
+    assert _runs(out) == _runs(tmp_path / "whole")
+    assert "resumed 2 of 3 runs" in capsys.readouterr().err
+
+
+def test_resume_skips_finished_tasks_and_refuses_a_folder_with_nothing_to_resume(
+    tmp_path, monkeypatch, capsys
+):
+    calls: list[str] = []
+
+    def killed(options):
+        raise KeyboardInterrupt
+
+    tasks = {"alpha": _fake("alpha", calls), "beta": _fake("beta", calls, killed)}
+    monkeypatch.setattr(registry, "tasks", lambda: tasks)
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    out = tmp_path / "out"
+    assert main(["reproduce", "--out", str(out), "-q"]) == 130
+    assert calls == ["alpha", "beta"]
+    tasks["beta"] = _fake("beta", calls)
+    calls.clear()
+    assert main(["reproduce", "--out", str(out), "-q", "--resume"]) == 0
+    assert calls == ["beta"]
+    report = (out / "REPORT.md").read_text()
+    assert "### alpha section" in report and "### beta section" in report
+    _refused(
+        ["reproduce", "--out", str(tmp_path / "elsewhere"), "-q", "--resume"],
+        capsys,
+        "holds no interrupted reproduce run",
+    )
+
+
+def test_saved_runs_round_trip_without_pickle(tmp_path):
+    store = run_module.SavedRuns(tmp_path)
+    result = demo.RunResult("DFA", 0, 0.5, {"1": float("nan")}, {"1": (0.1, 0.2)}, 1.0, [1.0])
+    key = store.key("demo", ("DFA", 0, demo.DemoConfig()))
+    store.save(key, (result, torch.ones(2)))
+    found, (back, tensor) = store.load(key)
+    assert found and back.rule == "DFA" and back.signal_cosine == {"1": (0.1, 0.2)}
+    assert torch.equal(tensor, torch.ones(2))
+    assert store.key("demo", ("DFA", 0, demo.DemoConfig(lr=0.1))) != key
