@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -184,6 +186,54 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
     """Write ``data`` to ``final`` atomically."""
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
+
+
+# --------------------------------------------------------------------------- verified bytes
+
+_VERIFIED: ContextVar[dict[str, bytes] | None] = ContextVar("verified_bytes", default=None)
+
+
+def _key(path: Path | str) -> str:
+    return os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def verified_bytes(files: Mapping[Path, bytes]) -> Iterator[None]:
+    """Within the block, :func:`read_verified` of each of ``files`` returns the bytes given
+    here (those whose sha256 was checked) instead of reading the file again.
+
+    Why: a file swapped in the cache between its digest check and its parsing (a concurrent
+    writer, or someone with access to the cache) must not be what is parsed; the loaders parse
+    the very bytes that were hashed.
+    """
+    outer = _VERIFIED.get() or {}
+    token = _VERIFIED.set({**outer, **{_key(p): raw for p, raw in files.items()}})
+    try:
+        yield
+    finally:
+        _VERIFIED.reset(token)
+
+
+def read_verified(path: Path | str) -> bytes:
+    """The checked bytes of ``path`` inside :func:`verified_bytes`, else the file's bytes."""
+    verified = _VERIFIED.get()
+    if verified is not None:
+        raw = verified.get(_key(path))
+        if raw is not None:
+            return raw
+    return Path(path).read_bytes()
+
+
+def open_verified(path: Path | str) -> io.BytesIO:
+    """:func:`read_verified` as a binary file object (for parsers that want one)."""
+    return io.BytesIO(read_verified(path))
+
+
+def open_verified_text(
+    path: Path | str, encoding: str, newline: str | None = None
+) -> io.TextIOWrapper:
+    """:func:`read_verified` decoded like ``open(path, encoding=..., newline=...)``."""
+    return io.TextIOWrapper(open_verified(path), encoding=encoding, newline=newline)
 
 
 # --------------------------------------------------------------------------- manifests

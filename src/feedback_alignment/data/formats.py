@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cache import open_verified, read_verified
 from .errors import DataError, reading
 
 GUNZIP_LIMIT = 1 << 30
@@ -38,7 +39,7 @@ def gunzip(raw: bytes, path: Path, limit: int = GUNZIP_LIMIT) -> bytes:
 def read_maybe_gzip(path: Path, limit: int = GUNZIP_LIMIT) -> bytes:
     """The bytes of ``path``, decompressed when they start with the gzip magic."""
     with reading(path):
-        raw = Path(path).read_bytes()
+        raw = read_verified(path)  # the bytes whose digest the load checked
     return gunzip(raw, path, limit) if raw[:2] == b"\x1f\x8b" else raw
 
 
@@ -68,7 +69,7 @@ def read_parquet(path: Path, columns: Sequence[str], what: str) -> Any:
         raise ImportError(f"{what} needs pandas and pyarrow: pip install pandas pyarrow") from exc
     _check_pyarrow()
     with reading(path, "a parquet file"):
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(open_verified(path))
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(

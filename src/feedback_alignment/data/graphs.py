@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cache import open_verified_text
 from .errors import DataError, reading
 from .formats import read_parquet
 from .registry import DatasetSpec, register
@@ -250,7 +251,9 @@ def read_planetoid(directory: Path, name: str) -> dict[str, Any]:
     path = {p: directory / f"ind.{name}.{p}" for p in PLANETOID_PARTS}
     parts = {p: _read_pickle(path[p]) for p in PLANETOID_PARTS[:-1]}
     with reading(path["test.index"], "one node index per line"):
-        test_index = np.loadtxt(path["test.index"], dtype=np.int64, ndmin=1)
+        test_index = np.loadtxt(
+            open_verified_text(path["test.index"], "latin-1"), dtype=np.int64, ndmin=1
+        )
     if test_index.ndim != 1 or not len(test_index) or test_index.min() < 0:
         raise DataError("holds no valid node indices", file=path["test.index"])
     dense = {p: _dense(parts[p], path[p]) for p in ("x", "tx", "allx", "y", "ty", "ally")}

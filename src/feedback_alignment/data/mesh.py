@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import open_verified, read_verified
+
 _NS = {"c": "http://www.collada.org/2005/11/COLLADASchema"}
 
 
@@ -57,7 +59,7 @@ def read_tga(path: Path) -> np.ndarray:
     Raises:
         ValueError: another TGA variant (colour-mapped, grey) or a truncated file.
     """
-    raw = Path(path).read_bytes()
+    raw = read_verified(path)
     if len(raw) < 18:
         raise ValueError(f"{path}: truncated TGA header")
     id_len, cmap_type, img_type = raw[0], raw[1], raw[2]
@@ -150,7 +152,7 @@ def read_collada(path: Path) -> TexturedMesh:
         ValueError: no geometry, or an input the parser does not understand.
     """
     path = Path(path)
-    root = ET.parse(path).getroot()
+    root = ET.parse(open_verified(path)).getroot()
     up = (root.findtext("c:asset/c:up_axis", default="Y_UP", namespaces=_NS) or "Y_UP").strip()
     if up not in _UP_TO_Z:
         raise ValueError(f"{path}: unknown up_axis {up!r}")
@@ -276,7 +278,7 @@ def read_collada(path: Path) -> TexturedMesh:
                 from PIL import Image
             except ImportError as exc:
                 raise ImportError(f"{texture_path.name} needs Pillow: pip install pillow") from exc
-            texture = np.asarray(Image.open(texture_path).convert("RGB"))
+            texture = np.asarray(Image.open(open_verified(texture_path)).convert("RGB"))
     n_faces = tri.shape[0]
     return TexturedMesh(
         vertices=tri.reshape(-1, 3),

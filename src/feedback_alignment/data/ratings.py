@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .cache import open_verified_text
 from .errors import DataError, reading
 from .formats import read_parquet
 from .registry import DatasetSpec, register
@@ -173,7 +174,7 @@ def _read_recbole(
     def rows(name: str, needed: tuple[str, ...]) -> list[dict[str, str]]:
         path = directory / name
         with reading(path, "a RecBole TSV file"):
-            with open(path, encoding="utf-8", newline="") as fh:
+            with open_verified_text(path, "utf-8", newline="") as fh:
                 reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
                 header = [h.split(":")[0] for h in next(reader, [])]
                 missing = [c for c in needed if c not in header]
@@ -213,7 +214,7 @@ def _read_grouplens(
     def lines(name: str, sep: str, fields: int, exact: bool) -> list[list[str]]:
         path = directory / name
         with reading(path):
-            text = path.read_text(encoding="latin-1")
+            text = open_verified_text(path, "latin-1").read()
         out = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if line:
@@ -363,7 +364,7 @@ def read_criteo(
     labels: list[float] = []
     dense_rows: list[list[float]] = []
     cats: list[list[str]] = [[] for _ in CRITEO_CATEGORICAL]
-    with reading(path, "a Criteo TSV file"), open(path, encoding="utf-8", newline="") as fh:
+    with reading(path, "a Criteo TSV file"), open_verified_text(path, "utf-8", newline="") as fh:
         for lineno, line in enumerate(fh, start=1):
             if max_rows is not None and lineno > max_rows:
                 break

@@ -9,6 +9,7 @@ built from this table, so they cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -29,6 +30,7 @@ from .cache import (
     safe_child,
     sha256_file,
     temp_prefix,
+    verified_bytes,
     write_manifest,
 )
 from .errors import DataError, repair_command
@@ -267,7 +269,12 @@ def _bundled_only(spec: DatasetSpec) -> bool:
 
 
 def verify(
-    spec: DatasetSpec, directory: Path, recorded: Mapping[str, str], source: str
+    spec: DatasetSpec,
+    directory: Path,
+    recorded: Mapping[str, str],
+    source: str,
+    *,
+    capture: dict[str, bytes] | None = None,
 ) -> list[Problem]:
     """Hash every file of a cached data set and compare it with what it must be.
 
@@ -279,6 +286,11 @@ def verify(
 
     Why no shortcut (size + mtime): a file changed in place, with its times reset, would get
     through; hashing the largest cached file here (Fashion-MNIST's 26 MB) takes about 0.05 s.
+
+    Args:
+        capture: When given, each file is read into memory once and the bytes of every file
+            that matched are put in it (``rel -> bytes``): what :func:`load` hands the loader,
+            so that a file swapped after this check is not what gets parsed.
 
     Returns:
         The problems; empty when the cache is intact.
@@ -316,7 +328,13 @@ def verify(
         else:
             problems.append(Problem(rel, "is not recorded in the manifest"))
             continue
-        actual = sha256_file(path)
+        if capture is None:
+            actual = sha256_file(path)
+        else:
+            raw = path.read_bytes()
+            actual = hashlib.sha256(raw).hexdigest()
+            if actual in expected:
+                capture[rel] = raw
         if actual not in expected:
             problems.append(
                 Problem(
@@ -395,7 +413,13 @@ def discard(name: str) -> None:
     logger.info("%s: discarded the cached copy", name)
 
 
-def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False) -> Path:
+def ensure(
+    name: str,
+    *,
+    kinds: Sequence[str] | None = None,
+    force: bool = False,
+    capture: dict[str, bytes] | None = None,
+) -> Path:
     """Make ``name`` available in the cache, verified, and return its directory.
 
     Order: the cache (every file hashed and checked, see :func:`verify`), files placed by
@@ -408,6 +432,8 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False
             e.g. CI fetches carriers only. None tries all.
         force: Fetch a fresh copy and swap it in once complete; the cached copy stays when
             every source fails (see :func:`_force_fetch`).
+        capture: Filled with the checked bytes of each file (``rel -> bytes``) when the cached
+            copy was intact; left empty when it was fetched (see :func:`verify`).
 
     Raises:
         DataError: a folder stands where a file belongs, or the cache is unusable.
@@ -417,7 +443,7 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False
     spec = get_spec(name)
     directory = dataset_dir(name)
     try:
-        return _ensure(spec, directory, kinds, force)
+        return _ensure(spec, directory, kinds, force, capture)
     except DataError as exc:
         if exc.dataset is None:
             exc.dataset = name
@@ -431,7 +457,13 @@ def ensure(name: str, *, kinds: Sequence[str] | None = None, force: bool = False
         ) from exc
 
 
-def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, force: bool) -> Path:
+def _ensure(
+    spec: DatasetSpec,
+    directory: Path,
+    kinds: Sequence[str] | None,
+    force: bool,
+    capture: dict[str, bytes] | None = None,
+) -> Path:
     name = spec.name
     if _bundled_only(spec):
         if _bundled_ok(spec):
@@ -454,8 +486,11 @@ def _ensure(spec: DatasetSpec, directory: Path, kinds: Sequence[str] | None, for
         problems.append(Problem(MANIFEST, exc.problem.removeprefix("the manifest ")))
     if manifest is not None:
         recorded, recorded_by = manifest["files"], manifest["source"]
-        problems = verify(spec, directory, recorded, recorded_by)
+        checked: dict[str, bytes] | None = {} if capture is not None else None
+        problems = verify(spec, directory, recorded, recorded_by, capture=checked)
         if not problems:
+            if capture is not None and checked is not None:
+                capture.update(checked)
             return directory
     elif spec.files and all((directory / f).is_file() for f in spec.files):
         # Files placed by hand (or left by a run that died before writing the manifest: each
@@ -624,9 +659,24 @@ def load(name: str, **kwargs: Any) -> Any:
     missing = requirements(name)
     if missing:  # before any fetch: nothing could parse it
         raise MissingDependencyError(name, missing)
-    directory = ensure(name)
+    checked: dict[str, bytes] = {}
+    directory = ensure(name, capture=checked)
+    if not checked and not _bundled_only(spec):  # fetched (or placed) just now: check again
+        manifest = load_manifest(directory)
+        if manifest is not None:
+            problems = verify(
+                spec, directory, manifest["files"], manifest["source"], capture=checked
+            )
+            if problems:
+                raise DataError(
+                    f"changed while it was being loaded: {problems[0]}",
+                    dataset=name,
+                    file=directory / problems[0].file,
+                    remedy=f"run again; if it persists, run `{repair_command(name)}`",
+                )
     try:
-        return spec.loader(directory, **kwargs)
+        with verified_bytes({directory / rel: raw for rel, raw in checked.items()}):
+            return spec.loader(directory, **kwargs)
     except DataError as exc:
         if exc.dataset is None:
             exc.dataset = name

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import read_verified
 from .errors import DataError, reading
 
 ALLOWED: dict[tuple[str, str], str] = {
@@ -137,7 +138,7 @@ def load_pickle(path: Path, *, encoding: str = "latin1") -> Any:
     if encoding not in ("latin1", "bytes"):
         raise ValueError(f"encoding must be 'latin1' or 'bytes', got {encoding!r}")
     with reading(path, "a data pickle"):
-        raw = Path(path).read_bytes()
+        raw = read_verified(path)  # the bytes whose digest the load checked
         return loads(raw, encoding=encoding, source=str(path))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import open_verified_text
 from .errors import DataError, reading
 from .registry import DatasetSpec, register
 from .sources import Download, DownloadArchive, PipCarrier, RemoteFile
@@ -91,7 +92,7 @@ def _normalise(text: str) -> str:
 
 def _read_text(path: Path, encoding: str) -> str:
     with reading(path, f"{encoding} text"):
-        return path.read_text(encoding=encoding)
+        return open_verified_text(path, encoding).read()
 
 
 def read_shakespeare(directory: Path, names: Sequence[str] | None = None) -> str:
