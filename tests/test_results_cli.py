@@ -260,3 +260,37 @@ def test_saved_runs_round_trip_without_pickle(tmp_path):
     assert found and back.rule == "DFA" and back.signal_cosine == {"1": (0.1, 0.2)}
     assert torch.equal(tensor, torch.ones(2))
     assert store.key("demo", ("DFA", 0, demo.DemoConfig(lr=0.1))) != key
+
+
+def test_demo_on_a_full_disk_prints_its_table_and_says_what_failed(tmp_path, monkeypatch, capsys):
+    run = demo.RunResult("BP", 0, 0.9, {"1": 10.0}, {}, 0.1)
+    monkeypatch.setattr(demo, "run", lambda config, progress: ([run], config))
+    out = tmp_path / "demo.json"
+    _fill_disk(monkeypatch)
+    code = main(["demo", "--out", str(out), "-q", "--seeds", "0", "--rules", "BP"])
+    captured = capsys.readouterr()
+    assert code == 1 and "| BP | 90.0 |" in captured.out  # the result is not lost
+    assert f"could not write {out} (No space left on device)" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_json_is_sealed_with_its_provenance(tmp_path, monkeypatch, capsys):
+    run = demo.RunResult("BP", 0, 0.9, {"1": 10.0}, {}, 0.1)
+    monkeypatch.setattr(demo, "run", lambda config, progress: ([run], config))
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--out", str(out), "-q", "--seeds", "0", "--rules", "BP"]) == 0
+    payload = json.loads(out.read_text())
+    assert results.seal_state(payload) == results.SEALED
+    assert payload["provenance"]["feedback_stream_version"] == 2
+    assert payload["runs"][0]["test_accuracy"] == 0.9
+
+
+def test_reproduce_refuses_an_output_disk_that_is_already_full(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(registry, "tasks", lambda: {"alpha": _fake("alpha", [])})
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: usage._replace(free=1_000_000))
+    _refused(["reproduce", "--out", str(tmp_path / "o"), "-q"], capsys, "only 1 MB free")

@@ -176,13 +176,29 @@ def check_output_file(path: Path, option: str) -> Path:
     return path
 
 
+MIN_FREE_BYTES = 20_000_000
+"""The free space ``reproduce`` needs under ``--out`` to start (a task's JSON, tables, plots and
+saved runs take a few MB): a disk already full is found before training, not after."""
+
+
 def check_output_folder(path: Path, option: str) -> Path:
-    """Refuses (:class:`UsageError`) an output folder that could not be created or written."""
+    """Refuses (:class:`UsageError`) an output folder that could not be created or written, or
+    whose disk has less than :data:`MIN_FREE_BYTES` free."""
     path = path.expanduser().absolute()
     what = f"{option} {path}"
     if os.path.lexists(path) and not path.is_dir():
         raise UsageError(f"{what} exists and is not a folder")
     _check_creatable_folder(path, what)
+    ancestor = _nearest_existing(path)
+    try:
+        free = shutil.disk_usage(ancestor).free
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        raise UsageError(
+            f"{what}: only {free / 1e6:.0f} MB free on its disk ({ancestor}), less than the "
+            f"{MIN_FREE_BYTES / 1e6:.0f} MB a run writes; free some space or choose another --out"
+        )
     return path
 
 
@@ -303,7 +319,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ) from None
     print(demo.summary_table(results, config))
     if out is not None:
-        demo.write_json(results, config, out)
+        from feedback_alignment.experiments.results import ResultsWriteError
+
+        try:
+            demo.write_json(results, config, out)
+        except ResultsWriteError as error:
+            _say(f"demo: {error}; the table above is the result, and no file was left behind")
+            return 1
         _say(f"wrote {out}")
     if not args.quiet:
         _say(f"demo: done in {time.perf_counter() - start:.1f} s")

@@ -9,7 +9,6 @@ random initialisation), and its hidden-layer updates lie within 90 degrees of BP
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -177,9 +176,14 @@ def summary_table(results: Sequence[RunResult], config: DemoConfig, quick: bool 
 
 
 def write_json(results: Sequence[RunResult], config: DemoConfig, path: Path) -> None:
-    """Writes the runs atomically (a full disk leaves the earlier file or none, and raises
+    """Writes the runs with their provenance (feedback stream version included), sealed and
+    atomically (a full disk leaves the earlier file or none, and raises
     :class:`~feedback_alignment.experiments.results.ResultsWriteError`)."""
-    from feedback_alignment.experiments.results import write_atomic
+    from feedback_alignment.experiments import results as written
 
-    payload = {"config": asdict(config), "runs": [asdict(r) for r in results]}
-    write_atomic(path, json.dumps(payload, indent=2))
+    payload = {
+        "config": asdict(config),
+        "runs": [asdict(r) for r in results],
+        "provenance": written.provenance(False, config.seeds),
+    }
+    written.write_json(path, payload)
