@@ -174,3 +174,19 @@ def test_a_tuned_file_is_sealed_with_the_stream_version_and_checked(tmp_path, mo
     del stored["digest"], stored["provenance"]["feedback_stream_version"]
     path.write_text(json.dumps(stored))  # a file of before: rendered, with the mark
     assert tuning.markdown("toy", tmp_path).startswith(render.LEGACY_MARK)
+
+
+def test_render_on_a_full_disk_leaves_the_doc_whole(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "results"
+    results.write_table(folder, _table(), seeds=[0])
+    doc = _doc(tmp_path)
+    before = doc.read_text()
+
+    def full(path, data):
+        raise results.ResultsWriteError(path, OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(render, "write_atomic", full)
+    assert render.main([str(doc), "--results", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write {doc} (No space left on device)" in err and "left as it was" in err
+    assert doc.read_text() == before

@@ -927,7 +927,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as error:
         from feedback_alignment.data import ENV_VAR, cache_root
+        from feedback_alignment.experiments.results import ResultsWriteError
 
+        if isinstance(error, ResultsWriteError) and not args.verbose:  # names file and reason
+            print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+            return 1
         if args.verbose or not _is_under(error.filename, cache_root()):
             raise
         print(

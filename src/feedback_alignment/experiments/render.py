@@ -365,7 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{doc}: table {name!r} differs from its rendering of {source}")
             stale = stale or bool(changed)
         elif changed:
-            write_atomic(doc, rendered)
+            try:
+                write_atomic(doc, rendered)
+            except OSError as error:  # the doc is left as it was (atomic)
+                print(f"{doc}: {error}; the doc was left as it was", file=sys.stderr)
+                return 1
             print(f"{doc}: re-rendered {', '.join(changed)}")
         else:
             count = sum(len(m.findall(text)) for m in (MARKER, CLAIMS_MARKER, TUNED_MARKER))
