@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import feedback_alignment as fa
+from feedback_alignment.pipeline import run_local
 
 
 def _model():
@@ -50,56 +52,31 @@ def test_torch_compile_gives_the_same_grads():
         torch.testing.assert_close(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = fa.models.MLP([6, 16, 16, 3])
-        fa.DFA(seed=7).apply(model)
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        generator = torch.Generator().manual_seed(100 + rank)  # each rank its own data
-        x, y = (
-            torch.randn(8, 6, generator=generator),
-            torch.randint(0, 3, (8,), generator=generator),
-        )
-        F.cross_entropy(ddp(x), y).backward()
-        # numpy arrays travel by pickling; tensors would need this process alive
-        queue.put(
-            (
-                rank,
-                model.state_dict()[fa.FEEDBACK_BUFFER].numpy().copy(),
-                [p.grad.numpy().copy() for p in model.parameters()],
-                x.numpy().copy(),
-                y.numpy().copy(),
-            )
-        )
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, world: int) -> tuple:
+    """One DDP rank (run by ``run_local``, which ends the process cleanly: barrier,
+    ``destroy_process_group``, ``os._exit``)."""
+    torch.manual_seed(0)
+    model = fa.models.MLP([6, 16, 16, 3])
+    fa.DFA(seed=7).apply(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    generator = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+    x, y = (
+        torch.randn(8, 6, generator=generator),
+        torch.randint(0, 3, (8,), generator=generator),
+    )
+    F.cross_entropy(ddp(x), y).backward()
+    return (
+        rank,
+        model.state_dict()[fa.FEEDBACK_BUFFER].numpy().copy(),
+        [p.grad.numpy().copy() for p in model.parameters()],
+        x.numpy().copy(),
+        y.numpy().copy(),
+    )
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_ddp_ranks_share_feedback_and_average_dfa_grads():
-    world = 2
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    processes = [
-        context.Process(target=_ddp_worker, args=(rank, world, port, queue))
-        for rank in range(world)
-    ]
-    for p in processes:
-        p.start()
-    results = sorted((queue.get(timeout=120) for _ in range(world)), key=lambda r: r[0])
-    for p in processes:
-        p.join(timeout=60)
-    assert all(p.exitcode == 0 for p in processes)
+    results = run_local(_ddp_worker, 2, timeout=120.0)
     (_, b0, g0, x0, y0), (_, b1, g1, x1, y1) = [
         (
             r,
@@ -121,3 +98,52 @@ def test_ddp_ranks_share_feedback_and_average_dfa_grads():
     for got0, got1, a, b in zip(g0, g1, *singles, strict=True):
         torch.testing.assert_close(got0, (a + b) / 2)
         torch.testing.assert_close(got1, got0)
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist, torch.nn.functional as F
+import feedback_alignment as fa
+from feedback_alignment.distributed import clean_exit
+
+def main():
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = fa.models.MLP([6, 16, 3])
+    fa.DFA(seed=7).apply(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)  # holds the group past destroy
+    F.cross_entropy(ddp(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+    if sys.argv[1] == "terminate":  # what an abort at exit looks like, on rank 1
+        import ctypes
+        if dist.get_rank() == 1:
+            ctypes.CDLL("libstdc++.so.6")._ZSt9terminatev()
+    print("rank", dist.get_rank(), "done", flush=True)
+
+with clean_exit():
+    main()
+"""
+
+
+def _torchrun(script, *args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_ddp_run_ends_cleanly_and_an_abort_at_exit_would_be_caught(tmp_path):
+    """Issue 21: a DDP process must not end with 'terminate called' (SIGABRT). The run is
+    checked by its exit code and its stderr; the control run calls ``std::terminate`` on one
+    rank, which the same checks catch (so the test can fail)."""
+    script = tmp_path / "ddp_exit.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    clean = _torchrun(script, "clean")
+    assert clean.returncode == 0, clean.stderr
+    assert "terminate called" not in clean.stderr + clean.stdout
+    assert clean.stdout.count("done") == 2
+    aborted = _torchrun(script, "terminate")
+    assert aborted.returncode != 0
+    assert "terminate called without an active exception" in aborted.stderr + aborted.stdout

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from feedback_alignment.distributed import exit_process, teardown
+
 
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 now."""
@@ -41,21 +43,26 @@ def _child(
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    ok = False
     try:
         dist.init_process_group(
             backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
         )
-        try:
-            # plain pickle bytes: tensors must not travel as shared memory that dies with the child
-            results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
-        finally:
-            dist.destroy_process_group()
+        # plain pickle bytes: tensors must not travel as shared memory that dies with the child
+        results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
+        ok = True
     except BaseException:
         results.put((rank, False, traceback.format_exc()))
-    # skip the interpreter's teardown (seconds with torch loaded): flush the result and leave
+    try:
+        # every rank done before any closes its connections (a failed rank does not wait)
+        teardown(barrier=ok, timeout=timeout)
+    except BaseException:
+        traceback.print_exc()
+    # flush the result, then leave without the interpreter's teardown, which can abort a gloo
+    # process ("terminate called without an active exception") and costs seconds with torch
     results.close()
     results.join_thread()
-    os._exit(0)
+    exit_process(0)
 
 
 def run_local(
