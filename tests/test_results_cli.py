@@ -192,36 +192,53 @@ def _runs(folder: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
 
 
-def test_a_killed_task_resumes_from_its_finished_runs_with_the_same_numbers(
-    tmp_path, monkeypatch, capsys
-):
-    argv = ["reproduce", "--tasks", "digits", "--quick", "-q", "--seeds", "0"]
+def _digits_only(monkeypatch):
     monkeypatch.setattr(demo, "load_digits_tensors", _tiny_digits)
     from feedback_alignment.experiments import quick_digits  # registers "digits" (only it)
 
     digits = registry.Task("digits", "digits", quick_digits.run)
     monkeypatch.setattr(registry, "tasks", lambda: {"digits": digits})
     monkeypatch.setattr(registry, "groups", lambda: {})
+
+
+DIGITS = ["reproduce", "--tasks", "digits", "--quick", "-q", "--seeds", "0"]
+
+
+def test_a_killed_task_resumes_from_its_finished_runs_with_the_same_numbers(
+    tmp_path, monkeypatch, capsys
+):
+    _digits_only(monkeypatch)
     calls: list = []
     monkeypatch.setattr(demo, "train_one", _tiny(calls))
-    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*DIGITS, "--out", str(tmp_path / "whole")]) == 0
     assert len(calls) == 3
     assert not (tmp_path / "whole" / "digits" / cli.PARTIAL_RUNS).exists()  # removed once done
 
     calls.clear()
     monkeypatch.setattr(demo, "train_one", _tiny(calls, kill_at=3))
     out = tmp_path / "killed"
-    assert main([*argv, "--out", str(out)]) == 130
+    assert main([*DIGITS, "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "2 finished run(s) of digits are saved" in err and "--resume" in err
     assert len(list((out / "digits" / cli.PARTIAL_RUNS).glob("*.pt"))) == 2
 
     calls.clear()
     monkeypatch.setattr(demo, "train_one", _tiny(calls))
-    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert main([*DIGITS, "--out", str(out), "--resume"]) == 0
     assert calls == [("Shallow", 0)]  # only the run the kill lost
     assert _runs(out) == _runs(tmp_path / "whole")
     assert "resumed 2 of 3 runs" in capsys.readouterr().err
+
+
+def test_saved_runs_are_not_reused_under_other_settings(tmp_path, monkeypatch, capsys):
+    _digits_only(monkeypatch)
+    calls: list = []
+    monkeypatch.setattr(demo, "train_one", _tiny(calls, kill_at=3))
+    assert main([*DIGITS, "--out", str(tmp_path)]) == 130
+    calls.clear()
+    monkeypatch.setattr(demo, "train_one", _tiny(calls))
+    assert main([*DIGITS, "--out", str(tmp_path), "--hand-set"]) == 0  # another setting
+    assert len(calls) == 3 and "resumed" not in capsys.readouterr().err
 
 
 def test_resume_skips_finished_tasks_and_refuses_a_folder_with_nothing_to_resume(

@@ -439,6 +439,18 @@ def _check_resumable(out_root: Path, quick: bool) -> None:
             )
 
 
+def _run_context(name: str, options: Any) -> dict[str, Any]:
+    """What decides a task's numbers beyond its jobs: its name and the tuned values it reads
+    (their file's digest), so that saved runs are reused only under the same ones."""
+    import hashlib
+
+    from feedback_alignment.experiments import tuning
+
+    path = tuning.tuned_path(name, options.tuned_dir)
+    tuned = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {"task": name, "tuned": tuned if options.tuned else "hand-set"}
+
+
 def _write_failed(error: OSError, out_root: Path) -> bool:
     """Whether ``error`` is a write into ``out_root`` that failed (full disk, read-only)."""
     from feedback_alignment.experiments.results import ResultsWriteError
@@ -570,6 +582,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                             "make them the default)"
                         )  # fmt: skip
                         _say(f"{name}: tuned values in {path}{hint}")
+                    store.context = _run_context(name, options)
                     with results.timed_task():  # after the search: the run's own wall time
                         result = task.run(options)
             except KeyboardInterrupt:

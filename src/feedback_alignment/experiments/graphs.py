@@ -47,7 +47,7 @@ from feedback_alignment.experiments.results import (
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.run import apply_rule, fit, jobs
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs
 
 RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
 
@@ -247,11 +247,19 @@ def _every(period: int, report: tuning.Report, key: str):
 
 def run_all(config: GraphConfig, progress: bool = True) -> list[GraphRun]:
     graph = load_cora()
-    triples = [(lay, r, s) for lay in config.layers for r in config.rules for s in config.seeds]
-    return [
-        train_one(layer, rule_name, seed, graph, config, progress)
-        for layer, rule_name, seed in jobs(triples, "graphs", progress)
+    jobs = [
+        (lay, r, s, config) for lay in config.layers for r in config.rules for s in config.seeds
     ]
+    # through run_jobs: inside `reproduce`, each run is saved as it ends (a killed task resumes)
+    return run_jobs(
+        _run_job, jobs, "graphs", shared=(graph, progress), progress=progress, label=lambda j: j[:3]
+    )
+
+
+def _run_job(shared: tuple[Any, bool], job: tuple[str, str, int, GraphConfig]) -> GraphRun:
+    graph, progress = shared
+    layer, rule_name, seed, config = job
+    return train_one(layer, rule_name, seed, graph, config, progress)
 
 
 # --- summaries -------------------------------------------------------------------------------

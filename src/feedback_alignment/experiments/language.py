@@ -36,7 +36,7 @@ from feedback_alignment.experiments.results import (
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.run import apply_rule, fit, jobs, threads
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, threads
 from feedback_alignment.models.transformer import (
     CharTransformer,
     TransformerConfig,
@@ -284,12 +284,19 @@ def run_experiment(
     from feedback_alignment import data
 
     corpus = data.load(config.corpus)
-    pairs = [(rule, seed) for seed in seeds for rule in config.rules]
+    jobs = [(rule, seed, config) for seed in seeds for rule in config.rules]
+    # through run_jobs: inside `reproduce`, each run is saved as it ends (a killed task resumes)
     with threads(config.threads):
-        return [
-            train_one(rule, seed, config, corpus, progress)
-            for rule, seed in jobs(pairs, "transformer", progress)
-        ]
+        return run_jobs(
+            _run_job, jobs, "transformer", shared=(corpus, progress), progress=progress,
+            label=lambda job: job[:2],
+        )  # fmt: skip
+
+
+def _run_job(shared: tuple[object, bool], job: tuple[str, int, LanguageConfig]) -> LanguageResult:
+    corpus, progress = shared
+    rule, seed, config = job
+    return train_one(rule, seed, config, corpus, progress)
 
 
 @register_task(

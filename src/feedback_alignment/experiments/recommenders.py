@@ -55,7 +55,7 @@ from feedback_alignment.experiments.results import (
     write_results,
     write_table,
 )
-from feedback_alignment.experiments.run import apply_rule, fit, jobs
+from feedback_alignment.experiments.run import apply_rule, fit, run_jobs
 from feedback_alignment.models.recommender import build_recommender
 
 RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
@@ -217,16 +217,25 @@ def run_all(config: RecConfig, progress: bool = True) -> list[RecRun]:
     runs = []
     for dataset in config.datasets:
         table = data.load(dataset)
-        triples = [
-            (m, r, s)
+        jobs = [
+            (m, r, s, dataset, config)
             for m in config.models
             for r in config.rules
             for s in config.seeds
             if not (m == "fm" and r != "BP")  # no hidden layer: DFA = BP, Shallow undefined
         ]
-        for kind, rule_name, seed in jobs(triples, dataset, progress):
-            runs.append(train_one(kind, dataset, rule_name, seed, table, config, progress))
+        # through run_jobs: inside `reproduce`, each run is saved as it ends (a killed task resumes)
+        runs += run_jobs(
+            _run_job, jobs, dataset, shared=(table, progress), progress=progress,
+            label=lambda job: job[:3],
+        )  # fmt: skip
     return runs
+
+
+def _run_job(shared: tuple[Any, bool], job: tuple[str, str, int, str, RecConfig]) -> RecRun:
+    table, progress = shared
+    kind, rule_name, seed, dataset, config = job
+    return train_one(kind, dataset, rule_name, seed, table, config, progress)
 
 
 def summarise(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict[str, Any]]]:

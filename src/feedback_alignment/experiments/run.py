@@ -235,27 +235,30 @@ class SavedRuns:
     """The finished runs of one task, one file each under ``folder``, saved as each run ends.
 
     A run is known by its key: the sha256 of its job (the rule, seed and configuration that
-    :func:`run_jobs` hands it), the task's description of its runs, the feedback stream version
-    and the torch version. A later run of the same task with the same settings finds the files
+    :func:`run_jobs` hands it), the task's description of its runs, the feedback stream version,
+    the torch and package versions and ``context`` (what else decides the numbers: ``reproduce``
+    puts the task's name and the digest of the tuned values it reads there). A later run of the same task with the same settings finds the files
     and skips the runs they hold: as every run seeds itself, the task's numbers are those of an
     uninterrupted run. The files hold tensors, numbers and this package's dataclasses, read
     back with ``torch.load(weights_only=True)`` (no pickle of arbitrary objects).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, context: Any = None) -> None:
         self.folder = folder
+        self.context = context
         self.resumed = 0  # runs found saved, over the task's calls of run_jobs
         self.total = 0  # runs asked for
 
     def key(self, desc: str, job: Any) -> str | None:
         """The file stem of ``job``'s run (``None``: the job cannot be keyed, so not saved)."""
+        from feedback_alignment import __version__
         from feedback_alignment.feedback import STREAM_VERSION
 
         try:
-            form = _key_form(job)
+            form = _key_form([job, self.context])
         except _Unsaveable:
             return None
-        text = json.dumps([desc, form, STREAM_VERSION, torch.__version__], sort_keys=True)
+        text = json.dumps([desc, form, STREAM_VERSION, torch.__version__, __version__])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def load(self, key: str | None) -> tuple[bool, Any]:
@@ -293,10 +296,10 @@ _SAVED: ContextVar[SavedRuns | None] = ContextVar("saved_runs", default=None)
 
 
 @contextmanager
-def saved_runs(folder: Path) -> Iterator[SavedRuns]:
+def saved_runs(folder: Path, context: Any = None) -> Iterator[SavedRuns]:
     """Within the block, :func:`run_jobs` saves each finished run in ``folder`` as it ends and
     reuses the runs found there (what ``reproduce`` wraps around each task)."""
-    store = SavedRuns(folder)
+    store = SavedRuns(folder, context)
     token = _SAVED.set(store)
     try:
         yield store
