@@ -17,7 +17,7 @@ Example:
     >>> trainer = Trainer(model=model, args=args, train_dataset=train)
     >>> probe = {"input_ids": ids, "labels": ids}               # one fixed batch
     >>> AlignmentCallback(rule, probe, every_n_steps=50).attach(trainer)
-    >>> trainer.train()     # TensorBoard: alignment/angle/transformer.h.0.attn.c_attn, ...
+    >>> trainer.train()     # TensorBoard: train/alignment/angle/transformer.h.0.attn.c_attn
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class AlignmentCallback(TrainerCallback):
     writes. Logged scalars (see :func:`feedback_alignment.integrations.metrics`):
     ``alignment/angle/<layer>`` (degrees, hidden and tied layers), ``alignment/angle_mean``,
     ``alignment/cosine/<point>`` (direct rules), ``alignment/weight_angle/<layer>`` (layer-wise
-    rules) and ``alignment/probe_loss``.
+    rules) and ``alignment/probe_loss``. (The Trainer's TensorBoard integration files every
+    training log under ``train/``: ``train/alignment/angle/...``.)
 
     The callback logs through ``trainer.log``, which a ``TrainerCallback`` cannot reach by
     itself: give it the trainer with :meth:`attach` (or ``trainer=``). Without one the metrics go
