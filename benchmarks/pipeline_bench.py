@@ -46,6 +46,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 import feedback_alignment as fa
+from feedback_alignment.distributed import clean_exit
 from feedback_alignment.models import MLP
 from feedback_alignment.models.transformer import Block, TransformerConfig
 from feedback_alignment.pipeline import DFAPipelineStage, split_sequential, stage_points
@@ -342,7 +343,8 @@ def main() -> None:
             }
             report["uptime_start"] = uptime_start
             finish(report, args, micro_counts)  # after every model: a cut-short run keeps these
-    dist.destroy_process_group()
+    # the process group is destroyed by clean_exit (after a barrier), which then leaves with
+    # os._exit: no 'terminate called without an active exception' at exit
 
 
 def _mean_costs(timeline: list) -> dict[str, float]:
@@ -545,4 +547,5 @@ def plot(report: dict, folder: Path, quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():  # barrier, destroy_process_group, flush, os._exit
+        main()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import feedback_alignment as fa
+from feedback_alignment.distributed import clean_exit
 from feedback_alignment.models import MLP
 from feedback_alignment.pipeline import DFAPipelineStage, split_sequential, stage_points
 
@@ -176,8 +177,10 @@ def main() -> None:
         )
         Path(args.out).write_text(json.dumps(report, indent=1))
         print(json.dumps(summary))
-    dist.destroy_process_group()
+    # the process group is destroyed by clean_exit (after a barrier), which then leaves with
+    # os._exit: no 'terminate called without an active exception' at exit
 
 
 if __name__ == "__main__":
-    main()
+    with clean_exit():  # barrier, destroy_process_group, flush, os._exit
+        main()

@@ -8,9 +8,12 @@ its exit code or its stderr. Each example also checks its own claim and exits no
 not hold (identical feedback and parameters across ranks; FSDP gradients = the single-process
 mean for DFA and FA; the sync pipeline = single-process ``fa.DFA``).
 
-Wall times measured here (2-core AMD EPYC shared with other engineers' jobs, load average 5-7,
-2026-12-05; most of it is starting torch and sklearn in each process): ddp.py DFA 10 s, FA 10 s,
-fsdp.py 13 s, pipeline.py 25 s (10 s of it in the two stages, the rest imports and data).
+Measured here by this file (2-core AMD EPYC shared with four other engineers' jobs, load average
+6-7.5, 2026-12-05): ddp.py 29 s wall, fsdp.py 30 s, pipeline.py 32-41 s. The wall time is the
+load: pipeline.py alone used 7 s of CPU (user + sys, all its processes) in a 32 s run, and the
+three runs together 38 s of CPU; at load about 1 (10:07 UTC) ddp.py took 10 s and fsdp.py 13 s,
+most of it starting torch and scikit-learn in every process. ``ddp.py --rule fa`` is the same loop
+(FA under data parallelism is run and checked by fsdp.py): not run here, to save 30 s.
 """
 
 from __future__ import annotations
