@@ -10,6 +10,10 @@ the Trainer to TensorBoard (``report_to="tensorboard"``) beside the loss: look f
 ``train/alignment/angle/transformer.h.0.attn.c_attn``, ``train/alignment/angle_mean`` and
 ``train/alignment/cosine/transformer.h.1`` (the Trainer files training logs under ``train/``).
 
+Measured 2026-12-05 (default run, 1 thread, 2 min): validation loss 3.21 nats per character
+after 300 steps (a uniform guess over the 84 characters: 4.43), mean update angle of the
+hidden layers 82 degrees; a short schedule, to show the plumbing, not a tuned model.
+
 Text: Shakespeare's works when they are in the data cache (``feedback-alignment data fetch
 shakespeare``), else (and always with ``--smoke``) a short passage built into this script.
 
@@ -18,7 +22,7 @@ Needs ``transformers``, ``accelerate`` and ``tensorboard`` (``pip install
 
 Run::
 
-    python examples/gpt2_trainer.py --out runs/gpt2     # 300 steps (a few minutes on 1 core)
+    python examples/gpt2_trainer.py --out runs/gpt2     # 300 steps (2 min on 1 core)
     tensorboard --logdir runs/gpt2
     python examples/gpt2_trainer.py --smoke             # a tiny run into a temporary folder
 """
