@@ -147,3 +147,24 @@ def test_a_ddp_run_ends_cleanly_and_an_abort_at_exit_would_be_caught(tmp_path):
     aborted = _torchrun(script, "terminate")
     assert aborted.returncode != 0
     assert "terminate called without an active exception" in aborted.stderr + aborted.stdout
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "stream", "text"),
+    [
+        ("print('kept', flush=False)", 0, "stdout", "kept"),  # flushed before os._exit
+        ("raise ValueError('boom')", 1, "stderr", "ValueError: boom"),
+        ("raise SystemExit(3)", 3, "stderr", ""),
+    ],
+)
+def test_clean_exit_flushes_and_returns_the_blocks_exit_code(body, code, stream, text):
+    """``clean_exit`` without torch.distributed: the code of the block's outcome, the output
+    kept, a traceback for an exception."""
+    script = (
+        f"from feedback_alignment.distributed import clean_exit\nwith clean_exit():\n    {body}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == code, result.stderr
+    assert text in getattr(result, stream)
