@@ -22,8 +22,8 @@ Launch (from the repository root)::
     torchrun --standalone --nproc_per_node=2 examples/distributed/fsdp.py --rule fa --epochs 20
 
 ``--smoke`` runs the gradient check for both rules and 1 epoch of training with ``--rule``.
-FSDP2 on CPU needs gloo's ``reduce_scatter`` and ``all_gather_into_tensor`` (PyTorch >= 2.6;
-measured with 2.13). On GPUs use ``init_process_group("nccl")`` and pass ``mesh=`` as usual.
+FSDP2 on CPU uses gloo's ``reduce_scatter`` and ``all_gather_into_tensor`` (run here with PyTorch
+2.13 only). On GPUs use ``init_process_group("nccl")`` and pass ``mesh=`` as usual.
 """
 
 from __future__ import annotations
