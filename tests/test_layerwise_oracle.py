@@ -185,7 +185,7 @@ def test_brsf_draws_a_new_magnitude_per_weight_update_by_the_documented_recipe()
         torch.testing.assert_close(bt, s * _recipe_draw((5, 6), layer_seed(k, t)).abs() * sign)
         # micro-batches of one step (the same W) share the draw; the stream counts draws
         torch.testing.assert_close(_read_bt(layer), bt, rtol=0, atol=0)
-        assert layer.state_dict()["feedback_stream"].tolist() == [k, t + 1]
+        assert layer.state_dict()["feedback_stream"].tolist()[:2] == [k, t + 1]
         draws.append(bt.abs())
         _step_weight(layer)
     assert not torch.allclose(draws[0] * 1.5, draws[1])

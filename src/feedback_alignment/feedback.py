@@ -75,6 +75,109 @@ def direct_stream_seed(seed: int) -> int:
     return derive_seed("direct", int(seed))
 
 
+DRAW_CHUNK = 2**24
+"""Entries drawn at a time: a matrix of more entries is drawn in blocks of whole rows of at most
+this many (``max(1, DRAW_CHUNK // columns)`` rows), each cast and copied as it goes, so the float64
+scratch stays at 128 MiB whatever the matrix's size. The blocks depend on the shape alone, so the
+values are the same on every machine; a matrix of at most ``DRAW_CHUNK`` entries is one block."""
+
+
+class FeedbackMemoryError(MemoryError):
+    """A feedback matrix does not fit in the memory of the device it is drawn on."""
+
+
+def check_seed(seed: object, owner: str) -> int:
+    """``seed`` as an ``int`` in ``[0, MAX_SEED]``, or a ``ValueError`` naming ``owner``'s argument.
+
+    Booleans and non-integral numbers are refused (``1.5`` is not silently ``1``), and so are
+    negative seeds (``-1`` and ``2**64 - 1`` would otherwise give the same generator state).
+    """
+    integral = isinstance(seed, int) or (
+        hasattr(seed, "__index__") and not isinstance(seed, (float, complex))
+    )
+    if isinstance(seed, bool) or not integral:
+        raise ValueError(
+            f"{owner}: seed={seed!r} must be an integer in [0, 2**63 - 1] "
+            f"(got {type(seed).__name__})"
+        )
+    value = int(seed.__index__())  # type: ignore[union-attr]
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{owner}: seed={value} is outside [0, 2**63 - 1]")
+    return value
+
+
+def check_scale(scale: object, names: Sequence[str], owner: str) -> str | float:
+    """``scale`` if it is one of ``names`` or a finite positive number, else a ``ValueError``.
+
+    A NaN, infinite or huge scale (``1e308`` overflows in the first product) would turn every
+    hidden gradient into NaN without an error; zero or a negative scale would feed back nothing or
+    the opposite signal.
+    """
+    if isinstance(scale, str):
+        if scale in names:
+            return scale
+        raise ValueError(
+            f"{owner}: unknown scale {scale!r}; choose one of {tuple(names)} or a number"
+        )
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ValueError(
+            f"{owner}: scale={scale!r} must be one of {tuple(names)} or a finite positive number"
+        )
+    value = float(scale)
+    if not (math.isfinite(value) and 0.0 < value <= MAX_SCALE):
+        raise ValueError(
+            f"{owner}: scale={scale!r} must be a finite positive number at most {MAX_SCALE:g} "
+            "(NaN, inf, zero, negative or overflowing scales make every hidden gradient NaN, "
+            "zero or reversed)"
+        )
+    return value
+
+
+MAX_SCALE = 1e30
+"""Largest numeric feedback scale accepted: far above any useful value (a unit draw times the
+scale times an error must stay finite in float32, whose largest value is about 3.4e38)."""
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory that a new tensor may take on ``device`` (``None``: unknown or unlimited).
+
+    CUDA: the driver's free memory; CPU: ``MemAvailable`` of ``/proc/meminfo`` where it exists.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as lines:
+                for line in lines:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check_fits(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, advice: str
+) -> None:
+    """Raises :class:`FeedbackMemoryError` naming the matrix, its shape and bytes, and ``advice``,
+    when it (and one drawing block) cannot fit in ``device``'s free memory. Nothing is allocated."""
+    entries = math.prod(shape)
+    needed = entries * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cpu":
+        needed += min(entries, DRAW_CHUNK) * 8  # the float64 block being drawn
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        raise FeedbackMemoryError(
+            f"the feedback matrix {name!r} of shape {tuple(shape)} ({dtype}) needs "
+            f"{_gib(needed)} on {device}, where {_gib(free)} is free: {advice}"
+        )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
 def draw(
     distribution: str,
     shape: tuple[int, ...],
@@ -86,23 +189,40 @@ def draw(
     """Draws a unit-scale random tensor, reproducibly from ``seed`` on any machine.
 
     The draw always happens on the CPU in float64 with a private ``torch.Generator`` (so it does not
-    touch the global RNG and is bitwise identical on every process and device), then is cast and
-    moved. Distributions: ``gaussian`` N(0, 1); ``uniform`` U[-1, 1); ``rademacher`` ±1 with
-    probability 1/2.
+    touch the global RNG and is bitwise identical on every process and device), in blocks of whole
+    rows (:data:`DRAW_CHUNK`), each cast and moved as it is drawn. Distributions: ``gaussian``
+    N(0, 1); ``uniform`` U[-1, 1); ``rademacher`` ±1 with probability 1/2. ``seed`` is the
+    generator's seed as given: callers derive it from a rule's seed (:func:`derive_seed`).
     """
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    if distribution == "gaussian":
-        values = torch.randn(shape, generator=generator, dtype=torch.float64)
-    elif distribution == "uniform":
-        values = torch.rand(shape, generator=generator, dtype=torch.float64) * 2.0 - 1.0
-    elif distribution == "rademacher":
-        bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
-        values = bits.to(torch.float64) * 2.0 - 1.0
-    else:
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"unknown feedback distribution {distribution!r}; choose one of {DISTRIBUTIONS}"
         )
-    return values.to(dtype=dtype, device=device)
+    shape = tuple(int(n) for n in shape)
+    if device is not None and torch.device(device).type == "meta":
+        return torch.empty(shape, dtype=dtype, device=device)  # shapes only: nothing to draw
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    entries = math.prod(shape)
+    if entries <= DRAW_CHUNK or len(shape) < 2:
+        return _draw_block(distribution, shape, generator).to(dtype=dtype, device=device)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    row = entries // shape[0]
+    rows = max(1, DRAW_CHUNK // row)
+    for start in range(0, shape[0], rows):
+        block = _draw_block(distribution, (min(rows, shape[0] - start), *shape[1:]), generator)
+        out[start : start + block.shape[0]].copy_(block)
+    return out
+
+
+def _draw_block(
+    distribution: str, shape: tuple[int, ...], generator: torch.Generator
+) -> torch.Tensor:
+    if distribution == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=torch.float64)
+    if distribution == "uniform":
+        return torch.rand(shape, generator=generator, dtype=torch.float64) * 2.0 - 1.0
+    bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
+    return bits.to(torch.float64) * 2.0 - 1.0
 
 
 def scale_factor(scaling: str | float, width: int, max_width: int, out_features: int) -> float:

@@ -46,12 +46,20 @@ class DirectFeedbackFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, projector: Projector, context: Any, output: torch.Tensor, *hidden: torch.Tensor
-    ):
-        ctx.projector = projector
-        ctx.context = context
+    def forward(projector: Projector, context: Any, output: torch.Tensor, *hidden: torch.Tensor):
         return output.view_as(output)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        # a separate setup_context (not ctx in forward) lets forward-mode AD (torch.func.jvp,
+        # forward-gradient rules) run through the injection
+        ctx.projector, ctx.context = inputs[0], inputs[1]
+
+    @staticmethod
+    def jvp(ctx, projector_tangent, context_tangent, output_tangent, *hidden_tangents):
+        """Forward mode: the identity on ``y``'s tangent (the points' tangents do not reach ``y``
+        through this node; they reach it through the model's own ops, which are cut)."""
+        return output_tangent
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from feedback_alignment.points import PlacementError
+
 
 class Rule(ABC):
     """Base class of all learning rules."""
@@ -153,3 +155,21 @@ def applied_rules(model: nn.Module) -> list[Rule]:
         for key, binding in model.__dict__.items()
         if key.startswith(prefix) and binding is not None
     ]
+
+
+def refuse_reverse_transform(what: str, rule: str) -> None:
+    """Refuses ``torch.func.grad``/``vjp``/``jacrev`` (functorch's reverse mode) around a
+    converted model: its gradients would bypass the rule's autograd Functions (the graph cut, the
+    projection of the error, the feedback matrices), so they would not be the rule's. Forward-mode
+    ``jvp`` and ``vmap`` are not refused. One C call when no transform is active."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    interpreter = peek() if peek is not None else None
+    if interpreter is None or interpreter.key() != torch._C._functorch.TransformType.Grad:
+        return
+    raise PlacementError(
+        f"{what} runs under torch.func.grad, vjp or jacrev, whose reverse mode bypasses {rule}'s "
+        "feedback (the autograd Functions that carry it have no functorch rule): the result "
+        f"would not be {rule}'s gradient. Compute it with loss.backward() or torch.autograd.grad "
+        "on the converted model (torch.func.functional_call is fine), or call "
+        "rule.remove(model) to differentiate the plain model"
+    )

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
@@ -45,6 +47,9 @@ from feedback_alignment.feedback import (
     DISTRIBUTIONS,
     SCALINGS,
     FeedbackLayout,
+    check_fits,
+    check_scale,
+    check_seed,
     direct_stream_seed,
     draw,
 )
@@ -57,7 +62,7 @@ from feedback_alignment.points import (
     find_blocks,
     find_points,
 )
-from feedback_alignment.rules.base import BoundRule
+from feedback_alignment.rules.base import BoundRule, refuse_reverse_transform
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
 """Name of the feedback buffer registered on the model: ``model.state_dict()[FEEDBACK_BUFFER]``."""
@@ -91,14 +96,15 @@ class DirectFeedback(BoundRule):
         seed: int = 0,
         check_finite: bool = True,
     ) -> None:
+        owner = type(self).__name__
         if feedback not in DISTRIBUTIONS:
-            raise ValueError(f"unknown feedback {feedback!r}; choose one of {DISTRIBUTIONS}")
-        if not isinstance(scale, (int, float)) and scale not in SCALINGS:
-            raise ValueError(f"unknown scale {scale!r}; choose one of {SCALINGS} or a number")
+            raise ValueError(
+                f"{owner}: unknown feedback {feedback!r}; choose one of {DISTRIBUTIONS}"
+            )
         self.feedback = feedback
-        self.scale = scale
+        self.scale = check_scale(scale, SCALINGS, owner)
         self.shared = bool(shared)
-        self.seed = int(seed)
+        self.seed = check_seed(seed, owner)
         self.check_finite = bool(check_finite)
 
     def __repr__(self) -> str:
@@ -307,7 +313,18 @@ class DRTP(DirectFeedback):
                 raise ValueError(
                     f"DRTP got {targets.numel()} class targets for {samples} output rows"
                 )
-            encoded = F.one_hot(targets.reshape(-1).long().to(error.device), classes)
+            indices = targets.reshape(-1).long().to(error.device)
+            if indices.device.type != "meta" and samples:
+                low, high = (int(v) for v in torch.aminmax(indices))  # one sync, as check_finite
+                if low < 0 or high >= classes:
+                    bad = low if low < 0 else high
+                    raise ValueError(
+                        f"DRTP got class target {bad}, outside [0, {classes - 1}] (the output has "
+                        f"{classes} classes): pass class indices in that range to "
+                        "rule.set_targets(y), or float targets of the output's shape (one-hot "
+                        "or soft labels)"
+                    )
+            encoded = F.one_hot(indices, classes)
         return encoded.to(dtype=error.dtype, device=error.device) * (-1.0 / samples)
 
 
@@ -394,7 +411,9 @@ class _Binding:
             if automatic
             else {}
         )
-        self._block_inputs: dict[tuple[str, int], str] = {}
+        # (container, id(input)) -> (block, input): the input is held so that its id is not reused
+        self._block_inputs: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+        self._grad_at_start = False  # grad mode when the model's forward pass began
         self._last_cut: tuple[torch.Tensor, torch.Tensor] | None = None  # (cut, uncut)
         self.output = output
         self.error_at = error_at
@@ -472,6 +491,9 @@ class _Binding:
             self.calls.clear()
             self._block_inputs.clear()
             self._fired = False
+            self._grad_at_start = grad = torch.is_grad_enabled()
+            if grad and self.mode == "rule":
+                refuse_reverse_transform(type(module).__name__, self.rule.name)
 
     def _point_name(self, name: str) -> str | None:
         """The point's name for this call (``None``: a call that is not a selected point)."""
@@ -484,6 +506,18 @@ class _Binding:
         return f"{name}#{count}" if count else name
 
     def _outside_forward(self, name: str) -> PlacementError:
+        if _inside_checkpoint() and torch._C._current_graph_task_id() != -1:
+            return PlacementError(
+                f"feedback point {name!r} of {type(self.owner).__name__} was run again inside "
+                "backward by a gradient checkpoint's recomputation that goes on past it (a "
+                "checkpoint around several blocks, or around a block and what follows it, with "
+                "use_reentrant=False, or with early stop turned off): the recomputed forward "
+                "pass would not be cut. Checkpoint each block on its own, so that the block's "
+                "output is the checkpoint's output (for block in blocks: x = checkpoint(block, "
+                "x, use_reentrant=False)), and keep torch.utils.checkpoint's early stop on (the "
+                "default); or name the checkpointed segments as the feedback points "
+                "(rule.apply(model, points=[...]))"
+            )
         return PlacementError(
             f"feedback point {name!r} ran with grad enabled outside a forward pass of the "
             f"{type(self.owner).__name__} the rule was applied to: nothing would cut the graph "
@@ -495,11 +529,45 @@ class _Binding:
             "{'use_reentrant': False}))"
         )
 
+    def _reentrant_checkpoint(self, name: str) -> PlacementError:
+        return PlacementError(
+            f"feedback point {name!r} of {type(self.owner).__name__} ran inside a reentrant "
+            "gradient checkpoint (torch.utils.checkpoint(..., use_reentrant=True)), which runs "
+            "it under no_grad and recomputes it inside backward only if its input requires grad; "
+            "the input of a block below a point is cut, so under a direct rule its parameters "
+            "would get no gradient at all. Use use_reentrant=False (Hugging Face: "
+            "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False})), one checkpoint per block"
+        )
+
+    def _not_learning(self, name: str, module: nn.Module) -> PlacementError:
+        return PlacementError(
+            f"feedback point {name!r} ({type(module).__name__}) has trainable parameters, but "
+            "its output does not require grad in this training forward pass, so nothing in it "
+            "would learn under a direct rule (backprop would train it). The usual cause is "
+            "reentrant gradient checkpointing inside it (torch.utils.checkpoint(..., "
+            "use_reentrant=True) computes nothing for autograd when its input is cut by the "
+            "point below): use use_reentrant=False (Hugging Face: "
+            "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+            "{'use_reentrant': False})). If the module runs under torch.no_grad() or detaches "
+            "on purpose, freeze its parameters (module.requires_grad_(False))"
+        )
+
     def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
         if not torch.is_grad_enabled():
+            if (
+                self.depth
+                and self._grad_at_start
+                and self.mode == "rule"
+                and _trainable(module)
+                and _inside_checkpoint()
+            ):
+                raise self._reentrant_checkpoint(name)
             return None
         if not self.depth:
             if self.mode == "rule" and _any_requires_grad(output):
+                if _recomputing():
+                    return _cut(output)  # as in the forward pass that this recomputes
                 raise self._outside_forward(name)
             return None
         self._fired = True
@@ -517,7 +585,7 @@ class _Binding:
         tensor = _first_tensor(output, name)
         container = self._block_of.get(name)
         if container is not None and args and isinstance(args[0], torch.Tensor):
-            sibling = self._block_inputs.setdefault((container, id(args[0])), name)
+            sibling, _ = self._block_inputs.setdefault((container, id(args[0])), (name, args[0]))
             if sibling != name:
                 raise PlacementError(
                     f"automatic placement took the children of {container!r} for a chain of "
@@ -527,7 +595,14 @@ class _Binding:
                     "rule.apply(model, points=[...]) leaving them out"
                 )
         if not _any_requires_grad(output):
-            return None  # nothing below this point learns: no signal and no cut are needed
+            # nothing below this point learns: no signal and no cut. It keeps its place in the
+            # layout, so that freezing or unfreezing layers between steps changes no feedback.
+            if self.mode == "rule" and _trainable(module):
+                raise self._not_learning(name, module)
+            point = self._point_name(name)
+            if point is not None and self.mode == "rule" and tensor.is_floating_point():
+                self.records.append((point, tensor, self.point_axes.get(name)))
+            return None
         point = self._point_name(name)
         if point is None:
             return None
@@ -553,9 +628,22 @@ class _Binding:
         verification refuses the placement if another consumer leaks.
         """
         if not torch.is_grad_enabled():
+            if (
+                self.depth
+                and self._grad_at_start
+                and self.mode == "rule"
+                and _trainable(module)
+                and _inside_checkpoint()
+            ):
+                raise self._reentrant_checkpoint(name)
             return None
         if not self.depth:
             if self.mode == "rule" and args and getattr(args[0], "requires_grad", False):
+                if _recomputing():  # as in the forward pass that this recomputes
+                    if args[0].grad_fn is not None and not args[0]._is_view():
+                        args[0].detach_()
+                        return None
+                    return (args[0].detach(), *args[1:])
                 raise self._outside_forward(name)
             return None
         self._fired = True
@@ -566,6 +654,9 @@ class _Binding:
             )
         tensor = args[0]
         if not tensor.requires_grad:
+            point = self._point_name(name)  # frozen below: keeps its place in the layout
+            if point is not None and self.mode == "rule" and tensor.is_floating_point():
+                self.records.append((point, tensor, self.point_axes.get(name)))
             return None
         point = self._point_name(name)
         if point is None:
@@ -626,17 +717,18 @@ class _Binding:
                         )
                     output = _replace_output(output, self.output, y)
                     result = output
-                if self.records and not y.requires_grad:
+                if self.feeds and _live(self.records) and not y.requires_grad:
                     raise PlacementError(
                         f"the output of {type(module).__name__} no longer requires grad: a "
                         f"feedback point (of {sorted(self.calls)}) cut the graph after the "
-                        "top layer; name the hidden points with rule.apply(model, "
-                        "points=[...]) leaving that one out"
+                        "top layer, or every parameter above the last point is frozen; name "
+                        "the hidden points with rule.apply(model, points=[...]) leaving out "
+                        "any point above the top layer, or unfreeze the head"
                     )
                 if self.records:
                     result = _replace_output(output, self.output, self._inject(y))
-            if self.records:
-                leftover = [name for name, _, _ in self.records]
+            if _live(self.records):
+                leftover = [name for name, h, _ in self.records if h.requires_grad]
                 raise PlacementError(
                     f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
                     "would never receive a signal; place points before error_at"
@@ -654,6 +746,20 @@ class _Binding:
                     "model would train by backprop. The points ran under torch.no_grad (reentrant "
                     "gradient checkpointing does that: use use_reentrant=False) or did not run "
                     "at all (check points=)"
+                )
+            if (
+                not self.feeds
+                and self._injected is not None
+                and _live(self._injected[2])
+                and not _any_requires_grad(final)
+            ):
+                raise PlacementError(
+                    f"{self.rule.name} trains only the parameters above the last feedback point "
+                    f"(the top block), and none of those that produce the output of "
+                    f"{type(module).__name__} requires grad (a frozen head: PEFT/LoRA freezes the "
+                    "output layer): loss.backward() would have nothing to train. Unfreeze the "
+                    "head (e.g. model.lm_head.requires_grad_(True)), or use a rule that feeds "
+                    "the layers below the points (DFA)"
                 )
             if self.verify_always and self._injected is not None:
                 self._pending = self._injected
@@ -831,6 +937,16 @@ class _Binding:
         shape = (out_features, layout.total)
         if buffer is None:
             dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+            check_fits(
+                FEEDBACK_BUFFER,
+                shape,
+                dtype,
+                y.device,
+                "every feedback point reads its columns of one (d_out, width) matrix; place the "
+                "points on narrower layers (rule.apply(model, points=[...])), keep shared=True "
+                "(width = the widest point, not the sum), or take the error before a narrower "
+                "output (error_at=...)",
+            )
             buffer = draw(
                 self.rule.feedback,
                 shape,
@@ -869,7 +985,11 @@ class _Binding:
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
         if layout is None or buffer is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")
-        if self.rule.check_finite and not math.isfinite(error.sum().item()):
+        if (
+            self.rule.check_finite
+            and error.device.type != "meta"  # shapes only: no values to check
+            and not math.isfinite(error.sum().item())
+        ):
             # one reduction and one sync: a NaN or Inf anywhere makes the sum non-finite
             bad = int((~torch.isfinite(error)).sum())
             raise FloatingPointError(
@@ -957,6 +1077,36 @@ def _folded_scales(layout: FeedbackLayout) -> tuple[torch.Tensor | float, tuple[
     widest = max(range(len(layout.widths)), key=layout.widths.__getitem__)
     common = layout.scales[widest]
     return common, tuple(scale / common for scale in layout.scales)
+
+
+def _live(records: Sequence[Record]) -> bool:
+    """Whether any recorded point learns (its tensor requires grad); frozen points only hold
+    their place in the layout."""
+    return any(h.requires_grad for _, h, _ in records)
+
+
+def _trainable(module: nn.Module) -> bool:
+    """Whether ``module`` holds a parameter that requires grad (read only on rare paths)."""
+    return any(p.requires_grad for p in module.parameters())
+
+
+_CHECKPOINT_FILE = os.path.join("torch", "utils", "checkpoint.py")
+
+
+def _inside_checkpoint() -> bool:
+    """Whether ``torch.utils.checkpoint`` is on the call stack (a frame walk: rare paths only)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(_CHECKPOINT_FILE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _recomputing() -> bool:
+    """Whether this call is a non-reentrant checkpoint's recomputation inside backward: the
+    forward pass it recomputes was cut at the points, so the recomputation cuts there too."""
+    return torch._C._current_graph_task_id() != -1 and _inside_checkpoint()
 
 
 def _to_point_layout(

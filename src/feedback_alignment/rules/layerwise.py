@@ -104,7 +104,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from feedback_alignment.feedback import DISTRIBUTIONS, derive_seed, draw
+from feedback_alignment.feedback import (
+    DISTRIBUTIONS,
+    check_scale,
+    check_seed,
+    derive_seed,
+    draw,
+)
 from feedback_alignment.functional import (
     ConvFeedbackFn,
     LinearFeedbackFn,
@@ -113,7 +119,7 @@ from feedback_alignment.functional import (
     conv_nd,
     linear_weight_grad,
 )
-from feedback_alignment.rules.base import BoundRule
+from feedback_alignment.rules.base import BoundRule, refuse_reverse_transform
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +287,12 @@ class LayerwiseFeedback(BoundRule):
     buffers: tuple[str, ...] = ()
 
     def __init__(self, scale: str | float = "init", norm: str | None = None, seed: int = 0) -> None:
-        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) or scale in SCALES):
-            raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES} or a number")
+        owner = type(self).__name__
         if norm not in (None, "match"):
-            raise ValueError(f"unknown norm {norm!r}; choose None or 'match'")
-        self.scale = scale
+            raise ValueError(f"{owner}: unknown norm {norm!r}; choose None or 'match'")
+        self.scale = check_scale(scale, SCALES, owner)
         self.norm = norm
-        self.seed = int(seed)
+        self.seed = check_seed(seed, owner)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scale={self.scale!r}, norm={self.norm!r}, seed={self.seed})"
@@ -338,6 +343,10 @@ class LayerwiseFeedback(BoundRule):
                 for key, hook in list(hooks.items()):
                     if getattr(hook, "func", None) in (_save_feedback, _forget_cache):
                         del hooks[key]
+            pre_hooks = module._load_state_dict_pre_hooks
+            for key, hook in list(pre_hooks.items()):
+                if getattr(hook, "hook", None) is _upgrade_stream:
+                    del pre_hooks[key]
         return model
 
     # --- inspection ----------------------------------------------------------------------------
@@ -534,6 +543,30 @@ def _save_feedback(
             state_dict[prefix + name] = value.detach()
 
 
+NO_FINGERPRINT = -1
+"""``feedback_stream[2]`` before any draw (the bits of a NaN: no sum of finite weights has them)."""
+
+
+def _fingerprint(weight: torch.Tensor) -> torch.Tensor:
+    """brSF's record of which weights its last draw belongs to: the bits of ``sum(W)`` in float64.
+
+    Kept in ``feedback_stream[2]`` (written on the device, no sync), so that a run resumed from a
+    checkpoint taken after a grad-enabled forward pass (validation without ``no_grad``) that
+    already drew for the new weights reuses that draw, as the uninterrupted run does: the draw is
+    keyed on the weight update, not on how many forward passes ran.
+    """
+    return weight.detach().sum(dtype=torch.float64).view(torch.int64)
+
+
+def _upgrade_stream(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """``load_state_dict`` pre-hook: a ``feedback_stream`` saved before it held a fingerprint
+    (shape ``(2,)``) loads as ``(k, t, NO_FINGERPRINT)``, which draws anew as it did then."""
+    key = prefix + FEEDBACK_STREAM
+    saved = state_dict.get(key)
+    if isinstance(saved, torch.Tensor) and tuple(saved.shape) == (2,):
+        state_dict[key] = torch.cat([saved, saved.new_tensor([NO_FINGERPRINT])])
+
+
 def _forget_cache(layer: _Layer, module: nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: the rule's per-layer memo is stale after a load."""
     layer.cache = None
@@ -546,6 +579,7 @@ def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -
         output = layer.base.forward(module, inputs)
     else:
         rule = binding.rule
+        refuse_reverse_transform(f"the converted layer {layer.path!r}", rule.name)
         rule._before_forward(binding, layer)
         weight = module.weight
         with torch.no_grad():
@@ -837,10 +871,11 @@ class SignSymmetry(LayerwiseFeedback):
             magnitude = _unit_draw(self.distribution, weight, seed).abs() * layer.scale
             layer.module.register_buffer(FEEDBACK_MAGNITUDE, magnitude)
         elif self.variant == "brsf":
-            stream = [layer_seed(self.seed, layer.index), 0]
+            stream = [layer_seed(self.seed, layer.index), 0, NO_FINGERPRINT]
             layer.module.register_buffer(
                 FEEDBACK_STREAM, torch.tensor(stream, dtype=torch.int64, device=weight.device)
             )
+            layer.module._register_load_state_dict_pre_hook(_upgrade_stream, with_module=True)
             # the position in the stream is kept on the host and re-read from the buffer only
             # after a load (no device sync per step, also when DDP re-broadcasts the buffer)
             layer.module.register_load_state_dict_post_hook(partial(_forget_cache, layer))
@@ -884,10 +919,16 @@ class SignSymmetry(LayerwiseFeedback):
         else:
             if cache is not None and cache.state == state_key:
                 base, draw = cache.stream
-            else:
-                base, draw = (int(v) for v in state.tolist())
+            else:  # after a load or a move: does the last draw belong to these weights?
+                base, draw, last = (int(v) for v in state.tolist())
+                if advance and draw > 0 and last == int(_fingerprint(weight)):
+                    layer.cache = _SignCache(
+                        version, state_key, kernel=None, stream=(base, draw), draw=draw - 1
+                    )
+                    return self._feedback(layer, weight, advance, needed)
             if advance:
                 state[1] += 1
+                state[2] = _fingerprint(weight)
                 old = cache
                 layer.cache = cache = _SignCache(
                     version, state_key, stream=(base, draw + 1), draw=draw,
