@@ -529,6 +529,19 @@ class _Binding:
             "{'use_reentrant': False}))"
         )
 
+    def _refuse_reentrant_checkpoint(self, name: str, module: nn.Module) -> None:
+        """A point that runs without grad inside a grad-enabled training forward pass is inside
+        a reentrant checkpoint when ``torch.utils.checkpoint`` is on the stack (the frame walk
+        runs only on this rare path): refused, since its parameters would get no gradient."""
+        if (
+            self.depth
+            and self._grad_at_start
+            and self.mode == "rule"
+            and _trainable(module)
+            and _inside_checkpoint()
+        ):
+            raise self._reentrant_checkpoint(name)
+
     def _reentrant_checkpoint(self, name: str) -> PlacementError:
         return PlacementError(
             f"feedback point {name!r} of {type(self.owner).__name__} ran inside a reentrant "
@@ -555,14 +568,7 @@ class _Binding:
 
     def _at_point(self, name: str, module: nn.Module, args: Any, output: Any) -> Any:
         if not torch.is_grad_enabled():
-            if (
-                self.depth
-                and self._grad_at_start
-                and self.mode == "rule"
-                and _trainable(module)
-                and _inside_checkpoint()
-            ):
-                raise self._reentrant_checkpoint(name)
+            self._refuse_reentrant_checkpoint(name, module)
             return None
         if not self.depth:
             if self.mode == "rule" and _any_requires_grad(output):
@@ -628,14 +634,7 @@ class _Binding:
         verification refuses the placement if another consumer leaks.
         """
         if not torch.is_grad_enabled():
-            if (
-                self.depth
-                and self._grad_at_start
-                and self.mode == "rule"
-                and _trainable(module)
-                and _inside_checkpoint()
-            ):
-                raise self._reentrant_checkpoint(name)
+            self._refuse_reentrant_checkpoint(name, module)
             return None
         if not self.depth:
             if self.mode == "rule" and args and getattr(args[0], "requires_grad", False):
