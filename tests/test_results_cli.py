@@ -9,6 +9,7 @@ fit in memory.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import stat
@@ -311,3 +312,133 @@ def test_reproduce_refuses_an_output_disk_that_is_already_full(tmp_path, monkeyp
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: usage._replace(free=1_000_000))
     _refused(["reproduce", "--out", str(tmp_path / "o"), "-q"], capsys, "only 1 MB free")
+
+
+# ---- issue 20 item 8: reproduce names its files, shows an ETA, draws readable plots ----------
+
+
+def test_reproduce_names_every_file_it_wrote_in_the_console_and_the_report(
+    tmp_path, monkeypatch, capsys
+):
+    """Declared files (JSON, a plot) and an undeclared one are listed relative to --out, in the
+    section printed to the console and in REPORT.md; the saved partial runs are not."""
+
+    def write(options):
+        folder = options.out_dir
+        written = [results.write_results(folder, "alpha", True, [0], runs=[1.0])]
+        plt = results.pyplot()
+        fig, axis = plt.subplots()
+        axis.plot([0, 1], [1, 0])
+        written.append(results.save_figure(fig, folder / "curves.png"))
+        (folder / "undeclared.csv").write_text("a,b\n")  # written but not declared
+        (folder / cli.PARTIAL_RUNS).mkdir(exist_ok=True)
+        (folder / cli.PARTIAL_RUNS / "run.pt").write_bytes(b"")
+        return registry.TaskReport("alpha", "### alpha section", written)
+
+    tasks = {"alpha": registry.Task("alpha", "alpha task", write)}
+    monkeypatch.setattr(registry, "tasks", lambda: tasks)
+    monkeypatch.setattr(registry, "groups", lambda: {})
+    out = tmp_path / "out"
+    assert main(["reproduce", "--tasks", "alpha", "--out", str(out), "-q"]) == 0
+    console = capsys.readouterr().out
+    report = (out / "REPORT.md").read_text()
+    expected = ["alpha/results.json", "alpha/curves.png", "alpha/undeclared.csv",
+                f"alpha/{cli.SECTION_FILE}"]  # fmt: skip
+    for text in (console, report):
+        assert f"Files written (relative to `{out}`)" in text
+        for name in expected:
+            assert f"- `{name}`" in text, (name, text)
+        assert "run.pt" not in text
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == {*expected, "REPORT.md"}  # each file named (REPORT.md in "wrote ...")
+
+
+def test_a_real_task_lists_its_plots(tmp_path, monkeypatch, capsys):
+    """The digits task's JSON and tables, named in REPORT.md (no plot: it draws none)."""
+    _digits_only(monkeypatch)
+    monkeypatch.setattr(demo, "train_one", _tiny([]))
+    assert main([*DIGITS, "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    for path in (tmp_path / "digits").iterdir():
+        assert f"- `digits/{path.name}`" in report
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.4, "0 s"), (59.4, "59 s"), (62, "1 min 02 s"), (3599, "59 min 59 s"),
+     (3600 + 7 * 60 + 20, "1 h 07 min"), (float("nan"), "unknown")],
+)  # fmt: skip
+def test_format_duration(seconds, shown):
+    assert run_module.format_duration(seconds) == shown
+
+
+def test_progress_line_estimates_from_the_mean_of_finished_runs():
+    line = run_module.progress_line("convnets", 2, 8, 60.0, "DFA seed 1")
+    assert line == "convnets: 2/8 runs done (DFA seed 1), 1 min 00 s; ETA 3 min 00 s"
+    assert run_module.progress_line("x", 3, 3, 5.0).endswith("3/3 runs done, 5 s; all done")
+
+
+def test_run_jobs_logs_a_progress_line_with_an_eta_per_finished_run(monkeypatch, caplog):
+    clock = [100.0]
+    monkeypatch.setattr(run_module, "_clock", lambda: clock[0])
+
+    def job(shared, item):
+        clock[0] += item  # each run takes `item` seconds
+        return item
+
+    with caplog.at_level("INFO", logger=run_module.__name__):
+        assert run_module.run_jobs(job, [10, 30, 20], "toy", progress=False) == [10, 30, 20]
+    lines = [r.getMessage() for r in caplog.records if "runs done" in r.getMessage()]
+    assert lines == [
+        "toy: 1/3 runs done, 10 s; ETA 20 s",
+        "toy: 2/3 runs done, 40 s; ETA 20 s",
+        "toy: 3/3 runs done, 1 min 00 s; all done",
+    ]
+
+
+def _alignment_history(steps):
+    layers, points = ["1", "3", "5", "7", "9", "11", "13"], ["2", "4", "6", "8", "10", "12", "14"]
+    return [
+        {
+            "step": step,
+            "loss": 2.3 / (1 + step / 10),
+            "angles": {name: 90.0 - step % 7 - i for i, name in enumerate(layers)},
+            "cosine": {name: [0.01 * (i + 1), 0.0] for i, name in enumerate(points)},
+        }
+        for step in steps
+    ]
+
+
+@pytest.mark.parametrize("steps", [range(2, 66, 2), range(10, 1000, 10), range(1, 200_000, 997)])
+def test_alignment_plots_keep_title_and_tick_labels_readable(tmp_path, monkeypatch, steps):
+    """The angle and cosine plots of principled-alignment, at quick-mode length (a short log range,
+    where matplotlib labels the minor ticks) and at full length: the (quick-mode) title lies inside
+    the figure and no two x tick labels overlap."""
+    from feedback_alignment.experiments.principled import QUICK, alignment
+
+    figures = []
+
+    def keep(fig, path, dpi=110):
+        fig.tight_layout()
+        figures.append(fig)
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(alignment, "save_figure", keep)
+    result = {"history": _alignment_history(steps), "arch": "7x240"}
+    assert len(alignment.plots(result, QUICK, tmp_path)) == 2
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        width = fig.bbox.width
+        for axis in fig.axes:
+            heading = axis.title.get_window_extent(renderer)
+            if axis.get_title():
+                assert heading.x0 >= 0 and heading.x1 <= width, axis.get_title()
+            labels = [t for t in axis.get_xticklabels(which="both")
+                      if t.get_visible() and t.get_text()
+                      and 0 <= t.get_window_extent(renderer).x0 <= width]  # fmt: skip
+            boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+            for left, right in itertools.pairwise(boxes):
+                assert left.x1 <= right.x0, [t.get_text() for t in labels]
+        results.pyplot().close(fig)

@@ -398,6 +398,37 @@ def _write_report(path: Path, quick: bool, sections: Sequence[str], pending: Seq
     write_atomic(path, text + "\n")  # a reader never sees half a report
 
 
+def _files_written(folder: Path, declared: Sequence[Path], since: float) -> list[Path]:
+    """The files a task wrote: those it declared that exist, and any other file in its folder
+    modified since ``since`` (a task that forgot to declare a plot still has it named), plus the
+    section file the report keeps there. Its saved partial runs are not results and are left out."""
+    found = {Path(p) for p in declared if Path(p).is_file()}
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            inside = path.relative_to(folder).parts
+            if PARTIAL_RUNS in inside or not path.is_file():
+                continue
+            with contextlib.suppress(OSError):  # removed while we look: not ours to name
+                if path.stat().st_mtime >= since - 2.0:  # coarse file-system clocks
+                    found.add(path)
+    found.add(folder / SECTION_FILE)
+    return sorted(found, key=lambda p: (p.parent != folder, str(p)))
+
+
+def _files_markdown(files: Sequence[Path], out_root: Path) -> str:
+    """The "Files written" list of a task's section: paths relative to ``--out`` (where REPORT.md
+    is), so that they open from the report."""
+
+    def shown(path: Path) -> str:
+        try:
+            return path.absolute().relative_to(out_root.absolute()).as_posix()
+        except ValueError:  # written outside --out (a task's own choice): the whole path
+            return str(path)
+
+    lines = [f"- `{shown(path)}`" for path in files]
+    return f"Files written (relative to `{out_root}`):\n\n" + "\n".join(lines)
+
+
 def _keep_section(folder: Path, text: str) -> None:
     from feedback_alignment.experiments.results import write_atomic
 
@@ -566,7 +597,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             tuned=not args.hand_set,
             workers=args.workers,
         )
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         store = run_module.SavedRuns(folder / PARTIAL_RUNS)
         try:
             try:
@@ -608,10 +639,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                 raise _TaskFailed(error) from error
             except Exception as error:  # one failing task must not lose the others' results
                 raise _TaskFailed(error) from error
-            sections.append(result.markdown)
-            _keep_section(folder, result.markdown)
+            written = _files_written(folder, result.files, started_at)
+            section = result.markdown + "\n\n" + _files_markdown(written, out_root)
+            sections.append(section)
+            _keep_section(folder, section)
             shutil.rmtree(store.folder, ignore_errors=True)  # the results are written
-            print(result.markdown + "\n", flush=True)
+            print(section + "\n", flush=True)
             if store.resumed:
                 _say(f"{name}: resumed {store.resumed} of {store.total} runs from {store.folder}")
             if not args.quiet:
@@ -621,7 +654,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             if args.verbose:
                 log.error("task %s failed", name, exc_info=error)
             failed.append(name)
-            sections.append(f"### {name}\n\nFAILED: {type(error).__name__}: {error}")
+            section = f"### {name}\n\nFAILED: {type(error).__name__}: {error}"
+            written = _files_written(folder, [], started_at)
+            sections.append(section + "\n\n" + _files_markdown(written, out_root))
             try:
                 _keep_section(folder, sections[-1])
             except ResultsWriteError as write_error:

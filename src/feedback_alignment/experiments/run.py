@@ -7,7 +7,8 @@ schedule) and :func:`fit` runs the plain PyTorch loop that every task shares::
     fit = run.fit(model, optimizer, batches, loss, epochs=10, evaluate=validate, select="acc")
 
 Progress bars show only on a terminal (``tqdm`` is disabled when stderr is not a TTY); elsewhere
-each training run logs one line when it ends.
+each training run logs one line when it ends, and :func:`run_jobs` one more with the runs done out
+of the task's total and an ETA (:func:`progress_line`).
 """
 
 from __future__ import annotations
@@ -123,6 +124,38 @@ def jobs(
         if not on_terminal():
             log.info("%s: run %d/%d %s", desc, i, len(items), label(item))
         yield item
+
+
+_clock: Callable[[], float] = time.perf_counter
+"""The clock of the progress lines (a test replaces it)."""
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``3 min 05 s`` or ``2 h 07 min``: a duration as a progress line shows it."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, whole = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {whole:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def progress_line(desc: str, done: int, total: int, elapsed: float, what: str = "") -> str:
+    """One line per finished run: ``desc: 3/9 runs done (DFA seed 0), 1 min 02 s; ETA 2 min 04 s``.
+
+    The ETA is the mean time per finished run (wall clock, so with several workers it is their
+    combined rate) times the runs left; the last line says ``all done`` instead.
+    """
+    name = f" ({what})" if what else ""
+    line = f"{desc}: {done}/{total} runs done{name}, {format_duration(elapsed)}"
+    if done >= total:
+        return line + "; all done"
+    eta = elapsed / done * (total - done) if done > 0 else math.nan
+    return line + f"; ETA {format_duration(eta)}"
 
 
 R = TypeVar("R")
@@ -393,11 +426,15 @@ def _run_jobs(
     finished: Callable[[int, R], None],
 ) -> list[R]:
     """:func:`run_jobs` without the saved runs; ``finished(index, result)`` as each run ends."""
+    started = _clock()
     if workers == 1 or len(items) <= 1:
         out = []
+        bar_shown = progress and on_terminal()  # the bar shows its own ETA
         for index, item in enumerate(jobs(items, desc, progress, label)):
             out.append(fn(shared, item))
             finished(index, out[-1])
+            if not bar_shown:
+                log.info(progress_line(desc, index + 1, len(items), _clock() - started))
         return out
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -425,6 +462,7 @@ def _run_jobs(
                         len(items),
                         label(items[futures[future]]),
                     )
+                    log.info(progress_line(desc, count_done, len(items), _clock() - started))
         except BaseException:  # a failed run, Ctrl-C or SIGTERM: the other workers stop too
             _stop(pool)
             raise

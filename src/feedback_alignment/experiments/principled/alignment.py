@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,34 @@ def _series(history: Sequence[dict[str, Any]], key: str, name: str) -> list[floa
     return values
 
 
+def _step_axis(axis: Any, steps: Sequence[int]) -> None:
+    """A log step axis labelled 1, 2, 5, 10, 20, ... in plain numbers (only 1, 10, 100, ... over
+    more than three decades), with no labels on the minor ticks (matplotlib labels them
+    ``2x10^1`` over a short range, and they overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [s for s in steps if s > 0] or [1]
+    decades = math.log10(max(positive) / min(positive))
+    axis.set_xscale("log")
+    axis.xaxis.set_major_locator(
+        LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,))
+    )
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xlabel("training step (log scale)")
+
+
+def _title(text: str, quick: bool, width: int = 60) -> str:
+    """The plot title wrapped to lines that fit a 7-inch-wide figure (quick mode first)."""
+    return textwrap.fill(title(text, quick), width)
+
+
 def plots(result: dict[str, Any], setting: Setting, out_dir: Path) -> list[Path]:
     """``alignment_angles.png`` (angles above the loss) and ``alignment_cosine.png``."""
     history = result.get("history")
     if not history:
         return []
-    what = f"{setting.dataset}, {result['arch']}"
+    what = f"{setting.dataset} {result['arch']} tanh"
     plt = pyplot()
     steps = [h["step"] for h in history]
 
@@ -166,11 +189,10 @@ def plots(result: dict[str, Any], setting: Setting, out_dir: Path) -> list[Path]
     highest = max((a for h in history for a in h["angles"].values() if a == a), default=90.0)
     top.set_ylim(0, max(100.0, highest + 5))
     top.legend(title="hidden Linear", fontsize=8, ncol=2, loc="lower left")
-    top.set_title(title(f"DFA, {what} tanh: update angle per hidden layer; loss", setting.quick))
+    top.set_title(_title(f"DFA, {what}: update angle per hidden layer, and loss", setting.quick))
     bottom.plot(steps, [h["loss"] for h in history], color="black")
     bottom.set_ylabel("probe-batch loss")
-    bottom.set_xlabel("training step (log scale)")
-    bottom.set_xscale("log")
+    _step_axis(bottom, steps)
     for axis in (top, bottom):
         axis.grid(True, alpha=0.3)
     angles = save_figure(fig, out_dir / "alignment_angles.png")
@@ -181,10 +203,9 @@ def plots(result: dict[str, Any], setting: Setting, out_dir: Path) -> list[Path]
     for point, colour in zip(points, colours, strict=True):
         axis.plot(steps, _series(history, "cosine", point), color=colour, label=f"point {point}")
     axis.axhline(0, color="grey", linestyle="--", linewidth=1)
-    axis.set_xscale("log")
-    axis.set_xlabel("training step (log scale)")
+    _step_axis(axis, steps)
     axis.set_ylabel("cosine(DFA signal, BP signal)")
-    axis.set_title(title(f"DFA on {what} tanh: signal alignment per feedback point", setting.quick))
+    axis.set_title(_title(f"DFA, {what}: signal alignment per feedback point", setting.quick))
     axis.legend(title="after tanh", fontsize=8, ncol=2)
     axis.grid(True, alpha=0.3)
     return [angles, save_figure(fig, out_dir / "alignment_cosine.png")]
