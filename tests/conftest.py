@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from feedback_alignment.rules import direct
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -12,6 +14,7 @@ def _deterministic():
     """Every test starts from the same global RNG state and restores the default dtype after."""
     torch.manual_seed(1234)
     torch.set_default_dtype(torch.float32)
+    direct._bottleneck_warned = False  # given once per process: each test may expect it
     yield
     torch.set_default_dtype(torch.float32)
 

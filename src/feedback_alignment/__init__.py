@@ -16,6 +16,7 @@ from feedback_alignment.alignment import (
     alignment,
     weight_alignment,
 )
+from feedback_alignment.checkpoints import feedback_keys, plain_state_dict
 from feedback_alignment.optim import (
     batch_manhattan,
     constrain_weight_norm,
@@ -41,17 +42,22 @@ from feedback_alignment.rules import (
     frSF,
     uSF,
 )
-from feedback_alignment.rules.base import applied_rules
+from feedback_alignment.rules.base import (
+    BottleneckWarning,
+    FeedbackResetWarning,
+    applied_rules,
+)
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``fa.data`` (the data registry) is imported on first use: it is not needed for training."""
-    if name == "data":
+    """``fa.data`` (the data registry) and ``fa.integrations`` (the trainer callbacks) are
+    imported on first use: training needs neither."""
+    if name in ("data", "integrations"):
         import importlib
 
-        return importlib.import_module("feedback_alignment.data")
+        return importlib.import_module(f"feedback_alignment.{name}")
     raise AttributeError(f"module 'feedback_alignment' has no attribute {name!r}")
 
 
@@ -79,8 +85,10 @@ __all__ = [
     "RULES",
     "AlignmentMonitor",
     "AlignmentReport",
+    "BottleneckWarning",
     "DirectFeedback",
     "FeedbackPoint",
+    "FeedbackResetWarning",
     "KolenPollack",
     "LayerwiseFeedback",
     "PlacementError",
@@ -97,9 +105,11 @@ __all__ = [
     "brSF",
     "constrain_weight_norm",
     "data",
+    "feedback_keys",
     "find_points",
     "frSF",
     "models",
+    "plain_state_dict",
     "remove_weight_norm_constraint",
     "uSF",
     "weight_alignment",

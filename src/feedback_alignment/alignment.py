@@ -276,8 +276,9 @@ def _weights_by_module(model: nn.Module) -> dict[str, str]:
 
 
 def _width(rule: Rule, model: nn.Module, point: str) -> int | None:
-    layout_of = getattr(rule, "layout", None)
-    layout = layout_of(model) if callable(layout_of) else None
+    # the binding's layout: None before the first training pass (rule.layout() raises then)
+    bound = getattr(rule, "_bound", None)
+    layout = getattr(bound(model), "layout", None) if callable(bound) else None
     if layout is not None and point in layout.names:
         return layout.widths[layout.names.index(point)]
     return None

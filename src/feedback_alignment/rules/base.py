@@ -18,6 +18,18 @@ from torch import nn
 from feedback_alignment.points import PlacementError
 
 
+class BottleneckWarning(UserWarning):
+    """A direct rule's feedback point is narrower than the output error it receives.
+
+    Given once per process (filter it with ``warnings.simplefilter("ignore",
+    fa.BottleneckWarning)``, or turn it into an error with ``"error"``)."""
+
+
+class FeedbackResetWarning(UserWarning):
+    """A checkpoint without a rule's *learned* feedback (Kolen-Pollack's ``B``, the weight
+    mirror's ``B``) was loaded: that feedback starts again from its initial draw."""
+
+
 class Rule(ABC):
     """Base class of all learning rules."""
 

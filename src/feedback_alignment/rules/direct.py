@@ -62,7 +62,7 @@ from feedback_alignment.points import (
     find_blocks,
     find_points,
 )
-from feedback_alignment.rules.base import BoundRule, refuse_reverse_transform
+from feedback_alignment.rules.base import BottleneckWarning, BoundRule, refuse_reverse_transform
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
 """Name of the feedback buffer registered on the model: ``model.state_dict()[FEEDBACK_BUFFER]``."""
@@ -231,9 +231,29 @@ class DirectFeedback(BoundRule):
         """Module paths where feedback enters ``model`` (before any forward pass)."""
         return [name for name, _ in self._binding(model).points]
 
-    def layout(self, model: nn.Module) -> FeedbackLayout | None:
-        """The feedback layout fixed by the first training forward pass (``None`` before)."""
-        return self._binding(model).layout
+    def layout(self, model: nn.Module) -> FeedbackLayout:
+        """The feedback layout (points, widths, ``d_out``, scales) fixed by the first training
+        forward pass.
+
+        Raises:
+            RuntimeError: before that pass: the widths of the points and of the output are known
+                only once the model has run.
+        """
+        binding = self._binding(model)
+        if not binding.feeds:
+            raise RuntimeError(
+                f"{self.name} sends no feedback, so it has no feedback layout: its points only "
+                "cut the graph (the layers below them do not learn); point_names(model) lists them"
+            )
+        layout = binding.layout
+        if layout is None:
+            raise RuntimeError(
+                f"{self.name}'s feedback layout of {type(model).__name__} is not known yet: the "
+                "widths of the feedback points and of the output are read at the first training "
+                "forward pass. Run one forward pass with gradients enabled (model(x), in train "
+                "or eval mode) before calling layout(); point_names(model) lists the points now"
+            )
+        return layout
 
     def parameter_roles(self, model: nn.Module) -> dict[str, str]:
         """How each parameter learns, as the cut verification found it in the graph of the first
@@ -245,10 +265,10 @@ class DirectFeedback(BoundRule):
 
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The effective ``B_l`` (shape ``(d_out, n_l)``) of every point, after scaling."""
-        layout = self.layout(model)
+        layout = self._binding(model).layout
         buffer = model._buffers.get(FEEDBACK_BUFFER)
         if layout is None or buffer is None:
-            return {}
+            return {}  # before the first training forward pass
         return {name: layout.matrix(buffer, i) for i, name in enumerate(layout.names)}
 
     # --- signal ----------------------------------------------------------------------------------
@@ -956,13 +976,7 @@ class _Binding:
             model._buffers[FEEDBACK_BUFFER] = buffer
             narrow = {n: w for n, w in zip(names, widths, strict=True) if w < out_features}
             if narrow:
-                warnings.warn(
-                    f"feedback points {narrow} are narrower than the output (d_out="
-                    f"{out_features}): the layers below such a bottleneck receive their signal "
-                    "through it and align poorly with BP (measured in docs/REPRODUCTION.md, "
-                    "'Principled DFA training'; Launay et al. 2019)",
-                    stacklevel=2,
-                )
+                _warn_bottleneck(narrow, out_features, self.error_at)
         elif tuple(buffer.shape) != shape:
             raise PlacementError(
                 f"the loaded feedback matrix has shape {tuple(buffer.shape)} but these feedback "
@@ -1042,11 +1056,27 @@ class _Binding:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
-    def _before_load(self, module: nn.Module, state_dict: Mapping, prefix: str, *args) -> None:
-        """Makes room for a saved feedback matrix in a model that has not run forward yet."""
+    def feedback_keys(self) -> list[str]:
+        """The ``state_dict`` keys this binding adds to its model (relative to the model)."""
+        return [FEEDBACK_BUFFER] if self.owner._buffers.get(FEEDBACK_BUFFER) is not None else []
+
+    def _before_load(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        """Makes room for a saved feedback matrix in a model that has not run forward yet, and
+        regenerates the matrix from the rule's seed when the checkpoint has none (a plain
+        checkpoint, :func:`feedback_alignment.checkpoints.plain_state_dict`): the matrix is a
+        function of the seed and its shape, so the regenerated one is the one training used."""
         key = prefix + FEEDBACK_BUFFER
         incoming = state_dict.get(key)
         if incoming is None:
+            current = module._buffers.get(FEEDBACK_BUFFER)
+            if current is not None:  # expected by a strict load: draw it again
+                state_dict[key] = draw(
+                    self.rule.feedback,
+                    tuple(current.shape),
+                    direct_stream_seed(self.rule.seed),
+                    dtype=current.dtype,
+                    device=current.device,
+                )
             return
         current = module._buffers.get(FEEDBACK_BUFFER)
         if current is None or tuple(current.shape) != tuple(incoming.shape):
@@ -1054,6 +1084,33 @@ class _Binding:
             module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
         self.layout = None  # re-checked against the loaded matrix at the next forward pass
         self._signature = None
+
+
+_bottleneck_warned = False
+"""Whether this process has given the :class:`BottleneckWarning` (it is given once)."""
+
+
+def _warn_bottleneck(narrow: dict[str, int], out_features: int, error_at: str | None) -> None:
+    global _bottleneck_warned
+    if _bottleneck_warned:
+        return
+    _bottleneck_warned = True
+    remedy = (
+        "place the points on layers at least that wide (rule.apply(model, points=[...]))"
+        if error_at is not None
+        else "take the error before the widest projection with rule.apply(model, error_at=...) "
+        "(for a language model, the final norm before the vocabulary projection: the feedback "
+        "then has the hidden width), or place the points on layers at least that wide"
+    )
+    warnings.warn(
+        f"feedback points {narrow} are narrower than the output (d_out={out_features}) whose "
+        "error they receive: the layers below such a bottleneck align poorly with BP (Launay et "
+        f"al. 2019; measured in the docs, 'Reproducing the papers'). To avoid it, {remedy}. "
+        "Given once per process; silence it with warnings.simplefilter('ignore', "
+        "fa.BottleneckWarning)",
+        BottleneckWarning,
+        stacklevel=3,
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -119,7 +119,11 @@ from feedback_alignment.functional import (
     conv_nd,
     linear_weight_grad,
 )
-from feedback_alignment.rules.base import BoundRule, refuse_reverse_transform
+from feedback_alignment.rules.base import (
+    BoundRule,
+    FeedbackResetWarning,
+    refuse_reverse_transform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +256,54 @@ class _Binding:
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
         self.calls: dict[str, int] = {}
         self.warned: set[str] = set()
+        self.load_hook: Any = None  # the model's load_state_dict pre-hook (rules with buffers)
+
+    def feedback_keys(self, model: nn.Module) -> list[str]:
+        """The ``state_dict`` keys the rule adds to ``model`` (relative to it), every path of a
+        shared layer included."""
+        converted = {id(layer.module) for layer in self.layers}
+        keys = []
+        for path, module in model.named_modules(remove_duplicate=False):
+            if id(module) not in converted:
+                continue
+            for name in self.rule.buffers:
+                if module._buffers.get(name, module._parameters.get(name)) is not None:
+                    keys.append(f"{path}.{name}" if path else name)
+        return keys
+
+    def before_load(self, model: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """``load_state_dict`` pre-hook of the model: feedback that the checkpoint lacks (a plain
+        checkpoint, :func:`feedback_alignment.checkpoints.plain_state_dict`) is regenerated as
+        ``apply`` made it, from the rule's seed, so a strict load succeeds; feedback in the
+        checkpoint is loaded as usual. Learned feedback (KP, weight mirror) starts afresh, with
+        a :class:`FeedbackResetWarning`."""
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
+        reset: list[str] = []
+        by_module = {id(layer.module): layer for layer in self.layers}
+        for path, module in model.named_modules(remove_duplicate=False):
+            layer = by_module.get(id(module))
+            if layer is None:
+                continue
+            for name in self.rule.buffers:
+                key = f"{prefix}{path}.{name}" if path else f"{prefix}{name}"
+                current = module._buffers.get(name, module._parameters.get(name))
+                if current is None or key in state_dict:
+                    continue
+                if id(module) not in fresh:
+                    with torch.no_grad():
+                        fresh[id(module)] = self.rule._fresh_state(layer, layer.weight.detach())
+                state_dict[key] = fresh[id(module)][name]
+                if self.rule.learns_feedback:
+                    reset.append(key)
+        if reset:
+            warnings.warn(
+                f"{self.rule.name}: the checkpoint has no learned feedback for {len(reset)} "
+                f"layer(s) ({', '.join(reset[:3])}{', ...' if len(reset) > 3 else ''}): it starts "
+                "afresh from the rule's initial draw (seed "
+                f"{self.rule.seed}). Save rule state with model.state_dict() to keep it",
+                FeedbackResetWarning,
+                stacklevel=3,
+            )
 
 
 def _weight_parameters(module: nn.Module, name: str = "weight") -> list[torch.Tensor]:
@@ -285,6 +337,8 @@ class LayerwiseFeedback(BoundRule):
     family = "layerwise"
     #: names this rule adds to each converted layer's ``state_dict`` (buffers, or KP's parameter)
     buffers: tuple[str, ...] = ()
+    #: whether the feedback is learned during training (a checkpoint without it loses it)
+    learns_feedback: bool = False
 
     def __init__(self, scale: str | float = "init", norm: str | None = None, seed: int = 0) -> None:
         owner = type(self).__name__
@@ -318,6 +372,9 @@ class LayerwiseFeedback(BoundRule):
             self._attach(model, None)  # raises, naming the rule already applied
         layers = self._collect(model, exclude)
         binding = _Binding(self, layers)
+        if self.buffers:
+            hook = model._register_load_state_dict_pre_hook(binding.before_load, with_module=True)
+            binding.load_hook = hook
         for layer in layers:
             weight = layer.weight
             layer.scale = self._scale_of(weight, layer.kind)
@@ -333,6 +390,8 @@ class LayerwiseFeedback(BoundRule):
 
     def remove(self, model: nn.Module) -> nn.Module:
         binding = self._detach(model)
+        if binding.load_hook is not None:
+            binding.load_hook.remove()
         for layer in binding.layers:
             module = layer.module
             module.__dict__.pop("forward", None)
@@ -377,6 +436,12 @@ class LayerwiseFeedback(BoundRule):
 
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
         """Registers the layer's feedback state (called once per layer by ``apply``)."""
+
+    def _fresh_state(self, layer: _Layer, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The values of the names in :attr:`buffers` as ``apply`` creates them for ``layer``
+        (a function of the seed, the layer's index and ``weight``'s shape): what a checkpoint
+        without them loads."""
+        return {}
 
     def _feedback(
         self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
@@ -792,6 +857,9 @@ class FA(LayerwiseFeedback):
         seed = layer_seed(self.seed, layer.index)
         return _unit_draw(self.distribution, weight, seed) * layer.scale
 
+    def _fresh_state(self, layer: _Layer, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {FEEDBACK_WEIGHT: self._initial(layer, weight)}
+
     def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
         layer.module.register_buffer(FEEDBACK_WEIGHT, self._initial(layer, weight))
 
@@ -864,17 +932,22 @@ class SignSymmetry(LayerwiseFeedback):
             f"scale={self.scale!r}, norm={self.norm!r}, seed={self.seed})"
         )
 
-    def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
-        layer.cache = None
+    def _fresh_state(self, layer: _Layer, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """frSF: ``s|M|``; brSF: the stream at its start, ``(k, 0, NO_FINGERPRINT)``."""
         if self.variant == "frsf":
             seed = layer_seed(self.seed, layer.index)
             magnitude = _unit_draw(self.distribution, weight, seed).abs() * layer.scale
-            layer.module.register_buffer(FEEDBACK_MAGNITUDE, magnitude)
-        elif self.variant == "brsf":
+            return {FEEDBACK_MAGNITUDE: magnitude}
+        if self.variant == "brsf":
             stream = [layer_seed(self.seed, layer.index), 0, NO_FINGERPRINT]
-            layer.module.register_buffer(
-                FEEDBACK_STREAM, torch.tensor(stream, dtype=torch.int64, device=weight.device)
-            )
+            return {FEEDBACK_STREAM: torch.tensor(stream, dtype=torch.int64, device=weight.device)}
+        return {}
+
+    def _setup(self, layer: _Layer, weight: torch.Tensor) -> None:
+        layer.cache = None
+        for name, value in self._fresh_state(layer, weight).items():
+            layer.module.register_buffer(name, value)
+        if self.variant == "brsf":
             layer.module._register_load_state_dict_pre_hook(_upgrade_stream, with_module=True)
             # the position in the stream is kept on the host and re-read from the buffer only
             # after a load (no device sync per step, also when DDP re-broadcasts the buffer)
@@ -1015,6 +1088,7 @@ class KolenPollack(FA):
     """
 
     name = "KP"
+    learns_feedback = True
 
     def __init__(
         self,
@@ -1088,6 +1162,7 @@ class WeightMirror(FA):
     """
 
     name = "WM"
+    learns_feedback = True
 
     @torch.no_grad()
     def mirror(
