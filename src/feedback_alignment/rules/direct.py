@@ -463,7 +463,7 @@ class _Binding:
         self._matrix_cache: torch.Tensor | None = None
         self.handles = [
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
-            model.register_forward_pre_hook(self._begin_forward),
+            model.register_forward_pre_hook(_EagerHook(self._begin_forward)),
         ]
         self.selected_calls: dict[str, set[int] | None] = {}  # module path -> calls, None: all
         modules: dict[str, nn.Module] = {}
@@ -476,14 +476,16 @@ class _Binding:
                 self.selected_calls.setdefault(base, set()).add(int(call))
         for base, module in modules.items():
             if base.endswith(INPUT_SUFFIX):
-                hook = partial(self._at_point_input, base)
+                hook = _EagerHook(partial(self._at_point_input, base))
                 self.handles.append(module.register_forward_pre_hook(hook))
             else:
-                self.handles.append(module.register_forward_hook(partial(self._at_point, base)))
+                hook = _EagerHook(partial(self._at_point, base))
+                self.handles.append(module.register_forward_hook(hook))
         if error_site is not None:
-            self.handles.append(error_site.register_forward_hook(self._at_error_site))
+            self.handles.append(error_site.register_forward_hook(_EagerHook(self._at_error_site)))
         # always_call: the records are cleared even when the forward pass raises
-        self.handles.append(model.register_forward_hook(self._end_forward, always_call=True))
+        end = _EagerHook(self._end_forward)
+        self.handles.append(model.register_forward_hook(end, always_call=True))
 
     def close(self, model: nn.Module) -> None:
         for handle in self.handles:
@@ -998,7 +1000,14 @@ class _Binding:
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
         if layout is None or buffer is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")
-        if (
+        if self.rule.check_finite and torch.compiler.is_compiling():
+            # traced (compiled autograd): a device-side assert, no host sync, no graph break
+            torch._assert_async(
+                torch.isfinite(error.sum()),
+                "the output error dL/dy contains NaN/Inf values; DFA would feed them to every "
+                "layer (check_finite=False skips this check)",
+            )
+        elif (
             self.rule.check_finite
             and error.device.type != "meta"  # shapes only: no values to check
             and not math.isfinite(error.sum().item())
@@ -1084,6 +1093,36 @@ class _Binding:
             module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
         self.layout = None  # re-checked against the loaded matrix at the next forward pass
         self._signature = None
+
+
+_COMPILE_REASON = (
+    "feedback-alignment: a direct rule's feedback points (DFA, SignDFA, DRTP, Shallow) are graph "
+    "breaks by design: the cut and the projection of the error run in eager code between "
+    "compiled blocks, where the cut is proved. torch.compile(model, fullgraph=True) cannot "
+    "compile them: leave out fullgraph=True"
+)
+
+
+class _EagerHook:
+    """``hook`` run by Python even inside ``torch.compile``: TorchDynamo breaks the graph at it.
+
+    Why: a direct rule's hooks keep per-forward records, cut the graph and inject the projection
+    node; traced into one compiled graph, the points would disappear inside a single AOT autograd
+    node and the cut could not be proved (nor the signal injected per point). With a break at every
+    point, each block between two points compiles into its own graph (and its own autograd node),
+    the cut and the injection happen in eager code between them, and the cut verification walks
+    the compiled blocks' nodes as it walks eager ones. The cost is one graph per block.
+
+    An object rather than a closure, so that ``copy.deepcopy`` and pickling of the model carry the
+    hook's binding over to the copy (a closure would be shared with the original).
+    """
+
+    def __init__(self, hook: Callable) -> None:
+        self.hook = hook
+
+    @torch.compiler.disable(reason=_COMPILE_REASON)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.hook(*args, **kwargs)
 
 
 _bottleneck_warned = False
