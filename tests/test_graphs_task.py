@@ -28,3 +28,45 @@ def test_graphs_quick_mode_writes_results(tmp_path):
             assert run["alignment"], "DFA runs measure the hidden layer's alignment"
     assert "GCNConv" in report.markdown and "80.1" in report.markdown
     assert (tmp_path / "graphs_cora.png").stat().st_size > 10_000
+
+
+def test_each_pair_draws_its_own_planetoid_style_split():
+    torch = pytest.importorskip("torch")
+    if not data.is_cached("cora"):
+        pytest.skip("cora is not cached: python -m feedback_alignment data fetch cora")
+    graph = graphs.load_cora()
+    same = graphs.split_graph(graph, 0)
+    for mask in ("train_mask", "val_mask", "test_mask"):  # pair 0 is the default split
+        assert torch.equal(getattr(same, mask), getattr(graph, mask))
+    other = graphs.split_graph(graph, 1)
+    assert int(other.train_mask.sum()) == 140 and int(other.val_mask.sum()) == 500
+    assert int(other.test_mask.sum()) == 1000
+    assert not torch.equal(other.train_mask, graph.train_mask)
+    assert not torch.equal(other.test_mask, graph.test_mask)
+    assert torch.equal(graph.x, other.x) and torch.equal(graph.edge_index, other.edge_index)
+    assert tuple(range(10)) == graphs.GCN_PAIRS
+
+
+def test_the_gcn_split_table_gives_mean_spread_and_per_pair_g():
+    from feedback_alignment.experiments.graphs_report import split_table
+
+    runs = [
+        graphs.GraphRun("gcn", rule, k, acc, 0.0, 0, 0.0)
+        for k, (bp, dfa) in enumerate(((80.0, 79.0), (82.0, 80.0)))
+        for rule, acc in (("BP", bp), ("DFA", dfa), ("Shallow", 40.0))
+    ]
+    table = split_table(runs)
+    rows = {row[0]: row for row in table.rows}
+    assert rows["DFA test accuracy %"][1]["mean"] == pytest.approx(79.5)
+    assert rows["G per pair"][1]["mean"] == pytest.approx((39 / 40 + 40 / 42) / 2)
+    assert rows["G from the mean accuracies"][1] == pytest.approx(39.5 / 41)
+    assert rows["G per pair"][5] == 2 and "public Planetoid split" in table.caption
+
+
+def test_the_split_task_writes_its_table(tmp_path):
+    if not data.is_cached("cora"):
+        pytest.skip("cora is not cached: python -m feedback_alignment data fetch cora")
+    assert "graphs-gcn-splits" in tasks()
+    graphs.run_splits(RunOptions(out_dir=tmp_path, quick=True, progress=False))
+    payload = json.loads((tmp_path / "graphs_cora_splits.json").read_text())
+    assert payload["rows"][0][0] == "BP test accuracy %" and payload["mode"] == "quick"

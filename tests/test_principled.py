@@ -29,7 +29,7 @@ def test_spearman_ranks_with_ties():
 
 def test_partly_trained_layer_updates_only_its_trained_units():
     torch.manual_seed(0)
-    model, points = p.bottleneck_mlp(6, 3, "masked", wide=12)
+    model, points = p.bottleneck_mlp(6, 3, "rows", wide=12)
     middle = model[3]
     frozen_before = middle.frozen.weight.detach().clone()
     trained_before = middle.trained.weight.detach().clone()
@@ -88,7 +88,8 @@ def test_every_part_runs_in_the_tiny_setting(tmp_path):
     names = {f.name for f in report.files}
     assert {"alignment_angles.png", "alignment_cosine.png", "bottleneck_cosine.png"} <= names
     curves = json.loads((tmp_path / "bottleneck.json").read_text())["curves"]
-    assert curves["masked"]["width"] == list(p.TINY.bottleneck_widths)
+    for arm in ("entries-sgd", "entries-adam", "rows", "narrow"):
+        assert curves[arm]["width"] == list(p.TINY.bottleneck_widths)
     history = json.loads((tmp_path / "alignment.json").read_text())["history"]
     assert history and len(history[0]["angles"]) == p.TINY.deep[0]
     rules = {r["rule"] for r in json.loads((tmp_path / "mlp.json").read_text())["runs"]}
@@ -202,7 +203,7 @@ def test_the_bottleneck_caption_averages_bp_over_seeds():
     def run(rule: str, width: int, seed: int, accuracy: float) -> p.Run:
         return p.Run("bottleneck", "x", rule, "toy", seed, accuracy, 0.1, {"1": 50.0},
                      {"a": (0.1, 0.0), "b": (0.2, 0.0), "c": (0.3, 0.0)}, 1.0,
-                     {"variant": "narrow", "width": width})  # fmt: skip
+                     {"variant": "narrow", "width": width, "arm": "narrow"})  # fmt: skip
 
     runs = [
         run("BP", 1, 0, 0.40),
@@ -211,10 +212,109 @@ def test_the_bottleneck_caption_averages_bp_over_seeds():
         run("BP", 4, 1, 0.9),
     ]
     runs += [run("DFA", b, s, 0.5) for b in (1, 4) for s in (0, 1)]
-    masked = [p.Run(**{**r.__dict__, "settings": {"variant": "masked", "width": r.settings["width"]}})
+    masked = [p.Run(**{**r.__dict__, "settings": {"variant": "entries", "arm": "entries-sgd",
+                                                  "width": r.settings["width"]}})
               for r in runs if r.rule == "DFA"]  # fmt: skip
     result = {"runs": runs + masked, "curves": bottleneck.curves(runs + masked), "features": 4}
     caption = bottleneck.table(result, p.TINY).caption
     assert (
-        "BP, narrow: 50.00% at b=1, 85.00% at b=4" in caption and "Means over 2 seed(s)" in caption
+        "BP (narrow, Adam): 50.00% at b=1, 85.00% at b=4" in caption
+        and "Means over 2 seed(s)" in caption
     )
+
+
+# --- the bottleneck with the paper's definition (issue 22) -----------------------------------
+
+
+def test_the_papers_mask_zeroes_a_fixed_fraction_of_gradient_entries_and_keeps_the_output():
+    from feedback_alignment.experiments.principled.bottleneck import EntryMaskedLinear
+
+    torch.manual_seed(0)
+    model, points = p.bottleneck_mlp(6, 3, "entries", wide=12)
+    middle = model[3]
+    assert isinstance(middle, EntryMaskedLinear) and points == ["2", "4", "6"]
+    # b/wide of the entries: 3/12 of 144 weights, 3 of 12 biases
+    assert int(middle.weight_mask.sum()) == 36 and int(middle.bias_mask.sum()) == 3
+    torch.manual_seed(0)  # the same initial weights as the plain model of that seed
+    plain, _ = p.bottleneck_mlp(6, 12, "narrow", wide=12)
+    x = torch.randn(5, 6)
+    assert torch.equal(model(x), plain(x))
+    rule = DFA(seed=0)
+    rule.apply(model, points=points)
+    before = middle.weight.detach().clone()
+    loss = F.cross_entropy(model(x), torch.randint(0, 10, (5,)))
+    loss.backward()
+    grad = middle.weight.grad
+    assert torch.all(grad[middle.weight_mask == 0] == 0)
+    assert torch.count_nonzero(grad[middle.weight_mask == 1]) > 0
+    assert torch.all(middle.bias.grad[middle.bias_mask == 0] == 0)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    changed = middle.weight.detach() != before
+    assert torch.equal(changed, changed & (middle.weight_mask == 1))
+    # every unit still receives B e: the feedback point is all 12 units wide
+    assert list(rule.layout(model).widths) == [12, 12, 12]
+    assert set(middle.state_dict()) == {"weight", "bias", "weight_mask", "bias_mask"}
+
+
+def test_the_papers_cosine_is_over_all_units_of_the_middle_layer():
+    from feedback_alignment.alignment import alignment
+
+    torch.manual_seed(0)
+    model, points = p.bottleneck_mlp(6, 1, "entries", wide=12)
+    rule = DFA(seed=0)
+    rule.apply(model, points=points)
+    report = alignment(model, rule, (torch.randn(64, 6), torch.randint(0, 10, (64,))),
+                       F.cross_entropy)  # fmt: skip
+    mean, _ = report.signal_cosine["4"]
+    # over 12 units a per-sample cosine is not a sign (the rows variant at b = 1 gives +-1)
+    assert -1.0 < mean < 1.0
+    rows, row_points = p.bottleneck_mlp(6, 1, "rows", wide=12)
+    rows_rule = DFA(seed=0)
+    with pytest.warns(UserWarning):
+        rows_rule.apply(rows, points=row_points)
+        other = alignment(rows, rows_rule, (torch.randn(64, 6), torch.randint(0, 10, (64,))),
+                          F.cross_entropy)  # fmt: skip
+    mean_sign, std_sign = other.signal_cosine["3.act"]
+    # each sample's cosine is +1 or -1, so mean^2 + std^2 = 1 (the sign agreement)
+    assert mean_sign**2 + std_sign**2 == pytest.approx(1.0, abs=0.05)
+    assert mean**2 + report.signal_cosine["4"][1] ** 2 < 0.9
+
+
+def test_the_papers_optimiser_is_plain_sgd_on_a_summed_loss():
+    from feedback_alignment.experiments.principled import bottleneck
+    from feedback_alignment.experiments.principled.common import Recipe
+
+    recipe = bottleneck.recipe_for(p.FULL, "sgd-sum")
+    assert (recipe.optimizer, recipe.momentum, recipe.reduction) == ("sgd", 0.0, "sum")
+    assert recipe.lr == 5e-4 and recipe.epochs == p.FULL.bottleneck_long_epochs > 1
+    assert bottleneck.recipe_for(p.FULL, "adam").reduction == "mean"
+    with pytest.raises(ValueError, match="unknown loss reduction 'max'"):
+        Recipe(1, reduction="max")
+    # SGD on the sum at lr / N takes the very step of SGD on the mean at lr
+    split = Split("toy", torch.randn(32, 1, 2, 2), torch.randint(0, 10, (32,)),
+                  torch.randn(8, 1, 2, 2), torch.randint(0, 10, (8,)))  # fmt: skip
+    weights = []
+    for reduction, lr in (("sum", 0.1 / 32), ("mean", 0.1)):
+        recipe = Recipe(1, lr, "sgd", batch_size=32, momentum=0.0, reduction=reduction)
+        built = []
+
+        def build(built=built):
+            model = p.block_mlp((4, 8, 10))[0]
+            built.append(model)
+            return model, None
+
+        p.common.train_run("t", "t", "BP", build, split, recipe, seed=0, probe=8, progress=False)
+        weights.append(built[0][1].weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_the_bottleneck_runs_are_saved_as_they_end(tmp_path):
+    from feedback_alignment.experiments.run import saved_runs
+
+    with saved_runs(tmp_path / "saved") as store:
+        p.run_parts(("bottleneck",), tmp_path / "out", p.TINY, seeds=(0,), progress=False)
+    widths = len(p.TINY.bottleneck_widths)
+    assert store.count() == 4 * widths + 2  # four DFA arms per width, BP at the two extremes
+    with saved_runs(tmp_path / "saved") as again:
+        p.run_parts(("bottleneck",), tmp_path / "again", p.TINY, seeds=(0,), progress=False)
+    assert again.resumed == again.total == 4 * widths + 2

@@ -58,3 +58,21 @@ def test_a_missing_json_is_a_clear_error(tmp_path, capsys):
     assert "name a results table 'nowhere'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"keys \['columns', 'rows'\] are missing"):
         Table.from_json({"table": "x"})
+
+
+def test_no_readme_renders_reproduction_and_leaves_readme_untouched(tmp_path, monkeypatch):
+    (tmp_path / "docs").mkdir()
+    table = "<!-- results: graphs_cora -->\nstale\n<!-- /results -->\n"
+    (tmp_path / "docs" / "REPRODUCTION.md").write_text(table)
+    readme = "# hand edits\n" + table
+    (tmp_path / "README.md").write_text(readme)
+    monkeypatch.chdir(tmp_path)
+    args = ["--results", str(RESULTS)]
+    assert render.main([*args, "--no-readme"]) == 0
+    assert "| GCNConv |" in (tmp_path / "docs" / "REPRODUCTION.md").read_text()
+    assert (tmp_path / "README.md").read_text() == readme
+    # naming README.md with --no-readme still leaves it alone
+    assert render.main(["README.md", *args, "--no-readme"]) == 0
+    assert (tmp_path / "README.md").read_text() == readme
+    assert render.main(args) == 0  # without the flag both render
+    assert "| GCNConv |" in (tmp_path / "README.md").read_text()

@@ -30,6 +30,11 @@ Usage::
 
     python -m feedback_alignment.experiments.render            # rewrite REPRODUCTION.md, README.md
     python -m feedback_alignment.experiments.render --check    # exit 1 if a table is stale
+    python -m feedback_alignment.experiments.render --no-readme  # docs/REPRODUCTION.md only
+
+``--no-readme`` renders the docs named (by default docs/REPRODUCTION.md) without README.md: for
+a checkout where README.md is being edited by hand; README.md's claims summary is then stale
+until a plain run renders both.
 """
 
 from __future__ import annotations
@@ -315,9 +320,20 @@ def marked_tables(text: str) -> list[str]:
     return [m["name"] for m in MARKER.finditer(text)]
 
 
-def _with_companions(docs: list[Path]) -> list[Path]:
+README = Path("README.md")
+
+
+def _with_companions(docs: list[Path], readme: bool = True) -> list[Path]:
     """``docs`` and, where one of them is a default doc, the other default docs that exist: they
-    render the same results, so one must not show a figure the other does not."""
+    render the same results, so one must not show a figure the other does not. With ``readme``
+    false, README.md is left out (and never written), even when named."""
+    if not readme:
+        docs = [d for d in docs if d.resolve() != README.resolve()]
+        return [
+            *docs,
+            *[d for d in DEFAULT_DOCS if d.resolve() != README.resolve() and d.is_file()
+              and d.resolve() not in {x.resolve() for x in docs}],
+        ]  # fmt: skip
     resolved = {d.resolve() for d in docs}
     if not resolved & {d.resolve() for d in DEFAULT_DOCS}:
         return docs
@@ -336,8 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder of the committed <NAME>.json tables")  # fmt: skip
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a table differs from its JSON")  # fmt: skip
+    parser.add_argument("--no-readme", action="store_true",
+                        help="render and check the docs without README.md (it is left untouched)")  # fmt: skip
     args = parser.parse_args(argv)
-    docs = _with_companions(list(args.docs))
+    docs = _with_companions(list(args.docs), readme=not args.no_readme)
     cache: dict[str, Loaded] = {}
     outcomes: list[tuple[Path, str, str, list[str]]] = []
     for doc in docs:  # every doc rendered before any is written: all or none

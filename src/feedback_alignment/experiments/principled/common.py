@@ -45,7 +45,11 @@ class Setting:
         dataset: data set of the other four experiments.
         train_limit, test_limit: keep only this many training/test images (``None``: all).
         alignment_epochs, alignment_every: training and monitor period (steps) of the alignment run.
-        bottleneck_widths, bottleneck_epochs: the swept middle widths ``b`` and their training.
+        bottleneck_widths, bottleneck_epochs: the swept middle widths ``b`` and their training
+            (Adam, mean loss).
+        bottleneck_long_epochs, bottleneck_sgd_lr: the bottleneck's arm with the paper's optimiser
+            (plain SGD at ``bottleneck_sgd_lr`` on the batch's *summed* loss, Launay 2019's code)
+            and its longer schedule.
         practice_epochs, conv_epochs: training of each ablation and of each conv run.
         lr, batch_size, probe: Adam's step, the batch, and the probe batch of the alignment.
         wide: the papers' 800 (1xwide MLP, bottleneck outer layers, 2xwide ablation MLP).
@@ -65,6 +69,8 @@ class Setting:
     bottleneck_epochs: int
     practice_epochs: int
     conv_epochs: int
+    bottleneck_long_epochs: int = 1
+    bottleneck_sgd_lr: float = 5e-4
     lr: float = 1e-3
     batch_size: int = 128
     probe: int = 512
@@ -105,6 +111,7 @@ FULL = Setting(
     bottleneck_epochs=1,
     practice_epochs=1,
     conv_epochs=1,
+    bottleneck_long_epochs=10,
 )
 QUICK = Setting(
     name="quick",
@@ -271,14 +278,20 @@ class Recipe:
 
     epochs: int
     lr: float = 1e-3
-    optimizer: str = "adam"  # or "sgd" (momentum 0.9)
+    optimizer: str = "adam"  # or "sgd" (momentum ``momentum``)
     batch_size: int = 128
+    momentum: float = 0.9  # SGD's only
+    reduction: str = "mean"  # of the batch's cross-entropy: "mean" or "sum" (Launay 2019's code)
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"unknown loss reduction {self.reduction!r}; choose 'mean' or 'sum'")
 
     def build(self, params) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr)
         if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'sgd'")
 
 
@@ -363,7 +376,9 @@ def train_run(
             model,
             recipe.build([p for p in model.parameters() if p.requires_grad]),
             lambda _: shuffled(len(split.x_train), recipe.batch_size, generator),
-            lambda index: F.cross_entropy(model(split.x_train[index]), split.y_train[index]),
+            lambda index: F.cross_entropy(
+                model(split.x_train[index]), split.y_train[index], reduction=recipe.reduction
+            ),
             epochs=recipe.epochs,
             after_step=(lambda _: monitor.step(probe_batch)) if monitor is not None else None,
             stop_on_nonfinite=True,
