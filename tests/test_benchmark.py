@@ -133,3 +133,29 @@ def test_the_committed_benchmark_tables_are_the_rendering_of_the_committed_json(
     for name, table in blocks:
         results, machine = benchmark.load_results(docs / name)
         assert table == benchmark.to_markdown(results, machine), f"{name} and its table differ"
+
+
+def test_compiled_twins_are_timed_against_compiled_bp(tmp_path):
+    """``bench --compile aot_eager`` (inductor in real runs: seconds to minutes per row to
+    compile, too slow for a unit test) adds a compiled twin of each BP and rule row, with its
+    ratio to compiled BP, and the markdown table grows that column. 10 s on the 2-core machine."""
+    out = tmp_path / "b.json"
+    argv = ["bench", "--size", "tiny", "--families", "mlp", "--rules", "BP", "DFA", "FA"]
+    argv += ["--rounds", "2", "--warmup", "0", "--compile", "aot_eager", "--out", str(out), "-q"]
+    torch._dynamo.reset()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch._dynamo.reset()
+    payload = json.loads(out.read_text())
+    assert payload["settings"]["compile"].startswith("torch.compile(model, backend='aot_eager')")
+    rows = payload["workloads"][0]["rows"]
+    compiled = {r["rule"]: r for r in rows if r["kind"] == "compiled"}
+    assert set(compiled) == {"BP", "DFA", "FA"}
+    for row in compiled.values():
+        assert row["status"] == "ok" and "compiled, aot_eager" in row["note"]
+        assert set(row["time_vs_compiled_bp"]) == {"ratio", "low", "high"}
+    assert compiled["BP"]["time_vs_compiled_bp"]["ratio"] == 1.0
+    assert all(r["time_vs_compiled_bp"] is None for r in rows if r["kind"] != "compiled")
+    table = out.with_suffix(".md").read_text()
+    assert "vs compiled BP [95% CI]" in table and "| DFA (compiled, aot_eager" in table

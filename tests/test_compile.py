@@ -153,3 +153,21 @@ def test_fullgraph_is_refused_with_the_reason() -> None:
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match="leave out fullgraph=True"):
         compiled(torch.randn(3, 8))
+
+
+def test_a_model_whose_class_was_compiled_for_bp_first_still_trains_by_the_rule() -> None:
+    """TorchDynamo skips guards on module hooks by default: the BP baseline's compiled code
+    (same class) would be reused without the feedback hooks, or a model compiled before the
+    rule was applied would keep its hook-less code. The rule turns the hook guards on."""
+    bp_grads, _ = _train(None, "mlp", "aot_eager", steps=1)
+    eager, _ = _train("DFA", "mlp", None, steps=1)
+    compiled, _ = _train("DFA", "mlp", "aot_eager", steps=1)
+    assert _close(compiled, eager) and not _close(compiled, bp_grads)
+    model = _mlp()
+    forward = torch.compile(model, backend="aot_eager")
+    x, y, loss_fn = _data("mlp")
+    loss_fn(forward(x), y).backward()  # compiled as plain BP
+    fa.DFA(seed=1).apply(model)
+    model.zero_grad()
+    loss_fn(forward(x), y).backward()
+    assert _close([p.grad for p in model.parameters()], eager)

@@ -503,7 +503,7 @@ class Row:
 
     rule: str
     placement: str
-    kind: str  # "bp", "library" or "floor"
+    kind: str  # "bp", "library", "floor" or "compiled" (a bp or library row under torch.compile)
     status: str = "ok"  # or "unsupported" (with the reason in note)
     note: str = ""
     median_ms: float = math.nan
@@ -513,6 +513,7 @@ class Row:
     time_vs_bp: dict[str, float] | None = None
     time_vs_floor: dict[str, float] | None = None
     memory_vs_bp: float = math.nan
+    time_vs_compiled_bp: dict[str, float] | None = None  # compiled rows: against compiled BP
 
 
 @dataclass
@@ -526,17 +527,23 @@ class WorkloadResult:
     seconds: float = 0.0
 
 
+COMPILED = "compiled"
+"""The note of a compiled twin row (``torch.compile`` with the default backend)."""
+
+
 def _step(
     model: nn.Module,
     inputs: tuple[Any, ...],
     target: torch.Tensor,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    backend: str | None = None,
 ) -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    forward = model if backend is None else torch.compile(model, backend=backend)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(*inputs), target).backward()
+        loss_fn(forward(*inputs), target).backward()
         optimizer.step()
 
     return step
@@ -547,9 +554,18 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 def _variants(
-    workload: Workload, rules: Sequence[str], device: torch.device, seed: int
+    workload: Workload,
+    rules: Sequence[str],
+    device: torch.device,
+    seed: int,
+    compile: str | None = None,
 ) -> tuple[list[Row], dict[int, Callable[[], None]]]:
-    """Every row of a workload and the step of each runnable one (keyed by row index)."""
+    """Every row of a workload and the step of each runnable one (keyed by row index).
+
+    ``compile``: a ``torch.compile`` backend (``"inductor"``, the default one); every BP and
+    library row then gets a twin (kind ``"compiled"``) whose model is
+    ``torch.compile(model, backend=compile)``; the optimizer steps the same parameters.
+    Compilation happens at the twin's first (untimed) step."""
     generator = torch.Generator().manual_seed(seed)
     inputs, target = workload.batch(generator)
     inputs = tuple(_to(v, device) for v in inputs)
@@ -559,6 +575,19 @@ def _variants(
         torch.manual_seed(seed)  # every variant starts from the same weights
         return workload.build().to(device).train()
 
+    def converted(name: str, points: list[str]) -> tuple[nn.Module, str]:
+        model = fresh()
+        rule = RULES[name]()
+        note = ""
+        if name in DIRECT_RULES:
+            rule.apply(model, points=points, error_at=workload.error_at)
+        elif workload.layerwise_exclude and name != "BP":
+            rule.apply(model, exclude=workload.layerwise_exclude)
+            note = f"exclude={list(workload.layerwise_exclude)}"
+        else:
+            rule.apply(model)
+        return model, note
+
     rows: list[Row] = []
     steps: dict[int, Callable[[], None]] = {}
     for name in rules:
@@ -566,22 +595,20 @@ def _variants(
         for placement, points in placements.items():
             kind = "bp" if name == "BP" else "library"
             row = Row(name, placement, kind)
-            model = fresh()
-            rule = RULES[name]()
             try:
-                if name in DIRECT_RULES:
-                    rule.apply(model, points=points, error_at=workload.error_at)
-                elif workload.layerwise_exclude and name != "BP":
-                    rule.apply(model, exclude=workload.layerwise_exclude)
-                    row.note = f"exclude={list(workload.layerwise_exclude)}"
-                else:
-                    rule.apply(model)
+                model, row.note = converted(name, points)
             except UnsupportedLayerError as error:
                 row.status, row.note = "unsupported", _unsupported_note(error)
                 rows.append(row)
                 continue
             steps[len(rows)] = _step(model, inputs, target, workload.loss)
             rows.append(row)
+            if compile:
+                model, note = converted(name, points)
+                label = COMPILED if compile == "inductor" else f"{COMPILED}, {compile}"
+                twin = Row(name, placement, "compiled", note=", ".join(filter(None, [note, label])))
+                steps[len(rows)] = _step(model, inputs, target, workload.loss, backend=compile)
+                rows.append(twin)
             if name in DIRECT_RULES:
                 model = fresh()
                 _Floor(model, points, workload.error_at, FLOOR_SIGNALS[name])
@@ -661,23 +688,37 @@ def run_workload(
     device: str = "cpu",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    compile: str | None = None,
 ) -> WorkloadResult:
-    """Times and measures every variant of one workload (see the module doc)."""
+    """Times and measures every variant of one workload (see the module doc); ``compile`` adds a
+    ``torch.compile``d twin of every BP and library row (see :func:`_variants`)."""
     if rounds < 2:
         raise ValueError(f"rounds must be >= 2 for an interquartile range, got {rounds}")
     if "BP" not in rules:
         raise ValueError("rules must include BP: every ratio is against BP")
     start = time.perf_counter()
     dev = torch.device(device)
-    rows, steps = _variants(workload, rules, dev, seed)
+    rows, steps = _variants(workload, rules, dev, seed, compile)
     order = list(steps)
     if progress is not None:
         progress(f"bench {workload.name}: {len(order)} variants x {rounds} rounds")
     with warnings.catch_warnings():
         # a point narrower than the output (tiny sizes) warns about alignment, not about speed
         warnings.filterwarnings("ignore", message="feedback points .* are narrower")
-        for i in order:  # the first forward fixes each rule's feedback layout
-            steps[i]()
+        for i in list(order):  # the first forward fixes each rule's feedback layout
+            if rows[i].kind != "compiled":
+                steps[i]()
+                continue
+            begin = time.perf_counter()
+            try:
+                steps[i]()  # compiles
+            except Exception as error:  # recorded in the table: one row failing is not fatal
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                rows[i].status = "unsupported"
+                rows[i].note = f"torch.compile failed: {type(error).__name__}: {first[:120]}"
+                order.remove(i)
+                continue
+            rows[i].note += f", {time.perf_counter() - begin:.0f} s to compile"
     for _ in range(warmup):
         for i in order:
             steps[i]()
@@ -696,8 +737,13 @@ def run_workload(
         rows[i].median_ms, rows[i].q25_ms, rows[i].q75_ms = float(median), float(q25), float(q75)
         rows[i].peak_mib = peak_step_memory(steps[i], dev)
     bp = next(i for i, row in enumerate(rows) if row.kind == "bp")
+    compiled_bp = next(
+        (i for i, row in enumerate(rows) if row.kind == "compiled" and row.rule == "BP"), None
+    )
     for i in order:
         rows[i].time_vs_bp = ratio_interval(times[i], times[bp], seed=seed)
+        if rows[i].kind == "compiled" and compiled_bp in times:
+            rows[i].time_vs_compiled_bp = ratio_interval(times[i], times[compiled_bp], seed=seed)
         if rows[bp].peak_mib > 0:
             rows[i].memory_vs_bp = rows[i].peak_mib / rows[bp].peak_mib
         if rows[i].kind == "library" and i + 1 in times and rows[i + 1].kind == "floor":
@@ -758,23 +804,27 @@ def to_markdown(results: Sequence[WorkloadResult], machine: dict[str, Any]) -> s
         f"{f'; load average {load[0]:.2f} at the start' if load else ''}.",
     ]
     for result in results:
+        compiled = any(row.kind == "compiled" for row in result.rows)
+        extra = " vs compiled BP [95% CI] |" if compiled else ""
         lines += [
             "",
             f"**{result.name}** ({result.family}): {result.description}; {result.rounds} rounds.",
             "",
             "| rule | points | median step (ms) | IQR (ms) | vs BP [95% CI] | vs floor [95% CI] "
-            "| peak MiB | memory vs BP |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            f"| peak MiB | memory vs BP |{extra}",
+            "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if compiled else ""),
         ]
         for row in result.rows:
             if row.status != "ok":
-                lines.append(f"| {row.rule} | {row.placement} | {row.note} | | | | | |")
+                blank = " | | | | | |" + (" |" if compiled else "")
+                lines.append(f"| {row.rule} | {row.placement} | {row.note}{blank}")
                 continue
             rule = f"{row.rule} ({row.note})" if row.note else row.rule
             lines.append(
                 f"| {rule} | {row.placement} | {row.median_ms:.2f} | "
                 f"{row.q25_ms:.2f}-{row.q75_ms:.2f} | {_ratio_text(row.time_vs_bp)} | "
                 f"{_ratio_text(row.time_vs_floor)} | {row.peak_mib:.1f} | {row.memory_vs_bp:.2f}x |"
+                + (f" {_ratio_text(row.time_vs_compiled_bp)} |" if compiled else "")
             )
     return "\n".join(lines)
 
@@ -797,7 +847,8 @@ def plot(results: Sequence[WorkloadResult], path: Path) -> None:
             [r.time_vs_bp["ratio"] - r.time_vs_bp["low"] for r in rows],
             [r.time_vs_bp["high"] - r.time_vs_bp["ratio"] for r in rows],
         ]
-        colours = ["0.6" if r.kind == "bp" else "C0" if r.kind == "library" else "C1" for r in rows]
+        palette = {"bp": "0.6", "library": "C0", "floor": "C1", "compiled": "C2"}
+        colours = [palette.get(r.kind, "C0") for r in rows]
         bars = ax.bar(range(len(rows)), ratios, yerr=errors, color=colours, capsize=2)
         for bar, row in zip(bars, rows, strict=True):
             if row.kind == "floor":
@@ -878,6 +929,7 @@ def run(
     output: Path | None = None,
     plot_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    compile: str | None = None,
 ) -> tuple[list[WorkloadResult], dict[str, Any]]:
     """Runs every workload of ``families``; rewrites ``output`` after each, so none is lost."""
     unknown = [r for r in rules if r not in RULES]
@@ -894,6 +946,8 @@ def run(
         "step": f"zero_grad, forward, loss, backward, SGD(lr={LR}, weight_decay={WEIGHT_DECAY})",
         "interval": "95% paired bootstrap over rounds, 2000 resamples",
     }
+    if compile:
+        settings["compile"] = f"torch.compile(model, backend={compile!r}), a twin per BP/rule row"
     results: list[WorkloadResult] = []
     for workload in workloads(families, size):
         results.append(
@@ -905,6 +959,7 @@ def run(
                 device=device,
                 seed=seed,
                 progress=progress,
+                compile=compile,
             )
         )
         if output is not None:

@@ -353,6 +353,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         output=out,
         plot_path=None if out is None else out.with_suffix(".png"),
         progress=None if args.quiet else _say,
+        compile=args.compile,
     )
     print(benchmark.to_markdown(results, machine))
     if out is not None:
@@ -835,6 +836,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("results/benchmark.json"),
         help="JSON output path; the .md table and .png plot go beside it (default: "
         "results/benchmark.json)",
+    )
+    bench.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="also time every BP and rule row under torch.compile (BACKEND, default inductor, "
+        "torch's default), with its ratio to compiled BP; compiling adds seconds to minutes "
+        "per row",
     )
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     bench.set_defaults(func=_cmd_bench)

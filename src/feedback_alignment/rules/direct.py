@@ -1115,14 +1115,29 @@ class _EagerHook:
 
     An object rather than a closure, so that ``copy.deepcopy`` and pickling of the model carry the
     hook's binding over to the copy (a closure would be shared with the original).
+
+    The first hook made in a process also turns on TorchDynamo's guards on module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards = False``). Without them, a model whose
+    class was compiled before (a BP baseline of the same architecture) or a model compiled before
+    the rule was applied reuses code that never calls the hooks: it would train by backprop (the
+    rule refuses that, "no feedback point ran"). Both are made at the first hook rather than at
+    import, since importing TorchDynamo takes about 1.5 s (an optimizer's constructor imports it
+    anyway).
     """
+
+    _ready = False
 
     def __init__(self, hook: Callable) -> None:
         self.hook = hook
+        if not _EagerHook._ready:
+            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            _EagerHook.__call__ = torch.compiler.disable(_EagerHook._run, reason=_COMPILE_REASON)
+            _EagerHook._ready = True
 
-    @torch.compiler.disable(reason=_COMPILE_REASON)
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
         return self.hook(*args, **kwargs)
+
+    __call__ = _run  # replaced by its torch.compiler.disable'd version at the first hook
 
 
 _bottleneck_warned = False
