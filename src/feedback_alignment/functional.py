@@ -85,9 +85,11 @@ class DirectFeedbackFn(torch.autograd.Function):
 # ``W``: only ``h`` and ``F`` are saved.
 #
 # When ``F`` itself requires grad (Kolen-Pollack's learnt ``B^T``), it receives the very same local
-# signal as ``W``, ``dF = delta h^T`` (a copy, so that an in-place transform of one gradient, such
-# as ``GradScaler.unscale_``, never acts twice on a shared tensor): Akrout et al.'s rule, in which
-# ``B`` is updated from ``delta`` and ``h`` only.
+# signal as ``W``, ``dF = delta h^T``: Akrout et al.'s rule, in which ``B`` is updated from
+# ``delta`` and ``h`` only. The backward returns the same tensor for both: autograd's
+# ``AccumulateGrad`` copies a gradient that is handed to two leaves, so ``W.grad`` and ``F.grad``
+# never alias and an in-place transform of one (``GradScaler.unscale_``, clipping) never acts twice
+# (tests/test_surviving_mutations.py); a copy here would be a second, wasted one.
 #
 # References:
 #     Lillicrap et al., "Random synaptic feedback weights support error backpropagation for deep
@@ -138,7 +140,7 @@ class LinearFeedbackFn(torch.autograd.Function):
             local = linear_weight_grad(inputs, grad_output)
             grad_weight = local if need_weight else None
             if need_feedback:
-                grad_feedback = local.clone() if need_weight else local
+                grad_feedback = local  # not aliased: see the module comment
         if need_bias:
             grad_bias = grad_output.reshape(-1, grad_output.shape[-1]).sum(dim=0)
         return grad_input, grad_weight, grad_bias, grad_feedback, None
@@ -223,5 +225,5 @@ class ConvFeedbackFn(torch.autograd.Function):
         grad_weight = local if need_weight else None
         grad_feedback = None
         if need_feedback:
-            grad_feedback = local.clone() if need_weight else local
+            grad_feedback = local  # not aliased: see the module comment
         return (grad_input, grad_weight, grad_bias, grad_feedback, None, None, None, None, None)
