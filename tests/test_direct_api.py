@@ -284,8 +284,8 @@ def test_applying_twice_is_refused():
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match=r"unknown feedback 'normal'"):
-        fa.DFA(feedback="normal")
+    with pytest.raises(ValueError, match=r"unknown distribution 'normal'"):
+        fa.DFA(distribution="normal")
     with pytest.raises(ValueError, match=r"unknown scale"):
         fa.DFA(scale="xavier")
     with pytest.raises(RuntimeError, match=r"not applied"):

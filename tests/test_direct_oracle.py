@@ -60,12 +60,12 @@ def test_dfa_tanh_mlp_three_hidden_layers(shared, feedback, scale):
 
 def test_feedback_draws_follow_the_distribution():
     model = _tanh_mlp([5, 300, 300, 50])
-    fa.DFA(feedback="rademacher", shared=False, seed=1).apply(model)
+    fa.DFA(distribution="rademacher", shared=False, seed=1).apply(model)
     model(torch.randn(2, 5)).sum().backward()
     values = model.state_dict()[KEY]
     assert set(values.unique().tolist()) == {-1.0, 1.0}
     model = _tanh_mlp([5, 300, 300, 50])
-    fa.DFA(feedback="uniform", shared=False, seed=1).apply(model)
+    fa.DFA(distribution="uniform", shared=False, seed=1).apply(model)
     model(torch.randn(2, 5)).sum().backward()
     values = model.state_dict()[KEY]
     assert values.min() >= -1 and values.max() < 1 and abs(float(values.mean())) < 0.02

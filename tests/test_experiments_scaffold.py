@@ -123,7 +123,7 @@ def test_the_rule_factory_knows_every_table_name():
     assert set(RULES) == {"BP", "DFA", "Shallow", "FA", "uSF", "frSF", "brSF", "KP"}
     assert isinstance(make_rule("FA", 3), FA) and make_rule("FA", 3).seed == 3
     assert isinstance(make_rule("KP"), LayerwiseFeedback)
-    assert make_rule("DFA", 1, feedback="uniform").feedback == "uniform"
+    assert make_rule("DFA", 1, distribution="uniform").distribution == "uniform"
     with pytest.raises(ValueError, match=r"unknown rule 'XYZ'; choose one of \['BP'"):
         make_rule("XYZ")
     model, _, _ = _problem()

@@ -29,6 +29,7 @@ from feedback_alignment.rules import (
     DRTP,
     FA,
     FEEDBACK_BUFFER,
+    RULES,
     DirectFeedback,
     KolenPollack,
     LayerwiseFeedback,
@@ -40,6 +41,8 @@ from feedback_alignment.rules import (
     WeightMirror,
     brSF,
     frSF,
+    make_rule,
+    rule_class,
     uSF,
 )
 from feedback_alignment.rules.base import (
@@ -60,21 +63,6 @@ def __getattr__(name: str):
         return importlib.import_module(f"feedback_alignment.{name}")
     raise AttributeError(f"module 'feedback_alignment' has no attribute {name!r}")
 
-
-RULES: dict[str, type[Rule]] = {
-    "bp": BP,
-    "dfa": DFA,
-    "sign-dfa": SignDFA,
-    "drtp": DRTP,
-    "shallow": Shallow,
-    "fa": FA,
-    "usf": uSF,
-    "frsf": frSF,
-    "brsf": brSF,
-    "kp": KolenPollack,
-    "weight-mirror": WeightMirror,
-}
-"""Rules by their command-line name."""
 
 __all__ = [
     "BP",
@@ -108,9 +96,11 @@ __all__ = [
     "feedback_keys",
     "find_points",
     "frSF",
+    "make_rule",
     "models",
     "plain_state_dict",
     "remove_weight_norm_constraint",
+    "rule_class",
     "uSF",
     "weight_alignment",
 ]

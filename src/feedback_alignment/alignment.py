@@ -126,9 +126,7 @@ def alignment(
         torch.set_rng_state(rng_cpu)
         if rng_cuda is not None:
             torch.cuda.set_rng_state_all(rng_cuda)
-        set_targets = getattr(rule, "set_targets", None)
-        if callable(set_targets):
-            set_targets(targets)
+        rule.set_targets(targets)  # DRTP's signal; a no-op for the other rules
         with rule.recording(model) as rule_points:
             rule_loss = loss_fn(_call(model, inputs), targets)
         rule_grads = _grads(rule_loss, params, rule_points)
@@ -152,8 +150,7 @@ def alignment(
         report.signal_cosine[point] = _per_sample_cosine(
             rule_signal, bp_signal, _width(rule, model, point)
         )
-    roles_of = getattr(rule, "parameter_roles", None)
-    roles = roles_of(model) if callable(roles_of) else {}
+    roles = rule.parameter_roles(model)
     if roles:
         by_role: dict[str, list[str]] = {"hidden": [], "top": [], "tied": []}
         for module_name, param_name in weights.items():
@@ -276,12 +273,7 @@ def _weights_by_module(model: nn.Module) -> dict[str, str]:
 
 
 def _width(rule: Rule, model: nn.Module, point: str) -> int | None:
-    # the binding's layout: None before the first training pass (rule.layout() raises then)
-    bound = getattr(rule, "_bound", None)
-    layout = getattr(bound(model), "layout", None) if callable(bound) else None
-    if layout is not None and point in layout.names:
-        return layout.widths[layout.names.index(point)]
-    return None
+    return rule.signal_widths(model).get(point)
 
 
 def _per_sample_cosine(a: torch.Tensor, b: torch.Tensor, width: int | None) -> tuple[float, float]:

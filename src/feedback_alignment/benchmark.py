@@ -63,6 +63,7 @@ from feedback_alignment.rules import (
     BP,
     DFA,
     FA,
+    DirectFeedback,
     KolenPollack,
     Rule,
     Shallow,
@@ -78,20 +79,14 @@ log = logging.getLogger(__name__)
 SIZES = ("full", "tiny")
 FAMILIES = ("mlp", "convnets", "transformer", "gcn", "deepfm", "nerf")
 
-RULES: dict[str, Callable[[], Rule]] = {
-    "BP": BP,
-    "DFA": lambda: DFA(seed=0),
-    "sign-DFA": lambda: SignDFA(seed=0),
-    "Shallow": lambda: Shallow(seed=0),
-    "FA": lambda: FA(seed=0),
-    "uSF": uSF,
-    "frSF": lambda: frSF(seed=0),
-    "brSF": lambda: brSF(seed=0),
-    "KP": lambda: KolenPollack(seed=0),
+RULES: dict[str, type[Rule]] = {
+    cls.name: cls for cls in (BP, DFA, SignDFA, Shallow, FA, uSF, frSF, brSF, KolenPollack)
 }
-"""The rules benchmarked, by their row name."""
+"""The rules benchmarked, by their row name (``rule.name``, as in the committed tables); each is
+built with ``seed=0``. The command line also takes any spelling of
+:func:`feedback_alignment.rules.registry.canonical_key`."""
 
-DIRECT_RULES = ("DFA", "sign-DFA", "Shallow")
+DIRECT_RULES = tuple(name for name, cls in RULES.items() if issubclass(cls, DirectFeedback))
 """Rules that get feedback points, a placement column and a hand-written floor."""
 
 FLOOR_SUFFIX = " floor"
@@ -577,7 +572,7 @@ def _variants(
 
     def converted(name: str, points: list[str]) -> tuple[nn.Module, str]:
         model = fresh()
-        rule = RULES[name]()
+        rule = RULES[name](seed=0)
         note = ""
         if name in DIRECT_RULES:
             rule.apply(model, points=points, error_at=workload.error_at)

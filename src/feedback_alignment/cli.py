@@ -332,6 +332,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_rule(name: str) -> str:
+    """``--rules`` takes any spelling of a rule (``sign-dfa``, ``KolenPollack``): its row name."""
+    from feedback_alignment.rules import rule_class
+
+    try:
+        return rule_class(name).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out") if args.out is not None else None
     if out is not None:
@@ -808,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rules",
         nargs="+",
+        type=_bench_rule,
         default=list(RULES),
         choices=list(RULES),
         metavar="RULE",

@@ -52,24 +52,18 @@ T = TypeVar("T")
 
 # --- rules ---------------------------------------------------------------------------------------
 
-RULES: dict[str, Callable[..., Rule]] = {
-    "BP": lambda seed, **options: BP(),
-    "DFA": lambda seed, **options: DFA(seed=seed, **options),
-    "Shallow": lambda seed, **options: Shallow(seed=seed, **options),
-    "FA": lambda seed, **options: FA(seed=seed, **options),
-    "uSF": lambda seed, **options: uSF(**options),
-    "frSF": lambda seed, **options: frSF(seed=seed, **options),
-    "brSF": lambda seed, **options: brSF(seed=seed, **options),
-    "KP": lambda seed, **options: KolenPollack(seed=seed, **options),
+RULES: dict[str, type[Rule]] = {
+    cls.name: cls for cls in (BP, DFA, Shallow, FA, uSF, frSF, brSF, KolenPollack)
 }
-"""Every rule the experiments use, by its table name: ``(seed, **options) -> Rule``."""
+"""Every rule the experiments use, by its table name (``rule.name``); built through the one
+registry, :mod:`feedback_alignment.rules.registry`."""
 
 
 def make_rule(name: str, seed: int = 0, **options: Any) -> Rule:
     """A fresh rule by table name; ``options`` go to its constructor (e.g. DFA's ``scale``)."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; choose one of {list(RULES)}")
-    return RULES[name](seed, **options)
+    return RULES[name](seed=seed, **options)
 
 
 def apply_rule(

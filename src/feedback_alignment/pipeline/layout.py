@@ -85,6 +85,6 @@ def stage_matrix(
         return None
     dtype = torch.float64 if dtype == torch.float64 else torch.float32
     shape = (layout.out_features, layout.total)
-    buffer = draw(rule.feedback, shape, direct_stream_seed(rule.seed), dtype=dtype)
+    buffer = draw(rule.distribution, shape, direct_stream_seed(rule.seed), dtype=dtype)
     matrix = torch.cat([layout.matrix(buffer, i) for i in range(first, first + count)], dim=1)
     return matrix.to(device)

@@ -103,7 +103,7 @@ class DFAPipelineStage:
 
     Args:
         module: this stage's layers (e.g. one item of :func:`split_sequential`).
-        rule: an ``fa.DFA``: its ``feedback``, ``scale``, ``shared`` and ``seed`` choose the
+        rule: an ``fa.DFA``: its ``distribution``, ``scale``, ``shared`` and ``seed`` choose the
             feedback matrix exactly as single-process DFA does.
         optimizer: an optimizer over ``module``'s parameters, or a function that makes one from
             the parameter list.

@@ -21,6 +21,7 @@ from feedback_alignment.rules.layerwise import (
     frSF,
     uSF,
 )
+from feedback_alignment.rules.registry import RULES, make_rule, rule_class
 
 __all__ = [
     "BP",
@@ -28,6 +29,7 @@ __all__ = [
     "DRTP",
     "FA",
     "FEEDBACK_BUFFER",
+    "RULES",
     "DirectFeedback",
     "KolenPollack",
     "LayerwiseFeedback",
@@ -39,5 +41,7 @@ __all__ = [
     "WeightMirror",
     "brSF",
     "frSF",
+    "make_rule",
+    "rule_class",
     "uSF",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from feedback_alignment.feedback import check_seed
 from feedback_alignment.rules.base import Rule
 
 
@@ -14,6 +15,12 @@ class BP(Rule):
     """
 
     name = "BP"
+    key = "bp"
+
+    def __init__(self, seed: int = 0) -> None:
+        """``seed`` is accepted so that every rule is built alike (``RULES[key](seed=...)``);
+        backpropagation draws nothing."""
+        self.seed = check_seed(seed, "BP")
 
     def apply(self, model: nn.Module, **options) -> nn.Module:
         if options:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,10 +31,18 @@ class FeedbackResetWarning(UserWarning):
 
 
 class Rule(ABC):
-    """Base class of all learning rules."""
+    """Base class of all learning rules.
+
+    Besides ``apply``/``remove``, a rule answers the questions that measurements ask of it
+    (:func:`~feedback_alignment.alignment.alignment` relies on them only); the defaults fit a rule
+    that adds nothing to the model (BP).
+    """
 
     #: short name used in tables and logs
     name: str = "rule"
+    #: the canonical key in :data:`feedback_alignment.RULES` and on the command line
+    #: (``None`` for a base class that is not a rule of its own)
+    key: ClassVar[str | None] = None
 
     @abstractmethod
     def apply(self, model: nn.Module, **options) -> nn.Module:
@@ -69,6 +77,26 @@ class Rule(ABC):
         """Yields a list that each forward pass fills with ``(point, h)``: the tensors at which the
         rule's learning signal enters (nothing for rules without such points)."""
         yield []
+
+    def parameter_roles(self, model: nn.Module) -> dict[str, str]:
+        """Parameter name -> ``"hidden"`` (learns from the rule's signal only), ``"top"`` (the
+        true gradient only) or ``"tied"`` (both). Empty where the rule does not know (it trains
+        every parameter from its own signal, or has not run yet)."""
+        return {}
+
+    def signal_widths(self, model: nn.Module) -> dict[str, int]:
+        """Where the signal enters -> its width per sample, where the rule fixes one (a direct
+        rule's feedback points, after the first training forward pass); empty otherwise."""
+        return {}
+
+    def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The feedback matrices the rule uses now, by where they act; empty for BP."""
+        return {}
+
+    def set_targets(self, targets: torch.Tensor) -> None:
+        """Gives the rule the batch's targets before ``backward`` (DRTP builds its signal from
+        them); rules whose signal is the error ignore them, so a loop may call it for any rule."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -74,8 +74,9 @@ class DirectFeedback(BoundRule):
     """Base class of the direct-feedback rules (see the module doc for the equations).
 
     Args:
-        feedback: distribution of the feedback entries: ``"gaussian"``, ``"uniform"`` or
-            ``"rademacher"`` (see :func:`feedback_alignment.feedback.draw`).
+        distribution: of the feedback entries: ``"gaussian"``, ``"uniform"`` or
+            ``"rademacher"`` (see :func:`feedback_alignment.feedback.draw`); the same keyword as
+            the layer-wise rules'. ``feedback=`` is its former name (deprecated, one release).
         scale: scaling of each point's feedback: ``"principled"`` (``1/sqrt(n_l d_out)``),
             ``"tinydfa"``, ``"nokland"``, ``"none"`` or a number (see :mod:`feedback_alignment.feedback`).
         shared: one matrix sliced by every point (``True``, TinyDFA's trick) or disjoint columns,
@@ -90,18 +91,29 @@ class DirectFeedback(BoundRule):
 
     def __init__(
         self,
-        feedback: str = "gaussian",
+        distribution: str = "gaussian",
         scale: str | float = "principled",
         shared: bool = True,
         seed: int = 0,
         check_finite: bool = True,
+        *,
+        feedback: str | None = None,
     ) -> None:
         owner = type(self).__name__
-        if feedback not in DISTRIBUTIONS:
-            raise ValueError(
-                f"{owner}: unknown feedback {feedback!r}; choose one of {DISTRIBUTIONS}"
+        if feedback is not None:
+            warnings.warn(
+                f"{owner}(feedback=...) is deprecated: the keyword is distribution=, as for the "
+                "layer-wise rules (feedback= goes in the next release)",
+                FutureWarning,
+                stacklevel=2,
             )
-        self.feedback = feedback
+            distribution = feedback
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(
+                f"{owner}: unknown distribution {distribution!r} of the feedback entries; choose "
+                f"one of {DISTRIBUTIONS}"
+            )
+        self.distribution = distribution
         self.scale = check_scale(scale, SCALINGS, owner)
         self.shared = bool(shared)
         self.seed = check_seed(seed, owner)
@@ -109,9 +121,17 @@ class DirectFeedback(BoundRule):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(feedback={self.feedback!r}, scale={self.scale!r}, "
+            f"{type(self).__name__}(distribution={self.distribution!r}, scale={self.scale!r}, "
             f"shared={self.shared}, seed={self.seed})"
         )
+
+    @property
+    def feedback(self) -> str:
+        """Former name of :attr:`distribution` (deprecated, one release)."""
+        warnings.warn(
+            "rule.feedback is deprecated: read rule.distribution", FutureWarning, stacklevel=2
+        )
+        return self.distribution
 
     # --- Rule API ------------------------------------------------------------------------------
 
@@ -231,6 +251,14 @@ class DirectFeedback(BoundRule):
         """Module paths where feedback enters ``model`` (before any forward pass)."""
         return [name for name, _ in self._binding(model).points]
 
+    def signal_widths(self, model: nn.Module) -> dict[str, int]:
+        """Feedback point -> its width per sample, once the first training forward pass has fixed
+        the layout (empty before; Shallow has none)."""
+        layout = self._binding(model).layout
+        if layout is None:
+            return {}
+        return dict(zip(layout.names, layout.widths, strict=True))
+
     def layout(self, model: nn.Module) -> FeedbackLayout:
         """The feedback layout (points, widths, ``d_out``, scales) fixed by the first training
         forward pass.
@@ -282,12 +310,14 @@ class DFA(DirectFeedback):
     """Direct Feedback Alignment: ``delta_l = (B_l e) * f'(a_l)`` (Nøkland 2016)."""
 
     name = "DFA"
+    key = "dfa"
 
 
 class SignDFA(DirectFeedback):
     """DFA with the sign of the error: ``delta_l = (B_l sign(e) / n) * f'(a_l)``."""
 
     name = "sign-DFA"
+    key = "sign-dfa"
 
     def project_signal(self, error: torch.Tensor) -> torch.Tensor:
         return torch.sign(error) / error.shape[0]
@@ -302,6 +332,7 @@ class DRTP(DirectFeedback):
     """
 
     name = "DRTP"
+    key = "drtp"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -352,6 +383,7 @@ class Shallow(DirectFeedback):
     """Control: the graph is cut at the points and nothing is fed back; only the top learns."""
 
     name = "Shallow"
+    key = "shallow"
     signal = None
 
 
@@ -969,7 +1001,7 @@ class _Binding:
                 "output (error_at=...)",
             )
             buffer = draw(
-                self.rule.feedback,
+                self.rule.distribution,
                 shape,
                 direct_stream_seed(self.rule.seed),
                 dtype=dtype,
@@ -1080,7 +1112,7 @@ class _Binding:
             current = module._buffers.get(FEEDBACK_BUFFER)
             if current is not None:  # expected by a strict load: draw it again
                 state_dict[key] = draw(
-                    self.rule.feedback,
+                    self.rule.distribution,
                     tuple(current.shape),
                     direct_stream_seed(self.rule.seed),
                     dtype=current.dtype,

@@ -835,6 +835,7 @@ class FA(LayerwiseFeedback):
     """
 
     name = "FA"
+    key = "fa"
     buffers = (FEEDBACK_WEIGHT,)
 
     def __init__(
@@ -1021,14 +1022,22 @@ class SignSymmetry(LayerwiseFeedback):
 
 
 class uSF(SignSymmetry):
-    """Uniform sign-concordant feedback: ``B^T = s * sign(W)`` (see :class:`SignSymmetry`)."""
+    """Uniform sign-concordant feedback: ``B^T = s * sign(W)`` (see :class:`SignSymmetry`).
 
-    def __init__(self, scale: str | float = "init", norm: str | None = None) -> None:
-        super().__init__("usf", scale=scale, norm=norm)
+    ``seed`` is accepted so that every rule is built alike; uSF draws nothing."""
+
+    name = "uSF"
+    key = "usf"
+
+    def __init__(self, scale: str | float = "init", norm: str | None = None, seed: int = 0) -> None:
+        super().__init__("usf", scale=scale, norm=norm, seed=seed)
 
 
 class frSF(SignSymmetry):
     """Fixed random-magnitude sign-concordant feedback: ``B^T = s |M| sign(W)``, ``M`` fixed."""
+
+    name = "frSF"
+    key = "frsf"
 
     def __init__(
         self,
@@ -1042,6 +1051,9 @@ class frSF(SignSymmetry):
 
 class brSF(SignSymmetry):
     """Batchwise random-magnitude sign-concordant feedback: a new ``M`` for each new ``W``."""
+
+    name = "brSF"
+    key = "brsf"
 
     def __init__(
         self,
@@ -1088,6 +1100,7 @@ class KolenPollack(FA):
     """
 
     name = "KP"
+    key = "kp"
     learns_feedback = True
 
     def __init__(
@@ -1162,6 +1175,7 @@ class WeightMirror(FA):
     """
 
     name = "WM"
+    key = "weight-mirror"
     learns_feedback = True
 
     @torch.no_grad()

@@ -1,0 +1,104 @@
+"""One registry of the rules (issue 23, item 3): every rule class carries its canonical key, every
+other spelling in use is an alias, every constructor takes ``seed=``, the inspection protocol that
+``alignment`` uses is declared on ``Rule``, and DFA's ``feedback=`` became ``distribution=``."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import feedback_alignment as fa
+from feedback_alignment import benchmark
+from feedback_alignment.cli import main
+from feedback_alignment.experiments import run
+from feedback_alignment.rules.registry import RULE_CLASSES, canonical_key
+
+
+def test_every_rule_class_carries_its_key_and_fa_rules_is_built_from_them() -> None:
+    assert list(fa.RULES) == [
+        "bp", "dfa", "sign-dfa", "drtp", "shallow", "fa", "usf", "frsf", "brsf", "kp",
+        "weight-mirror",
+    ]  # fmt: skip
+    for key, cls in fa.RULES.items():
+        assert cls.key == key and cls in RULE_CLASSES
+    assert (fa.uSF.name, fa.frSF.name, fa.brSF.name) == ("uSF", "frSF", "brSF")  # class level
+    assert fa.DirectFeedback.key is None and fa.SignSymmetry.key is None
+
+
+@pytest.mark.parametrize(
+    ("spelling", "key"),
+    [("sign-DFA", "sign-dfa"), ("SignDFA", "sign-dfa"), ("KP", "kp"), ("KolenPollack", "kp"),
+     ("weight_mirror", "weight-mirror"), ("WM", "weight-mirror"), (" uSF ", "usf"), ("BP", "bp")],
+)  # fmt: skip
+def test_every_spelling_in_use_is_an_alias(spelling: str, key: str) -> None:
+    assert canonical_key(spelling) == key
+    assert fa.rule_class(spelling) is fa.RULES[key]
+
+
+def test_an_unknown_rule_is_refused_with_the_keys() -> None:
+    with pytest.raises(ValueError, match=r"unknown rule 'dfa2'; choose one of \['bp', 'dfa'"):
+        fa.rule_class("dfa2")
+
+
+@pytest.mark.parametrize("key", list(fa.RULES))
+def test_every_rule_takes_a_seed(key: str) -> None:
+    rule = fa.make_rule(key, seed=7)
+    assert rule.seed == 7
+    with pytest.raises(ValueError, match="seed"):
+        fa.make_rule(key, seed=-1)
+
+
+def test_the_benchmark_and_the_experiments_build_their_rules_from_the_registry() -> None:
+    assert list(benchmark.RULES) == [
+        "BP",
+        "DFA",
+        "sign-DFA",
+        "Shallow",
+        "FA",
+        "uSF",
+        "frSF",
+        "brSF",
+        "KP",
+    ]  # fmt: skip  (the row names of the committed tables)
+    assert benchmark.DIRECT_RULES == ("DFA", "sign-DFA", "Shallow")
+    for name, cls in {**benchmark.RULES, **run.RULES}.items():
+        assert fa.rule_class(name) is cls
+    assert run.make_rule("uSF", 3).seed == 3
+
+
+def test_bench_takes_any_spelling_of_a_rule(tmp_path) -> None:
+    out = tmp_path / "b.json"
+    argv = ["bench", "--size", "tiny", "--families", "mlp", "--rules", "bp", "sign-dfa", "kp"]
+    assert main([*argv, "--rounds", "2", "--warmup", "0", "--out", str(out), "-q"]) == 0
+    assert main([*argv[:-1], "nope", "--out", str(out), "-q"]) == 2
+
+
+def test_dfa_feedback_keyword_is_deprecated_for_distribution() -> None:
+    with pytest.warns(FutureWarning, match="distribution="):
+        rule = fa.DFA(feedback="uniform")
+    assert rule.distribution == "uniform"
+    with pytest.warns(FutureWarning, match="rule.distribution"):
+        assert rule.feedback == "uniform"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fa.DFA(distribution="rademacher").distribution == "rademacher"
+    with pytest.raises(ValueError, match="unknown distribution 'normal'"):
+        fa.DFA(distribution="normal")
+
+
+def test_the_inspection_protocol_is_declared_on_rule() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    bp = fa.BP()
+    assert bp.parameter_roles(model) == {} and bp.signal_widths(model) == {}
+    assert bp.feedback_matrices(model) == {}
+    bp.set_targets(torch.zeros(2))  # accepted and ignored
+    dfa = fa.DFA().apply(model)
+    assert dfa is model
+    rule = fa.applied_rules(model)[0]
+    assert rule.signal_widths(model) == {}  # before the first training pass
+    model(torch.randn(2, 4)).sum().backward()
+    assert rule.signal_widths(model) == {"1": 6}
+    assert rule.parameter_roles(model)["0.weight"] == "hidden"
