@@ -94,7 +94,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -136,21 +136,6 @@ FEEDBACK_STREAM = "feedback_stream"
 """Buffer holding brSF's stream ``(k, t)`` (int64 pair) on each converted layer: ``t`` draws were
 made; the next uses ``layer_seed(k, t)`` with ``k = layer_seed(seed, i)``."""
 
-CONVERTED_LAYERS: dict[str, str] = {
-    "torch.nn.modules.linear.Linear": "linear",
-    "torch.nn.modules.conv.Conv1d": "conv",
-    "torch.nn.modules.conv.Conv2d": "conv",
-    "torch.nn.modules.conv.Conv3d": "conv",
-    "transformers.pytorch_utils.Conv1D": "linear_in_out",
-    "torch_geometric.nn.dense.linear.Linear": "linear",
-    "torch.nn.modules.activation.MultiheadAttention": "attention",
-}
-"""Layer classes (by qualified name, so optional libraries are never imported) whose backward a
-layer-wise rule replaces, and how their forward reads the weight: ``"linear"`` ``y = x W^T + b``
-with ``W`` of shape ``(out, in)``; ``"linear_in_out"`` ``y = x W + b`` with ``W`` of shape
-``(in, out)``; ``"conv"`` an N-d convolution; ``"attention"`` the packed input projection
-``in_proj_weight`` of ``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear``, converted on
-its own). Subclasses are converted if they keep the forward."""
 
 LOCAL_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -200,10 +185,9 @@ def init_std(weight: torch.Tensor, kind: str = "linear") -> float:
     """``1/sqrt(3 fan_in)``: the std of PyTorch's default ``nn.Linear``/``nn.Conv`` init.
 
     ``fan_in`` is ``weight[0].numel()``, or ``weight.shape[0]`` for a ``(in, out)`` weight
-    (``kind="linear_in_out"``, Hugging Face's ``Conv1D``).
+    (``kind="linear_in_out"``, Hugging Face's ``Conv1D``): :attr:`LayerKind.fan_in` of the kind.
     """
-    fan_in = weight.shape[0] if kind == "linear_in_out" else weight[0].numel()
-    return 1.0 / math.sqrt(3.0 * fan_in)
+    return 1.0 / math.sqrt(3.0 * KINDS[kind].fan_in(weight))
 
 
 def stream_draw(
@@ -230,16 +214,17 @@ class _Layer:
 
     path: str
     module: nn.Module
-    kind: str  # a value of CONVERTED_LAYERS
+    kind: LayerKind  # how the layer is converted (its entry of CONVERTED_LAYERS)
     index: int
     base: type[nn.Module]  # the converted class in the module's MRO (whose forward it keeps)
     scale: float = 1.0
-    cache: Any = None  # a rule's per-layer memo (the kernel for the weight version last seen)
+    cache: Any = None  # a sign-symmetric rule's kernel for the weight version last seen
+    seen: tuple | None = None  # KP: (W's version, B's identity and version) at the last call
 
     @property
     def weight_name(self) -> str:
         """The attribute holding ``W``: ``in_proj_weight`` for ``nn.MultiheadAttention``."""
-        return "in_proj_weight" if self.kind == "attention" else "weight"
+        return self.kind.weight_name
 
     @property
     def weight(self) -> torch.Tensor:
@@ -377,14 +362,13 @@ class LayerwiseFeedback(BoundRule):
             binding.load_hook = hook
         for layer in layers:
             weight = layer.weight
-            layer.scale = self._scale_of(weight, layer.kind)
+            layer.scale = self._scale_of(weight, layer.kind.name)
             self._setup(layer, weight.detach())
             if type(layer.module)._save_to_state_dict is not nn.Module._save_to_state_dict:
                 # e.g. PyG's Linear writes its weight and bias only: save the feedback too
                 layer.module.register_state_dict_post_hook(partial(_save_feedback, self.buffers))
         for layer in layers:
-            forward = _attention_forward if layer.kind == "attention" else _converted_forward
-            layer.module.forward = partial(forward, binding, layer)
+            layer.module.forward = partial(layer.kind.forward, binding, layer)
         self._attach(model, binding)
         return model
 
@@ -528,13 +512,14 @@ def _qualnames(module: nn.Module) -> list[tuple[type, str]]:
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    """How a layer-wise rule converts ``module`` (a value of :data:`CONVERTED_LAYERS`), or
-    ``None`` if it is not a converted type (it may still be local, or refused)."""
+    """How a layer-wise rule converts ``module`` (the name of its :class:`LayerKind`, e.g.
+    ``"linear"``), or ``None`` if it is not a converted type (it may still be local, or
+    refused)."""
     spec = _converted_spec(module)
-    return None if spec is None else spec[1]
+    return None if spec is None else spec[1].name
 
 
-def _converted_spec(module: nn.Module) -> tuple[type[nn.Module], str] | None:
+def _converted_spec(module: nn.Module) -> tuple[type[nn.Module], LayerKind] | None:
     """``(class, kind)``: the first class of ``module``'s MRO in :data:`CONVERTED_LAYERS`."""
     for cls, name in _qualnames(module):
         if name in CONVERTED_LAYERS:
@@ -558,23 +543,13 @@ def _problem(path: str, module: nn.Module, rule: LayerwiseFeedback) -> str | Non
                 f"{label} overrides {base.__name__}.forward, which {rule.name} would bypass: "
                 f"use a plain {base.__name__}, or exclude={[path]!r} to keep backprop there"
             )
-        if spec[1] == "attention":
-            unsupported = [
-                what
-                for what, present in (
-                    ("separate q/k/v projection weights (kdim or vdim != embed_dim)",
-                     not module._qkv_same_embed_dim),
-                    ("add_bias_kv=True", module.bias_k is not None),
-                    ("add_zero_attn=True", module.add_zero_attn),
-                )
-                if present
-            ]  # fmt: skip
-            if unsupported:
-                return (
-                    f"{label} uses {', '.join(unsupported)}, which {rule.name}'s attention "
-                    f"forward does not implement (packed in_proj_weight only): pass "
-                    f"exclude={[path]!r} to train it by ordinary backprop"
-                )
+        unsupported = spec[1].unsupported(module)
+        if unsupported:
+            return (
+                f"{label} uses {', '.join(unsupported)}, which {rule.name}'s "
+                f"{spec[1].name} forward does not implement ({spec[1].supports}): pass "
+                f"exclude={[path]!r} to train it by ordinary backprop"
+            )
         if "forward" in module.__dict__:
             return (
                 f"{label} already has its forward replaced (a layer-wise rule is applied, or "
@@ -650,12 +625,7 @@ def _converted_forward(binding: _Binding, layer: _Layer, inputs: torch.Tensor) -
         with torch.no_grad():
             needed = inputs.requires_grad  # else no input gradient: the kernel is never read
             kernel, scale = rule._effective(layer, weight.detach(), advance=True, needed=needed)
-        if layer.kind == "linear":
-            output = LinearFeedbackFn.apply(inputs, weight, module.bias, kernel, scale)
-        elif layer.kind == "linear_in_out":  # y = x W + b, W of shape (in, out)
-            output = LinearFeedbackFn.apply(inputs, weight.t(), module.bias, kernel.t(), scale)
-        else:
-            output = _conv(module, inputs, weight, kernel, scale)
+        output = layer.kind.feedback_call(module, inputs, weight, kernel, scale)
     if binding.recorders:
         count = binding.calls.get(layer.path, 0)
         binding.calls[layer.path] = count + 1
@@ -815,6 +785,149 @@ def _unit_draw(distribution: str, weight: torch.Tensor, seed: int) -> torch.Tens
     values = draw(distribution, tuple(weight.shape), seed, dtype=torch.float64)
     values = values / _UNIT_STD[distribution]
     return values.to(dtype=weight.dtype, device=weight.device)
+
+
+# --- the kinds of converted layers --------------------------------------------------------------
+
+
+def _linear_call(module: nn.Module, inputs: torch.Tensor, weight, kernel, scale: Scale):
+    """``y = x W^T + b``, ``W`` of shape ``(out, in)``."""
+    return LinearFeedbackFn.apply(inputs, weight, module.bias, kernel, scale)
+
+
+def _linear_in_out_call(module: nn.Module, inputs: torch.Tensor, weight, kernel, scale: Scale):
+    """``y = x W + b``, ``W`` of shape ``(in, out)`` (Hugging Face's ``Conv1D``)."""
+    return LinearFeedbackFn.apply(inputs, weight.t(), module.bias, kernel.t(), scale)
+
+
+def _no_call(module: nn.Module, *args: Any) -> torch.Tensor:
+    raise AssertionError(f"{type(module).__name__} has a converted forward of its own")
+
+
+def _linear_mirror(transposed: bool) -> Callable[..., torch.Tensor]:
+    """The mirror correlation ``x y^T`` (summed over the noise) of a linear map, in ``W``'s
+    layout; ``transposed``: ``W`` is stored ``(in, out)``."""
+
+    def correlation(module, weight, batch_size, noise_std, generator) -> torch.Tensor:
+        weight = weight.t() if transposed else weight  # (out, in)
+        noise = _mirror_noise((batch_size, weight.shape[1]), noise_std, weight, generator)
+        result = linear_weight_grad(noise, noise @ weight.T)
+        return result.t() if transposed else result
+
+    return correlation
+
+
+def _conv_mirror(module, weight, batch_size, noise_std, generator) -> torch.Tensor:
+    """A convolution's mirror correlation: noise patches of the kernel's receptive field, each
+    giving one output pixel, correlated as the kernel gradient."""
+    field = [d * (k - 1) + 1 for d, k in zip(module.dilation, weight.shape[2:], strict=True)]
+    shape = (batch_size, weight.shape[1] * module.groups, *field)
+    noise = _mirror_noise(shape, noise_std, weight, generator)
+    dims = weight.dim() - 2
+    conv = ((1,) * dims, (0,) * dims, tuple(module.dilation), module.groups)
+    output = conv_nd(noise, weight, None, conv)
+    _, correlation, _ = conv_backward(output, noise, weight, conv, (False, True, False))
+    return correlation
+
+
+def _mirror_noise(shape, noise_std: float, like: torch.Tensor, generator) -> torch.Tensor:
+    noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return (noise * noise_std).to(dtype=like.dtype, device=like.device)
+
+
+def _attention_unsupported(module: nn.Module) -> list[str]:
+    return [
+        what
+        for what, present in (
+            ("separate q/k/v projection weights (kdim or vdim != embed_dim)",
+             not module._qkv_same_embed_dim),
+            ("add_bias_kv=True", module.bias_k is not None),
+            ("add_zero_attn=True", module.add_zero_attn),
+        )
+        if present
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """How a layer-wise rule converts one class of layer: a new layer type is one entry of
+    :data:`CONVERTED_LAYERS` (of an existing kind, or of a new one built from these fields).
+
+    Attributes:
+        name: the kind's name (``layer_kind(module)``).
+        weight_name: the attribute holding ``W``.
+        fan_in: ``W -> fan_in`` of PyTorch's default initialisation (``"init"`` scale).
+        feedback_call: ``(module, inputs, W, kernel, scale) -> output``: the layer's forward through
+            the feedback autograd Function (used by the generic converted forward).
+        mirror_correlation: ``(module, W, n, sigma, generator) -> sum of x y^T`` over ``n`` noise
+            samples, in ``W``'s layout (the weight mirror's estimate of ``sigma^2 W^T``).
+        forward: the converted forward, ``(binding, layer, *args, **kwargs) -> output``.
+        unsupported: ``module ->`` the options of this instance that the converted forward
+            does not implement (refused at ``apply``), and ``supports`` what it does.
+    """
+
+    name: str
+    weight_name: str
+    fan_in: Callable[[torch.Tensor], int]
+    feedback_call: Callable[..., torch.Tensor]
+    mirror_correlation: Callable[..., torch.Tensor]
+    forward: Callable[..., Any] = _converted_forward
+    unsupported: Callable[[nn.Module], list[str]] = lambda module: []
+    supports: str = ""
+
+    def __reduce__(self) -> tuple:
+        """Pickled (with a converted model) by name: the kinds are the entries of :data:`KINDS`."""
+        return (_kind, (self.name,))
+
+    def __deepcopy__(self, memo: dict) -> LayerKind:
+        return self
+
+
+def _kind(name: str) -> LayerKind:
+    return KINDS[name]
+
+
+KINDS: dict[str, LayerKind] = {
+    kind.name: kind
+    for kind in (
+        LayerKind("linear", "weight", lambda w: w.shape[1], _linear_call, _linear_mirror(False)),
+        LayerKind(
+            "linear_in_out",
+            "weight",
+            lambda w: w.shape[0],
+            _linear_in_out_call,
+            _linear_mirror(True),
+        ),
+        LayerKind("conv", "weight", lambda w: w[0].numel(), _conv, _conv_mirror),
+        LayerKind(
+            "attention",
+            "in_proj_weight",
+            lambda w: w.shape[1],
+            _no_call,
+            _linear_mirror(False),
+            forward=_attention_forward,
+            unsupported=_attention_unsupported,
+            supports="packed in_proj_weight only",
+        ),
+    )
+}
+"""The kinds of converted layers by name: ``"linear"`` ``y = x W^T + b`` with ``W`` of shape
+``(out, in)``; ``"linear_in_out"`` ``y = x W + b`` with ``W`` of shape ``(in, out)``; ``"conv"`` an
+N-d convolution; ``"attention"`` the packed input projection ``in_proj_weight`` of
+``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear``, converted on its own)."""
+
+CONVERTED_LAYERS: dict[str, LayerKind] = {
+    "torch.nn.modules.linear.Linear": KINDS["linear"],
+    "torch.nn.modules.conv.Conv1d": KINDS["conv"],
+    "torch.nn.modules.conv.Conv2d": KINDS["conv"],
+    "torch.nn.modules.conv.Conv3d": KINDS["conv"],
+    "transformers.pytorch_utils.Conv1D": KINDS["linear_in_out"],
+    "torch_geometric.nn.dense.linear.Linear": KINDS["linear"],
+    "torch.nn.modules.activation.MultiheadAttention": KINDS["attention"],
+}
+"""Layer classes (by qualified name, so optional libraries are never imported) whose backward a
+layer-wise rule replaces, with their :class:`LayerKind`. Subclasses are converted if they keep the
+forward."""
 
 
 # --- the rules ---------------------------------------------------------------------------------
@@ -1121,7 +1234,7 @@ class KolenPollack(FA):
         trained = layer.weight.requires_grad  # a frozen W keeps a frozen B
         feedback = nn.Parameter(self._initial(layer, weight), requires_grad=trained)
         layer.module.register_parameter(FEEDBACK_WEIGHT, feedback)
-        layer.cache = None
+        layer.seen = None
 
     def _feedback(
         self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
@@ -1140,7 +1253,7 @@ class KolenPollack(FA):
     def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
         feedback = layer.module._parameters[FEEDBACK_WEIGHT]
         version = _weight_version(layer.module, layer.weight_name)
-        last = layer.cache
+        last = layer.seen
         if (
             last is not None
             and last[0] != version
@@ -1156,7 +1269,7 @@ class KolenPollack(FA):
                 "rule.apply(model), or add rule.feedback_parameters(model) to it",
                 stacklevel=4,
             )
-        layer.cache = (version, (feedback.data_ptr(), feedback._version))
+        layer.seen = (version, (feedback.data_ptr(), feedback._version))
 
 
 class WeightMirror(FA):
@@ -1210,29 +1323,10 @@ class WeightMirror(FA):
             for layer in self._binding(model).layers:
                 module = layer.module
                 weight = layer.weight.detach()
-                if layer.kind == "linear_in_out":
-                    weight = weight.t()  # (out, in)
                 feedback = module._buffers[FEEDBACK_WEIGHT]
-                if layer.kind != "conv":  # linear, (in, out) linear, attention in_proj
-                    shape = (batch_size, weight.shape[1])
-                else:
-                    field_size = [
-                        d * (k - 1) + 1
-                        for d, k in zip(module.dilation, weight.shape[2:], strict=True)
-                    ]
-                    shape = (batch_size, weight.shape[1] * module.groups, *field_size)
-                noise = torch.randn(shape, generator=generator, dtype=torch.float64)
-                noise = (noise * noise_std).to(dtype=weight.dtype, device=weight.device)
-                if layer.kind != "conv":
-                    correlation = linear_weight_grad(noise, noise @ weight.T)
-                    if layer.kind == "linear_in_out":
-                        correlation = correlation.t()
-                else:
-                    dims = weight.dim() - 2
-                    conv = ((1,) * dims, (0,) * dims, tuple(module.dilation), module.groups)
-                    output = conv_nd(noise, weight, None, conv)
-                    mask = (False, True, False)
-                    _, correlation, _ = conv_backward(output, noise, weight, conv, mask)
+                correlation = layer.kind.mirror_correlation(
+                    module, weight, batch_size, noise_std, generator
+                )
                 feedback.mul_(1.0 - lr * decay).add_(
                     correlation.to(feedback.dtype), alpha=lr / batch_size
                 )
