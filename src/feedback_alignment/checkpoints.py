@@ -27,6 +27,8 @@ from typing import Any
 
 from torch import nn
 
+from feedback_alignment.rules.base import compiled_wrapper
+
 _BINDINGS = ("_feedback_alignment_direct", "_feedback_alignment_layerwise")
 
 
@@ -63,7 +65,15 @@ def plain_state_dict(
         converted.load_state_dict(torch.load("weights.pt"))      # feedback from the seed
 
     Tensors are shared with the model (as in ``state_dict``): clone them before changing them.
+    A ``torch.compile``d model is read through the module it wraps (no ``_orig_mod.`` prefix).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"plain_state_dict expects the nn.Module a rule was applied to, got "
+            f"{type(model).__name__} (a state dict is filtered by the model that made it)"
+        )
+    if compiled_wrapper(model):
+        model = model._orig_mod  # type: ignore[assignment]
     state = model.state_dict(prefix=prefix, keep_vars=keep_vars)
     dropped = {prefix + key for key in feedback_keys(model)}
     plain: OrderedDict[str, Any] = OrderedDict(

@@ -7,6 +7,7 @@ objects, same modules, the same ``state_dict`` keys, and backpropagation again.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,11 +198,34 @@ def applied_rules(model: nn.Module) -> list[Rule]:
     ]
 
 
+def compiled_wrapper(model: object) -> bool:
+    """Whether ``model`` is the wrapper ``torch.compile(module)`` returns (an ``OptimizedModule``,
+    holding the module as ``_orig_mod``). No TorchDynamo import: without it no wrapper exists."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    wrapper = getattr(dynamo, "OptimizedModule", None)
+    return wrapper is not None and isinstance(model, wrapper)
+
+
+def refuse_compiled_wrapper(model: object, rule: str) -> None:
+    """Refuses ``rule.apply(torch.compile(model))``: the rule's state would live on the wrapper,
+    where ``plain_state_dict``, ``remove`` and the inner model do not see it."""
+    if compiled_wrapper(model):
+        inner = type(model._orig_mod).__name__  # type: ignore[attr-defined]
+        raise TypeError(
+            f"{rule}.apply got a torch.compile'd {inner} (an OptimizedModule): apply the rule to "
+            f"the uncompiled model, then compile it: rule.apply(model); compiled = "
+            "torch.compile(model)"
+        )
+
+
 def refuse_reverse_transform(what: str, rule: str) -> None:
     """Refuses ``torch.func.grad``/``vjp``/``jacrev`` (functorch's reverse mode) around a
     converted model: its gradients would bypass the rule's autograd Functions (the graph cut, the
     projection of the error, the feedback matrices), so they would not be the rule's. Forward-mode
-    ``jvp`` and ``vmap`` are not refused. One C call when no transform is active."""
+    ``jvp`` and ``vmap`` are not refused. One C call when no transform is active; nothing while
+    TorchDynamo traces (the functorch stack cannot be read there, and would graph-break)."""
+    if torch.compiler.is_compiling():
+        return
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     interpreter = peek() if peek is not None else None
     if interpreter is None or interpreter.key() != torch._C._functorch.TransformType.Grad:

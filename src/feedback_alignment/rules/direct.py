@@ -62,7 +62,12 @@ from feedback_alignment.points import (
     find_blocks,
     find_points,
 )
-from feedback_alignment.rules.base import BottleneckWarning, BoundRule, refuse_reverse_transform
+from feedback_alignment.rules.base import (
+    BottleneckWarning,
+    BoundRule,
+    refuse_compiled_wrapper,
+    refuse_reverse_transform,
+)
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
 """Name of the feedback buffer registered on the model: ``model.state_dict()[FEEDBACK_BUFFER]``."""
@@ -109,9 +114,14 @@ class DirectFeedback(BoundRule):
             )
             distribution = feedback
         if distribution not in DISTRIBUTIONS:
+            hint = (
+                f" (the first argument is the distribution; did you mean seed={distribution}?)"
+                if isinstance(distribution, int) and not isinstance(distribution, bool)
+                else ""
+            )
             raise ValueError(
                 f"{owner}: unknown distribution {distribution!r} of the feedback entries; choose "
-                f"one of {DISTRIBUTIONS}"
+                f"one of {DISTRIBUTIONS}{hint}"
             )
         self.distribution = distribution
         self.scale = check_scale(scale, SCALINGS, owner)
@@ -192,6 +202,7 @@ class DirectFeedback(BoundRule):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
+        refuse_compiled_wrapper(model, type(self).__name__)
         if self._bound(model) is not None:
             self._attach(model, None)  # raises, naming the rule already applied
         if verify not in ("placement", "always"):
@@ -798,7 +809,8 @@ class _Binding:
                     f"training forward pass (points: {[n for n, _ in self.points]}): the whole "
                     "model would train by backprop. The points ran under torch.no_grad (reentrant "
                     "gradient checkpointing does that: use use_reentrant=False) or did not run "
-                    "at all (check points=)"
+                    "at all (check points=, or compiled code made before the rule was applied: "
+                    "call torch._dynamo.reset() once after rule.apply)"
                 )
             if (
                 not self.feeds
@@ -1149,12 +1161,13 @@ class _EagerHook:
     hook's binding over to the copy (a closure would be shared with the original).
 
     The first hook made in a process also turns on TorchDynamo's guards on module hooks
-    (``torch._dynamo.config.skip_nnmodule_hook_guards = False``). Without them, a model whose
-    class was compiled before (a BP baseline of the same architecture) or a model compiled before
-    the rule was applied reuses code that never calls the hooks: it would train by backprop (the
-    rule refuses that, "no feedback point ran"). Both are made at the first hook rather than at
-    import, since importing TorchDynamo takes about 1.5 s (an optimizer's constructor imports it
-    anyway).
+    (``torch._dynamo.config.skip_nnmodule_hook_guards = False``) and drops the code compiled
+    before it (``torch._dynamo.reset()``: it was compiled without those guards). Without them, a
+    model whose class was compiled before (a BP baseline of the same architecture) or a model
+    compiled before the rule was applied reuses code that never calls the hooks: it would train by
+    backprop (the rule refuses that, "no feedback point ran"). Both are done at the first hook
+    rather than at import, since importing TorchDynamo takes about 1.5 s (an optimizer's
+    constructor imports it anyway).
     """
 
     _ready = False
@@ -1162,7 +1175,11 @@ class _EagerHook:
     def __init__(self, hook: Callable) -> None:
         self.hook = hook
         if not _EagerHook._ready:
-            torch._dynamo.config.skip_nnmodule_hook_guards = False
+            if torch._dynamo.config.skip_nnmodule_hook_guards:
+                torch._dynamo.config.skip_nnmodule_hook_guards = False
+                # code compiled before has no guards on hooks (it would skip the feedback hooks
+                # of a model compiled before the rule was applied, or of a class compiled for BP)
+                torch._dynamo.reset()
             _EagerHook.__call__ = torch.compiler.disable(_EagerHook._run, reason=_COMPILE_REASON)
             _EagerHook._ready = True
 

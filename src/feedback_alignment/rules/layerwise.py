@@ -122,6 +122,7 @@ from feedback_alignment.functional import (
 from feedback_alignment.rules.base import (
     BoundRule,
     FeedbackResetWarning,
+    refuse_compiled_wrapper,
     refuse_reverse_transform,
 )
 
@@ -353,6 +354,7 @@ class LayerwiseFeedback(BoundRule):
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.apply expects an nn.Module, got {type(model)}")
+        refuse_compiled_wrapper(model, type(self).__name__)
         if self._bound(model) is not None:
             self._attach(model, None)  # raises, naming the rule already applied
         layers = self._collect(model, exclude)
@@ -1072,6 +1074,13 @@ class SignSymmetry(LayerwiseFeedback):
     ) -> tuple[torch.Tensor, float]:
         module = layer.module
         scale = 1.0 if self.variant == "frsf" else layer.scale
+        if self.variant != "brsf" and torch.compiler.is_compiling():
+            # traced: the kernel is part of the compiled graph (the cache keys on storage
+            # pointers, which TorchDynamo cannot guard); brSF's stream is read on the host
+            kernel = torch.sign(weight)
+            if self.variant == "frsf":
+                kernel = kernel * module._buffers[FEEDBACK_MAGNITUDE]
+            return kernel, scale
         state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
         if state is None:
             state_key: tuple = ()
@@ -1251,6 +1260,8 @@ class KolenPollack(FA):
         return [layer.module._parameters[FEEDBACK_WEIGHT] for layer in self._binding(model).layers]
 
     def _before_forward(self, binding: _Binding, layer: _Layer) -> None:
+        if torch.compiler.is_compiling():
+            return  # the optimizer check compares storage pointers: eager steps only
         feedback = layer.module._parameters[FEEDBACK_WEIGHT]
         version = _weight_version(layer.module, layer.weight_name)
         last = layer.seen
