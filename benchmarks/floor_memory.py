@@ -18,7 +18,8 @@ import argparse
 
 import torch
 
-from feedback_alignment import benchmark
+from feedback_alignment import bench as benchmark
+from feedback_alignment.bench import floor, timing
 from feedback_alignment.rules import DFA
 
 
@@ -39,10 +40,10 @@ def main() -> None:
                 torch.manual_seed(0)
                 model = workload.build().train()
                 if scale is None:
-                    benchmark._Floor(model, points, workload.error_at, benchmark._dfa_signal)
+                    floor._Floor(model, points, workload.error_at, floor._dfa_signal)
                 else:
                     DFA(seed=0, scale=scale).apply(model, points=points, error_at=workload.error_at)
-                step = benchmark._step(model, inputs, target, workload.loss)
+                step = timing._step(model, inputs, target, workload.loss)
                 step()  # fixes the feedback layout
                 peaks.append(benchmark.peak_step_memory(step, device))
             print(

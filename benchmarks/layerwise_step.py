@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import feedback_alignment as fa
-from feedback_alignment.benchmark import peak_step_memory
+from feedback_alignment.bench import peak_step_memory
 
 
 def main() -> None:

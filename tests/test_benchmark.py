@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feedback_alignment import benchmark
+from feedback_alignment import bench as benchmark
+from feedback_alignment.bench import floor as bench_floor
+from feedback_alignment.bench import timing
 from feedback_alignment.cli import main
 from feedback_alignment.models import MLP
 
@@ -70,7 +72,7 @@ def test_gcn_runs_the_layerwise_rules():
     """GCNConv's weight is a PyG Linear (converted) and its own bias learns locally."""
     pytest.importorskip("torch_geometric")
     [workload] = benchmark.workloads(["gcn"], "tiny")
-    rows, steps = benchmark._variants(workload, ["BP", "FA"], torch.device("cpu"), 0)
+    rows, steps = timing._variants(workload, ["BP", "FA"], torch.device("cpu"), 0)
     fa_row = next(r for r in rows if r.rule == "FA")
     assert fa_row.status != "unsupported", fa_row.note
     assert len(steps) == 2
@@ -81,7 +83,7 @@ def test_floor_gradient_is_the_dfa_equation():
     torch.manual_seed(0)
     x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
     model = MLP([5, 4, 7, 3], "tanh").double()
-    floor = benchmark._Floor(model, ["1", "3"], None, benchmark.FLOOR_SIGNALS["DFA"])
+    floor = bench_floor._Floor(model, ["1", "3"], None, benchmark.FLOOR_SIGNALS["DFA"])
     logits = model(x)
     F.cross_entropy(logits, y).backward()
     e = (torch.softmax(logits.detach(), dim=1) - F.one_hot(y, 3)) / len(y)
@@ -96,7 +98,7 @@ def test_floor_gradient_is_the_dfa_equation():
 
 def test_shallow_floor_trains_only_the_top():
     model = MLP([5, 4, 4, 3], "tanh")
-    benchmark._Floor(model, ["1", "3"], None, None)
+    bench_floor._Floor(model, ["1", "3"], None, None)
     F.cross_entropy(model(torch.randn(4, 5)), torch.tensor([0, 1, 2, 0])).backward()
     assert model[0].weight.grad is None and model[2].weight.grad is None
     assert model[4].weight.grad is not None
@@ -159,3 +161,13 @@ def test_compiled_twins_are_timed_against_compiled_bp(tmp_path):
     assert all(r["time_vs_compiled_bp"] is None for r in rows if r["kind"] != "compiled")
     table = out.with_suffix(".md").read_text()
     assert "vs compiled BP [95% CI]" in table and "| DFA (compiled, aot_eager" in table
+
+
+def test_the_old_module_name_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("feedback_alignment.benchmark", None)
+    with pytest.warns(FutureWarning, match="moved to feedback_alignment.bench"):
+        old = importlib.import_module("feedback_alignment.benchmark")
+    assert old is benchmark and old.run is benchmark.run

@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from feedback_alignment import benchmark, cli
+from feedback_alignment import bench as benchmark
+from feedback_alignment import cli
 from feedback_alignment.cli import main
 from feedback_alignment.experiments import demo, registry
 
@@ -95,7 +96,7 @@ def test_output_check_creates_nothing(tmp_path):
         (["demo", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
         (["bench", "--rounds", "0"], "argument --rounds: must be >= 2, got 0"),
         (["bench", "--families", "nope"], "argument --families: invalid choice: 'nope'"),
-        (["bench", "--rules", "BP", "XYZ"], "argument --rules: invalid choice: 'XYZ'"),
+        (["bench", "--rules", "BP", "XYZ"], "argument --rules: unknown rule 'XYZ'"),
         (["bench", "--size", "huge"], "argument --size: invalid choice: 'huge'"),
         (["bench", "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
         (["demo", "--epochs", "-1"], "argument --epochs: must be >= 1, got -1"),

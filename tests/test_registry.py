@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import feedback_alignment as fa
-from feedback_alignment import benchmark
+from feedback_alignment import bench as benchmark
 from feedback_alignment.cli import main
 from feedback_alignment.experiments import run
 from feedback_alignment.rules.registry import RULE_CLASSES, canonical_key

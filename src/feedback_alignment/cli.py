@@ -348,7 +348,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for suffix in (".md", ".png"):  # written beside the JSON
             check_output_file(out.with_suffix(suffix), "--out (beside it)")
     device = check_device(args.device)
-    from feedback_alignment import benchmark
+    from feedback_alignment import bench as benchmark
 
     rules = list(dict.fromkeys(args.rules))
     if "BP" not in rules:
@@ -795,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="print only the table")
     demo.set_defaults(func=_cmd_demo)
 
-    from feedback_alignment.benchmark import DIRECT_RULES, FAMILIES, RULES, SIZES
+    from feedback_alignment.bench import DIRECT_RULES, FAMILIES, RULES, SIZES
 
     bench = commands.add_parser(
         "bench",

@@ -191,7 +191,7 @@ def arm_seed(seed: int, arm: str, trials_so_far: int) -> int:
 
 def _machine() -> str:
     """The processor's name and the core count (what a reader needs to weigh the budget)."""
-    from feedback_alignment.benchmark import _processor_name
+    from feedback_alignment.bench.results import _processor_name
 
     return f"{_processor_name()}, {os.cpu_count()} CPUs, {platform.system()}"
 
