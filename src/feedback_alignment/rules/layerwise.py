@@ -1072,42 +1072,56 @@ class SignSymmetry(LayerwiseFeedback):
     def _feedback(
         self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool = True
     ) -> tuple[torch.Tensor, float]:
-        module = layer.module
-        scale = 1.0 if self.variant == "frsf" else layer.scale
-        if self.variant != "brsf" and torch.compiler.is_compiling():
-            # traced: the kernel is part of the compiled graph (the cache keys on storage
-            # pointers, which TorchDynamo cannot guard); brSF's stream is read on the host
-            kernel = torch.sign(weight)
-            if self.variant == "frsf":
-                kernel = kernel * module._buffers[FEEDBACK_MAGNITUDE]
-            return kernel, scale
-        state = module._buffers.get(FEEDBACK_MAGNITUDE, module._buffers.get(FEEDBACK_STREAM))
-        if state is None:
-            state_key: tuple = ()
-        elif self.variant == "frsf":  # the kernel is formed from the buffer's values
-            state_key = (id(state), state._version)
-        else:  # brSF: the host keeps the position; a load or a move (a new tensor) resets it
-            state_key = (id(state),)
-        version = _weight_version(module, layer.weight_name)
+        if self.variant == "brsf":
+            return self._stream_kernel(layer, weight, advance, needed)
+        return self._fixed_kernel(layer, weight, advance, needed)
+
+    def _cached(self, layer: _Layer, weight: torch.Tensor) -> tuple[_SignCache | None, tuple]:
+        """The layer's kernel cache (dropped if the layer was moved or cast) and ``W``'s version."""
+        version = _weight_version(layer.module, layer.weight_name)
         cache: _SignCache | None = layer.cache
         if cache is not None and cache.kernel is not None and not _fits(cache.kernel, weight):
-            cache = layer.cache = None  # the layer was moved or cast
-        current = cache is not None and cache.weight == version
-        if self.variant != "brsf":
-            if current and cache.state == state_key and cache.filled:
-                return cache.kernel, scale
-            if not needed:
-                return weight, scale  # a placeholder: the bottom layer reads no kernel
-            reuse = cache.kernel if (advance and cache is not None) else None
-            kernel = torch.sign(weight) if reuse is None else torch.sign(weight, out=reuse)
-            if self.variant == "frsf":
-                kernel.mul_(state)
-            if advance:
-                layer.cache = _SignCache(version, state_key, kernel, filled=True)
-            return kernel, scale
-        # brSF: which draw belongs to this version of W. The stream buffer is read (one device
-        # sync) only after a load or a move, never in a training step.
-        current = current and cache.state == state_key
+            cache = layer.cache = None
+        return cache, version
+
+    def _fixed_kernel(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool
+    ) -> tuple[torch.Tensor, float]:
+        """uSF ``sign(W)`` (scale ``s``) and frSF ``s|M| sign(W)`` (``s`` in the buffer): formed
+        again only when ``W`` (or frSF's buffer) has a new version."""
+        module = layer.module
+        magnitude = module._buffers.get(FEEDBACK_MAGNITUDE)
+        scale = 1.0 if self.variant == "frsf" else layer.scale
+        if torch.compiler.is_compiling():
+            # traced: the kernel is part of the compiled graph (the cache keys on storage
+            # pointers, which TorchDynamo cannot guard)
+            kernel = torch.sign(weight)
+            return (kernel if magnitude is None else kernel * magnitude), scale
+        state_key = () if magnitude is None else (id(magnitude), magnitude._version)
+        cache, version = self._cached(layer, weight)
+        fresh = cache is not None and cache.weight == version and cache.state == state_key
+        if fresh and cache.filled:
+            return cache.kernel, scale
+        if not needed:
+            return weight, scale  # a placeholder: the bottom layer reads no kernel
+        reuse = cache.kernel if (advance and cache is not None) else None
+        kernel = torch.sign(weight) if reuse is None else torch.sign(weight, out=reuse)
+        if magnitude is not None:
+            kernel.mul_(magnitude)
+        if advance:
+            layer.cache = _SignCache(version, state_key, kernel, filled=True)
+        return kernel, scale
+
+    def _stream_kernel(
+        self, layer: _Layer, weight: torch.Tensor, advance: bool, needed: bool
+    ) -> tuple[torch.Tensor, float]:
+        """brSF ``s|M_t| sign(W)``: which draw ``t`` belongs to this version of ``W``. The stream
+        buffer is read (one device sync) only after a load or a move, never in a training step."""
+        state = layer.module._buffers[FEEDBACK_STREAM]
+        scale = layer.scale
+        state_key = (id(state),)  # the host keeps the position; a load or a move resets it
+        cache, version = self._cached(layer, weight)
+        current = cache is not None and cache.weight == version and cache.state == state_key
         if current:
             base, draw = cache.stream[0], cache.draw
             if cache.filled:
@@ -1121,7 +1135,7 @@ class SignSymmetry(LayerwiseFeedback):
                     layer.cache = _SignCache(
                         version, state_key, kernel=None, stream=(base, draw), draw=draw - 1
                     )
-                    return self._feedback(layer, weight, advance, needed)
+                    return self._stream_kernel(layer, weight, advance, needed)
             if advance:
                 state[1] += 1
                 state[2] = _fingerprint(weight)
