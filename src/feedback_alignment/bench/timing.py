@@ -302,6 +302,22 @@ def run_workload(
     return result
 
 
+RECOMPILE_LIMIT = 256
+"""TorchDynamo's per-function recompile limit while compiled twins run (default 8)."""
+
+
+def _allow_recompiles() -> None:
+    """Every compiled twin of one process shares TorchDynamo's cache per function: the twins of
+    one model class (BP, DFA, FA, ...) and its blocks, each a variant of the same code, would
+    exhaust the default limit of 8 recompilations and run the later twins eagerly without notice.
+    The limit is raised so that each twin is timed compiled, as it would be alone in a process."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT
+    )
+
+
 def run(
     families: Sequence[str] = FAMILIES,
     rules: Sequence[str] = tuple(RULES),
@@ -333,6 +349,7 @@ def run(
     }
     if compile:
         settings["compile"] = f"torch.compile(model, backend={compile!r}), a twin per BP/rule row"
+        _allow_recompiles()
     results: list[WorkloadResult] = []
     for workload in workloads(families, size):
         results.append(
