@@ -3,8 +3,9 @@
 Single-process ``fa.DFA`` gives point ``l`` (``n_l`` features per sample) the matrix
 ``B_l = B[:, o_l : o_l + n_l] * c_l`` of one seeded buffer ``B`` of shape ``(d_out, total)``, with
 offsets ``o_l`` and scales ``c_l`` from :class:`feedback_alignment.feedback.FeedbackLayout`. A
-stage owns a contiguous run of the points (pipeline order is forward order), so it keeps
-``[B_l for its points]`` side by side and projects the error once: ``P = e @ [B_a ... B_b]``.
+stage owns a contiguous run of the points (pipeline order is forward order): it draws the same
+``B`` and projects the error once through :class:`feedback_alignment.projector.Projector`, over the
+columns its points read (``P = e @ B[:, lo:hi]`` with the scales folded in), a slice per point.
 
 The widths need every point's shape and the output's: the shapes of stage ``s``'s points travel up
 with its first activation (:func:`encode_shapes`), the last stage builds the layout
@@ -66,6 +67,21 @@ def build_layout(rule: DFA, widths: Sequence[int], out_features: int) -> Feedbac
     return FeedbackLayout.build(names, widths, out_features, shared=rule.shared, scaling=rule.scale)
 
 
+def rule_buffer(
+    rule: DFA,
+    layout: FeedbackLayout,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The buffer ``B`` of shape ``(d_out, total)`` that ``fa.DFA`` draws for this layout
+    (:func:`feedback_alignment.feedback.draw` with the rule's distribution and seed, float64 for
+    float64 models, else float32): bitwise the same on every process."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    shape = (layout.out_features, layout.total)
+    buffer = draw(rule.distribution, shape, direct_stream_seed(rule.seed), dtype=dtype)
+    return buffer.to(device)
+
+
 def stage_matrix(
     rule: DFA,
     layout: FeedbackLayout,
@@ -83,8 +99,6 @@ def stage_matrix(
     """
     if count == 0:
         return None
-    dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    shape = (layout.out_features, layout.total)
-    buffer = draw(rule.distribution, shape, direct_stream_seed(rule.seed), dtype=dtype)
+    buffer = rule_buffer(rule, layout, dtype)
     matrix = torch.cat([layout.matrix(buffer, i) for i in range(first, first + count)], dim=1)
     return matrix.to(device)

@@ -61,11 +61,13 @@ from feedback_alignment.pipeline.layout import (
     build_layout,
     decode_shapes,
     encode_shapes,
+    rule_buffer,
     stage_matrix,
     widths_from_shapes,
 )
 from feedback_alignment.pipeline.transport import ACTIVATION_TAG, ERROR_TAG, Inbox, Message, send
 from feedback_alignment.points import PlacementError, find_points
+from feedback_alignment.projector import Projector
 from feedback_alignment.rules import DFA
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -188,7 +190,9 @@ class DFAPipelineStage:
         self._first_index = 0
         self._own_shapes: list[list[int]] | None = None
         self._layout: FeedbackLayout | None = None
-        self._matrix: torch.Tensor | None = None
+        self._buffer: torch.Tensor | None = None  # the rule's B, drawn from its seed
+        self._dtype = torch.float32  # of the buffer: float64 for float64 models
+        self._projector: Projector | None = None  # this stage's run of points
         self._error_meta: list[int] | None = None
         self._weights: dict[str, torch.Tensor] | None = None
         if self.mode == "async" and not self.is_last:
@@ -312,13 +316,23 @@ class DFAPipelineStage:
     def _set_layout(self, widths: list[int], d_out: int, dtype: torch.dtype) -> None:
         self._layout = build_layout(self.rule, widths, d_out)
         count = len(self._own_shapes or [])
-        self._matrix = stage_matrix(
-            self.rule, self._layout, self._first_index, count, dtype=dtype, device=self.device
-        )
+        self._dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if count:
+            # the single-process rule's buffer and projection, for this stage's points only
+            self._buffer = rule_buffer(self.rule, self._layout, self._dtype, self.device)
+            self._projector = Projector(
+                self._layout, self.rule.project_signal, self._first_index, count
+            )
 
     def feedback_matrix(self) -> torch.Tensor | None:
-        """This stage's ``[B_l ...]`` side by side, shape ``(d_out, sum of its widths)``."""
-        return self._matrix
+        """This stage's ``[B_l ...]`` side by side, shape ``(d_out, sum of its widths)`` (drawn
+        again from the seed: an inspection, not the stage's working copy)."""
+        if self._layout is None:
+            return None
+        count = len(self._own_shapes or [])
+        return stage_matrix(
+            self.rule, self._layout, self._first_index, count, dtype=self._dtype, device=self.device
+        )
 
     # --- the update --------------------------------------------------------------------------------
 
@@ -326,11 +340,9 @@ class DFAPipelineStage:
         """``B_l e`` for each of this stage's points: one matmul, then a slice per point."""
         if not hidden:
             return []
-        layout, matrix = self._layout, self._matrix
-        assert layout is not None and matrix is not None
+        layout, projector, buffer = self._layout, self._projector, self._buffer
+        assert layout is not None and projector is not None and buffer is not None
         rows = error.numel() // layout.out_features
-        projected = error.reshape(rows, layout.out_features) @ matrix.to(error.dtype)
-        signals, start = [], 0
         for index, h in enumerate(hidden):
             width = layout.widths[self._first_index + index]
             if h.numel() != rows * width:
@@ -339,9 +351,8 @@ class DFAPipelineStage:
                     f"not {width} features per sample as when the feedback was drawn; a "
                     "point's width cannot change between steps"
                 )
-            signals.append(projected[:, start : start + width].reshape(h.shape))
-            start += width
-        return signals
+        projected = projector.project(error.reshape(rows, layout.out_features), buffer)
+        return [row.reshape(h.shape) for row, h in zip(projected, hidden, strict=True)]
 
     def _apply(self, message: Message) -> None:
         if self._layout is None:

@@ -29,7 +29,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -62,6 +61,7 @@ from feedback_alignment.points import (
     find_blocks,
     find_points,
 )
+from feedback_alignment.projector import Projector
 from feedback_alignment.rules.base import (
     BottleneckWarning,
     BoundRule,
@@ -502,8 +502,7 @@ class _Binding:
         self._injected: tuple | None = None  # (signature, key, records) of this forward pass
         self._losses_seen: set[int] = set()  # how many scalars verified outputs returned
         self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last check)
-        self._matrix_key: tuple | None = None
-        self._matrix_cache: torch.Tensor | None = None
+        self.projector: Projector | None = None  # P = s(e) @ B, a slice per point (the layout's)
         self.handles = [
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
             model.register_forward_pre_hook(_EagerHook(self._begin_forward)),
@@ -536,12 +535,12 @@ class _Binding:
         self.handles.clear()
         model._buffers.pop(FEEDBACK_BUFFER, None)
         self.records.clear()
-        self._matrix_cache = self._matrix_key = None
+        self.projector = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
         state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
-        state.update(_matrix_key=None, _matrix_cache=None, _last_cut=None, _head_output=None)
+        state.update(_last_cut=None, _head_output=None)
         state.update(_block_inputs={})
         return state
 
@@ -1030,6 +1029,7 @@ class _Binding:
                 "serve them: the checkpoint was made with another model or placement"
             )
         self.layout = layout
+        self.projector = Projector(layout, self.rule.project_signal)
 
     def project(
         self,
@@ -1042,7 +1042,7 @@ class _Binding:
         layout = self.layout
         model = self.owner
         buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
-        if layout is None or buffer is None:
+        if layout is None or buffer is None or self.projector is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")
         if self.rule.check_finite and torch.compiler.is_compiling():
             # traced (compiled autograd): a device-side assert, no host sync, no graph break
@@ -1068,44 +1068,13 @@ class _Binding:
         if forward.output_axes is not None:
             rest = [a for a in range(error.dim()) if a not in forward.output_axes]
             error = error.permute(*forward.output_axes, *rest)
-        signal = self.rule.project_signal(error.reshape(-1, layout.out_features))
-        columns, residual = _folded_scales(layout)
-        projected = signal @ self._matrix(buffer, columns, signal.dtype, signal.device)
-        samples = signal.shape[0]
-        grads: list[torch.Tensor | None] = []
-        for i, (shape, axes) in enumerate(zip(hidden_shapes, forward.axes, strict=True)):
-            if not needed[i]:
-                grads.append(None)
-                continue
-            start, width = layout.offsets[i], layout.widths[i]
-            grad = projected if width == layout.total else projected[:, start : start + width]
-            if residual[i] != 1.0:
-                grad = grad * residual[i]
-            grads.append(_to_point_layout(grad, shape, axes, samples))
-        return grads
-
-    def _matrix(
-        self,
-        buffer: torch.Tensor,
-        columns: torch.Tensor | float,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> torch.Tensor:
-        """The buffer in the signal's dtype and device with the points' scales folded into its
-        columns (see :func:`_folded_scales`).
-
-        Cached until the buffer is replaced, modified in place, cast or moved.
-        """
-        key = (id(buffer), buffer._version, dtype, device, id(self.layout))
-        if self._matrix_key != key:
-            matrix = buffer.detach().to(dtype=dtype, device=device)
-            if isinstance(columns, torch.Tensor):
-                matrix = matrix * columns.to(dtype=dtype, device=device)
-            elif columns != 1.0:
-                matrix = matrix * columns
-            self._matrix_cache = matrix
-            self._matrix_key = key
-        return self._matrix_cache
+        flat = error.reshape(-1, layout.out_features)
+        rows = self.projector.project(flat, buffer, needed)
+        samples = flat.shape[0]
+        return [
+            None if row is None else _to_point_layout(row, shape, axes, samples)
+            for row, shape, axes in zip(rows, hidden_shapes, forward.axes, strict=True)
+        ]
 
     # --- checkpoints -----------------------------------------------------------------------------
 
@@ -1135,7 +1104,7 @@ class _Binding:
         if current is None or tuple(current.shape) != tuple(incoming.shape):
             device = current.device if current is not None else incoming.device
             module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
-        self.layout = None  # re-checked against the loaded matrix at the next forward pass
+        self.layout = self.projector = None  # re-checked against the loaded matrix next pass
         self._signature = None
 
 
@@ -1214,28 +1183,6 @@ def _warn_bottleneck(narrow: dict[str, int], out_features: int, error_at: str | 
         BottleneckWarning,
         stacklevel=3,
     )
-
-
-@functools.lru_cache(maxsize=64)
-def _folded_scales(layout: FeedbackLayout) -> tuple[torch.Tensor | float, tuple[float, ...]]:
-    """Each point's scale folded into the columns of ``B``, so that points read views of the one
-    product ``s(e) @ B`` and no scaled copy of a slice is made (memory at the hand-written floor).
-
-    Disjoint columns: every column carries its point's scale; nothing is left per point. Shared
-    columns (one matrix sliced by every point): the columns carry the widest point's scale ``c_w``
-    and a point of another scale ``c_l`` multiplies its slice by ``c_l / c_w`` (only there is a
-    copy made). Returns the column factors (a vector, or one number) and the residual per point.
-    """
-    if layout.uniform_scale is not None:
-        return layout.uniform_scale, (1.0,) * len(layout.widths)
-    if len(set(layout.offsets)) == len(layout.offsets) and layout.total == sum(layout.widths):
-        columns = torch.empty(layout.total, dtype=torch.float64)
-        for start, width, scale in zip(layout.offsets, layout.widths, layout.scales, strict=True):
-            columns[start : start + width] = scale
-        return columns, (1.0,) * len(layout.widths)
-    widest = max(range(len(layout.widths)), key=layout.widths.__getitem__)
-    common = layout.scales[widest]
-    return common, tuple(scale / common for scale in layout.scales)
 
 
 def _live(records: Sequence[Record]) -> bool:
