@@ -15,10 +15,13 @@ import statistics
 from feedback_alignment.experiments import papers as P
 from feedback_alignment.experiments.claim_data import (
     NOT_MEASURED,
+    NOT_REPRODUCED,
+    REPRODUCED,
     TARGET,
     ClaimDataError,
     Data,
     Evaluate,
+    NotMeasured,
     Outcome,
     Results,
     Stat,
@@ -79,21 +82,27 @@ def fa_vs_dfa(r: Results) -> Outcome:
     return verdict(t, "; ".join(f"{d}: {slash(e[d], 2)}" for d in e), met, by)
 
 
-def bottleneck(column: str) -> Evaluate:
+def bottleneck(metric: str) -> Evaluate:
+    """The paper's mask and cosine under the paper's optimiser (the SGD-sum column) decide;
+    ``metric`` ``"cosine"``: Spearman(b, cosine) ≥ 0.8; ``"accuracy"``: b=800 ≥ 1 point ahead
+    of b=1. The same figure under Adam is reported beside it."""
+    from feedback_alignment.experiments.principled.bottleneck import COLUMNS
+
     def evaluate(r: Results) -> Outcome:
         t = r["principled_bottleneck"]
         bs = sorted(row[t.index("b")] for row in t.rows)
-        v = [s.mean for s in t.each(column, bs).values()]
-        if column.startswith("acc"):
-            ours = f"masked accuracy {v[0]:.2f} % at b={bs[0]}, {v[-1]:.2f} % at b={bs[-1]}"
+        v = [s.mean for s in t.each(COLUMNS[metric], bs).values()]
+        adam = [s.mean for s in t.each(COLUMNS[f"{metric}_adam"], bs).values()]
+        if metric == "accuracy":
+            ours = f"paper's mask, SGD-sum: {v[0]:.2f} % at b={bs[0]}, {v[-1]:.2f} % at "
+            ours += f"b={bs[-1]} (Adam: {adam[0]:.2f} %, {adam[-1]:.2f} %)"
             gain = v[-1] - v[0]
             return verdict(t, ours, gain >= 1, f"widest ahead of narrowest by {gain:+.2f} points")
         rho = spearman([float(b) for b in bs], v)
-        below = [s.mean for s in t.each("cosine below, masked", bs).values()]
-        ours = f"masked cosine {v[0]:.3f} at b={bs[0]}, {v[-1]:.3f} at b={bs[-1]}, Spearman "
-        ours += (
-            f"{rho:.2f} (the layer below: Spearman {spearman([float(b) for b in bs], below):.2f})"
-        )
+        rho_adam = spearman([float(b) for b in bs], adam)
+        ours = f"paper's mask, SGD-sum: cosine {v[0]:.3f} at b={bs[0]}, {v[-1]:.3f} at "
+        ours += f"b={bs[-1]}, Spearman {rho:.2f} (Adam: {adam[0]:.3f} to {adam[-1]:.3f}, "
+        ours += f"Spearman {rho_adam:.2f})"
         return verdict(t, ours, rho >= 0.8, f"Spearman {rho:.2f}, criterion ≥ 0.80")
 
     return evaluate
@@ -130,6 +139,11 @@ def conv(r: Results) -> Outcome:
     return verdict(t, ours + f"{frozen.show(2)} % frozen", met, miss)
 
 
+SHALLOW_RATIO_PAPER = PPL["Shallow"] / PPL["BP"]
+"""The paper's Shallow / BP perplexity (428 / 29.8, about 14x): G in log perplexity divides by
+log of this ratio, so it depends on how bad Shallow is, not on DFA alone."""
+
+
 def transformer(which: str) -> Evaluate:
     def evaluate(r: Results) -> Outcome:
         t = r["transformer"]
@@ -143,7 +157,9 @@ def transformer(which: str) -> Evaluate:
             return verdict(t, ours, order == sorted(PPL, key=PPL.__getitem__), "another order")
         g = log_gap(p[f"DFA-{which}"], p["BP"], p["Shallow"])
         ours = f"G = {g:.2f} (ppl per char BP {p['BP']:.2f}, DFA-{which} "
-        ours += f"{p[f'DFA-{which}']:.2f}, Shallow {p['Shallow']:.2f})"
+        ours += f"{p[f'DFA-{which}']:.2f}, Shallow {p['Shallow']:.2f}; G depends on Shallow's "
+        ours += f"perplexity: Shallow / BP {p['Shallow'] / p['BP']:.1f}x here, "
+        ours += f"{SHALLOW_RATIO_PAPER:.0f}x in the paper (per BPE token))"
         return verdict(t, ours, g >= TARGET[which], f"short by {TARGET[which] - g:.2f}")
 
     return evaluate
@@ -189,10 +205,20 @@ def graphs_order(r: Results) -> Outcome:
 
 
 def gcn_gap(r: Results) -> Outcome:
-    t, acc = cora(r)
-    g, most = closure(acc["gcn"]), TARGET["gcn"]
-    ours = f"G = {g:.2f} from the means of {slash(acc['gcn'], 1)}"
-    return verdict(t, ours, g >= most, f"short by {most - g:.2f}")
+    """GCN's G over (split, seed) pairs (``graphs_cora_splits``): G from the mean accuracies,
+    met when it reaches the target within twice the standard error of the per-pair G."""
+    t = r["graphs_cora_splits"]
+    acc = {k: t.get("mean ± std over pairs", f"{k} test accuracy %") for k in THREE}
+    per_pair = t.get("mean ± std over pairs", "G per pair")
+    pairs = int(t.get("pairs", "G per pair").mean)
+    g = t.get("mean ± std over pairs", "G from the mean accuracies").mean
+    se = (per_pair.std or 0.0) / math.sqrt(max(pairs, 1))
+    most = TARGET["gcn"]
+    ours = f"G = {g:.2f} from the means of {slash(acc, 1)} over {pairs} (split, seed) pairs; "
+    ours += f"per pair G {per_pair.show(2)} (standard error {se:.3f})"
+    hit = "" if g >= most else f"G {most - g:.2f} below {most}, within 2 standard errors"
+    return verdict(t, ours, g + 2 * se >= most, f"short by {most - g:.2f}, over 2 standard "
+                   f"errors ({2 * se:.3f})", hit)  # fmt: skip
 
 
 def cora_other_gaps(r: Results) -> Outcome:
@@ -243,14 +269,54 @@ def recs_setting(r: Results) -> Outcome:
     return verdict(t, f"BP − Shallow AUC: {gaps}", bool(ok), "no setting qualifies", hit)
 
 
+PAIRED = "DFA − BP AUC (per seed)"
+
+
+def paper_auc_gap(model: str) -> float:
+    """The paper's DFA − BP AUC on Criteo for a table model name (Deep & Cross: −0.0095)."""
+    kind = {v: k for k, v in MODEL_NAMES.items()}[model]
+    return P.LAUNAY_2020_CRITEO[kind]["DFA"][0] - P.LAUNAY_2020_CRITEO[kind]["BP"][0]
+
+
+def _auc_gap(t: Data, where: dict[str, str]) -> tuple[float, float, str]:
+    """DFA − BP AUC (mean) and its seed spread: the std over seeds of the per-seed difference
+    where the table has it, else sqrt(std_DFA² + std_BP²) (unpaired)."""
+    dfa, bp = (t.get(k, where, part=0) for k in ("DFA", "BP"))
+    if PAIRED in t.columns:
+        paired = t.get(PAIRED, where)
+        return paired.mean, paired.std or 0.0, "paired"
+    return dfa.mean - bp.mean, math.hypot(dfa.std or 0.0, bp.std or 0.0), "unpaired"
+
+
 def recs_match(r: Results) -> Outcome:
+    """DFA − BP ≥ the paper's gap for the model (Criteo; the paper gives no spread) − 2 x our
+    seed spread of that difference, in every qualifying setting, at the default sizes and (where
+    the table is committed) at the paper's sizes."""
     t, auc = recs(r)
-    gaps = {s: auc[s]["DFA"].mean - auc[s]["BP"].mean for s in qualifying(auc)}
-    if not gaps:
+    settings = [(t, {"data": d, "model": m}, "") for d, m in qualifying(auc)]
+    try:
+        big = r["recommenders_paper_size"]
+    except NotMeasured:
+        big = None
+    if big is not None:
+        for row in big.rows:
+            where = {"data": row[big.index("data")], "model": row[big.index("model")]}
+            a = {k: big.get(k, where, part=0) for k in THREE}
+            if a["BP"].mean - a["Shallow"].mean >= TARGET["auc"]:
+                settings.append((big, where, ", paper's sizes"))
+    if not settings:
         return Outcome("—", NOT_MEASURED, "no setting with Shallow ≥ 0.02 AUC below BP")
-    ours = "DFA − BP AUC: " + ", ".join(f"{m} on {d} {g:+.4f}" for (d, m), g in gaps.items())
-    worst = min(gaps.values())
-    return verdict(t, ours, worst >= -0.01, f"DFA up to {-worst:.4f} below BP")
+    parts, misses = [], []
+    for table, where, size in settings:
+        gap, spread, kind = _auc_gap(table, where)
+        bar = paper_auc_gap(where["model"]) - 2 * spread
+        parts.append(f"{where['model']} on {where['data']}{size}: {gap:+.4f} (bar {bar:+.4f} = "
+                     f"paper {paper_auc_gap(where['model']):+.4f} − 2 x {spread:.4f}, {kind}) "
+                     f"{table.tag()}")  # fmt: skip
+        if gap < bar:
+            misses.append(f"{where['model']}{size} {bar - gap:.4f} below its bar")
+    ours = "DFA − BP AUC: " + "; ".join(parts)
+    return Outcome(ours, REPRODUCED if not misses else NOT_REPRODUCED, "; ".join(misses))
 
 
 def lenet(r: Results) -> tuple[Data, dict[str, Stat]]:
@@ -271,9 +337,10 @@ def sign_symmetry(rule: str) -> Evaluate:
 
 
 RESNET_GAP = round(
-    P.BIOTORCH_CIFAR10_RESNET20_ERROR["uSF"] - P.BIOTORCH_CIFAR10_RESNET20_ERROR["BP"], 2
+    P.BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR["uSF"] - P.BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR["BP"], 2
 )
-"""BioTorch's own uSF - BP gap on ResNet-20 (1.42 points): the claim is theirs, so is the bar."""
+"""BioTorch's own uSF - BP gap on ResNet-20 in its Adam column (0.58 points; the SGD column's is
+1.42): ours trains with AdamW, so the column of the same optimiser sets the bar."""
 
 
 def resnet_sign_symmetry(r: Results) -> Outcome:

@@ -20,8 +20,11 @@ COMMANDS: dict[str, str] = {
     "transformer": "feedback-alignment reproduce --tasks transformer",
     "nerf": "feedback-alignment reproduce --tasks nerf",
     "graphs_cora": "feedback-alignment reproduce --tasks graphs --seeds 0,1,2",
+    "graphs_cora_splits": "feedback-alignment --threads 1 reproduce --tasks graphs-gcn-splits",
     "gin_cora": "python -m feedback_alignment.experiments.gin_cora",
     "recommenders_auc": "feedback-alignment reproduce --tasks recommenders --seeds 0,1,2",
+    "recommenders_paper_size": "feedback-alignment --threads 1 reproduce --tasks "
+                               "recommenders-paper-size --seeds 0,1,2",
     "convnets_fashion_mnist": "feedback-alignment reproduce --tasks convnets",
     "resnet_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks resnet --workers 2",
 }  # fmt: skip
@@ -116,7 +119,33 @@ class Results(dict[str, Data]):
 # --- outcomes ------------------------------------------------------------------------------
 
 REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+"""A criterion's two outcomes; :func:`~feedback_alignment.experiments.claims.assess` turns a miss
+into :data:`CONTRADICTED` or :data:`NOT_AT_SCALE` by the claim's :class:`Scale`."""
+CONTRADICTED, NOT_AT_SCALE = "contradicted", "not reproduced at this scale"
 NOT_TESTABLE, NOT_MEASURED = "not testable here", "not measured"
+STATUSES = (REPRODUCED, CONTRADICTED, NOT_AT_SCALE, NOT_TESTABLE, NOT_MEASURED)
+"""What the claims table says of a claim (a raw miss, :data:`NOT_REPRODUCED`, is never shown)."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Where a claim is said to hold, and where we tested it.
+
+    Attributes:
+        paper: the smallest setting at which the paper states the claim (data set, model, schedule),
+            or that the paper gives none.
+        ours: the setting of our committed run, naming what differs from the paper's.
+        at_scale: our run is at or above the paper's smallest setting in every respect that the
+            claim depends on, so that a miss contradicts the paper; ``False`` (smaller data, model
+            or schedule, another data set, or a paper that names no setting): a miss is "not
+            reproduced at this scale".
+    """
+
+    paper: str
+    ours: str
+    at_scale: bool = False
+
+
 TARGET = {"macro": 0.79, "micro": 0.57, "nerf_db": 5.6, "gcn": 0.97, "sf_points": 1.0, "auc": 0.02}
 """Issue 13's targets (the papers' figures, rounded as the issue states them)."""
 
