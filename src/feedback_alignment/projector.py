@@ -82,14 +82,22 @@ class Projector:
         self._key: tuple | None = None
         self._matrix: torch.Tensor | None = None
 
+    def span(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The columns ``lo .. hi`` of the whole ``(d_out, total)`` buffer: all that a holder of
+        these points needs to keep (a pipeline stage)."""
+        return buffer[:, self.lo : self.hi]
+
     def matrix(
         self, buffer: torch.Tensor, dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
         """``B[:, lo:hi]`` with the points' scales folded into its columns, in ``dtype`` on
-        ``device``; ``buffer`` is the whole ``(d_out, total)`` matrix."""
+        ``device``; ``buffer`` is the whole ``(d_out, total)`` matrix or its :meth:`span`."""
         key = (id(buffer), buffer._version, dtype, device)
         if self._key != key:
-            matrix = buffer.detach()[:, self.lo : self.hi].to(dtype=dtype, device=device)
+            columns = buffer.detach()
+            if columns.shape[1] != self.hi - self.lo:
+                columns = columns[:, self.lo : self.hi]
+            matrix = columns.to(dtype=dtype, device=device)
             if isinstance(self.columns, torch.Tensor):
                 matrix = matrix * self.columns.to(dtype=dtype, device=device)
             elif self.columns != 1.0:

@@ -319,10 +319,11 @@ class DFAPipelineStage:
         self._dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if count:
             # the single-process rule's buffer and projection, for this stage's points only
-            self._buffer = rule_buffer(self.rule, self._layout, self._dtype, self.device)
             self._projector = Projector(
                 self._layout, self.rule.project_signal, self._first_index, count
             )
+            buffer = rule_buffer(self.rule, self._layout, self._dtype, self.device)
+            self._buffer = self._projector.span(buffer).clone()  # only the columns it reads
 
     def feedback_matrix(self) -> torch.Tensor | None:
         """This stage's ``[B_l ...]`` side by side, shape ``(d_out, sum of its widths)`` (drawn
