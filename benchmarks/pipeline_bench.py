@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 import feedback_alignment as fa
+from feedback_alignment.bench.results import processor_name
 from feedback_alignment.distributed import clean_exit
 from feedback_alignment.models import MLP
 from feedback_alignment.models.transformer import Block, TransformerConfig
@@ -434,20 +434,10 @@ def _run_info(report: dict) -> None:
     report["command"] = "torchrun --nproc-per-node 2 benchmarks/pipeline_bench.py " + " ".join(
         sys.argv[1:]
     )
-    report["machine"] = f"{_cpu_name()}, {os.cpu_count()} cores"
+    report["machine"] = f"{processor_name()}, {os.cpu_count()} cores"
     report["uptime_end"] = _uptime()
     report["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report["torch"] = torch.__version__
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _uptime() -> str:

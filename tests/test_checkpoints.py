@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -17,17 +18,10 @@ from feedback_alignment.checkpoints import feedback_keys
 from feedback_alignment.rules.base import FeedbackResetWarning
 
 RULES: dict[str, Callable[[], fa.Rule]] = {
-    "DFA": lambda: fa.DFA(seed=3),
-    "SignDFA": lambda: fa.SignDFA(seed=3),
-    "DRTP": lambda: fa.DRTP(seed=3),
-    "Shallow": lambda: fa.Shallow(seed=3),
-    "FA": lambda: fa.FA(seed=3),
-    "uSF": lambda: fa.uSF(),
-    "frSF": lambda: fa.frSF(seed=3),
-    "brSF": lambda: fa.brSF(seed=3),
-    "KP": lambda: fa.KolenPollack(seed=3),
-    "WM": lambda: fa.WeightMirror(seed=3),
+    name: partial(fa.make_rule, name, seed=3)
+    for name in ("DFA", "SignDFA", "DRTP", "Shallow", "FA", "uSF", "frSF", "brSF", "KP", "WM")
 }
+"""Every rule, built through the registry (``fa.make_rule`` takes these spellings)."""
 ADDED = {
     "DFA": ["direct_feedback_matrix"],
     "SignDFA": ["direct_feedback_matrix"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -25,17 +26,10 @@ import feedback_alignment as fa
 from feedback_alignment.models.transformer import CharTransformer, TransformerConfig
 
 RULES: dict[str, Callable[[], fa.Rule]] = {
-    "DFA": lambda: fa.DFA(seed=1),
-    "SignDFA": lambda: fa.SignDFA(seed=1),
-    "DRTP": lambda: fa.DRTP(seed=1),
-    "Shallow": lambda: fa.Shallow(seed=1),
-    "FA": lambda: fa.FA(seed=1),
-    "uSF": lambda: fa.uSF(),
-    "frSF": lambda: fa.frSF(seed=1),
-    "brSF": lambda: fa.brSF(seed=1),
-    "KP": lambda: fa.KolenPollack(seed=1),
-    "WM": lambda: fa.WeightMirror(seed=1),
+    name: partial(fa.make_rule, name, seed=1)
+    for name in ("DFA", "SignDFA", "DRTP", "Shallow", "FA", "uSF", "frSF", "brSF", "KP", "WM")
 }
+"""Every rule, built through the registry (``fa.make_rule`` takes these spellings)."""
 
 
 @pytest.fixture(autouse=True)

@@ -60,7 +60,7 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "processor": _processor_name(),
+        "processor": processor_name(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": device,
@@ -73,7 +73,9 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def _processor_name() -> str:
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says: the machine field of
+    every results file (bench, tuning, the pipeline benchmark)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

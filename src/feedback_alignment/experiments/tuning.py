@@ -191,9 +191,9 @@ def arm_seed(seed: int, arm: str, trials_so_far: int) -> int:
 
 def _machine() -> str:
     """The processor's name and the core count (what a reader needs to weigh the budget)."""
-    from feedback_alignment.bench.results import _processor_name
+    from feedback_alignment.bench.results import processor_name
 
-    return f"{_processor_name()}, {os.cpu_count()} CPUs, {platform.system()}"
+    return f"{processor_name()}, {os.cpu_count()} CPUs, {platform.system()}"
 
 
 def _commit() -> str:
