@@ -34,6 +34,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -436,6 +437,24 @@ class _Forward(NamedTuple):
 Record = tuple[str, torch.Tensor, "tuple[int, ...] | None"]
 
 
+@dataclass
+class _Pass:
+    """What one forward pass of the model records: replaced as a whole by
+    ``_Binding._clear_pass`` (never reset field by field)."""
+
+    depth: int = 0  # > 0 while the model's own forward runs (it may call itself)
+    grad_at_start: bool = False  # grad mode when the model's forward pass began
+    fired: bool = False  # a point ran with grad enabled in this forward pass
+    records: list[Record] = field(default_factory=list)  # (point, uncut tensor, axes)
+    calls: dict[str, int] = field(default_factory=dict)  # calls of each point module
+    # (container, id(input)) -> (block, input): the input is held so that its id is not reused
+    block_inputs: dict[tuple[str, int], tuple[str, torch.Tensor]] = field(default_factory=dict)
+    last_cut: tuple[torch.Tensor, torch.Tensor] | None = None  # (cut, uncut)
+    head_output: torch.Tensor | None = None  # the injected head output
+    injected: tuple | None = None  # (signature, key, records) of this forward pass
+    pending: tuple | None = None  # (signature, key, records) awaiting verification
+
+
 class _Binding:
     """The state of one rule applied to one model: hooks, the layout and the forward's records.
 
@@ -474,10 +493,7 @@ class _Binding:
             if automatic
             else {}
         )
-        # (container, id(input)) -> (block, input): the input is held so that its id is not reused
-        self._block_inputs: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
-        self._grad_at_start = False  # grad mode when the model's forward pass began
-        self._last_cut: tuple[torch.Tensor, torch.Tensor] | None = None  # (cut, uncut)
+        self.now = _Pass()  # what this forward pass has recorded (replaced by _clear_pass)
         self.output = output
         self.error_at = error_at
         self.output_activation = output_activation
@@ -485,21 +501,14 @@ class _Binding:
         self.point_axes = point_axes
         self.true_gradient = true_gradient
         self._auto_head = auto_head
-        self._head_output: torch.Tensor | None = None  # the injected head output, this pass
         self.verify_always = verify_always
-        self._fired = False  # a point ran with grad enabled in this forward pass
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
-        self.records: list[Record] = []
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
-        self.calls: dict[str, int] = {}
-        self.depth = 0  # > 0 while the model's own forward runs
         model.register_buffer(FEEDBACK_BUFFER, None)
         self.feeds = rule.signal is not None
         self._signature: tuple | None = None  # shapes of the last verified forward pass
         self._verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
-        self._pending: tuple | None = None  # (signature, key, records) awaiting verification
-        self._injected: tuple | None = None  # (signature, key, records) of this forward pass
         self._losses_seen: set[int] = set()  # how many scalars verified outputs returned
         self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last check)
         self.projector: Projector | None = None  # P = s(e) @ B, a slice per point (the layout's)
@@ -534,34 +543,40 @@ class _Binding:
             handle.remove()
         self.handles.clear()
         model._buffers.pop(FEEDBACK_BUFFER, None)
-        self.records.clear()
+        self._clear_pass()
         self.projector = None
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()  # pickling: no per-step state, no cached device copy
-        state.update(records=[], recorders=[], calls={}, depth=0, _pending=None, _injected=None)
-        state.update(_last_cut=None, _head_output=None)
-        state.update(_block_inputs={})
+        state = self.__dict__.copy()  # pickling: no per-pass state, no cached device copy
+        state.update(now=_Pass(), recorders=[])
         return state
+
+    @property
+    def calls(self) -> dict[str, int]:
+        """Calls of each point module in this forward pass (the bindings' protocol, see
+        :class:`~feedback_alignment.rules.base.BoundRule`)."""
+        return self.now.calls
+
+    def _clear_pass(self) -> None:
+        """Forgets what the last forward pass recorded: the one place the per-pass record is
+        reset (at the start of a pass, at its end, when the rule is removed, when pickled)."""
+        self.now = _Pass()
 
     # --- forward hooks ---------------------------------------------------------------------------
 
     # These hooks run at every training step: they are kept free of avoidable work.
 
     def _begin_forward(self, module: nn.Module, args: Any) -> None:
-        self.depth += 1
-        if self.depth == 1:
-            self.records.clear()
-            self.calls.clear()
-            self._block_inputs.clear()
-            self._fired = False
-            self._grad_at_start = grad = torch.is_grad_enabled()
+        if self.now.depth == 0:  # the model's own call, not a call of itself from within
+            self._clear_pass()
+            self.now.grad_at_start = grad = torch.is_grad_enabled()
             if grad and self.mode == "rule":
                 refuse_reverse_transform(type(module).__name__, self.rule.name)
+        self.now.depth += 1
 
     def _point_name(self, name: str) -> str | None:
         """The point's name for this call (``None``: a call that is not a selected point)."""
-        calls = self.calls
+        calls = self.now.calls
         count = calls.get(name, 0)
         calls[name] = count + 1
         selected = self.selected_calls[name]
@@ -598,8 +613,8 @@ class _Binding:
         a reentrant checkpoint when ``torch.utils.checkpoint`` is on the stack (the frame walk
         runs only on this rare path): refused, since its parameters would get no gradient."""
         if (
-            self.depth
-            and self._grad_at_start
+            self.now.depth
+            and self.now.grad_at_start
             and self.mode == "rule"
             and _trainable(module)
             and _inside_checkpoint()
@@ -634,13 +649,13 @@ class _Binding:
         if not torch.is_grad_enabled():
             self._refuse_reentrant_checkpoint(name, module)
             return None
-        if not self.depth:
+        if not self.now.depth:
             if self.mode == "rule" and _any_requires_grad(output):
                 if _recomputing():
                     return _cut(output)  # as in the forward pass that this recomputes
                 raise self._outside_forward(name)
             return None
-        self._fired = True
+        self.now.fired = True
         if isinstance(output, nn.utils.rnn.PackedSequence) or (
             isinstance(output, tuple)
             and output
@@ -655,7 +670,7 @@ class _Binding:
         tensor = _first_tensor(output, name)
         container = self._block_of.get(name)
         if container is not None and args and isinstance(args[0], torch.Tensor):
-            sibling, _ = self._block_inputs.setdefault((container, id(args[0])), (name, args[0]))
+            sibling, _ = self.now.block_inputs.setdefault((container, id(args[0])), (name, args[0]))
             if sibling != name:
                 raise PlacementError(
                     f"automatic placement took the children of {container!r} for a chain of "
@@ -671,7 +686,7 @@ class _Binding:
                 raise self._not_learning(name, module)
             point = self._point_name(name)
             if point is not None and self.mode == "rule" and tensor.is_floating_point():
-                self.records.append((point, tensor, self.point_axes.get(name)))
+                self.now.records.append((point, tensor, self.point_axes.get(name)))
             return None
         point = self._point_name(name)
         if point is None:
@@ -682,10 +697,10 @@ class _Binding:
         if self.mode == "backprop":
             return None
         if tensor.requires_grad:
-            self.records.append((point, tensor, self.point_axes.get(name)))
+            self.now.records.append((point, tensor, self.point_axes.get(name)))
         cut = _cut(output)
         if isinstance(cut, torch.Tensor):
-            self._last_cut = (cut, tensor)
+            self.now.last_cut = (cut, tensor)
         return cut
 
     def _at_point_input(self, name: str, module: nn.Module, args: tuple) -> Any:
@@ -700,7 +715,7 @@ class _Binding:
         if not torch.is_grad_enabled():
             self._refuse_reentrant_checkpoint(name, module)
             return None
-        if not self.depth:
+        if not self.now.depth:
             if self.mode == "rule" and args and getattr(args[0], "requires_grad", False):
                 if _recomputing():  # as in the forward pass that this recomputes
                     if args[0].grad_fn is not None and not args[0]._is_view():
@@ -709,7 +724,7 @@ class _Binding:
                     return (args[0].detach(), *args[1:])
                 raise self._outside_forward(name)
             return None
-        self._fired = True
+        self.now.fired = True
         if not args or not isinstance(args[0], torch.Tensor):
             raise PlacementError(
                 f"feedback point {name!r}: the module's first input is not a tensor; place the "
@@ -719,7 +734,7 @@ class _Binding:
         if not tensor.requires_grad:
             point = self._point_name(name)  # frozen below: keeps its place in the layout
             if point is not None and self.mode == "rule" and tensor.is_floating_point():
-                self.records.append((point, tensor, self.point_axes.get(name)))
+                self.now.records.append((point, tensor, self.point_axes.get(name)))
             return None
         point = self._point_name(name)
         if point is None:
@@ -732,23 +747,23 @@ class _Binding:
         uncut = tensor.view_as(tensor) if in_place else tensor  # keeps the graph below
         for record in self.recorders:
             record.append((point, uncut))
-        self.records.append((point, uncut, self.point_axes.get(name)))
+        self.now.records.append((point, uncut, self.point_axes.get(name)))
         if in_place:
             tensor.detach_()
             return None
         return (tensor.detach(), *args[1:])
 
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
-        if not self.depth or not torch.is_grad_enabled() or self.mode != "rule":
+        if not self.now.depth or not torch.is_grad_enabled() or self.mode != "rule":
             return None
         tensor = _first_tensor(output, self.error_at or "")
         injected = self._inject(tensor)
-        self._head_output = injected
+        self.now.head_output = injected
         return _replace_first(output, injected)
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> Any:
-        self.depth = max(self.depth - 1, 0)
-        if self.depth:
+        self.now.depth = max(self.now.depth - 1, 0)
+        if self.now.depth:
             return None  # the model called itself: the outer call ends the forward pass
         try:
             if output is None:  # the forward pass raised (or returned nothing)
@@ -756,23 +771,23 @@ class _Binding:
             result = None
             if (
                 self.error_at is None
-                and self.calls
+                and self.now.calls
                 and self.mode == "rule"
                 and torch.is_grad_enabled()
             ):
                 y = _select_output(output, self.output, type(module).__name__)
                 if (
                     self.automatic
-                    and self._last_cut is not None
-                    and y is self._last_cut[0]
-                    and self.records
-                    and self.records[-1][1] is self._last_cut[1]
+                    and self.now.last_cut is not None
+                    and y is self.now.last_cut[0]
+                    and self.now.records
+                    and self.now.records[-1][1] is self.now.last_cut[1]
                 ):
                     # the last automatic block's output is the model's output: that block is
                     # the top block, not a point (decided by the graph, as it runs)
-                    y = self._last_cut[1]
-                    tail = self.records.pop()[0]
-                    if not self.records:
+                    y = self.now.last_cut[1]
+                    tail = self.now.records.pop()[0]
+                    if not self.now.records:
                         raise PlacementError(
                             f"automatic placement found no feedback point below {tail!r}, whose "
                             f"output is {type(module).__name__}'s output; name the hidden points "
@@ -780,25 +795,25 @@ class _Binding:
                         )
                     output = _replace_output(output, self.output, y)
                     result = output
-                if self.feeds and _live(self.records) and not y.requires_grad:
+                if self.feeds and _live(self.now.records) and not y.requires_grad:
                     raise PlacementError(
                         f"the output of {type(module).__name__} no longer requires grad: a "
-                        f"feedback point (of {sorted(self.calls)}) cut the graph after the "
+                        f"feedback point (of {sorted(self.now.calls)}) cut the graph after the "
                         "top layer, or every parameter above the last point is frozen; name "
                         "the hidden points with rule.apply(model, points=[...]) leaving out "
                         "any point above the top layer, or unfreeze the head"
                     )
-                if self.records:
+                if self.now.records:
                     result = _replace_output(output, self.output, self._inject(y))
-            if _live(self.records):
-                leftover = [name for name, h, _ in self.records if h.requires_grad]
+            if _live(self.now.records):
+                leftover = [name for name, h, _ in self.now.records if h.requires_grad]
                 raise PlacementError(
                     f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
                     "would never receive a signal; place points before error_at"
                 )
             final = output if result is None else result
             if (
-                not self._fired
+                not self.now.fired
                 and self.mode == "rule"
                 and torch.is_grad_enabled()
                 and _any_requires_grad(final)
@@ -813,8 +828,8 @@ class _Binding:
                 )
             if (
                 not self.feeds
-                and self._injected is not None
-                and _live(self._injected[2])
+                and self.now.injected is not None
+                and _live(self.now.injected[2])
                 and not _any_requires_grad(final)
             ):
                 raise PlacementError(
@@ -825,25 +840,23 @@ class _Binding:
                     "head (e.g. model.lm_head.requires_grad_(True)), or use a rule that feeds "
                     "the layers below the points (DFA)"
                 )
-            if self.verify_always and self._injected is not None:
-                self._pending = self._injected
-            if self._pending is None and self._injected is not None:
+            if self.verify_always and self.now.injected is not None:
+                self.now.pending = self.now.injected
+            if self.now.pending is None and self.now.injected is not None:
                 # a model that returns a loss only when given labels: verify that case too
                 losses = _count_scalars(final)
                 if losses not in self._losses_seen:
-                    self._pending = self._injected
-            if self._pending is not None:
+                    self.now.pending = self.now.injected
+            if self.now.pending is not None:
                 self._verify(final)
             return result
         finally:
-            self.records.clear()
-            self.calls.clear()
-            self._pending = self._injected = self._last_cut = self._head_output = None
+            self._clear_pass()  # frees the recorded tensors at once
 
     # --- the projection ----------------------------------------------------------------------------
 
     def _inject(self, y: torch.Tensor) -> torch.Tensor:
-        records, self.records = self.records, []
+        records, self.now.records = self.now.records, []
         if not records or y.numel() == 0:
             return y  # no point ran, or an empty batch: nothing to feed back
         signature = (y.shape, [h.shape for _, h, _ in records], [name for name, _, _ in records])
@@ -852,8 +865,8 @@ class _Binding:
             if key in self._verified:
                 self._signature = signature
             else:
-                self._pending = (signature, key, records)
-        self._injected = (signature, None, records)
+                self.now.pending = (signature, key, records)
+        self.now.injected = (signature, None, records)
         if not self.feeds:
             return y
         forward = _Forward(
@@ -915,7 +928,7 @@ class _Binding:
 
     def _verify(self, output: Any) -> None:
         """Proves the cut of a new placement (see :mod:`feedback_alignment.cut`) or refuses it."""
-        signature, key, records = self._pending
+        signature, key, records = self.now.pending
         model = self.owner
         roots = _loss_roots(output, self.output)
         report = verify_cut(
@@ -942,9 +955,9 @@ class _Binding:
             )
         if (
             self._auto_head
-            and self._head_output is not None
+            and self.now.head_output is not None
             and roots
-            and roots[0][1] is not self._head_output
+            and roots[0][1] is not self.now.head_output
         ):
             raise PlacementError(
                 f"the output {self.output!r} is not the output of {self.error_at!r}, the module "
