@@ -80,7 +80,7 @@ def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any
             dropout=row.dropout,
             zero_init=row.zero_init,
         )
-        options = {"feedback": row.feedback, "scale": row.scale} if row.rule == "DFA" else {}
+        options = {"distribution": row.feedback, "scale": row.scale} if row.rule == "DFA" else {}
         for seed in seeds:
             trained, _ = train_run(
                 "practices",
