@@ -318,3 +318,21 @@ def test_the_bottleneck_runs_are_saved_as_they_end(tmp_path):
     with saved_runs(tmp_path / "saved") as again:
         p.run_parts(("bottleneck",), tmp_path / "again", p.TINY, seeds=(0,), progress=False)
     assert again.resumed == again.total == 4 * widths + 2
+
+
+@pytest.mark.parametrize("part", ["mlp", "conv", "practices"])
+def test_every_principled_part_saves_its_runs_and_resumes(tmp_path, part):
+    """The parts that looped over their runs themselves go through run_jobs too: each run is
+    saved as it ends, and a second pass resumes them all (before, a killed part lost them)."""
+    from feedback_alignment.experiments.run import saved_runs
+
+    with saved_runs(tmp_path / "saved") as store:
+        p.run_parts((part,), tmp_path / "out", p.TINY, seeds=(0,), progress=False)
+    assert store.count() > 0
+    with saved_runs(tmp_path / "saved") as again:
+        p.run_parts((part,), tmp_path / "again", p.TINY, seeds=(0,), progress=False)
+    assert again.resumed == again.total == store.count()
+    tables = [sorted((tmp_path / d).glob("principled_*.md")) for d in ("out", "again")]
+    assert tables[0] and [t.name for t in tables[0]] == [t.name for t in tables[1]]
+    for a, b in zip(*tables, strict=True):
+        assert a.read_text() == b.read_text()  # the resumed runs render the same table

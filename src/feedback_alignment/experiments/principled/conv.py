@@ -34,6 +34,7 @@ from feedback_alignment.experiments.principled.common import (
     validation_split,
 )
 from feedback_alignment.experiments.results import Column, Table, mean_std
+from feedback_alignment.experiments.run import run_jobs
 
 TITLE = "Convolutional layers under DFA"
 
@@ -97,15 +98,24 @@ def run(
     """BP, DFA, DFA on the dense layers only (frozen convolutions) and Shallow, each at its rate
     in ``rates`` (arm -> lr, :data:`ARMS`) where given, else at ``setting.lr``."""
     split = load_split(setting.dataset, setting.train_limit, setting.test_limit)
-    runs = []
+    items = []
     for label, rule, freeze in RUNS:
         recipe = Recipe(
             setting.conv_epochs, (rates or {}).get(ARMS[label], setting.lr),
             batch_size=setting.batch_size,
         )  # fmt: skip
-        for seed in seeds:
-            runs.append(_train(setting, split, label, rule, freeze, recipe, seed, progress))
+        items += [(setting, label, rule, freeze, recipe, seed, progress) for seed in seeds]
+    runs = run_jobs(
+        _job, items, "principled-conv runs", shared=split, progress=False,
+        label=lambda item: f"{item[1]} seed {item[5]}",
+    )  # fmt: skip
     return {"runs": runs}
+
+
+def _job(split: Split, item: tuple) -> Run:
+    """One (arm, seed) run, as :func:`run_jobs` calls it (saved as it ends inside ``reproduce``)."""
+    setting, label, rule, freeze, recipe, seed, progress = item
+    return _train(setting, split, label, rule, freeze, recipe, seed, progress)
 
 
 def _train(

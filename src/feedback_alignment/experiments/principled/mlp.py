@@ -32,6 +32,7 @@ from feedback_alignment.experiments.principled.common import (
     validation_split,
 )
 from feedback_alignment.experiments.results import Column, Table, gap_closure, mean_std
+from feedback_alignment.experiments.run import run_jobs
 
 TITLE = "MLP claims (Nøkland 2016)"
 RULES: tuple[str, ...] = ("BP", "FA", "DFA", "Shallow")
@@ -55,13 +56,24 @@ def run(
     runs = []
     for dataset, epochs in zip(setting.mlp_datasets, setting.mlp_epochs, strict=True):
         split = load_split(dataset, setting.train_limit, setting.test_limit)
+        items = []
         for arch, hidden in setting.mlp_archs().items():
             for rule in RULES:
                 lr = (rates or {}).get(arm(dataset, arch, rule), setting.lr)
                 recipe = Recipe(epochs, lr, batch_size=setting.batch_size)
-                for seed in seeds:
-                    runs.append(_train(setting, split, arch, hidden, rule, recipe, seed, progress))
+                items += [(setting, arch, hidden, rule, recipe, seed, progress) for seed in seeds]
+        runs += run_jobs(
+            _job, items, f"principled-mlp runs ({dataset})", shared=split, progress=False,
+            label=lambda item: f"{item[1]} {item[3]} seed {item[5]}",
+        )  # fmt: skip
     return {"runs": runs, "rules": RULES}
+
+
+def _job(split: Split, item: tuple) -> Run:
+    """One (arch, rule, seed) run, as :func:`run_jobs` calls it (saved as it ends inside
+    ``reproduce``, so a killed part resumes; progress with an ETA in the log)."""
+    setting, arch, hidden, rule, recipe, seed, progress = item
+    return _train(setting, split, arch, hidden, rule, recipe, seed, progress)
 
 
 def _train(

@@ -16,11 +16,13 @@ from feedback_alignment.experiments.principled.common import (
     Recipe,
     Run,
     Setting,
+    Split,
     block_mlp,
     load_split,
     train_run,
 )
 from feedback_alignment.experiments.results import Column, Table, mean_std
+from feedback_alignment.experiments.run import run_jobs
 
 TITLE = "Best practices (ablations of DFA)"
 
@@ -67,36 +69,43 @@ def ablations(base_lr: float) -> list[Ablation]:
 def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
     """Every :func:`ablations` row on the 2x800 MLP, each with accuracy and final alignment."""
     split = load_split(setting.dataset, setting.train_limit, setting.test_limit)
-    sizes = [split.features, setting.wide, setting.wide, 10]
-    runs = []
-    for row in ablations(setting.lr):
-        lr = row.lr if row.lr is not None else setting.lr
-        recipe = Recipe(setting.practice_epochs, lr, row.optimizer, setting.batch_size)
-        build = functools.partial(
-            block_mlp,
-            sizes,
-            row.activation,
-            batchnorm=row.batchnorm,
-            dropout=row.dropout,
-            zero_init=row.zero_init,
-        )
-        options = {"distribution": row.feedback, "scale": row.scale} if row.rule == "DFA" else {}
-        for seed in seeds:
-            trained, _ = train_run(
-                "practices",
-                row.label,
-                row.rule,
-                build,
-                split,
-                recipe,
-                seed=seed,
-                probe=setting.probe,
-                progress=progress,
-                rule_options=options,
-                settings={"ablation": asdict(row)},
-            )
-            runs.append(trained)
+    items = [(setting, row, seed, progress) for row in ablations(setting.lr) for seed in seeds]
+    runs = run_jobs(
+        _job, items, "principled-practices runs", shared=split, progress=False,
+        label=lambda item: f"{item[1].label} seed {item[2]}",
+    )  # fmt: skip
     return {"runs": runs}
+
+
+def _job(split: Split, item: tuple[Setting, Ablation, int, bool]) -> Run:
+    """One (ablation, seed) run, as :func:`run_jobs` calls it (saved as it ends inside
+    ``reproduce``, so a killed part resumes)."""
+    setting, row, seed, progress = item
+    lr = row.lr if row.lr is not None else setting.lr
+    recipe = Recipe(setting.practice_epochs, lr, row.optimizer, setting.batch_size)
+    build = functools.partial(
+        block_mlp,
+        [split.features, setting.wide, setting.wide, 10],
+        row.activation,
+        batchnorm=row.batchnorm,
+        dropout=row.dropout,
+        zero_init=row.zero_init,
+    )
+    options = {"distribution": row.feedback, "scale": row.scale} if row.rule == "DFA" else {}
+    trained, _ = train_run(
+        "practices",
+        row.label,
+        row.rule,
+        build,
+        split,
+        recipe,
+        seed=seed,
+        probe=setting.probe,
+        progress=progress,
+        rule_options=options,
+        settings={"ablation": asdict(row)},
+    )
+    return trained
 
 
 def table(result: dict[str, Any], setting: Setting) -> Table:
