@@ -287,3 +287,33 @@ def test_the_two_fields_get_their_own_feedback_matrices():
     assert not torch.equal(
         state["field." + fa.FEEDBACK_BUFFER], state["fine." + fa.FEEDBACK_BUFFER]
     )
+
+
+def test_the_dfa_authors_field_options() -> None:
+    """Issue 22 item 5: ReLU density (the NeRF and DFA authors') and a feature layer with a ReLU
+    and its own feedback point; the defaults (softplus, linear feature, no point) unchanged."""
+    assert TINY.density == "softplus" and not TINY.feature_relu
+    assert "field.feature" not in feedback_points("field", TINY)
+    raw = torch.tensor([[[0.0, 0.0, 0.0, -2.0], [0.0, 0.0, 0.0, 3.0]]])
+    depths, rays = torch.tensor([[2.0, 3.0]]), torch.tensor([[0.0, 0.0, -1.0]])
+    _, _, soft = volume_render(raw, depths, rays, False)
+    _, _, hard = volume_render(raw, depths, rays, False, density="relu")
+    # relu: the first sample is empty (sigma 0), the second opaque; softplus lets light stop early
+    assert hard.item() == pytest.approx(1.0) and soft.item() == pytest.approx(1.0)
+    _, depth_relu, _ = volume_render(raw, depths, rays, False, density="relu")
+    _, depth_soft, _ = volume_render(raw, depths, rays, False)
+    assert depth_relu.item() == pytest.approx(3.0) and depth_soft.item() < 3.0
+    with pytest.raises(ValueError, match="density must be one of"):
+        NeRFConfig(density="exp")
+
+    authors = NeRFConfig(**{**TINY.__dict__, "density": "relu", "feature_relu": True})
+    points = feedback_points("field", authors)
+    assert points[-2:] == ["field.feature", "field.view"]
+    torch.manual_seed(0)
+    model = NeRFRenderer(authors).double()
+    rule = fa.DFA(seed=1)
+    rule.apply(model, points=points, error_at="field")
+    origins, directions = _rays(3)
+    F.mse_loss(model(origins, directions), torch.rand(3, 3, dtype=torch.float64)).backward()
+    assert rule.layout(model).names[-2:] == ("field.feature", "field.view")
+    assert model.field.feature[0].weight.grad is not None  # trained by its own point's signal

@@ -61,6 +61,10 @@ def encoded_width(dims: int, n_freqs: int) -> int:
     return dims * (1 + 2 * n_freqs)
 
 
+DENSITIES = {"softplus": F.softplus, "relu": F.relu}
+"""How the field's raw density becomes ``sigma >= 0`` (:attr:`NeRFConfig.density`)."""
+
+
 @dataclass(frozen=True)
 class NeRFConfig:
     """Shape of the field and the ray sampling.
@@ -79,6 +83,10 @@ class NeRFConfig:
             (0: no hierarchical sampling, one field).
         near, far: the depth range sampled along each ray.
         white_background: composite over white (the Blender scenes' convention) or black.
+        density: ``"softplus"`` (default, mip-NeRF's: a density that goes negative everywhere
+            early keeps a gradient) or ``"relu"`` (the NeRF authors' and the DFA authors').
+        feature_relu: a ReLU after the feature layer, which then is a hidden layer with its own
+            feedback point (the DFA authors' field); default: linear, no point.
     """
 
     depth: int = 8
@@ -92,8 +100,12 @@ class NeRFConfig:
     near: float = 2.0
     far: float = 6.0
     white_background: bool = True
+    density: str = "softplus"
+    feature_relu: bool = False
 
     def __post_init__(self) -> None:
+        if self.density not in DENSITIES:
+            raise ValueError(f"density must be one of {sorted(DENSITIES)}, got {self.density!r}")
         for name in ("depth", "width", "view_width", "n_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -126,7 +138,8 @@ class NeRF(nn.Module):
             for i, w in enumerate(widths)
         )
         self.sigma = nn.Linear(config.width, 1)
-        self.feature = nn.Linear(config.width, config.width)
+        feature = nn.Linear(config.width, config.width)
+        self.feature = nn.Sequential(feature, nn.ReLU()) if config.feature_relu else feature
         self.view = nn.Sequential(nn.Linear(config.width + dirs, config.view_width), nn.ReLU())
         self.rgb = nn.Linear(config.view_width, 3)
 
@@ -142,9 +155,11 @@ class NeRF(nn.Module):
 
 
 def feedback_points(field_path: str, config: NeRFConfig) -> list[str]:
-    """Module paths of every hidden layer's output (after its ReLU), the paper's DFA placement."""
+    """Module paths of every hidden layer's output (after its ReLU), the paper's DFA placement;
+    the feature layer is one when it has a ReLU (``config.feature_relu``)."""
     prefix = f"{field_path}." if field_path else ""
-    return [f"{prefix}trunk.{i}" for i in range(config.depth)] + [f"{prefix}view"]
+    feature = [f"{prefix}feature"] if config.feature_relu else []
+    return [f"{prefix}trunk.{i}" for i in range(config.depth)] + feature + [f"{prefix}view"]
 
 
 def camera_rays(
@@ -190,14 +205,18 @@ def stratified_depths(
 
 
 def volume_render(
-    raw: torch.Tensor, depths: torch.Tensor, directions: torch.Tensor, white_background: bool
+    raw: torch.Tensor,
+    depths: torch.Tensor,
+    directions: torch.Tensor,
+    white_background: bool,
+    density: str = "softplus",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composites ``raw`` ``(R, S, 4)`` at ``depths`` ``(R, S)`` along rays ``(R, 3)``.
 
     Returns ``(rgb (R, 3), depth (R,), opacity (R,))``, smooth in every input. The last interval is
     "infinite" (``1e10``), so a ray ends at its last sample, as in the NeRF authors' code.
     """
-    rgb, depth, opacity, _ = composite(raw, depths, directions, white_background)
+    rgb, depth, opacity, _ = composite(raw, depths, directions, white_background, density)
     return rgb, depth, opacity
 
 
@@ -237,7 +256,11 @@ def importance_depths(
 
 
 def composite(
-    raw: torch.Tensor, depths: torch.Tensor, directions: torch.Tensor, white_background: bool
+    raw: torch.Tensor,
+    depths: torch.Tensor,
+    directions: torch.Tensor,
+    white_background: bool,
+    density: str = "softplus",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`volume_render` plus the compositing weights ``T_k alpha_k`` ``(R, S)``."""
     if raw.shape[:-1] != depths.shape or raw.shape[-1] != 4:
@@ -249,11 +272,11 @@ def composite(
     # softplus, not the original ReLU: a ReLU density that goes negative everywhere early in training
     # (the scene is mostly white background) has no gradient left and never recovers; mip-NeRF
     # made the same change
-    density = F.softplus(raw[..., 3])  # (R, S)
+    sigma = DENSITIES[density](raw[..., 3])  # (R, S)
     gaps = depths[..., 1:] - depths[..., :-1]
     gaps = torch.cat([gaps, torch.full_like(gaps[..., :1], 1e10)], dim=-1)  # (R, S)
     gaps = gaps * directions.norm(dim=-1, keepdim=True)  # depth -> distance along the ray
-    alpha = 1.0 - torch.exp(-density * gaps)
+    alpha = 1.0 - torch.exp(-sigma * gaps)
     # transmittance: the light that reaches sample k, prod_{j<k} (1 - alpha_j)
     survive = torch.cumprod(1.0 - alpha + 1e-10, dim=-1)
     transmittance = torch.cat([torch.ones_like(survive[..., :1]), survive[..., :-1]], dim=-1)
@@ -307,8 +330,8 @@ class NeRFRenderer(nn.Module):
         points = origins[:, None, :] + directions[:, None, :] * depths[..., None]  # (R, S, 3)
         unit = directions / directions.norm(dim=-1, keepdim=True)
         raw = self.field(points, unit[:, None, :].expand_as(points))  # (R, S, 4)
-        white = self.config.white_background
-        rgb, depth, opacity, weights = composite(raw, depths, directions, white)
+        white, density = self.config.white_background, self.config.density
+        rgb, depth, opacity, weights = composite(raw, depths, directions, white, density)
         if self.fine is None:
             return rgb, depth, opacity
         self.coarse_rgb = rgb
@@ -318,7 +341,7 @@ class NeRFRenderer(nn.Module):
         depths, _ = torch.sort(torch.cat([depths, extra], dim=-1), dim=-1)  # (R, S + N)
         points = origins[:, None, :] + directions[:, None, :] * depths[..., None]
         raw = self.fine(points, unit[:, None, :].expand_as(points))  # (R, S + N, 4)
-        return volume_render(raw, depths, directions, white)
+        return volume_render(raw, depths, directions, white, density)
 
     @torch.no_grad()
     def render_image(
