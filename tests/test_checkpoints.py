@@ -221,3 +221,22 @@ def test_remove_takes_the_load_hook_away() -> None:
     assert feedback_keys(model) == []
     model.load_state_dict(plain)
     assert not model._load_state_dict_pre_hooks
+
+
+@pytest.mark.parametrize("name", ["DFA", "KP"])
+def test_a_partial_non_strict_load_keeps_the_feedback_in_use(name: str) -> None:
+    """Regeneration is for strict loads of plain checkpoints: loading a few weights with
+    strict=False (fine-tuning a part) must not reset KP's learned B or replace DFA's matrix."""
+    model, _ = _trained(name)
+    before = {k: model.state_dict()[k].clone() for k in ADDED[name]}
+    with torch.no_grad():  # feedback that no seed would draw: a reset would be visible
+        for key in ADDED[name]:
+            model.state_dict(keep_vars=True)[key].mul_(3.0)
+    kept = {k: model.state_dict()[k].clone() for k in ADDED[name]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeedbackResetWarning)
+        result = model.load_state_dict({"0.bias": torch.zeros(8)}, strict=False)
+    assert set(ADDED[name]) <= set(result.missing_keys)
+    for key in ADDED[name]:
+        assert torch.equal(model.state_dict()[key], kept[key]), key
+        assert not torch.equal(kept[key], before[key])

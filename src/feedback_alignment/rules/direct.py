@@ -1099,12 +1099,15 @@ class _Binding:
         """Makes room for a saved feedback matrix in a model that has not run forward yet, and
         regenerates the matrix from the rule's seed when the checkpoint has none (a plain
         checkpoint, :func:`feedback_alignment.checkpoints.plain_state_dict`): the matrix is a
-        function of the seed and its shape, so the regenerated one is the one training used."""
+        function of the seed and its shape, so the regenerated one is the one training used.
+        Only for a checkpoint of the whole model (every parameter present): a partial one
+        (``strict=False``, some layers' weights) keeps the matrix in use, reported missing."""
         key = prefix + FEEDBACK_BUFFER
         incoming = state_dict.get(key)
         if incoming is None:
             current = module._buffers.get(FEEDBACK_BUFFER)
-            if current is not None:  # expected by a strict load: draw it again
+            whole = all(prefix + name in state_dict for name, _ in module.named_parameters())
+            if current is not None and whole:  # a plain checkpoint: draw it again
                 state_dict[key] = draw(
                     self.rule.distribution,
                     tuple(current.shape),

@@ -262,7 +262,9 @@ class _Binding:
         checkpoint, :func:`feedback_alignment.checkpoints.plain_state_dict`) is regenerated as
         ``apply`` made it, from the rule's seed, so a strict load succeeds; feedback in the
         checkpoint is loaded as usual. Learned feedback (KP, weight mirror) starts afresh, with
-        a :class:`FeedbackResetWarning`."""
+        a :class:`FeedbackResetWarning`. Only for a layer whose parameters the checkpoint holds:
+        a partial checkpoint (``strict=False``, other layers' weights) keeps the layer's feedback
+        in use, reported missing."""
         fresh: dict[int, dict[str, torch.Tensor]] = {}
         reset: list[str] = []
         by_module = {id(layer.module): layer for layer in self.layers}
@@ -270,8 +272,12 @@ class _Binding:
             layer = by_module.get(id(module))
             if layer is None:
                 continue
+            here = f"{prefix}{path}." if path else prefix
+            own = [n for n, _ in module.named_parameters() if n not in self.rule.buffers]
+            if not all(here + n in state_dict for n in own):
+                continue  # the checkpoint does not hold this layer: keep its feedback
             for name in self.rule.buffers:
-                key = f"{prefix}{path}.{name}" if path else f"{prefix}{name}"
+                key = here + name
                 current = module._buffers.get(name, module._parameters.get(name))
                 if current is None or key in state_dict:
                     continue
