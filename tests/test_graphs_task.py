@@ -70,3 +70,43 @@ def test_the_split_task_writes_its_table(tmp_path):
     graphs.run_splits(RunOptions(out_dir=tmp_path, quick=True, progress=False))
     payload = json.loads((tmp_path / "graphs_cora_splits.json").read_text())
     assert payload["rows"][0][0] == "BP test accuracy %" and payload["mode"] == "quick"
+
+
+def test_the_layer_split_table_gives_a_row_per_layer_with_per_pair_g():
+    from feedback_alignment.experiments.graphs_report import layer_split_table
+
+    accuracies = {"gcn": ((80.0, 79.0), (82.0, 80.0)), "gat": ((80.0, 75.0), (84.0, 78.0))}
+    runs = [
+        graphs.GraphRun(layer, rule, k, acc, 0.0, 0, 0.0)
+        for layer, pairs in accuracies.items()
+        for k, (bp, dfa) in enumerate(pairs)
+        for rule, acc in (("BP", bp), ("DFA", dfa), ("Shallow", 40.0))
+    ]
+    runs.append(graphs.GraphRun("gat", "BP", 2, 90.0, 0.0, 0, 0.0))  # a pair without its DFA
+    table = layer_split_table(runs)
+    assert table.name == "graphs_cora_splits_layers"
+    rows = {row[0]: dict(zip([c.name for c in table.columns], row, strict=True))
+            for row in table.rows}  # fmt: skip
+    assert list(rows) == ["GCNConv", "GATConv (8x8)"]  # the layers run, in the table's order
+    gat = rows["GATConv (8x8)"]
+    assert gat["pairs"] == 2 and gat["BP"]["mean"] == pytest.approx(82.0)  # complete pairs only
+    assert gat["G per pair"]["mean"] == pytest.approx((35 / 40 + 38 / 44) / 2)
+    assert gat["G per pair min / max"] == pytest.approx([38 / 44, 35 / 40])
+    assert gat["G from the means"] == pytest.approx(36.5 / 42)
+    assert gat["G paper"] == pytest.approx((80.6 - 59.4) / (82.6 - 59.4))
+    assert rows["GCNConv"]["DFA"]["mean"] == pytest.approx(79.5)
+    assert "public Planetoid split" in table.caption and "2 (split, seed) pairs" in table.caption
+
+
+def test_the_layer_split_task_runs_every_layer_and_keeps_gcns_task(tmp_path):
+    if not data.is_cached("cora"):
+        pytest.skip("cora is not cached: python -m feedback_alignment data fetch cora")
+    assert "graphs-splits" in tasks() and graphs.SPLIT_PAIRS == graphs.GCN_PAIRS
+    graphs.run_layer_splits(RunOptions(out_dir=tmp_path, quick=True, progress=False))
+    payload = json.loads((tmp_path / "graphs_cora_splits_layers.json").read_text())
+    assert [row[0] for row in payload["rows"]] == [
+        "GCNConv", "ChebConv (K=2)", "GATConv (8x8)", "GraphConv"]  # fmt: skip
+    assert payload["mode"] == "quick"
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    expected = {(lay, rule, 0) for lay in graphs.GraphConfig().layers for rule in graphs.RULES}
+    assert {(r["layer"], r["rule"], r["seed"]) for r in runs} == expected

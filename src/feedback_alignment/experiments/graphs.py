@@ -16,7 +16,10 @@ those indices would pick other nodes; the library therefore draws Planetoid-*sty
 training nodes per class, 500 validation, 1,000 test) with a seed. One such split decides little
 (GCN's G moved between 0.92 and 1.02 over three of them), so the ``graphs-gcn-splits`` task
 reports GCN's three rules over :data:`GCN_PAIRS` (split, seed) pairs, pair k drawing its own
-split with seed k and training with model seed k (:func:`split_graph`), as mean and spread. A user
+split with seed k and training with model seed k (:func:`split_graph`), as mean and spread, and
+the ``graphs-splits`` task does the same for every layer of ``graphs`` (GCN, ChebConv, GAT,
+GraphConv) over :data:`SPLIT_PAIRS`, a row per layer (GCN's runs equal those of
+``graphs-gcn-splits``, whose table stays GCN's own). A user
 who has the public Planetoid files of Cora (``ind.cora.*``) can read them, with the public split,
 through :func:`feedback_alignment.data.graphs.load_planetoid_dir`; the registry fetches only
 CiteSeer and PubMed in that format.
@@ -45,7 +48,13 @@ import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
 from feedback_alignment.experiments import tuning
-from feedback_alignment.experiments.graphs_report import LAYER_NAMES, plot, split_table, table
+from feedback_alignment.experiments.graphs_report import (
+    LAYER_NAMES,
+    layer_split_table,
+    plot,
+    split_table,
+    table,
+)
 from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.registry import (
     RunOptions,
@@ -289,16 +298,23 @@ def _run_job(shared: tuple[Any, bool], job: tuple[str, str, int, GraphConfig]) -
 GCN_PAIRS: tuple[int, ...] = tuple(range(10))
 """The (split, seed) pairs of ``graphs-gcn-splits``: pair k draws its split and its model with k."""
 
+SPLIT_PAIRS: tuple[int, ...] = GCN_PAIRS
+"""The (split, seed) pairs of ``graphs-splits`` (every layer of ``graphs``): the same 10 as GCN's."""
+
 
 def run_split_pairs(
-    config: GraphConfig, pairs: tuple[int, ...], progress: bool = True
+    config: GraphConfig,
+    pairs: tuple[int, ...],
+    progress: bool = True,
+    desc: str = "graphs-gcn-splits",
 ) -> list[GraphRun]:
-    """Every rule of ``config`` on GCN for each (split, seed) pair: pair k trains with seed k on
-    :func:`split_graph` (``graph``, k). A run's ``seed`` is its pair."""
+    """Every rule of ``config`` on each of its layers (layer by layer, then rule, then pair) for
+    each (split, seed) pair: pair k trains with seed k on :func:`split_graph` (``graph``, k). A
+    run's ``seed`` is its pair. ``desc`` names the runs saved for resuming (one per task)."""
     graph = load_cora()
-    jobs = [("gcn", r, k, config) for r in config.rules for k in pairs]
+    jobs = [(lay, r, k, config) for lay in config.layers for r in config.rules for k in pairs]
     return run_jobs(
-        _run_split_job, jobs, "graphs-gcn-splits", shared=(graph, progress), progress=progress,
+        _run_split_job, jobs, desc, shared=(graph, progress), progress=progress,
         label=lambda j: j[:3],
     )  # fmt: skip
 
@@ -417,6 +433,39 @@ def run_splits(options: RunOptions) -> TaskReport:
     ]  # fmt: skip
     heading = f"### GCN on Cora over {len(pairs)} (split, seed) pairs"
     return TaskReport("graphs-gcn-splits", heading + "\n\n" + result.to_markdown(), files)
+
+
+@register_task(
+    "graphs-splits",
+    "GCN/ChebNet/GAT/GraphConv on Cora over 10 (random split, seed) pairs: BP, DFA, Shallow, "
+    "mean and spread per layer (about an hour on one thread)",
+    requires=("torch_geometric", "pandas", "pyarrow"),
+)
+def run_layer_splits(options: RunOptions) -> TaskReport:
+    """Every layer of ``graphs`` (GCN, ChebConv, GAT, GraphConv), each with BP, DFA and Shallow,
+    over :data:`SPLIT_PAIRS` (quick: one pair, 5 epochs), on the stored tuned values of
+    ``graphs`` (chosen on split 0's validation nodes): the per-layer table of
+    :func:`~feedback_alignment.experiments.graphs_report.layer_split_table`. GCN's rows repeat
+    ``graphs-gcn-splits`` (the same runs: each seeds itself), so that every layer reads from one
+    run; ``graphs-gcn-splits`` keeps GCN's own table."""
+    tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
+    pairs = SPLIT_PAIRS[:1] if options.quick else SPLIT_PAIRS
+    short = {"epochs": 5, "align_every": 5} if options.quick else {}
+    config = GraphConfig(seeds=pairs, **short, **tuned)
+    runs = run_split_pairs(config, pairs, progress=options.progress, desc="graphs-splits")
+    result = layer_split_table(runs, options.quick, config.epochs)
+    out = options.out_dir
+    files = [
+        write_results(
+            out, "graphs-splits", options.quick, pairs, config=config,
+            used={f"{lay}/{r}": asdict(rule_settings(lay, r, config.tuned, config.tuned_dir))
+                  for lay in config.layers for r in config.rules},
+            paper=LAUNAY_2020_CORA, runs=runs,
+        ),
+        *write_table(out, result, pairs),
+    ]  # fmt: skip
+    heading = f"### Cora per layer over {len(pairs)} (split, seed) pairs"
+    return TaskReport("graphs-splits", heading + "\n\n" + result.to_markdown(), files)
 
 
 # --- tuning --------------------------------------------------------------------------------
