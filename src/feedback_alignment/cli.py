@@ -343,31 +343,81 @@ def _bench_rule(name: str) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    out = check_output_file(args.out, "--out") if args.out is not None else None
-    if out is not None:
-        for suffix in (".md", ".png"):  # written beside the JSON
-            check_output_file(out.with_suffix(suffix), "--out (beside it)")
+    if args.memory:
+        return _cmd_bench_memory(args)
+    out = Path("results/benchmark.json") if args.out is None else args.out
+    out = check_output_file(out, "--out")
+    for suffix in (".md", ".png"):  # written beside the JSON
+        check_output_file(out.with_suffix(suffix), "--out (beside it)")
+    if args.depths is not None:
+        raise UsageError("--depths is an option of bench --memory")
     device = check_device(args.device)
     from feedback_alignment import bench as benchmark
 
-    rules = list(dict.fromkeys(args.rules))
+    rules = list(dict.fromkeys(args.rules or benchmark.RULES))
     if "BP" not in rules:
         raise UsageError("--rules must include BP: every ratio is against BP")
     results, machine = benchmark.run(
-        list(dict.fromkeys(args.families)),
+        list(dict.fromkeys(args.families or benchmark.FAMILIES)),
         rules,
         size=args.size,
-        rounds=args.rounds,
-        warmup=args.warmup,
+        rounds=30 if args.rounds is None else args.rounds,
+        warmup=3 if args.warmup is None else args.warmup,
         device=device,
         output=out,
-        plot_path=None if out is None else out.with_suffix(".png"),
+        plot_path=out.with_suffix(".png"),
         progress=None if args.quiet else _say,
         compile=args.compile,
     )
     print(benchmark.to_markdown(results, machine))
-    if out is not None:
-        _say(f"wrote {out} and its .md table and .png plot")
+    _say(f"wrote {out} and its .md table and .png plot")
+    return 0
+
+
+def _cmd_bench_memory(args: argparse.Namespace) -> int:
+    """``bench --memory``: peak activation memory against depth (bench/memory.py)."""
+    from feedback_alignment.bench import memory
+
+    given = [
+        option
+        for option, value in (
+            ("--rules", args.rules),
+            ("--rounds", args.rounds),
+            ("--warmup", args.warmup),
+            ("--compile", args.compile),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"bench --memory measures its own arms ({', '.join(memory.ARMS)}) in one step each: "
+            f"{', '.join(given)} do not apply"
+        )
+    families = list(dict.fromkeys(args.families or memory.MODELS))
+    other = [f for f in families if f not in memory.MODELS]
+    if other:
+        raise UsageError(
+            f"bench --memory measures the families {', '.join(memory.MODELS)}, not "
+            f"{', '.join(other)}"
+        )
+    out = Path("results/memory.json") if args.out is None else args.out
+    out = check_output_file(out, "--out")
+    for suffix in (".md", ".png"):
+        check_output_file(out.with_suffix(suffix), "--out (beside it)")
+    device = check_device(args.device)
+    if device.startswith("mps"):
+        raise UsageError("bench --memory measures on cpu or cuda")
+    payload = memory.run(
+        families,
+        size=args.size,
+        depths=None if args.depths is None else sorted(set(args.depths)),
+        device=device,
+        output=out,
+        plot_path=out.with_suffix(".png"),
+        progress=None if args.quiet else _say,
+    )
+    print(memory.to_markdown(payload))
+    _say(f"wrote {out} and its .md table and .png plot")
     return 0
 
 
@@ -803,23 +853,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Step time and peak memory of each rule against BP on the six model "
         "families, in interleaved rounds, with paired bootstrap intervals; the direct rules "
         "also against a hand-written floor (the same cut and projection without the library). "
-        "Writes JSON, a markdown table (.md) and a plot (.png). See docs/BENCHMARKS.md.",
+        "With --memory: peak activation memory of one step against depth (BP, BP with "
+        "activation checkpointing, DFA, DRTP, forward-time DRTP) on a residual MLP and a "
+        "Transformer. Writes JSON, a markdown table (.md) and a plot (.png). See "
+        "docs/BENCHMARKS.md.",
     )
     _add_common(bench, top=False)
     bench.add_argument(
+        "--memory",
+        action="store_true",
+        help="measure peak activation memory against depth instead of step time "
+        "(families mlp and transformer; default --out results/memory.json)",
+    )
+    bench.add_argument(
         "--families",
         nargs="+",
-        default=list(FAMILIES),
+        default=None,
         choices=list(FAMILIES),
         metavar="FAMILY",
         help=f"model families, from: {', '.join(FAMILIES)} (default: all; convnets is LeNet "
-        "and ResNet-20)",
+        "and ResNet-20; with --memory: mlp and transformer)",
     )
     bench.add_argument(
         "--rules",
         nargs="+",
         type=_bench_rule,
-        default=list(RULES),
+        default=None,
         choices=list(RULES),
         metavar="RULE",
         help=f"from: {', '.join(RULES)} (default: all; BP is required; "
@@ -832,21 +891,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: realistic CPU sizes (minutes per family); tiny: a smoke test (seconds)",
     )
     bench.add_argument(
-        "--rounds", type=_count(2), default=30, help="interleaved timed steps per variant (>= 2)"
+        "--depths",
+        nargs="+",
+        type=_count(1),
+        default=None,
+        metavar="N",
+        help="with --memory: numbers of blocks (default 4 8 16 32 64; 2 4 8 with --size tiny)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_count(2),
+        default=None,
+        help="interleaved timed steps per variant (>= 2; default 30)",
     )
     bench.add_argument(
         "--warmup",
         type=_count(0),
-        default=3,
-        help="untimed steps per variant after its first (>= 0)",
+        default=None,
+        help="untimed steps per variant after its first (>= 0; default 3)",
     )
     bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     bench.add_argument(
         "--out",
         type=Path,
-        default=Path("results/benchmark.json"),
+        default=None,
         help="JSON output path; the .md table and .png plot go beside it (default: "
-        "results/benchmark.json)",
+        "results/benchmark.json, with --memory results/memory.json)",
     )
     bench.add_argument(
         "--compile",
