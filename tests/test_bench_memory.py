@@ -1,10 +1,11 @@
 """``bench --memory``: the measurement itself (exact on known allocations, agreeing with a count
 of the tensors autograd saves), its ordering on tiny models (BP grows linearly with depth,
-checkpointing much slower), the forward-time arm never faked, the CLI."""
+checkpointing much slower), the forward-time arm never faked, the CLI and the committed table."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from feedback_alignment.bench import memory
 from feedback_alignment.cli import main
 
 MIB = 2**20
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +153,29 @@ def test_cli_refuses_what_memory_does_not_take(extra, message, tmp_path, capsys)
 def test_depths_belong_to_memory(tmp_path, capsys):
     assert main(["bench", "--depths", "4", "--out", str(tmp_path / "b.json")]) == 2
     assert "--depths is an option of bench --memory" in capsys.readouterr().err
+
+
+def test_the_committed_memory_table_is_the_rendering_of_the_committed_json():
+    text = (DOCS / "BENCHMARKS.md").read_text()
+    assert memory.MARKER_OPEN.format("results/bench/memory.json") in text
+    assert memory.render_doc(DOCS / "BENCHMARKS.md", check=True) == []
+    payload = memory.load(DOCS / "results" / "bench" / "memory.json")
+    assert payload["settings"]["size"] == "full"
+    assert payload["settings"]["depths"] == list(memory.DEPTHS["full"])
+
+
+def test_render_doc_rewrites_a_stale_block_and_refuses_a_doc_without_one(tmp_path):
+    (tmp_path / "m.json").write_text((DOCS / "results" / "bench" / "memory.json").read_text())
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "text\n\n<!-- bench-memory: m.json -->\nold table\n<!-- /bench-memory -->\nend\n"
+    )
+    assert memory.render_doc(doc, check=True) == ["m.json"]
+    assert "old table" in doc.read_text()  # check writes nothing
+    assert memory.render_doc(doc) == ["m.json"]
+    text = doc.read_text()
+    assert "old table" not in text and "| BP + checkpoint |" in text and text.endswith("end\n")
+    assert memory.render_doc(doc, check=True) == []
+    doc.write_text("no block here\n")
+    with pytest.raises(ValueError, match="has no <!-- bench-memory"):
+        memory.render_doc(doc)

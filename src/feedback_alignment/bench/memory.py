@@ -675,18 +675,24 @@ MARKER_CLOSE = "<!-- /bench-memory -->"
 def render_doc(doc: Path, *, check: bool = False) -> list[str]:
     """Re-renders every ``<!-- bench-memory: results/bench/memory.json -->`` block of ``doc``
     from the JSON it names (relative to the doc's folder). Returns the names of the blocks that
-    differed; with ``check`` nothing is written."""
+    differed; with ``check`` nothing is written.
+
+    Raises:
+        ValueError: ``doc`` has no such block.
+    """
     import re
 
     doc = Path(doc)
     text = doc.read_text()
     pattern = re.compile(
-        r"(<!-- bench-memory: (\S+) -->\n)(.*?)(\n" + re.escape(MARKER_CLOSE) + ")", re.S
+        r"(<!-- bench-memory: (\S+) -->\n)(.*?)(" + re.escape(MARKER_CLOSE) + ")", re.S
     )
+    if not pattern.search(text):
+        raise ValueError(f"{doc} has no {MARKER_OPEN.format('<json>')} ... {MARKER_CLOSE} block")
     stale: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
-        table = to_markdown(load(doc.parent / match.group(2)))
+        table = to_markdown(load(doc.parent / match.group(2))) + "\n"
         if table != match.group(3):
             stale.append(match.group(2))
         return match.group(1) + table + match.group(4)
