@@ -97,6 +97,55 @@ def test_forward_time_drtp_is_never_faked(monkeypatch):
     assert f"| {memory.FORWARD_TIME} | not available" in memory.to_markdown(payload)
 
 
+def _hand_written_forward_time_peak(depth: int, width: int = 64, batch: int = 64) -> int:
+    """Peak of a step where each block learns during the forward pass, written here by hand: a
+    hook at each block output runs that block's local backward with a fixed random signal and
+    passes the output on detached, so the block's graph is freed at once."""
+    torch.manual_seed(0)
+    model = memory.ResidualMLP(32, width, depth, 10)
+    signal = torch.randn(batch, width) / batch  # stands in for B_l (-y*/n)
+
+    def learn_now(module, inputs, output):
+        torch.autograd.backward(output, signal)
+        return output.detach()
+
+    for block in model.blocks:
+        block.register_forward_hook(learn_now)
+    x, y = torch.randn(batch, 32), torch.randint(0, 10, (batch,))
+
+    def forward() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    forward().backward()  # allocates every .grad
+    for parameter in model.parameters():
+        parameter.grad.zero_()
+    return memory.profiled_memory(forward).peak
+
+
+def test_the_method_sees_a_forward_time_update_as_flat_in_depth():
+    """Whatever the library's forward-time DRTP does, the measurement can show the goal: a step
+    that frees each block's graph during the forward pass peaks at the same bytes at every depth
+    (BP's tiny MLP grows by about 0.06 MiB per block, test above)."""
+    peaks = [_hand_written_forward_time_peak(depth) for depth in (2, 4, 8)]
+    assert max(peaks) - min(peaks) < 0.01 * MIB, peaks
+
+
+def test_an_arm_that_fails_is_recorded_and_the_others_run(monkeypatch):
+    measure = memory.measure_arm
+
+    def refusing(arm, *args, **kwargs):
+        if arm == "DRTP":
+            raise RuntimeError("refused here\nsecond line")
+        return measure(arm, *args, **kwargs)
+
+    monkeypatch.setattr(memory, "measure_arm", refusing)
+    result = memory.run_model("mlp", size="tiny", depths=[2], arms=["BP", "DRTP"])
+    bp, drtp = result.arms
+    assert bp.status == "ok" and len(bp.points) == 1
+    assert drtp.status == "failed" and drtp.points == []
+    assert drtp.note == "failed: at 2 blocks, RuntimeError: refused here"
+
+
 @pytest.mark.skipif(
     not memory.forward_time_available(), reason="fa.DRTP(forward_time=True) not in this version"
 )

@@ -389,7 +389,7 @@ class Point:
 @dataclass
 class ArmResult:
     arm: str
-    status: str = "ok"  # or "not available" / "failed" (the reason in note)
+    status: str = "ok"  # or "not available" / "failed" (the reason in note; no points kept)
     note: str = ""
     points: list[Point] = field(default_factory=list)
 
@@ -450,7 +450,11 @@ def run_model(
         entry = ArmResult(arm)
         result.arms.append(entry)
         for depth in depths:
-            measured = measure_arm(arm, spec, depth, dev, seed)
+            try:
+                measured = measure_arm(arm, spec, depth, dev, seed)
+            except Exception as error:  # recorded, not fatal: the other arms still run
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                measured = f"failed: at {depth} blocks, {type(error).__name__}: {first}"
             if isinstance(measured, str):
                 entry.status, entry.note, entry.points = measured.split(":")[0], measured, []
                 break
