@@ -26,6 +26,7 @@ from feedback_alignment.points import FeedbackPoint, PlacementError, find_points
 from feedback_alignment.rules import (
     BP,
     DFA,
+    DKP,
     DRTP,
     FA,
     FEEDBACK_BUFFER,
@@ -67,6 +68,7 @@ def __getattr__(name: str):
 __all__ = [
     "BP",
     "DFA",
+    "DKP",
     "DRTP",
     "FA",
     "FEEDBACK_BUFFER",

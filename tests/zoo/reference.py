@@ -72,7 +72,8 @@ class Reference:
         top: each parameter's true gradient in the cut graph (``None`` where it has none).
         feeders: names of the parameters that feed at least one point.
         grads: the direct-feedback gradient of every parameter (``None`` where it has none).
-        buffer: the raw feedback buffer the signal was computed from.
+        feedback_grads: per point, Direct Kolen-Pollack's ``dL/dB_l = e^T h_l`` (``e``: the
+            signal's rows, ``h_l``: the point's tensor as ``(samples, n_l)`` rows).
     """
 
     names: list[str]
@@ -80,6 +81,7 @@ class Reference:
     top: dict[str, torch.Tensor | None]
     feeders: set[str]
     grads: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    feedback_grads: list[torch.Tensor] = field(default_factory=list)
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -210,6 +212,8 @@ def reference_step(
         axes = list(range(axes, axes + len(front))) if isinstance(axes, int) else list(axes)
         moved_shape = h.movedim(axes, front).shape
         delta = (signal @ b).reshape(moved_shape).movedim(front, axes)
+        rows = h.detach().movedim(axes, front).reshape(signal.shape[0], -1)
+        result.feedback_grads.append(signal.t() @ rows)
         local = by_name(
             torch.autograd.grad(h, trainable, delta, retain_graph=True, allow_unused=True)
         )

@@ -4,6 +4,7 @@ from feedback_alignment.rules.backprop import BP
 from feedback_alignment.rules.base import Rule
 from feedback_alignment.rules.direct import (
     DFA,
+    DKP,
     DRTP,
     FEEDBACK_BUFFER,
     DirectFeedback,
@@ -26,6 +27,7 @@ from feedback_alignment.rules.registry import RULES, make_rule, rule_class
 __all__ = [
     "BP",
     "DFA",
+    "DKP",
     "DRTP",
     "FA",
     "FEEDBACK_BUFFER",

@@ -6,6 +6,8 @@ the signal ``B_l s`` computed from the output in one projection per step:
 * DFA (Nøkland 2016):        ``s = e = dL/dy``
 * sign-DFA:                  ``s = sign(e) / n``
 * DRTP (Frenkel et al. 2021): ``s = -y* / n`` (targets only, no error)
+* DKP (Webster et al. 2020):  ``s = e``, with every ``B_l`` a trainable parameter that learns
+  ``dL/dB_l = e^T h_l`` (Direct Kolen-Pollack, see :class:`DKP`)
 * Shallow (control):         no signal; only the block after the last point (the top) learns.
 
 ``n`` is the number of samples (rows of the output after flattening its leading axes), so that the
@@ -21,6 +23,7 @@ feature map). ``e`` is projected per lead position.
 
 References:
     Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks", NeurIPS 2016.
+    Webster, Choi, Ahn, "Learning the Connections in Direct Feedback Alignment", 2020.
     Frenkel, Lefebvre, Bol, "Learning Without Feedback: Fixed Random Learning Signals Allow for
     Feedforward Training of Deep Neural Networks", Frontiers in Neuroscience 2021.
     Launay et al., "Direct Feedback Alignment Scales to Modern Deep Learning Tasks and
@@ -66,6 +69,7 @@ from feedback_alignment.projector import Projector
 from feedback_alignment.rules.base import (
     BottleneckWarning,
     BoundRule,
+    FeedbackResetWarning,
     refuse_compiled_wrapper,
     refuse_reverse_transform,
 )
@@ -94,6 +98,8 @@ class DirectFeedback(BoundRule):
     name = "direct"
     family = "direct"
     signal: str | None = "error"
+    #: the feedback matrix is a trainable parameter (DKP), not a fixed buffer
+    learns_feedback: bool = False
 
     def __init__(
         self,
@@ -158,6 +164,7 @@ class DirectFeedback(BoundRule):
         point_batch_axes: Mapping[str, int | Sequence[int]] | None = None,
         true_gradient: Sequence[str] = (),
         verify: str = "placement",
+        example_input: Any = None,
     ) -> nn.Module:
         """Cuts ``model`` at its feedback points and installs the projection of the error.
 
@@ -195,6 +202,11 @@ class DirectFeedback(BoundRule):
                 every new placement and output structure; ``"always"`` at every training forward
                 pass (one graph walk per step), for models whose graph changes between steps
                 with the same points (a flag or a data-dependent branch that adds a skip path).
+            example_input: a batch to run once now (:meth:`materialize`): the layout is fixed,
+                the feedback made and the cut proved before this returns. A tensor is the
+                model's one positional argument, a tuple its positional arguments, a dict its
+                keyword arguments. Required by :class:`DKP` (or a :meth:`materialize` call),
+                whose feedback matrix is a parameter the optimiser must hold.
 
         Raises:
             PlacementError: no feedback point, or a named module does not exist. A placement that
@@ -250,7 +262,54 @@ class DirectFeedback(BoundRule):
             verify_always=verify == "always",
         )
         self._attach(model, binding)
+        if example_input is not None:
+            try:
+                if isinstance(example_input, dict):
+                    self.materialize(model, **example_input)
+                elif isinstance(example_input, tuple):
+                    self.materialize(model, *example_input)
+                else:
+                    self.materialize(model, example_input)
+            except BaseException:
+                self.remove(model)  # a refused placement leaves the model as it was
+                raise
         return model
+
+    def materialize(self, model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        """Runs ``model(*args, **kwargs)`` once with gradients enabled and in eval mode (no
+        running statistics or dropout draws change), and throws the output away: the feedback
+        layout is fixed, the feedback matrix made and the cut proved now rather than at the
+        first training step.
+
+        Why: :class:`DKP`'s matrices are trainable parameters; they must exist before the
+        optimiser (and ``DistributedDataParallel``) is built, or nothing would update them (or
+        their gradients would not be averaged across ranks). For the fixed-feedback rules it
+        only moves the first step's checks forward.
+        """
+        binding = self._binding(model)
+        training = model.training
+        model.eval()
+        binding.materializing = True
+        try:
+            with torch.enable_grad():
+                model(*args, **kwargs)
+        finally:
+            binding.materializing = False
+            model.train(training)
+        if binding.feeds and binding.layout is None:
+            raise PlacementError(
+                f"{self.name}: the example input ran no feedback point of "
+                f"{type(model).__name__} with grad enabled, so the feedback could not be made: "
+                "pass an input of the kind training uses"
+            )
+        return model
+
+    def feedback_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The trainable feedback (:class:`DKP`'s matrix), for an optimiser of its own:
+        ``torch.optim.Adam(rule.feedback_parameters(model), lr=1e-4)``; empty for a rule whose
+        feedback is fixed."""
+        matrix = self._binding(model).owner._parameters.get(FEEDBACK_BUFFER)
+        return [] if matrix is None else [matrix]
 
     def remove(self, model: nn.Module) -> nn.Module:
         binding = self._detach(model)
@@ -306,9 +365,10 @@ class DirectFeedback(BoundRule):
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The effective ``B_l`` (shape ``(d_out, n_l)``) of every point, after scaling."""
         layout = self._binding(model).layout
-        buffer = model._buffers.get(FEEDBACK_BUFFER)
+        buffer = _feedback_tensor(model)
         if layout is None or buffer is None:
             return {}  # before the first training forward pass
+        buffer = buffer.detach()
         return {name: layout.matrix(buffer, i) for i, name in enumerate(layout.names)}
 
     # --- signal ----------------------------------------------------------------------------------
@@ -391,6 +451,62 @@ class DRTP(DirectFeedback):
         return encoded.to(dtype=error.dtype, device=error.device) * (-1.0 / samples)
 
 
+class DKP(DirectFeedback):
+    """Direct Kolen-Pollack: DFA whose feedback matrices learn (Webster, Choi and Ahn, "Learning
+    the Connections in Direct Feedback Alignment", 2020; reference code webstah/dkp-gist).
+
+    The hidden signal is DFA's, ``delta_l = (B_l e) * f'(a_l)``, but each point has its own
+    ``B_l`` (disjoint columns, never shared) and ``B_l`` is a trainable parameter whose gradient
+    is the output error against the activity the point sees, summed over the samples::
+
+        dL/dB_l = e^T h_l        (d_out x n_l; e: (n, d_out) rows of dL/dy, h_l: (n, n_l))
+
+    ``B_l`` thus receives the gradient that a direct linear map from ``h_l`` to the output would
+    receive: the direct analogue of Kolen-Pollack, whose ``B`` receives ``W``'s own gradient.
+    **Scaling**: ``e`` is ``dL/dy`` of *your* loss, as for DFA; with a mean-reduced loss (the
+    PyTorch default) it carries the ``1/n`` of the batch mean, which is the reference code's
+    setting (``F.cross_entropy``'s mean over the batch; ``grad_at_output.t().mm(layer_out)``).
+    A sum-reduced loss makes the update ``n`` times larger.
+
+    The matrix is the model parameter ``direct_feedback_matrix`` of shape ``(d_out, sum n_l)``,
+    initialised as ``U(-1/sqrt(n_l), 1/sqrt(n_l))`` per point by default (``uniform`` entries,
+    ``nokland`` scale: the reference's ``kaiming_uniform_``), with the scale folded into the
+    values (it learns from there; nothing rescales it). It must exist before the optimiser is
+    built: pass ``example_input=`` to :meth:`apply` (or call :meth:`materialize`). The reference
+    trains it by its own optimiser (Adam, lr 1e-4, weight decay 1e-6) beside SGD for the
+    weights::
+
+        rule = fa.DKP(seed=0)
+        rule.apply(model, example_input=x[:2])
+        feedback = rule.feedback_parameters(model)
+        weights = [p for p in model.parameters() if all(p is not f for f in feedback)]
+        opt_w = torch.optim.SGD(weights, lr=5e-4, momentum=0.9, nesterov=True)
+        opt_b = torch.optim.Adam(feedback, lr=1e-4, weight_decay=1e-6)
+
+    One optimiser over ``model.parameters()`` also trains it (with the weights' settings).
+    Under DDP the gradient of ``B`` is averaged like any parameter's, so every rank makes the same
+    update (apply and materialise before wrapping). A warning is given once when the weights
+    change but ``B`` does not while it has a gradient (no optimiser holds it: DKP would then be
+    DFA).
+    """
+
+    name = "DKP"
+    key = "dkp"
+    learns_feedback = True
+
+    def __init__(
+        self,
+        distribution: str = "uniform",
+        scale: str | float = "nokland",
+        seed: int = 0,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(distribution, scale, shared=False, seed=seed, check_finite=check_finite)
+
+    def __repr__(self) -> str:
+        return f"DKP(distribution={self.distribution!r}, scale={self.scale!r}, seed={self.seed})"
+
+
 class Shallow(DirectFeedback):
     """Control: the graph is cut at the points and nothing is fed back; only the top learns."""
 
@@ -432,6 +548,7 @@ class _Forward(NamedTuple):
     axes: list[tuple[int, ...] | None]  # None: the leading axes, in order (no permutation)
     output_axes: tuple[int, ...] | None
     output: torch.Tensor | None
+    values: list[torch.Tensor] | None = None  # the points' tensors, detached (DKP's dL/dB)
 
 
 Record = tuple[str, torch.Tensor, "tuple[int, ...] | None"]
@@ -505,7 +622,15 @@ class _Binding:
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
-        model.register_buffer(FEEDBACK_BUFFER, None)
+        self.learned = rule.learns_feedback  # B is a parameter (DKP), else a buffer
+        if self.learned:
+            model.register_parameter(FEEDBACK_BUFFER, None)
+        else:
+            model.register_buffer(FEEDBACK_BUFFER, None)
+        self.materializing = False  # inside rule.materialize: a learned B may be made
+        self.initial_layout: FeedbackLayout | None = None  # the scaled layout B was drawn for
+        self._stepped: tuple | None = None  # (id, version) of B and of a hidden weight
+        self._warned_unstepped = False
         self.feeds = rule.signal is not None
         self._signature: tuple | None = None  # shapes of the last verified forward pass
         self._verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
@@ -543,6 +668,7 @@ class _Binding:
             handle.remove()
         self.handles.clear()
         model._buffers.pop(FEEDBACK_BUFFER, None)
+        model._parameters.pop(FEEDBACK_BUFFER, None)
         self._clear_pass()
         self.projector = None
 
@@ -874,8 +1000,12 @@ class _Binding:
             [axes for _, _, axes in records],
             self.batch_axes,
             y.detach() if self.output_activation is not None else None,
+            [h.detach() for _, h, _ in records] if self.learned else None,
         )
-        return DirectFeedbackFn.apply(self, forward, y, *(h for _, h, _ in records))
+        hidden = [h for _, h, _ in records]
+        if self.learned:  # B is an input: autograd (and DDP) deliver dL/dB to the parameter
+            hidden.append(self.owner._parameters[FEEDBACK_BUFFER])
+        return DirectFeedbackFn.apply(self, forward, y, *hidden)
 
     def _sample_axes(self, y: torch.Tensor) -> tuple[int, ...]:
         if self.batch_axes is None:
@@ -1010,8 +1140,20 @@ class _Binding:
         layout = FeedbackLayout.build(
             names, widths, out_features, shared=self.rule.shared, scaling=self.rule.scale
         )
-        buffer = model._buffers.get(FEEDBACK_BUFFER)
+        self.initial_layout = layout
+        if self.learned:  # the scales are in B's values (folded at its draw): it learns from there
+            layout = FeedbackLayout.build(names, widths, out_features, shared=False, scaling=1.0)
+        buffer = _feedback_tensor(model)
         shape = (out_features, layout.total)
+        if buffer is None and self.learned and not self.materializing:
+            raise RuntimeError(
+                f"{self.rule.name} learns its feedback matrix, a parameter of "
+                f"{type(model).__name__} that must exist before the optimiser (and DDP) is "
+                "built; it is made from the first forward pass, which is this training step, "
+                "so no optimiser holds it and it would never learn. Pass an example batch to "
+                "apply (rule.apply(model, example_input=x)) or call rule.materialize(model, x) "
+                "right after apply, then build the optimiser"
+            )
         if buffer is None:
             dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
             check_fits(
@@ -1024,14 +1166,11 @@ class _Binding:
                 "(width = the widest point, not the sum), or take the error before a narrower "
                 "output (error_at=...)",
             )
-            buffer = draw(
-                self.rule.distribution,
-                shape,
-                direct_stream_seed(self.rule.seed),
-                dtype=dtype,
-                device=y.device,
-            )
-            model._buffers[FEEDBACK_BUFFER] = buffer
+            buffer = self._draw(shape, dtype, y.device)
+            if self.learned:
+                model._parameters[FEEDBACK_BUFFER] = nn.Parameter(buffer)
+            else:
+                model._buffers[FEEDBACK_BUFFER] = buffer
             narrow = {n: w for n, w in zip(names, widths, strict=True) if w < out_features}
             if narrow:
                 _warn_bottleneck(narrow, out_features, self.error_at)
@@ -1044,6 +1183,26 @@ class _Binding:
         self.layout = layout
         self.projector = Projector(layout, self.rule.project_signal)
 
+    def _draw(
+        self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """The initial matrix from the rule's seed; a learned one carries each point's scale in
+        its values (:attr:`initial_layout`'s scales folded into its columns)."""
+        matrix = draw(
+            self.rule.distribution,
+            shape,
+            direct_stream_seed(self.rule.seed),
+            dtype=dtype,
+            device=device,
+        )
+        layout = self.initial_layout
+        if self.learned and layout is not None:
+            for start, width, scale in zip(
+                layout.offsets, layout.widths, layout.scales, strict=True
+            ):
+                matrix[:, start : start + width] *= scale
+        return matrix
+
     def project(
         self,
         error: torch.Tensor,
@@ -1054,7 +1213,7 @@ class _Binding:
         hidden_shapes = forward.shapes
         layout = self.layout
         model = self.owner
-        buffer = None if model is None else model._buffers.get(FEEDBACK_BUFFER)
+        buffer = None if model is None else _feedback_tensor(model)
         if layout is None or buffer is None or self.projector is None:
             raise RuntimeError("the direct-feedback rule was removed between forward and backward")
         if self.rule.check_finite and torch.compiler.is_compiling():
@@ -1082,18 +1241,56 @@ class _Binding:
             rest = [a for a in range(error.dim()) if a not in forward.output_axes]
             error = error.permute(*forward.output_axes, *rest)
         flat = error.reshape(-1, layout.out_features)
-        rows = self.projector.project(flat, buffer, needed)
+        points = len(hidden_shapes)
+        rows = self.projector.project(flat, buffer, needed[:points])
         samples = flat.shape[0]
-        return [
+        signals: list[torch.Tensor | None] = [
             None if row is None else _to_point_layout(row, shape, axes, samples)
             for row, shape, axes in zip(rows, hidden_shapes, forward.axes, strict=True)
         ]
+        if self.learned:
+            signals.append(self._feedback_grad(flat, forward) if needed[points] else None)
+            self._check_stepped(buffer)
+        return signals
+
+    def _feedback_grad(self, error: torch.Tensor, forward: _Forward) -> torch.Tensor:
+        """DKP's ``dL/dB_l = e^T h_l`` for every point, in ``B``'s columns: ``(d_out, total)``."""
+        assert forward.values is not None and self.layout is not None
+        samples = error.shape[0]
+        blocks = [
+            error.t() @ _to_rows(h, axes, samples).to(error.dtype)
+            for h, axes in zip(forward.values, forward.axes, strict=True)
+        ]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+    def _check_stepped(self, matrix: torch.Tensor) -> None:
+        """Warns once when a hidden weight changed between two backward passes but the learned
+        ``B`` did not: no optimiser holds ``B``, so DKP would be DFA."""
+        if self._warned_unstepped or torch.compiler.is_compiling():
+            return
+        probe = next(
+            (p for n, p in self.owner.named_parameters() if self.roles.get(n) == "hidden"), None
+        )
+        if probe is None:
+            return
+        now = ((id(matrix), matrix._version), (id(probe), probe._version))
+        last, self._stepped = self._stepped, now
+        if last is not None and last[0] == now[0] and last[1] != now[1]:
+            self._warned_unstepped = True
+            warnings.warn(
+                f"{self.rule.name}: the weights below the feedback points changed but the "
+                f"feedback matrix {FEEDBACK_BUFFER!r} did not, although it receives a gradient: "
+                "no optimiser holds it, so it does not learn (this is DFA). Build the optimiser "
+                "after rule.apply(model, example_input=x), or give it "
+                "rule.feedback_parameters(model)",
+                stacklevel=2,
+            )
 
     # --- checkpoints -----------------------------------------------------------------------------
 
     def feedback_keys(self) -> list[str]:
         """The ``state_dict`` keys this binding adds to its model (relative to the model)."""
-        return [FEEDBACK_BUFFER] if self.owner._buffers.get(FEEDBACK_BUFFER) is not None else []
+        return [FEEDBACK_BUFFER] if _feedback_tensor(self.owner) is not None else []
 
     def _before_load(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
         """Makes room for a saved feedback matrix in a model that has not run forward yet, and
@@ -1104,22 +1301,37 @@ class _Binding:
         (``strict=False``, some layers' weights) keeps the matrix in use, reported missing."""
         key = prefix + FEEDBACK_BUFFER
         incoming = state_dict.get(key)
+        current = _feedback_tensor(module)
         if incoming is None:
-            current = module._buffers.get(FEEDBACK_BUFFER)
-            whole = all(prefix + name in state_dict for name, _ in module.named_parameters())
-            if current is not None and whole:  # a plain checkpoint: draw it again
-                state_dict[key] = draw(
-                    self.rule.distribution,
-                    tuple(current.shape),
-                    direct_stream_seed(self.rule.seed),
-                    dtype=current.dtype,
-                    device=current.device,
+            whole = all(
+                prefix + name in state_dict
+                for name, _ in module.named_parameters()
+                if name != FEEDBACK_BUFFER
+            )
+            if current is None or not whole:
+                return
+            if not self.learned:  # a plain checkpoint: draw it again
+                state_dict[key] = self._draw(tuple(current.shape), current.dtype, current.device)
+            elif self.initial_layout is not None:
+                warnings.warn(
+                    f"{self.rule.name}: the checkpoint loaded into {type(module).__name__} has "
+                    f"no learned feedback matrix {key!r}: it starts again from its initial draw "
+                    f"(seed {self.rule.seed}); load the converted model's own state_dict to "
+                    "resume it",
+                    FeedbackResetWarning,
+                    stacklevel=3,
                 )
+                state_dict[key] = self._draw(tuple(current.shape), current.dtype, current.device)
+                self._stepped = None
             return
-        current = module._buffers.get(FEEDBACK_BUFFER)
         if current is None or tuple(current.shape) != tuple(incoming.shape):
             device = current.device if current is not None else incoming.device
-            module._buffers[FEEDBACK_BUFFER] = torch.empty_like(incoming, device=device)
+            room = torch.empty_like(incoming, device=device)
+            if self.learned:
+                module._parameters[FEEDBACK_BUFFER] = nn.Parameter(room)
+            else:
+                module._buffers[FEEDBACK_BUFFER] = room
+        self._stepped = None
         self.layout = self.projector = None  # re-checked against the loaded matrix next pass
         self._signature = None
 
@@ -1243,6 +1455,20 @@ def _to_point_layout(
     for position, dim in enumerate((*axes, *rest)):
         order[dim] = position
     return moved.permute(*order)
+
+
+def _to_rows(h: torch.Tensor, axes: tuple[int, ...] | None, samples: int) -> torch.Tensor:
+    """A point's tensor as ``(samples, width)`` rows: the inverse of :func:`_to_point_layout`."""
+    if axes is not None and axes != tuple(range(len(axes))):
+        rest = [d for d in range(h.dim()) if d not in axes]
+        h = h.permute(*axes, *rest)
+    return h.reshape(samples, -1)
+
+
+def _feedback_tensor(model: nn.Module) -> torch.Tensor | None:
+    """The direct feedback matrix of ``model``: a buffer, or a parameter when it learns (DKP)."""
+    matrix = model._parameters.get(FEEDBACK_BUFFER)
+    return model._buffers.get(FEEDBACK_BUFFER) if matrix is None else matrix
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
