@@ -146,6 +146,36 @@ def test_an_arm_that_fails_is_recorded_and_the_others_run(monkeypatch):
     assert drtp.note == "failed: at 2 blocks, RuntimeError: refused here"
 
 
+def test_forward_time_is_found_through_a_signature_that_forwards_kwargs(monkeypatch):
+    import feedback_alignment as fa
+
+    class Base:
+        def __init__(self, seed: int = 0) -> None:
+            self.seed = seed
+
+    class Forwarding(Base):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    class WithOption(Base):
+        def __init__(self, *args, forward_time: bool = False, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    class OptionInBase(Forwarding):
+        pass
+
+    def base_with_option(self, seed: int = 0, forward_time: bool = False) -> None:
+        self.seed = seed
+
+    monkeypatch.setattr(fa, "DRTP", Forwarding)
+    assert memory.forward_time_available() is False  # TypeError: no such keyword
+    monkeypatch.setattr(fa, "DRTP", WithOption)
+    assert memory.forward_time_available() is True
+    monkeypatch.setattr(Base, "__init__", base_with_option)
+    monkeypatch.setattr(fa, "DRTP", OptionInBase)
+    assert memory.forward_time_available() is True
+
+
 @pytest.mark.skipif(
     not memory.forward_time_available(), reason="fa.DRTP(forward_time=True) not in this version"
 )

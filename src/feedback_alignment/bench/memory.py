@@ -210,10 +210,22 @@ def model_spec(family: str, size: str = "full") -> ModelSpec:
 
 
 def forward_time_available() -> bool:
-    """Whether the installed library offers forward-time DRTP (``fa.DRTP(forward_time=True)``)."""
+    """Whether the installed library offers forward-time DRTP (``fa.DRTP(forward_time=True)``):
+    ``forward_time`` in ``fa.DRTP``'s signature, or, where that signature only forwards
+    ``**kwargs`` to a base class, a ``fa.DRTP(forward_time=True)`` that builds without a
+    ``TypeError``."""
     import feedback_alignment as fa
 
-    return "forward_time" in inspect.signature(fa.DRTP).parameters
+    parameters = inspect.signature(fa.DRTP).parameters
+    if "forward_time" in parameters:
+        return True
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return False
+    try:
+        fa.DRTP(forward_time=True)
+    except TypeError:
+        return False
+    return True
 
 
 def _loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
