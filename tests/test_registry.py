@@ -19,7 +19,7 @@ from feedback_alignment.rules.registry import RULE_CLASSES, canonical_key
 
 def test_every_rule_class_carries_its_key_and_fa_rules_is_built_from_them() -> None:
     assert list(fa.RULES) == [
-        "bp", "dfa", "sign-dfa", "drtp", "dkp", "shallow", "fa", "usf", "frsf", "brsf", "kp",
+        "bp", "dfa", "sign-dfa", "drtp", "dkp", "fdfa", "shallow", "fa", "usf", "frsf", "brsf", "kp",
         "weight-mirror",
     ]  # fmt: skip
     for key, cls in fa.RULES.items():

@@ -58,8 +58,9 @@ class DirectFeedbackFn(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, projector_tangent, context_tangent, output_tangent, *hidden_tangents):
         """Forward mode: the identity on ``y``'s tangent (the points' tangents do not reach ``y``
-        through this node; they reach it through the model's own ops, which are cut)."""
-        return output_tangent
+        through this node; they reach it through the model's own ops). A view, as forward's
+        output is one."""
+        return output_tangent.view_as(output_tangent)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):

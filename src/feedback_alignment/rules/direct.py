@@ -8,6 +8,8 @@ the signal ``B_l s`` computed from the output in one projection per step:
 * DRTP (Frenkel et al. 2021): ``s = -y* / n`` (targets only, no error)
 * DKP (Webster et al. 2020):  ``s = e``, with every ``B_l`` a trainable parameter that learns
   ``dL/dB_l = e^T h_l`` (Direct Kolen-Pollack, see :class:`DKP`)
+* FDFA (Bacho and Chu 2024):  ``s = e``, with every ``B_l`` a running estimate of the Jacobian
+  ``dy/dh_l`` from forward-mode directional derivatives (see :class:`FDFA`)
 * Shallow (control):         no signal; only the block after the last point (the top) learns.
 
 ``n`` is the number of samples (rows of the output after flattening its leading axes), so that the
@@ -24,6 +26,8 @@ feature map). ``e`` is projected per lead position.
 References:
     Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks", NeurIPS 2016.
     Webster, Choi, Ahn, "Learning the Connections in Direct Feedback Alignment", 2020.
+    Bacho, Chu, "Low-variance forward gradients using direct feedback alignment and momentum",
+    Neural Networks 2024.
     Frenkel, Lefebvre, Bol, "Learning Without Feedback: Fixed Random Learning Signals Allow for
     Feedforward Training of Deep Neural Networks", Frontiers in Neuroscience 2021.
     Launay et al., "Direct Feedback Alignment Scales to Modern Deep Learning Tasks and
@@ -32,6 +36,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -42,8 +47,10 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from feedback_alignment.cut import verify_cut
 from feedback_alignment.feedback import (
@@ -98,8 +105,12 @@ class DirectFeedback(BoundRule):
     name = "direct"
     family = "direct"
     signal: str | None = "error"
-    #: the feedback matrix is a trainable parameter (DKP), not a fixed buffer
+    #: the feedback matrix is a trainable parameter (DKP, FDFA), not a fixed buffer
     learns_feedback: bool = False
+    #: the forward pass carries forward-mode tangents from the points to the output (FDFA)
+    forward_gradient: bool = False
+    #: the signal is known before the output (DRTP's targets): forward_time=True is possible
+    signal_before_output: bool = False
 
     def __init__(
         self,
@@ -110,8 +121,17 @@ class DirectFeedback(BoundRule):
         check_finite: bool = True,
         *,
         feedback: str | None = None,
+        forward_time: bool = False,
     ) -> None:
         owner = type(self).__name__
+        if forward_time and not self.signal_before_output:
+            raise ValueError(
+                f"{owner}(forward_time=True): a forward-time update needs a signal known before "
+                "the output exists, and this rule's signal is computed from the output error, "
+                "which exists only after the forward pass (and the loss); DRTP's signal needs "
+                "only the targets: use fa.DRTP(forward_time=True)"
+            )
+        self.forward_time = bool(forward_time)
         if feedback is not None:
             warnings.warn(
                 f"{owner}(feedback=...) is deprecated: the keyword is distribution=, as for the "
@@ -146,7 +166,9 @@ class DirectFeedback(BoundRule):
     def feedback(self) -> str:
         """Former name of :attr:`distribution` (deprecated, one release)."""
         warnings.warn(
-            "rule.feedback is deprecated: read rule.distribution", FutureWarning, stacklevel=2
+            "rule.feedback is deprecated: read rule.distribution",
+            FutureWarning,
+            stacklevel=2,
         )
         return self.distribution
 
@@ -220,6 +242,19 @@ class DirectFeedback(BoundRule):
             self._attach(model, None)  # raises, naming the rule already applied
         if verify not in ("placement", "always"):
             raise ValueError(f"verify={verify!r}: choose 'placement' or 'always'")
+        if verify == "always" and self.forward_time:
+            raise ValueError(
+                f"{self.name}(forward_time=True) frees each block's graph at its point during "
+                "the forward pass, so the cut cannot be walked at every step: use "
+                "verify='placement' (each new placement runs one step backward-time, verified)"
+            )
+        if self.forward_gradient and output_activation is not None:
+            raise ValueError(
+                f"{self.name} estimates dy/dh_l from the output's forward tangent, but with "
+                f"output_activation={output_activation!r} the error is fed back at the "
+                "activation's input z, whose Jacobian the tangent of y does not give: apply the "
+                "rule to a model that returns z (the loss taking the logits)"
+            )
         found = find_points(model, points)
         auto_head = error_at is None and isinstance(output, str)
         if auto_head:
@@ -377,6 +412,41 @@ class DirectFeedback(BoundRule):
         """The signal ``s`` projected by ``B`` from the flattened error ``e`` of shape (n, d_out)."""
         return error
 
+    def initial_feedback(
+        self,
+        shape: tuple[int, int],
+        layout: FeedbackLayout | None,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """The feedback matrix as first made (and as regenerated for a plain checkpoint): drawn
+        from the seed; a learned one carries each point's scale in its values (``layout``'s
+        scales folded into its columns), since it learns from there."""
+        matrix = draw(
+            self.distribution,
+            shape,
+            direct_stream_seed(self.seed),
+            dtype=dtype,
+            device=device,
+        )
+        if self.learns_feedback and layout is not None:
+            for start, width, scale in zip(
+                layout.offsets, layout.widths, layout.scales, strict=True
+            ):
+                matrix[:, start : start + width] *= scale
+        return matrix
+
+    def feedback_gradient(
+        self,
+        block: torch.Tensor,
+        error: torch.Tensor,
+        rows: torch.Tensor | None,
+        derivative: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The gradient of a learned ``B_l`` (``block``, ``(d_out, n_l)``) from the error rows
+        ``(n, d_out)``, the point's rows ``(n, n_l)`` and, for FDFA, the output's tangent rows."""
+        raise NotImplementedError(f"{self.name}'s feedback is fixed: it has no gradient")
+
 
 class DFA(DirectFeedback):
     """Direct Feedback Alignment: ``delta_l = (B_l e) * f'(a_l)`` (Nøkland 2016)."""
@@ -401,10 +471,21 @@ class DRTP(DirectFeedback):
     The hidden layers never see the error, only the targets of the batch, which must be given before
     each backward pass: ``rule.set_targets(y); loss.backward()``. Class indices are one-hot encoded
     with ``d_out`` classes; float targets of shape ``(*lead, d_out)`` are used as they are.
+
+    ``forward_time=True``: since the signal needs no output, each block below a point computes
+    its weight gradient **during the forward pass**, at its point, and its graph (the activations
+    it saved) is freed at once; only the top block keeps its graph for ``loss.backward()``. Peak
+    activation memory then stays flat in depth. Give the targets before the forward pass
+    (``rule.set_targets(y); loss_fn(model(x), y).backward()``); gradients accumulate into
+    ``.grad`` as usual and ``opt.step()`` stays yours. The gradients are backward-time DRTP's.
+    The first step of each new placement runs backward-time, so that the cut is proved (the
+    graph a forward-time step frees cannot be walked). Points at a module's input, and
+    ``verify="always"``, are refused with it.
     """
 
     name = "DRTP"
     key = "drtp"
+    signal_before_output = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -423,6 +504,19 @@ class DRTP(DirectFeedback):
                 "DRTP needs the targets of this batch: call rule.set_targets(y) before "
                 "loss.backward()"
             )
+        return self._target_signal(targets, error)
+
+    def target_signal(self, samples: int, classes: int, like: torch.Tensor) -> torch.Tensor:
+        """``-y*/n`` for a forward-time update (targets read, not consumed: every point of the
+        pass reads them; the pass's end forgets them)."""
+        if self._targets is None:
+            raise RuntimeError(
+                "DRTP(forward_time=True) updates each block during the forward pass, so it needs "
+                "the targets of this batch before it: call rule.set_targets(y) before model(x)"
+            )
+        return self._target_signal(self._targets, like.new_empty((samples, classes)))
+
+    def _target_signal(self, targets: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
         samples, classes = error.shape
         if targets.is_floating_point():
             if targets.numel() != samples * classes:
@@ -506,6 +600,61 @@ class DKP(DirectFeedback):
     def __repr__(self) -> str:
         return f"DKP(distribution={self.distribution!r}, scale={self.scale!r}, seed={self.seed})"
 
+    def feedback_gradient(self, block, error, rows, derivative) -> torch.Tensor:
+        """``dL/dB_l = e^T h_l``, summed over the samples."""
+        assert rows is not None
+        return error.t() @ rows
+
+
+class FDFA(DirectFeedback):
+    """Forward Direct Feedback Alignment: DFA whose feedback matrices estimate the true
+    Jacobians from forward-mode directional derivatives (Bacho and Chu, "Low-variance forward
+    gradients using direct feedback alignment and momentum", Neural Networks 2024; reference code
+    Florian-BACHO/FDFA).
+
+    During each training forward pass every point ``l`` adds a random direction
+    ``u_l ~ N(0, I)`` to the tangent of its output (forward-mode AD, ``torch.autograd.forward_ad``),
+    so the output's tangent is the sum of directional derivatives ``d = sum_l J_l u_l`` with
+    ``J_l = dy/dh_l``. Since the directions are independent with ``E[u u^T] = I``,
+    ``E[d u_l^T] = J_l``: one forward pass gives an unbiased, noisy estimate of every point's
+    Jacobian at once. ``B_l`` (shape ``(d_out, n_l)``) is a parameter whose gradient is
+
+        dL/dB_l = B_l - (1/n) d^T u_l        (d: (n, d_out) rows, u_l: (n, n_l) rows)
+
+    so an SGD step of rate ``1 - beta`` is the momentum average
+    ``B_l <- beta B_l + (1 - beta) (1/n) d^T u_l`` of the estimates (the reference trains it with
+    Adam). The hidden signal is DFA's through the estimate, ``delta_l = (B_l e) * f'(a_l)``,
+    which tends to BP's ``J_l^T e`` (per sample, the Jacobian averaged over the samples and
+    steps). ``B`` starts at zero, as in the reference, so the first step trains only the top.
+
+    Every op between a point and the output must support forward-mode AD (PyTorch's built-in
+    layers do; a custom ``autograd.Function`` needs a ``jvp``); a forward pass costs about twice
+    as much. The directions are drawn from the global RNG. Make the matrix before building the
+    optimiser (``apply(model, example_input=x)``), as for :class:`DKP`; under DDP its gradient is
+    averaged across ranks like any parameter's, so every rank keeps the same estimate.
+    """
+
+    name = "FDFA"
+    key = "fdfa"
+    learns_feedback = True
+    forward_gradient = True
+
+    def __init__(self, seed: int = 0, check_finite: bool = True) -> None:
+        super().__init__("gaussian", "none", shared=False, seed=seed, check_finite=check_finite)
+
+    def __repr__(self) -> str:
+        return f"FDFA(seed={self.seed})"
+
+    def initial_feedback(self, shape, layout, dtype, device) -> torch.Tensor:
+        """Zero, as in the reference: the estimate is built from the directional derivatives."""
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def feedback_gradient(self, block, error, rows, derivative) -> torch.Tensor:
+        """``B_l - (1/n) d^T u_l``; a point that drew no direction (frozen below) decays to 0."""
+        if rows is None or derivative is None:
+            return block
+        return block - derivative.t() @ rows / rows.shape[0]
+
 
 class Shallow(DirectFeedback):
     """Control: the graph is cut at the points and nothing is fed back; only the top learns."""
@@ -548,7 +697,8 @@ class _Forward(NamedTuple):
     axes: list[tuple[int, ...] | None]  # None: the leading axes, in order (no permutation)
     output_axes: tuple[int, ...] | None
     output: torch.Tensor | None
-    values: list[torch.Tensor] | None = None  # the points' tensors, detached (DKP's dL/dB)
+    values: list[torch.Tensor | None] | None = None  # DKP: the points' tensors; FDFA: u_l
+    derivative: torch.Tensor | None = None  # FDFA: the output's tangent, sum_l J_l u_l
 
 
 Record = tuple[str, torch.Tensor, "tuple[int, ...] | None"]
@@ -570,6 +720,9 @@ class _Pass:
     head_output: torch.Tensor | None = None  # the injected head output
     injected: tuple | None = None  # (signature, key, records) of this forward pass
     pending: tuple | None = None  # (signature, key, records) awaiting verification
+    dual: Any = None  # FDFA: the forward-mode AD level entered for this pass
+    directions: dict[str, torch.Tensor] = field(default_factory=dict)  # FDFA: u_l per point
+    forward_time: bool = False  # DRTP(forward_time=True): the points update as the pass runs
 
 
 class _Binding:
@@ -698,6 +851,11 @@ class _Binding:
             self.now.grad_at_start = grad = torch.is_grad_enabled()
             if grad and self.mode == "rule":
                 refuse_reverse_transform(type(module).__name__, self.rule.name)
+                if self.rule.forward_gradient:
+                    self.now.dual = _forward_mode()
+                self.now.forward_time = (
+                    self.rule.forward_time and self.layout is not None and bool(self._verified)
+                )
         self.now.depth += 1
 
     def _point_name(self, name: str) -> str | None:
@@ -822,12 +980,58 @@ class _Binding:
                 record.append((point, tensor))
         if self.mode == "backprop":
             return None
-        if tensor.requires_grad:
-            self.now.records.append((point, tensor, self.point_axes.get(name)))
+        axes = self.point_axes.get(name)
         cut = _cut(output)
+        if self.now.forward_time and tensor.requires_grad:
+            self._update_now(point, tensor, axes)
+            # only the shape is kept: the tensor's storage goes with the block it ends
+            self.now.records.append((point, torch.empty_like(tensor, device="meta"), axes))
+        elif tensor.requires_grad:
+            self.now.records.append((point, tensor, axes))
+        if self.now.dual is not None:
+            cut = _replace_first(cut, self._perturb(point, tensor, _first_tensor(cut, name)))
         if isinstance(cut, torch.Tensor):
             self.now.last_cut = (cut, tensor)
         return cut
+
+    def _perturb(self, point: str, tensor: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+        """FDFA: the cut output carries the tangent that reached it plus a new direction
+        ``u_l ~ N(0, I)`` (``detach`` drops tangents: the cut keeps only the graph's cut)."""
+        incoming = fwAD.unpack_dual(tensor).tangent
+        direction = torch.randn_like(cut)
+        self.now.directions[point] = direction
+        tangent = direction if incoming is None else incoming + direction
+        return fwAD.make_dual(fwAD.unpack_dual(cut).primal, tangent)
+
+    def _update_now(self, point: str, tensor: torch.Tensor, axes: tuple[int, ...] | None) -> None:
+        """DRTP(forward_time=True): the block below this point learns now from ``B_l (-y*/n)``
+        by local backprop, which frees its graph; the forward pass goes on from the cut."""
+        layout, projector = self.layout, self.projector
+        index = len(self.now.records)
+        matrix = _feedback_tensor(self.owner)
+        assert layout is not None and projector is not None and matrix is not None
+        if index >= len(layout.names) or layout.names[index] != point:
+            raise PlacementError(
+                f"forward-time {self.rule.name}: feedback point {point!r} ran as point "
+                f"{index}, but the verified layout runs {list(layout.names)}: the points must "
+                "run in the same order every step"
+            )
+        width = layout.widths[index]
+        if tensor.numel() % width:
+            raise PlacementError(
+                f"forward-time {self.rule.name}: feedback point {point!r} produced shape "
+                f"{tuple(tensor.shape)}, not a whole number of samples of width {width}"
+            )
+        samples = tensor.numel() // width
+        like = tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+        signal = self.rule.target_signal(samples, layout.out_features, like)
+        folded = projector.matrix(matrix, signal.dtype, signal.device)
+        start, width = projector.slices[index]
+        row = signal @ folded[:, start : start + width]
+        if projector.residual[index] != 1.0:
+            row = row * projector.residual[index]
+        delta = _to_point_layout(row.to(tensor.dtype), tensor.shape, axes, samples)
+        torch.autograd.backward(tensor, delta)
 
     def _at_point_input(self, name: str, module: nn.Module, args: tuple) -> Any:
         """A point at a module's first input: every consumer of that tensor reads the cut one.
@@ -857,6 +1061,12 @@ class _Binding:
                 "point at a module's output instead"
             )
         tensor = args[0]
+        if self.now.dual is not None or self.now.forward_time:
+            raise PlacementError(
+                f"feedback point {name!r} is at a module's input, which "
+                f"{self.rule.name}{'(forward_time=True)' if self.rule.forward_time else ''} does "
+                "not support; place the point at the output of the module before it"
+            )
         if not tensor.requires_grad:
             point = self._point_name(name)  # frozen below: keeps its place in the layout
             if point is not None and self.mode == "rule" and tensor.is_floating_point():
@@ -974,9 +1184,20 @@ class _Binding:
                 if losses not in self._losses_seen:
                     self.now.pending = self.now.injected
             if self.now.pending is not None:
+                if self.now.forward_time:  # the graph below the points is gone: nothing to walk
+                    raise PlacementError(
+                        f"forward-time {self.rule.name} ran a placement that was not verified "
+                        f"(points {[n for n, _, _ in self.now.pending[2]]}): the points changed "
+                        "after the first step. Keep the points (and the kind of output) fixed, "
+                        "or apply the rule again"
+                    )
                 self._verify(final)
             return result
         finally:
+            if self.now.dual is not None:
+                self.now.dual.close()
+            if self.now.forward_time:
+                self.rule._targets = None  # type: ignore[attr-defined]  # consumed by this pass
             self._clear_pass()  # frees the recorded tensors at once
 
     # --- the projection ----------------------------------------------------------------------------
@@ -985,7 +1206,11 @@ class _Binding:
         records, self.now.records = self.now.records, []
         if not records or y.numel() == 0:
             return y  # no point ran, or an empty batch: nothing to feed back
-        signature = (y.shape, [h.shape for _, h, _ in records], [name for name, _, _ in records])
+        signature = (
+            y.shape,
+            [h.shape for _, h, _ in records],
+            [name for name, _, _ in records],
+        )
         if signature != self._signature:
             key = self._validate(y, records)
             if key in self._verified:
@@ -995,12 +1220,32 @@ class _Binding:
         self.now.injected = (signature, None, records)
         if not self.feeds:
             return y
+        if self.now.forward_time:  # their blocks learned during the pass: nothing to feed back
+            records = [r for r in records if r[1].device.type != "meta"]
+        derivative = None
+        if self.now.dual is not None:
+            derivative = fwAD.unpack_dual(y).tangent
+            if derivative is None:
+                raise PlacementError(
+                    f"{self.rule.name}: no forward-mode tangent reached the output from the "
+                    f"feedback points {[n for n, _, _ in records]}: an op between them and the "
+                    "output drops tangents (a detach, a custom autograd.Function without jvp, "
+                    "or code that unpacks dual tensors), so the Jacobians cannot be estimated"
+                )
+            derivative = derivative.detach()
+        if self.learned and self.rule.forward_gradient:
+            values = [self.now.directions.get(name) for name, _, _ in records]
+        elif self.learned:
+            values = [h.detach() for _, h, _ in records]
+        else:
+            values = None
         forward = _Forward(
             [h.shape for _, h, _ in records],
             [axes for _, _, axes in records],
             self.batch_axes,
             y.detach() if self.output_activation is not None else None,
-            [h.detach() for _, h, _ in records] if self.learned else None,
+            values,
+            derivative,
         )
         hidden = [h for _, h, _ in records]
         if self.learned:  # B is an input: autograd (and DDP) deliver dL/dB to the parameter
@@ -1138,7 +1383,11 @@ class _Binding:
             )
         model = self.owner
         layout = FeedbackLayout.build(
-            names, widths, out_features, shared=self.rule.shared, scaling=self.rule.scale
+            names,
+            widths,
+            out_features,
+            shared=self.rule.shared,
+            scaling=self.rule.scale,
         )
         self.initial_layout = layout
         if self.learned:  # the scales are in B's values (folded at its draw): it learns from there
@@ -1186,22 +1435,8 @@ class _Binding:
     def _draw(
         self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """The initial matrix from the rule's seed; a learned one carries each point's scale in
-        its values (:attr:`initial_layout`'s scales folded into its columns)."""
-        matrix = draw(
-            self.rule.distribution,
-            shape,
-            direct_stream_seed(self.rule.seed),
-            dtype=dtype,
-            device=device,
-        )
-        layout = self.initial_layout
-        if self.learned and layout is not None:
-            for start, width, scale in zip(
-                layout.offsets, layout.widths, layout.scales, strict=True
-            ):
-                matrix[:, start : start + width] *= scale
-        return matrix
+        """The initial matrix (:meth:`DirectFeedback.initial_feedback`) for this placement."""
+        return self.rule.initial_feedback(shape, self.initial_layout, dtype, device)
 
     def project(
         self,
@@ -1249,18 +1484,39 @@ class _Binding:
             for row, shape, axes in zip(rows, hidden_shapes, forward.axes, strict=True)
         ]
         if self.learned:
-            signals.append(self._feedback_grad(flat, forward) if needed[points] else None)
+            derivative = None
+            if forward.derivative is not None:
+                derivative = forward.derivative
+                if forward.output_axes is not None:
+                    rest = [a for a in range(derivative.dim()) if a not in forward.output_axes]
+                    derivative = derivative.permute(*forward.output_axes, *rest)
+                derivative = derivative.reshape(-1, layout.out_features).to(flat.dtype)
+            grad = (
+                self._feedback_grad(buffer, flat, forward, derivative) if needed[points] else None
+            )
+            signals.append(grad)
             self._check_stepped(buffer)
         return signals
 
-    def _feedback_grad(self, error: torch.Tensor, forward: _Forward) -> torch.Tensor:
-        """DKP's ``dL/dB_l = e^T h_l`` for every point, in ``B``'s columns: ``(d_out, total)``."""
-        assert forward.values is not None and self.layout is not None
+    def _feedback_grad(
+        self,
+        matrix: torch.Tensor,
+        error: torch.Tensor,
+        forward: _Forward,
+        derivative: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The learned ``B``'s gradient, point by point in its columns: ``(d_out, total)``
+        (DKP: ``e^T h_l``; FDFA: ``B_l - d^T u_l / n``; :meth:`DirectFeedback.feedback_gradient`)."""
+        layout = self.layout
+        assert forward.values is not None and layout is not None
         samples = error.shape[0]
-        blocks = [
-            error.t() @ _to_rows(h, axes, samples).to(error.dtype)
-            for h, axes in zip(forward.values, forward.axes, strict=True)
-        ]
+        detached = matrix.detach()
+        blocks = []
+        for index, (value, axes) in enumerate(zip(forward.values, forward.axes, strict=True)):
+            start, width = layout.offsets[index], layout.widths[index]
+            rows = None if value is None else _to_rows(value, axes, samples).to(error.dtype)
+            block = detached[:, start : start + width].to(error.dtype)
+            blocks.append(self.rule.feedback_gradient(block, error, rows, derivative))
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
     def _check_stepped(self, matrix: torch.Tensor) -> None:
@@ -1269,7 +1525,8 @@ class _Binding:
         if self._warned_unstepped or torch.compiler.is_compiling():
             return
         probe = next(
-            (p for n, p in self.owner.named_parameters() if self.roles.get(n) == "hidden"), None
+            (p for n, p in self.owner.named_parameters() if self.roles.get(n) == "hidden"),
+            None,
         )
         if probe is None:
             return
@@ -1463,6 +1720,16 @@ def _to_rows(h: torch.Tensor, axes: tuple[int, ...] | None, samples: int) -> tor
         rest = [d for d in range(h.dim()) if d not in axes]
         h = h.permute(*axes, *rest)
     return h.reshape(samples, -1)
+
+
+def _forward_mode() -> contextlib.ExitStack:
+    """Entered for an FDFA forward pass: a forward-mode AD level, and attention by the math
+    kernel (the fused CPU/CUDA kernels define no forward-mode derivative; the math kernel's ops
+    do). Closed at the end of the pass (``ExitStack.close``)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(fwAD.dual_level())
+    stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
 
 
 def _feedback_tensor(model: nn.Module) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from feedback_alignment.rules.backprop import BP
 from feedback_alignment.rules.base import Rule
-from feedback_alignment.rules.direct import DFA, DKP, DRTP, Shallow, SignDFA
+from feedback_alignment.rules.direct import DFA, DKP, DRTP, FDFA, Shallow, SignDFA
 from feedback_alignment.rules.layerwise import FA, KolenPollack, WeightMirror, brSF, frSF, uSF
 
 RULE_CLASSES: tuple[type[Rule], ...] = (
@@ -22,6 +22,7 @@ RULE_CLASSES: tuple[type[Rule], ...] = (
     SignDFA,
     DRTP,
     DKP,
+    FDFA,
     Shallow,
     FA,
     uSF,
