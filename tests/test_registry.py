@@ -57,6 +57,8 @@ def test_the_benchmark_and_the_experiments_build_their_rules_from_the_registry()
         "DFA",
         "sign-DFA",
         "Shallow",
+        "DKP",
+        "FDFA",
         "FA",
         "uSF",
         "frSF",

@@ -27,10 +27,13 @@ from feedback_alignment.bench.results import (
     write_results,
 )
 from feedback_alignment.bench.workloads import FAMILIES, Workload, workloads
+from feedback_alignment.points import PlacementError
 from feedback_alignment.rules import (
     BP,
     DFA,
+    DKP,
     FA,
+    FDFA,
     DirectFeedback,
     KolenPollack,
     Rule,
@@ -43,14 +46,19 @@ from feedback_alignment.rules import (
 )
 
 RULES: dict[str, type[Rule]] = {
-    cls.name: cls for cls in (BP, DFA, SignDFA, Shallow, FA, uSF, frSF, brSF, KolenPollack)
+    cls.name: cls
+    for cls in (BP, DFA, SignDFA, Shallow, DKP, FDFA, FA, uSF, frSF, brSF, KolenPollack)
 }
 """The rules benchmarked, by their row name (``rule.name``, as in the committed tables); each is
 built with ``seed=0``. The command line also takes any spelling of
 :func:`feedback_alignment.rules.registry.canonical_key`."""
 
-DIRECT_RULES = tuple(name for name, cls in RULES.items() if issubclass(cls, DirectFeedback))
-"""Rules that get feedback points, a placement column and a hand-written floor."""
+PLACED_RULES = tuple(name for name, cls in RULES.items() if issubclass(cls, DirectFeedback))
+"""Rules that get feedback points and a placement column."""
+
+DIRECT_RULES = tuple(name for name in PLACED_RULES if name in FLOOR_SIGNALS)
+"""Rules that also get a hand-written floor (DKP and FDFA, whose feedback learns, have none: their
+rows are compared with BP and with DFA's)."""
 
 LR, WEIGHT_DECAY = 1e-3, 1e-4
 
@@ -103,8 +111,10 @@ def _variants(
         model = fresh()
         rule = RULES[name](seed=0)
         note = ""
-        if name in DIRECT_RULES:
-            rule.apply(model, points=points, error_at=workload.error_at)
+        if name in PLACED_RULES:
+            # a learned matrix (DKP, FDFA) is made before the optimiser, from the batch itself
+            example = inputs if getattr(rule, "learns_feedback", False) else None
+            rule.apply(model, points=points, error_at=workload.error_at, example_input=example)
         elif workload.layerwise_exclude and name != "BP":
             rule.apply(model, exclude=workload.layerwise_exclude)
             note = f"exclude={list(workload.layerwise_exclude)}"
@@ -115,7 +125,7 @@ def _variants(
     rows: list[Row] = []
     steps: dict[int, Callable[[], None]] = {}
     for name in rules:
-        placements = workload.placements if name in DIRECT_RULES else {"": []}
+        placements = workload.placements if name in PLACED_RULES else {"": []}
         for placement, points in placements.items():
             kind = "bp" if name == "BP" else "library"
             row = Row(name, placement, kind)
@@ -125,9 +135,21 @@ def _variants(
                 row.status, row.note = "unsupported", _unsupported_note(error)
                 rows.append(row)
                 continue
+            except (PlacementError, ValueError) as error:  # a refusal of DKP/FDFA's placement
+                if name in DIRECT_RULES or name == "BP":
+                    raise
+                first = str(error).splitlines()[0]
+                row.status, row.note = "unsupported", f"unsupported: {first[:120]}"
+                rows.append(row)
+                continue
             steps[len(rows)] = _step(model, inputs, target, workload.loss)
             rows.append(row)
-            if compile:
+            if compile and getattr(RULES[name], "forward_gradient", False):
+                rows.append(Row(
+                    name, placement, "compiled", status="unsupported",
+                    note="unsupported: compiled blocks have no forward-mode derivative (jvp)",
+                ))  # fmt: skip
+            elif compile:
                 model, note = converted(name, points)
                 label = COMPILED if compile == "inductor" else f"{COMPILED}, {compile}"
                 twin = Row(name, placement, "compiled", note=", ".join(filter(None, [note, label])))
