@@ -589,7 +589,9 @@ def per_block(points: Sequence[dict[str, Any]], key: str = "peak_mib") -> float 
 
 
 def _number(value: float | None, digits: int = 1) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    if value is None or not math.isfinite(value):
+        return ""
+    return f"{(value if round(value, digits) else 0.0):.{digits}f}"  # no "-0.00" for a flat line
 
 
 def to_markdown(payload: dict[str, Any]) -> str:
