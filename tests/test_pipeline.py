@@ -440,3 +440,42 @@ def test_schedule_model_matches_the_closed_forms(stages, micro):
     )
     sync = model.simulate("dfa-sync", dfa, micro).step_time
     assert micro * 2.0 < sync <= micro * 2.0 + (stages - 1) * 1.0 + 1.0
+
+
+class _ResidualHead(nn.Module):
+    """``h + f(h)`` with ``h = pre(x)``, then a head: a point inside ``f`` does not cut the
+    residual path from the output to ``pre``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(16, 16)
+        self.f = nn.Sequential(nn.Linear(16, 16), nn.Tanh())
+        self.head = nn.Linear(16, SIZES[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        return self.head(h + self.f(h))
+
+
+def _leaky_stage(rank: int, world: int) -> None:
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Linear(SIZES[0], 16), nn.Tanh())
+    module = (first if rank == 0 else _ResidualHead()).double()
+    stage = DFAPipelineStage(
+        module,
+        fa.DFA(),
+        points=["1"] if rank == 0 else ["f.1"],
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        micro_batches=1,
+        loss_fn=F.cross_entropy,
+        timeout=5.0,
+    )
+    stage.step(*_batch())
+
+
+def test_a_stage_whose_points_do_not_cut_its_graph_is_refused():
+    """Issue 23: the pipeline proves each stage's cut as fa.DFA does. Here the last stage's
+    output reaches ``pre``, below its point, through the residual path: without the check
+    ``pre`` would train by backprop (the loss's gradient through ``h``) and by DFA at once."""
+    with pytest.raises(RuntimeError, match=r"do not cut the stage's graph.*pre\.weight"):
+        run_local(_leaky_stage, 2, timeout=DEADLINE)

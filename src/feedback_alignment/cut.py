@@ -85,6 +85,7 @@ def verify_cut(
     points: list[tuple[str, torch.Tensor]],
     is_injection: Callable[[Node], bool],
     true_gradient: tuple[str, ...] = (),
+    parameter_names: dict[int, str] | None = None,
 ) -> CutReport:
     """Checks the invariant of the module doc on one forward pass's graph.
 
@@ -97,8 +98,13 @@ def verify_cut(
             ``y``, the first input, belongs to the error region).
         true_gradient: module paths whose parameters may receive both the true gradient and
             feedback (a hybrid the user asked for).
+        parameter_names: ``id(tensor) -> name`` of the leaves the graph was built from, where
+            they are not ``model``'s parameters (a pipeline stage's stashed weights, run by
+            ``torch.func.functional_call``); default: ``model.named_parameters()``.
     """
     names = {id(p): n for n, p in model.named_parameters()}
+    if parameter_names is not None:
+        names.update(parameter_names)
     owners: dict[int, int] = {}
     for _, module in model.named_modules(remove_duplicate=False):
         for param in module._parameters.values():

@@ -56,6 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call
 
+from feedback_alignment.cut import verify_cut
 from feedback_alignment.feedback import FeedbackLayout
 from feedback_alignment.pipeline.layout import (
     build_layout,
@@ -179,6 +180,8 @@ class DFAPipelineStage:
         """In async mode: how many optimizer steps late each error was applied (0 = in time)."""
 
         self._records: list[torch.Tensor] = []
+        self._record_names: list[str] = []
+        self._verified: set[tuple] = set()  # point shapes (per sample) whose cut was proved
         self._last_cut: torch.Tensor | None = None
         self._forwarding = False
         self._pending: deque[_Pending] = deque()
@@ -263,6 +266,7 @@ class DFAPipelineStage:
             if not tensor.requires_grad:
                 return None  # nothing below learns (same rule as fa.DFA)
             self._records.append(tensor)
+            self._record_names.append(name)
             cut = tensor.detach()
             self._last_cut = cut
             return cut if rest is None else (cut, *rest)
@@ -270,7 +274,7 @@ class DFAPipelineStage:
         return hook
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        self._records, self._last_cut = [], None
+        self._records, self._record_names, self._last_cut = [], [], None
         self._forwarding = True
         try:
             if self._weights is not None:
@@ -280,6 +284,7 @@ class DFAPipelineStage:
         finally:
             self._forwarding = False
         hidden, self._records = self._records, []
+        names, self._record_names = self._record_names, []
         if not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"stage {self.stage} returned {type(out).__name__}; a pipeline stage must return "
@@ -297,9 +302,39 @@ class DFAPipelineStage:
                 "point cut the graph after the top layer; leave that point out"
             )
         self._last_cut = None
+        key = (tuple(names), tuple(tuple(h.shape[1:]) for h in hidden))
+        if key not in self._verified:
+            self._verify_cut(out, names, hidden)
+            self._verified.add(key)
         if self._own_shapes is None:
             self._own_shapes = [list(h.shape) for h in hidden]
         return out, hidden
+
+    def _verify_cut(self, out: torch.Tensor, names: list[str], hidden: list[torch.Tensor]) -> None:
+        """Proves the stage's cut as single-process DFA does (:mod:`feedback_alignment.cut`):
+        no path from the stage's output (the last stage's ``y``) or from one point's tensor
+        reaches below another point around the cut: an inline residual ``x + f(x)`` around a
+        point inside ``f`` would train the layers below it by backprop within the stage."""
+        stashed = None
+        if self._weights is not None:  # the graph's leaves are the stashed copies
+            stashed = {id(tensor): name for name, tensor in self._weights.items()}
+        outputs = [("the stage's output", out)] if out.requires_grad else []
+        report = verify_cut(
+            self.module,
+            outputs,
+            list(zip(names, hidden, strict=True)),
+            lambda node: False,  # the error enters y directly: no injection node in a stage
+            parameter_names=stashed,
+        )
+        if report.leaks:
+            point, params, other = report.leaks[0]
+            raise PlacementError(
+                f"stage {self.stage}: the feedback points {names} do not cut the stage's graph: "
+                f"{other or 'the output'} reaches {params[:4]} below point {point!r} around "
+                "the cut (a residual connection or a second consumer of a tensor below the "
+                "point), so those parameters would learn by backprop. Place the points at the "
+                "outputs of whole blocks (a residual block's output, not a layer inside it)"
+            )
 
     # --- feedback layout ---------------------------------------------------------------------------
 
