@@ -224,7 +224,58 @@ def test_transformer_task_writes_results_table_samples_and_plot(tmp_path):
     assert "| DFA-micro |" in report.markdown and "Ordering found" in report.markdown
     assert "QUICK MODE" in report.markdown
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert [r["rule"] for r in runs] == ["BP", "DFA-macro", "DFA-micro", "Shallow"]
+    assert [r["rule"] for r in runs] == [
+        "BP", "DFA-macro", "DFA-micro", "Shallow",
+        "BP/authors", "DFA-macro/authors", "DFA-micro/authors", "Shallow/authors",
+    ]  # fmt: skip
     assert all(r["sample"].startswith(config.prompt) for r in runs)
+    assert {r["lr"] for r in runs if r["rule"].endswith("/authors")} == {language.AUTHORS_LR}
+    assert "| DFA-micro/authors |" in report.markdown and "authors' recipe" in report.markdown
+    assert "per BPE token" in report.markdown and "per character" in report.markdown
+    # the authors' arms leave our arms' numbers as they were: BP alone gives the same run
+    alone = replace(config, rules=("BP",))
+    (tmp_path / "alone").mkdir()
+    language.run(RunOptions(out_dir=tmp_path / "alone", quick=True, progress=False), alone)
+    (bp,) = json.loads((tmp_path / "alone" / "results.json").read_text())["runs"]
+    assert bp["test_loss"] == runs[0]["test_loss"] and bp["train_loss"] == runs[0]["train_loss"]
     with pytest.raises(ValueError, match="unknown rules"):
         language.LanguageConfig(rules=("FA",))
+
+
+def test_the_authors_recipe_sets_relu_dropout_clip_and_adams_epsilon(monkeypatch):
+    from dataclasses import replace
+
+    from feedback_alignment import data
+    from feedback_alignment.experiments import language
+
+    seen = {}
+    real_adam, real_fit = torch.optim.Adam, language.fit
+
+    def adam(params, **kwargs):
+        seen["adam"] = kwargs
+        return real_adam(params, **kwargs)
+
+    def fit(model, optimizer, *args, **kwargs):
+        seen["model"], seen["clip"] = model, kwargs["clip"]
+        seen["lr at step 1"] = kwargs["lr_at"](1, 1.0)
+        return real_fit(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    monkeypatch.setattr(language, "fit", fit)
+    config = replace(
+        language.QUICK, steps=4, warmup=5, eval_every=2, eval_batches=1, sample_chars=2
+    )
+    corpus = data.load(config.corpus)
+    language.train_one("DFA-micro/authors", 0, config, corpus, progress=False)
+    model = seen["model"]
+    assert language.split_arm("DFA-micro/authors") == ("DFA-micro", "authors")
+    assert all(isinstance(b.mlp.act, torch.nn.ReLU) for b in model.blocks)
+    assert model.config.dropout == 0.1 and seen["clip"] == 0.5
+    assert seen["adam"]["eps"] == 1e-9 and seen["adam"]["lr"] == language.AUTHORS_LR
+    assert seen["lr at step 1"] == 1.0  # no warm-up
+    language.train_one("DFA-micro", 0, config, corpus, progress=False)  # ours, unchanged
+    assert all(isinstance(b.mlp.act, torch.nn.GELU) for b in seen["model"].blocks)
+    assert seen["model"].config.dropout == 0.0 and seen["clip"] == config.clip
+    assert "eps" not in seen["adam"] and seen["lr at step 1"] == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        language.use_activation(model, "swish")

@@ -10,10 +10,16 @@ compare ratios and the ordering, not values). The gap closure in log perplexity 
 log(Shallow / BP), so it depends on Shallow's perplexity as well as on DFA's: Shallow is about
 2.5x BP here and 14x in the paper.
 
-The recipe follows the paper: Adam with beta2 = 0.999, the learning rate decayed x0.2 when the
-validation loss stops improving, gradient-norm clipping; plus a short linear warm-up, which
-post-LN blocks need at our learning rates. The learning rate itself was chosen for our scale
-(the paper's 1e-4 is for a 512-wide model trained for days).
+Two recipes, each run by all four rules. Ours (the arms ``BP``, ``DFA-macro``, ``DFA-micro``,
+``Shallow``) follows the paper's optimiser: Adam with beta2 = 0.999, the learning rate decayed
+x0.2 when the validation loss stops improving, gradient-norm clipping at 1.0; plus a short linear
+warm-up, which post-LN blocks need at our learning rates; no dropout, GELU; each rule's learning
+rate tuned at our scale. The authors' recipe (the arms ``<rule>/authors``, issue 22), read from
+their ``train_lm.py`` and ``run_experiments.sh`` (the DFA runs with ``--optim schedule``): Adam
+from 1e-4 (beta2 0.999, eps 1e-9) with no warm-up, x0.2 on plateau, clipping at 0.5, dropout 0.1
+and a ReLU feed-forward (PyTorch's ``TransformerEncoderLayer``); the four rules share it (the
+paper's own BP baseline used the Noam schedule instead). Its arms are tunable like ours, from the
+authors' 1e-4 (the hand-set value, used until a search is stored).
 
 References:
     Launay, Poli, Boniface, Krzakala, "Direct Feedback Alignment Scales to Modern Deep Learning
@@ -51,7 +57,43 @@ from feedback_alignment.rules import Rule
 log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = tuple(LAUNAY_2020_PERPLEXITY)
-"""BP, DFA with the paper's two placements, and Shallow."""
+"""BP, DFA with the paper's two placements, and Shallow: the arms of our recipe."""
+
+AUTHORS = "authors"
+AUTHORS_RULES: tuple[str, ...] = tuple(f"{rule}/{AUTHORS}" for rule in RULES)
+"""The same four rules under the authors' recipe (:class:`AuthorsRecipe`)."""
+
+ARMS: tuple[str, ...] = RULES + AUTHORS_RULES
+"""Every arm of the task: a rule of :data:`RULES`, alone (our recipe) or with ``/authors``."""
+
+AUTHORS_LR = 1e-4
+"""The authors' Adam learning rate (``--init_lr 1e-4`` of their scheduled DFA runs)."""
+
+
+@dataclass(frozen=True)
+class AuthorsRecipe:
+    """What the authors' recipe changes against ours (their ``train_lm.py`` with
+    ``--optim schedule``; the learning rate is :data:`AUTHORS_LR` until tuned).
+
+    Attributes:
+        eps: Adam's epsilon (theirs 1e-9; ours PyTorch's 1e-8).
+        warmup: steps of linear warm-up (none in their scheduled runs).
+        clip: gradient-norm clipping threshold.
+        dropout: on attention weights, sublayer outputs and embeddings.
+        activation: of the feed-forward layer (``"relu"``: ``TransformerEncoderLayer``'s default).
+    """
+
+    eps: float = 1e-9
+    warmup: int = 0
+    clip: float = 0.5
+    dropout: float = 0.1
+    activation: str = "relu"
+
+
+def split_arm(arm: str) -> tuple[str, str]:
+    """``"DFA-macro/authors"`` -> ``("DFA-macro", "authors")``; ``"BP"`` -> ``("BP", "ours")``."""
+    rule, _, recipe = arm.partition("/")
+    return rule, recipe or "ours"
 
 
 @dataclass
@@ -70,6 +112,9 @@ class LanguageConfig:
         clip: gradient-norm clipping threshold.
         eval_every, eval_batches: validation schedule and size (fixed, evenly spread windows).
         error_before_vocab: take DFA's error at the input of the vocabulary projection (paper).
+        rules: the arms to run (:data:`ARMS`: each rule under our recipe and the authors').
+        authors: the authors' recipe, used by the ``/authors`` arms in place of ``warmup``,
+            ``clip``, Adam's epsilon, no dropout and GELU.
         sample_chars, temperature, prompt: the text sampled from each trained model.
         threads: intra-op threads (``None``: leave torch's setting).
     """
@@ -83,7 +128,10 @@ class LanguageConfig:
     batch_size: int = 32
     steps: int = 1200
     lr: dict[str, float] = field(
-        default_factory=lambda: {"BP": 1e-3, "DFA-macro": 1e-3, "DFA-micro": 1e-3, "Shallow": 1e-3}
+        default_factory=lambda: {
+            **{"BP": 1e-3, "DFA-macro": 1e-3, "DFA-micro": 1e-3, "Shallow": 1e-3},
+            **dict.fromkeys(AUTHORS_RULES, AUTHORS_LR),
+        }
     )
     warmup: int = 100
     decay: float = 0.2
@@ -95,15 +143,16 @@ class LanguageConfig:
     sample_chars: int = 300
     temperature: float = 0.8
     prompt: str = "ROMEO:\n"
-    rules: tuple[str, ...] = RULES
+    rules: tuple[str, ...] = ARMS
+    authors: AuthorsRecipe = field(default_factory=AuthorsRecipe)
     threads: int | None = None
     tuned: bool = True  # use the stored tuned learning rates in place of ``lr``
     tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.rules if r not in RULES]
+        unknown = [r for r in self.rules if r not in ARMS]
         if unknown:
-            raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
+            raise ValueError(f"unknown rules {unknown}; choose from {list(ARMS)}")
         missing = [r for r in self.rules if r not in self.lr]
         if missing:
             raise ValueError(f"no learning rate for {missing}; lr has {sorted(self.lr)}")
@@ -156,6 +205,19 @@ def place_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool)
     return apply_rule("DFA", model, seed, points=points, error_at=error_at)
 
 
+ACTIVATIONS = {"gelu": torch.nn.GELU, "relu": torch.nn.ReLU}
+
+
+def use_activation(model: CharTransformer, name: str) -> None:
+    """Replaces every block's feed-forward activation (``mlp.act``, a micro feedback point) by
+    a fresh ``name`` module (``"gelu"``, the model's own, or ``"relu"``), before a rule is
+    applied."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    for block in model.blocks:
+        block.mlp.act = ACTIVATIONS[name]()
+
+
 def _batch(
     data: torch.Tensor, starts: torch.Tensor, block: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +261,8 @@ def train_one(
     """Trains one model with one rule; returns its validation and test perplexity, curve and a
     sample. ``lr`` overrides :func:`learning_rates`; ``report(step, val_loss)`` is called at every
     evaluation (a tuner's pruning)."""
+    base_rule, recipe = split_arm(rule_name)
+    authors = config.authors if recipe == AUTHORS else None
     torch.manual_seed(seed)
     model_config = TransformerConfig(
         vocab_size=corpus.vocab_size,
@@ -206,12 +270,21 @@ def train_one(
         n_layer=config.n_layer,
         n_head=config.n_head,
         d_model=config.d_model,
+        dropout=authors.dropout if authors else 0.0,
         norm=config.norm,
     )
     model = CharTransformer(model_config)
-    place_rule(rule_name, model, seed, config.error_before_vocab)
+    if authors:
+        use_activation(model, authors.activation)
+    place_rule(base_rule, model, seed, config.error_before_vocab)
     rate = learning_rates(config)[rule_name] if lr is None else lr
-    optimizer = torch.optim.Adam(model.parameters(), lr=rate, betas=(0.9, 0.999))
+    if authors:
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=rate, betas=(0.9, 0.999), eps=authors.eps
+        )
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=rate, betas=(0.9, 0.999))
+    warmup = authors.warmup if authors else config.warmup
     generator = torch.Generator().manual_seed(seed)
     train = corpus.train
     plateau = {"scale": 1.0}  # x decay on every plateau, as in the paper
@@ -240,8 +313,8 @@ def train_one(
         batches,
         loss,
         total_steps=config.steps,
-        lr_at=lambda step, base: base * plateau["scale"] * min(1.0, step / max(config.warmup, 1)),
-        clip=config.clip,
+        lr_at=lambda step, base: base * plateau["scale"] * min(1.0, step / max(warmup, 1)),
+        clip=authors.clip if authors else config.clip,
         evaluate=validate,
         eval_every=config.eval_every,
         select="val",
@@ -363,14 +436,18 @@ def _tuning_objective(
 tuning.register_tunable(
     tuning.Tunable(
         task="transformer",
-        arms=RULES,
-        space=lambda arm: {"lr": tuning.Param(2e-4, 1e-2)},
+        arms=ARMS,
+        # the authors' recipe starts from their 1e-4, below our arms' range
+        space=lambda arm: {
+            "lr": tuning.Param(2e-5, 2e-3) if arm in AUTHORS_RULES else tuning.Param(2e-4, 1e-2)
+        },
         defaults=lambda arm: {"lr": LanguageConfig().lr[arm]},
         objective=_tuning_objective,
         direction="minimize",
         metric="validation loss (nats/char)",
         trials=8,
         schedule=f"Each trial trains seed 0 for {TUNING_STEPS} of the full run's 1200 steps "
-        "(same warm-up and plateau decay) and is scored on the validation split.",
+        "(its arm's recipe: same warm-up and plateau decay) and is scored on the validation "
+        "split.",
     )
 )

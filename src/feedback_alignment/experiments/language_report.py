@@ -23,14 +23,19 @@ def _mean(results: list[LanguageResult], rule: str, key: str = "test_loss") -> f
     return sum(losses) / len(losses) if losses else math.nan
 
 
+def _recipe(rule: str) -> tuple[str, str]:
+    """``"DFA-macro/authors"`` -> ``("DFA-macro", "/authors")``; ``"BP"`` -> ``("BP", "")``."""
+    base, slash, recipe = rule.partition("/")
+    return base, slash + recipe
+
+
 def summary(results: list[LanguageResult], config: LanguageConfig, quick: bool = False) -> Table:
     """Our test perplexity, its ratio to BP and the gap closed, beside the paper's (whose figures
     are validation perplexities; ours are test because the learning rates were tuned on
-    validation)."""
+    validation). An arm of the authors' recipe (``<rule>/authors``) is compared with the BP and
+    Shallow of the same recipe."""
     ours = {rule: perplexity(_mean(results, rule)) for rule in config.rules}
     val = {rule: perplexity(_mean(results, rule, "val_loss")) for rule in config.rules}
-    bp = ours.get("BP", math.nan)
-    log_bp, log_sh = math.log(bp), math.log(ours.get("Shallow", math.nan))
     paper = LAUNAY_2020_PERPLEXITY
     paper_bp, paper_sh = math.log(paper["BP"]), math.log(paper["Shallow"])
     table = Table(
@@ -43,33 +48,59 @@ def summary(results: list[LanguageResult], config: LanguageConfig, quick: bool =
         quick=quick,
     )  # fmt: skip
     for rule in config.rules:
+        base, recipe = _recipe(rule)
         ppl = ours[rule]
+        bp = ours.get("BP" + recipe, math.nan)
+        log_bp, log_sh = math.log(bp), math.log(ours.get("Shallow" + recipe, math.nan))
         rates = sorted({r.lr for r in results if r.rule == rule})
         table.add(
-            rule, "/".join(f"{x:.2g}" for x in rates), ppl, val[rule], ppl / bp, gap_closure(math.log(ppl), log_bp, log_sh), paper[rule],
-            paper[rule] / paper["BP"], gap_closure(math.log(paper[rule]), paper_bp, paper_sh),
+            rule, "/".join(f"{x:.2g}" for x in rates), ppl, val[rule], ppl / bp, gap_closure(math.log(ppl), log_bp, log_sh), paper[base],
+            paper[base] / paper["BP"], gap_closure(math.log(paper[base]), paper_bp, paper_sh),
         )  # fmt: skip
-    order = sorted(config.rules, key=lambda r: ours[r])
-    paper_order = [r for r in LAUNAY_2020_PERPLEXITY if r in config.rules]  # the paper's order
-    verdict = "the same as" if order == paper_order else "different from"
+    recipes = list(dict.fromkeys(_recipe(rule)[1] for rule in config.rules))
+    findings = []
+    for recipe in recipes:
+        mine = [r for r in config.rules if _recipe(r)[1] == recipe]
+        order = sorted(mine, key=lambda r: ours[r])
+        paper_order = [r + recipe for r in LAUNAY_2020_PERPLEXITY if r + recipe in mine]
+        verdict = "the same as" if order == paper_order else "different from"
+        label = "Ordering found" + (" with the authors' recipe" if recipe else "")
+        findings.append(
+            f"{label} (lower perplexity first): {' < '.join(order)}: {verdict} the paper's "
+            f"({' < '.join(paper_order)})"
+        )
     seeds = sorted({r.seed for r in results})
+    tuned = config.tuned and tuning.tuned_values("transformer", config.tuned_dir)
+    authors = config.authors
+    shallow = {recipe: ours.get("Shallow" + recipe, math.nan) / ours.get("BP" + recipe, math.nan)
+               for recipe in recipes}  # fmt: skip
+    ratio = ", ".join(f"{v:.1f}x BP's" + (" (authors' recipe)" if r else "")
+                      for r, v in shallow.items())  # fmt: skip
+    recipe_note = (
+        f" Arms `<rule>/authors` use the authors' recipe instead (their `train_lm.py`, "
+        f"`--optim schedule`): no warm-up, Adam eps {authors.eps:g}, clip {authors.clip}, dropout "
+        f"{authors.dropout}, {authors.activation.upper()} feed-forward, lr from their 1e-4 (the "
+        "table's, tuned where stored), the same x"
+        f"{config.decay} on plateau; their gap closed is against the BP and Shallow of the same "
+        "recipe."
+        if any(recipes)
+        else ""
+    )
     table.caption = (
-        f"Ordering found (lower perplexity first): {' < '.join(order)}: {verdict} the paper's "
-        f"({' < '.join(paper_order)}).\n\n"
+        "; ".join(findings) + ".\n\n"
         f"{config.corpus} characters, {config.norm}-LN Transformer {config.n_layer} x "
         f"{config.d_model}, {config.n_head} heads, context {config.block_size}, batch "
         f"{config.batch_size}, {config.steps} steps, Adam (0.9, 0.999), lr per rule in the table ("
-        f"{'tuned on validation' if config.tuned and tuning.tuned_values('transformer', config.tuned_dir) else 'hand-set'}), warm-up "
-        f"{config.warmup}, x{config.decay} on plateau, clip {config.clip}; error taken "
-        f"{'before' if config.error_before_vocab else 'after'} the vocabulary projection; seeds "
-        f"{seeds}. Perplexity = exp(mean cross-entropy) over {config.eval_batches} x "
-        f"{config.batch_size} fixed windows of the test (validation) split at the last step. "
-        "Gap closed (test) = "
+        f"{'tuned on validation' if tuned else 'hand-set'}), warm-up "
+        f"{config.warmup}, x{config.decay} on plateau, clip {config.clip}, no dropout, GELU; error "
+        f"taken {'before' if config.error_before_vocab else 'after'} the vocabulary projection; "
+        f"seeds {seeds}.{recipe_note} Perplexity = exp(mean cross-entropy) over "
+        f"{config.eval_batches} x {config.batch_size} fixed windows of the test (validation) split "
+        "at the last step, per character. Gap closed (test) = "
         "(log ppl_shallow - log ppl_rule) / (log ppl_shallow - log ppl_BP). The paper's "
         "perplexities are per BPE token (youtokentome, 32k merges, in the authors' code), not per "
         "word; ours per character. The gap closed depends on Shallow's perplexity: Shallow's is "
-        f"{ours.get('Shallow', math.nan) / bp:.1f}x BP's here, "
-        f"{paper['Shallow'] / paper['BP']:.0f}x in the paper."
+        f"{ratio} here, {paper['Shallow'] / paper['BP']:.0f}x in the paper."
     )
     return table
 
