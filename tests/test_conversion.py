@@ -173,7 +173,7 @@ def test_lstm_tuple_items_are_all_cut_and_seq_first_is_read_at_axis_1(batch_firs
     model = Recurrent(batch_first, head_on).double()
     rule = fa.DFA(seed=2)
     rule.apply(model)
-    assert rule._binding(model).point_axes["lstm"] == (None if batch_first else (1,))
+    assert rule._binding(model).placement.point_axes["lstm"] == (None if batch_first else (1,))
     grads = _step(model, x, y)
     # reference: BP through the LSTM alone from B e at its output sequence, per sample
     reference = Recurrent(batch_first, head_on).double()
@@ -216,7 +216,7 @@ def test_a_loss_computed_inside_forward_trains_by_the_rule():
     x, y = _batch()
     rule = fa.DFA(seed=5)
     rule.apply(a, output="logits")  # the error is injected at the head, "classifier"
-    assert rule._binding(a).error_at == "classifier"
+    assert rule._binding(a).placement.error_at == "classifier"
     a(x.double(), labels=y)["loss"].backward()
     fa.DFA(seed=5).apply(b, error_at="classifier")
     F.cross_entropy(b(x.double())["logits"], y).backward()

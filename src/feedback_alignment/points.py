@@ -38,7 +38,9 @@ call, named ``"relu"``, ``"relu#1"``, ``"relu#2"`` ...
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -292,3 +294,184 @@ def enclosing_blocks(model: nn.Module, path: str) -> list[str]:
         ):
             return [f"{container_path}.{child}" for child in container._modules]
     return []
+
+
+OutputSelector = int | str | None
+"""Which part of a non-tensor model output is ``y``: an index, a key or an attribute name."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a direct rule cuts a model and takes its error: fixed by ``apply``, never changed.
+
+    Built by :meth:`build` from ``rule.apply``'s arguments, checked against the model there (every
+    named module exists, the batch axes are well formed); what is learnt from the first forward
+    pass (widths, layout, the cut's proof) lives in the rule's binding, not here.
+
+    Attributes:
+        points: ``(path, module)`` of every feedback point, in the order found.
+        automatic: the points were placed automatically (blocks decide the top at run time).
+        block_of: automatic block points -> their container (blocks of one container must form a
+            chain; siblings on the same input are refused).
+        selected_calls: point module path -> the calls that are points (``None``: every call).
+        output: which part of a structured output is ``y``.
+        error_at: the module whose output is ``y`` (``None``: the model's output).
+        error_site: that module.
+        auto_head: ``error_at`` was chosen by :func:`find_head` (checked at the first pass).
+        output_activation: ``y = f(z)``: the error is fed back at ``z``.
+        batch_axes: the axes of ``y`` that index samples (``None``: all but the last).
+        point_axes: a point's sample axes where they are not the leading ones.
+        true_gradient: module paths that may receive the true gradient as well as feedback.
+        verify_always: prove the cut at every training forward pass.
+    """
+
+    points: tuple[tuple[str, nn.Module], ...]
+    automatic: bool
+    block_of: Mapping[str, str]
+    selected_calls: Mapping[str, frozenset[int] | None]
+    output: OutputSelector
+    error_at: str | None
+    error_site: nn.Module | None
+    auto_head: bool
+    output_activation: str | None
+    batch_axes: tuple[int, ...] | None
+    point_axes: Mapping[str, tuple[int, ...] | None]
+    true_gradient: tuple[str, ...]
+    verify_always: bool
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        *,
+        points: Sequence[str] | None = None,
+        output: OutputSelector = None,
+        error_at: str | None = None,
+        output_activation: str | None = None,
+        batch_axes: int | Sequence[int] | None = None,
+        point_batch_axes: Mapping[str, int | Sequence[int]] | None = None,
+        true_gradient: Sequence[str] = (),
+        verify: str = "placement",
+    ) -> Placement:
+        """The placement of ``rule.apply``'s arguments on ``model`` (see its doc).
+
+        Raises:
+            PlacementError: no feedback point, or a named module does not exist.
+            ValueError: ``verify`` or an axis is malformed.
+        """
+        if verify not in ("placement", "always"):
+            raise ValueError(f"verify={verify!r}: choose 'placement' or 'always'")
+        found = find_points(model, points)
+        auto_head = error_at is None and isinstance(output, str)
+        if auto_head:
+            error_at = find_head(model)
+        error_site = None
+        if error_at is not None:
+            try:
+                error_site = model.get_submodule(error_at)
+            except AttributeError:
+                raise PlacementError(
+                    f"error_at={error_at!r} is not a submodule of {type(model).__name__}"
+                ) from None
+        axes = point_axes(found, point_batch_axes)
+        for path in true_gradient:
+            try:
+                model.get_submodule(path)
+            except AttributeError:
+                raise PlacementError(
+                    f"true_gradient names {path!r}, which is not a submodule of "
+                    f"{type(model).__name__}"
+                ) from None
+        automatic = points is None
+        block_of = (
+            {
+                name: name.rpartition(".")[0]
+                for name, _ in find_blocks(model)
+                if any(name == p for p, _ in found)
+            }
+            if automatic
+            else {}
+        )
+        selected: dict[str, set[int] | None] = {}
+        for name, _ in found:
+            base, sharp, call = name.partition("#")
+            if not sharp:
+                selected[base] = None
+            elif selected.get(base, set()) is not None:
+                selected.setdefault(base, set()).add(int(call))  # type: ignore[union-attr]
+        return cls(
+            points=tuple(found),
+            automatic=automatic,
+            block_of=block_of,
+            selected_calls={k: None if v is None else frozenset(v) for k, v in selected.items()},
+            output=output,
+            error_at=error_at,
+            error_site=error_site,
+            auto_head=auto_head and error_at is not None,
+            output_activation=output_activation,
+            batch_axes=axes_tuple(batch_axes, "batch_axes") if batch_axes is not None else None,
+            point_axes=axes,
+            true_gradient=tuple(true_gradient),
+            verify_always=verify == "always",
+        )
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Point module path (without ``#call``) -> the module, once per module."""
+        return {name.partition("#")[0]: module for name, module in self.points}
+
+
+def find_head(model: nn.Module) -> str | None:
+    """The module that produces a structured model's output: where its error is injected.
+
+    Hugging Face models name it (``get_output_embeddings()``: GPT-2's ``lm_head``); otherwise the
+    last layer with parameters in registration order (BERT's and ViT's ``classifier``). The cut
+    verification checks the choice at the first training forward pass.
+    """
+    modules = {id(m): n for n, m in model.named_modules()}
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # a model's own method; any failure means "not available"
+            head = None
+        if isinstance(head, nn.Module) and id(head) in modules and modules[id(head)]:
+            return modules[id(head)]
+    last = None
+    for name, module in model.named_modules():
+        if name and not module._modules and any(True for _ in module.parameters(recurse=False)):
+            last = name
+    return last
+
+
+def axes_tuple(value: Any, what: str) -> tuple[int, ...]:
+    """``value`` (an int or a sequence of ints) as a tuple of distinct axes."""
+    axes = (value,) if isinstance(value, int) else tuple(value)
+    if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise ValueError(f"{what} must be an int or a sequence of ints, got {value!r}")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{what}={value!r} names an axis twice")
+    return axes
+
+
+def point_axes(
+    points: Sequence[tuple[str, nn.Module]], given: Mapping[str, int | Sequence[int]] | None
+) -> dict[str, tuple[int, ...] | None]:
+    """Each point's sample axes: given, else ``(1,)`` for sequence-first layers, else leading."""
+    given = dict(given or {})
+    names = {name.partition("#")[0] for name, _ in points}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise PlacementError(
+            f"point_batch_axes names {unknown}, which are not feedback points; the points are "
+            f"{sorted(names)}"
+        )
+    axes: dict[str, tuple[int, ...] | None] = {}
+    for point, module in points:
+        name = point.partition("#")[0]
+        if name in given:
+            axes[name] = axes_tuple(given[name], f"point_batch_axes[{name!r}]")
+        elif not name.endswith(INPUT_SUFFIX) and default_batch_axis(module) == 1:
+            axes[name] = (1,)
+        else:
+            axes[name] = None
+    return axes

@@ -66,11 +66,12 @@ from feedback_alignment.feedback import (
 from feedback_alignment.functional import DirectFeedbackFn
 from feedback_alignment.points import (
     INPUT_SUFFIX,
+    OutputSelector,
+    Placement,
     PlacementError,
-    default_batch_axis,
     enclosing_blocks,
     find_blocks,
-    find_points,
+    find_head,  # noqa: F401  (moved to points.py; importable from here as before)
 )
 from feedback_alignment.projector import Projector
 from feedback_alignment.rules.base import (
@@ -83,8 +84,6 @@ from feedback_alignment.rules.base import (
 
 FEEDBACK_BUFFER = "direct_feedback_matrix"
 """Name of the feedback buffer registered on the model: ``model.state_dict()[FEEDBACK_BUFFER]``."""
-
-OutputSelector = int | str | None
 
 
 class DirectFeedback(BoundRule):
@@ -240,8 +239,6 @@ class DirectFeedback(BoundRule):
         refuse_compiled_wrapper(model, type(self).__name__)
         if self._bound(model) is not None:
             self._attach(model, None)  # raises, naming the rule already applied
-        if verify not in ("placement", "always"):
-            raise ValueError(f"verify={verify!r}: choose 'placement' or 'always'")
         if verify == "always" and self.forward_time:
             raise ValueError(
                 f"{self.name}(forward_time=True) frees each block's graph at its point during "
@@ -255,47 +252,23 @@ class DirectFeedback(BoundRule):
                 "activation's input z, whose Jacobian the tangent of y does not give: apply the "
                 "rule to a model that returns z (the loss taking the logits)"
             )
-        found = find_points(model, points)
-        auto_head = error_at is None and isinstance(output, str)
-        if auto_head:
-            error_at = find_head(model)
-        error_site = None
-        if error_at is not None:
-            try:
-                error_site = model.get_submodule(error_at)
-            except AttributeError:
-                raise PlacementError(
-                    f"error_at={error_at!r} is not a submodule of {type(model).__name__}"
-                ) from None
         if output_activation is not None and output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(
                 f"unknown output_activation {output_activation!r}; choose one of "
                 f"{sorted(OUTPUT_ACTIVATIONS)} or None"
             )
-        axes = _point_axes(found, point_batch_axes)
-        for path in true_gradient:
-            try:
-                model.get_submodule(path)
-            except AttributeError:
-                raise PlacementError(
-                    f"true_gradient names {path!r}, which is not a submodule of "
-                    f"{type(model).__name__}"
-                ) from None
-        binding = _Binding(
-            self,
+        placement = Placement.build(
             model,
-            found,
-            automatic=points is None,
+            points=points,
             output=output,
             error_at=error_at,
-            error_site=error_site,
             output_activation=output_activation,
-            batch_axes=_axes_tuple(batch_axes, "batch_axes") if batch_axes is not None else None,
-            point_axes=axes,
-            true_gradient=tuple(true_gradient),
-            auto_head=auto_head and error_at is not None,
-            verify_always=verify == "always",
+            batch_axes=batch_axes,
+            point_batch_axes=point_batch_axes,
+            true_gradient=true_gradient,
+            verify=verify,
         )
+        binding = _Binding(self, model, placement)
         self._attach(model, binding)
         if example_input is not None:
             try:
@@ -355,7 +328,7 @@ class DirectFeedback(BoundRule):
 
     def point_names(self, model: nn.Module) -> list[str]:
         """Module paths where feedback enters ``model`` (before any forward pass)."""
-        return [name for name, _ in self._binding(model).points]
+        return [name for name, _ in self._binding(model).placement.points]
 
     def signal_widths(self, model: nn.Module) -> dict[str, int]:
         """Feedback point -> its width per sample, once the first training forward pass has fixed
@@ -395,7 +368,7 @@ class DirectFeedback(BoundRule):
         only: the block above the last point, and branches with no point on the way) or
         ``"tied"`` (both: a parameter shared by the top and a block below a point, or a module
         named in ``true_gradient=``). Empty before the first training forward pass."""
-        return dict(self._binding(model).roles)
+        return dict(self._binding(model).verifier.roles)
 
     def feedback_matrices(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The effective ``B_l`` (shape ``(d_out, n_l)``) of every point, after scaling."""
@@ -725,6 +698,96 @@ class _Pass:
     forward_time: bool = False  # DRTP(forward_time=True): the points update as the pass runs
 
 
+class _Verifier:
+    """The cut verification of one binding: proves each new placement once, over the graph of
+    the first training forward pass that shows it (:func:`feedback_alignment.cut.verify_cut`),
+    and keeps what it proved. A pass whose shapes were proved, or whose placement (point names,
+    widths, ``d_out``) was, needs no proof again (unless ``verify="always"``)."""
+
+    def __init__(self) -> None:
+        self.signature: tuple | None = None  # shapes of the last verified forward pass
+        self.verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
+        self.losses_seen: set[int] = set()  # how many scalars verified outputs returned
+        self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last proof)
+
+    def accepts(self, signature: tuple, key: tuple | None) -> bool:
+        """Whether a pass of these shapes (``signature``) and placement (``key``; ``None``: not
+        computed, the shapes are the last proved ones) needs no proof."""
+        if signature == self.signature:
+            return True
+        if key is not None and key in self.verified:
+            self.signature = signature
+            return True
+        return False
+
+    def forget(self) -> None:
+        """After a load: the next pass is checked against the loaded matrix again."""
+        self.signature = None
+
+    def prove(
+        self,
+        model: nn.Module,
+        placement: Placement,
+        output: Any,
+        pending: tuple,
+        is_own_node: Callable[[Any], bool],
+        feeds: bool,
+        head_output: torch.Tensor | None,
+    ) -> None:
+        """Proves the cut of the pending placement (see :mod:`feedback_alignment.cut`) or
+        refuses it with a :class:`PlacementError` naming the modules and the remedy."""
+        signature, key, records = pending
+        roots = _loss_roots(output, placement.output)
+        report = verify_cut(
+            model,
+            roots,
+            [(name, h) for name, h, _ in records],
+            is_own_node,
+            placement.true_gradient,
+        )
+        must_inject = [
+            label
+            for (label, tensor), injected in zip(roots, report.injected, strict=True)
+            if not injected and (label == roots[0][0] or tensor.dim() == 0)
+        ]
+        if feeds and must_inject:
+            site = f"'{placement.error_at}'" if placement.error_at else "the model's output"
+            raise PlacementError(
+                f"{must_inject[0]} of {type(model).__name__} does not depend on {site}, where the "
+                "error is injected (a loss computed inside forward before the output is "
+                "returned, or from another part of the model): DFA would silently train nothing "
+                "below the points through it. Inject where the output is produced "
+                "(rule.apply(model, output=..., error_at='head.module.path')), or do not return "
+                "that loss while training"
+            )
+        if (
+            placement.auto_head
+            and head_output is not None
+            and roots
+            and roots[0][1] is not head_output
+        ):
+            raise PlacementError(
+                f"the output {placement.output!r} is not the output of {placement.error_at!r}, "
+                "the module chosen as the head (the last layer with parameters): name the "
+                "module that produces it with rule.apply(model, output=..., error_at='...')"
+            )
+        if report.leaks and report.compiled:
+            raise PlacementError(
+                "the graph of this forward pass was compiled into one autograd node (torch.compile "
+                "with an AOT backend) that spans the feedback points, so the cut cannot be proved: "
+                "use torch.compile(model, backend='eager'), or compile the blocks between points "
+                "separately"
+            )
+        if report.leaks:
+            tried = [name for name, _, _ in records]
+            raise PlacementError(_leak_message(model, report.leaks, tried))
+        self.roles = report.roles
+        if key is not None:
+            self.verified.add(key)
+        self.signature = signature
+        self.losses_seen.add(_count_scalars(output))
+
+
 class _Binding:
     """The state of one rule applied to one model: hooks, the layout and the forward's records.
 
@@ -732,46 +795,11 @@ class _Binding:
     by a strong reference, so ``copy.deepcopy(model)`` maps it to the copy.
     """
 
-    def __init__(
-        self,
-        rule: DirectFeedback,
-        model: nn.Module,
-        points: list[tuple[str, nn.Module]],
-        *,
-        automatic: bool = False,
-        output: OutputSelector,
-        error_at: str | None,
-        error_site: nn.Module | None,
-        output_activation: str | None,
-        batch_axes: tuple[int, ...] | None,
-        point_axes: dict[str, tuple[int, ...] | None],
-        true_gradient: tuple[str, ...],
-        auto_head: bool = False,
-        verify_always: bool = False,
-    ) -> None:
+    def __init__(self, rule: DirectFeedback, model: nn.Module, placement: Placement) -> None:
         self.rule = rule
         self.owner = model
-        self.points = points
-        self.automatic = automatic
-        # automatic block points -> their container: blocks of one container must form a chain
-        self._block_of = (
-            {
-                name: name.rpartition(".")[0]
-                for name, _ in find_blocks(model)
-                if any(name == p for p, _ in points)
-            }
-            if automatic
-            else {}
-        )
+        self.placement = placement  # where it cuts and takes the error: fixed by apply
         self.now = _Pass()  # what this forward pass has recorded (replaced by _clear_pass)
-        self.output = output
-        self.error_at = error_at
-        self.output_activation = output_activation
-        self.batch_axes = batch_axes
-        self.point_axes = point_axes
-        self.true_gradient = true_gradient
-        self._auto_head = auto_head
-        self.verify_always = verify_always
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
@@ -785,24 +813,13 @@ class _Binding:
         self._stepped: tuple | None = None  # (id, version) of B and of a hidden weight
         self._warned_unstepped = False
         self.feeds = rule.signal is not None
-        self._signature: tuple | None = None  # shapes of the last verified forward pass
-        self._verified: set[tuple] = set()  # placements (names, widths, d_out) proven to be cut
-        self._losses_seen: set[int] = set()  # how many scalars verified outputs returned
-        self.roles: dict[str, str] = {}  # parameter -> "top" / "hidden" / "tied" (last check)
+        self.verifier = _Verifier()  # what the cut verification proved
         self.projector: Projector | None = None  # P = s(e) @ B, a slice per point (the layout's)
         self.handles = [
             model._register_load_state_dict_pre_hook(self._before_load, with_module=True),
             model.register_forward_pre_hook(_EagerHook(self._begin_forward)),
         ]
-        self.selected_calls: dict[str, set[int] | None] = {}  # module path -> calls, None: all
-        modules: dict[str, nn.Module] = {}
-        for name, module in points:
-            base, sharp, call = name.partition("#")
-            modules[base] = module
-            if not sharp:
-                self.selected_calls[base] = None
-            elif self.selected_calls.get(base, set()) is not None:
-                self.selected_calls.setdefault(base, set()).add(int(call))
+        modules = placement.modules()
         for base, module in modules.items():
             if base.endswith(INPUT_SUFFIX):
                 hook = _EagerHook(partial(self._at_point_input, base))
@@ -810,8 +827,9 @@ class _Binding:
             else:
                 hook = _EagerHook(partial(self._at_point, base))
                 self.handles.append(module.register_forward_hook(hook))
-        if error_site is not None:
-            self.handles.append(error_site.register_forward_hook(_EagerHook(self._at_error_site)))
+        if placement.error_site is not None:
+            hook = _EagerHook(self._at_error_site)
+            self.handles.append(placement.error_site.register_forward_hook(hook))
         # always_call: the records are cleared even when the forward pass raises
         end = _EagerHook(self._end_forward)
         self.handles.append(model.register_forward_hook(end, always_call=True))
@@ -854,7 +872,9 @@ class _Binding:
                 if self.rule.forward_gradient:
                     self.now.dual = _forward_mode()
                 self.now.forward_time = (
-                    self.rule.forward_time and self.layout is not None and bool(self._verified)
+                    self.rule.forward_time
+                    and self.layout is not None
+                    and bool(self.verifier.verified)
                 )
         self.now.depth += 1
 
@@ -863,7 +883,7 @@ class _Binding:
         calls = self.now.calls
         count = calls.get(name, 0)
         calls[name] = count + 1
-        selected = self.selected_calls[name]
+        selected = self.placement.selected_calls[name]
         if selected is not None and count not in selected:
             return None
         return f"{name}#{count}" if count else name
@@ -952,7 +972,7 @@ class _Binding:
                 "(nn.utils.rnn.pad_packed_sequence), or on the layer after it"
             )
         tensor = _first_tensor(output, name)
-        container = self._block_of.get(name)
+        container = self.placement.block_of.get(name)
         if container is not None and args and isinstance(args[0], torch.Tensor):
             sibling, _ = self.now.block_inputs.setdefault((container, id(args[0])), (name, args[0]))
             if sibling != name:
@@ -970,7 +990,7 @@ class _Binding:
                 raise self._not_learning(name, module)
             point = self._point_name(name)
             if point is not None and self.mode == "rule" and tensor.is_floating_point():
-                self.now.records.append((point, tensor, self.point_axes.get(name)))
+                self.now.records.append((point, tensor, self.placement.point_axes.get(name)))
             return None
         point = self._point_name(name)
         if point is None:
@@ -980,7 +1000,7 @@ class _Binding:
                 record.append((point, tensor))
         if self.mode == "backprop":
             return None
-        axes = self.point_axes.get(name)
+        axes = self.placement.point_axes.get(name)
         cut = _cut(output)
         if self.now.forward_time and tensor.requires_grad:
             self._update_now(point, tensor, axes)
@@ -1070,7 +1090,7 @@ class _Binding:
         if not tensor.requires_grad:
             point = self._point_name(name)  # frozen below: keeps its place in the layout
             if point is not None and self.mode == "rule" and tensor.is_floating_point():
-                self.now.records.append((point, tensor, self.point_axes.get(name)))
+                self.now.records.append((point, tensor, self.placement.point_axes.get(name)))
             return None
         point = self._point_name(name)
         if point is None:
@@ -1083,7 +1103,7 @@ class _Binding:
         uncut = tensor.view_as(tensor) if in_place else tensor  # keeps the graph below
         for record in self.recorders:
             record.append((point, uncut))
-        self.now.records.append((point, uncut, self.point_axes.get(name)))
+        self.now.records.append((point, uncut, self.placement.point_axes.get(name)))
         if in_place:
             tensor.detach_()
             return None
@@ -1092,7 +1112,7 @@ class _Binding:
     def _at_error_site(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not self.now.depth or not torch.is_grad_enabled() or self.mode != "rule":
             return None
-        tensor = _first_tensor(output, self.error_at or "")
+        tensor = _first_tensor(output, self.placement.error_at or "")
         injected = self._inject(tensor)
         self.now.head_output = injected
         return _replace_first(output, injected)
@@ -1106,14 +1126,14 @@ class _Binding:
                 return None
             result = None
             if (
-                self.error_at is None
+                self.placement.error_at is None
                 and self.now.calls
                 and self.mode == "rule"
                 and torch.is_grad_enabled()
             ):
-                y = _select_output(output, self.output, type(module).__name__)
+                y = _select_output(output, self.placement.output, type(module).__name__)
                 if (
-                    self.automatic
+                    self.placement.automatic
                     and self.now.last_cut is not None
                     and y is self.now.last_cut[0]
                     and self.now.records
@@ -1129,7 +1149,7 @@ class _Binding:
                             f"output is {type(module).__name__}'s output; name the hidden points "
                             "with rule.apply(model, points=[...])"
                         )
-                    output = _replace_output(output, self.output, y)
+                    output = _replace_output(output, self.placement.output, y)
                     result = output
                 if self.feeds and _live(self.now.records) and not y.requires_grad:
                     raise PlacementError(
@@ -1140,11 +1160,11 @@ class _Binding:
                         "any point above the top layer, or unfreeze the head"
                     )
                 if self.now.records:
-                    result = _replace_output(output, self.output, self._inject(y))
+                    result = _replace_output(output, self.placement.output, self._inject(y))
             if _live(self.now.records):
                 leftover = [name for name, h, _ in self.now.records if h.requires_grad]
                 raise PlacementError(
-                    f"feedback points {leftover} ran after the error site {self.error_at!r}: they "
+                    f"feedback points {leftover} ran after the error site {self.placement.error_at!r}: they "
                     "would never receive a signal; place points before error_at"
                 )
             final = output if result is None else result
@@ -1156,7 +1176,7 @@ class _Binding:
             ):
                 raise PlacementError(
                     f"no feedback point of {type(module).__name__} ran with grad enabled in this "
-                    f"training forward pass (points: {[n for n, _ in self.points]}): the whole "
+                    f"training forward pass (points: {[n for n, _ in self.placement.points]}): the whole "
                     "model would train by backprop. The points ran under torch.no_grad (reentrant "
                     "gradient checkpointing does that: use use_reentrant=False) or did not run "
                     "at all (check points=, or compiled code made before the rule was applied: "
@@ -1176,12 +1196,12 @@ class _Binding:
                     "head (e.g. model.lm_head.requires_grad_(True)), or use a rule that feeds "
                     "the layers below the points (DFA)"
                 )
-            if self.verify_always and self.now.injected is not None:
+            if self.placement.verify_always and self.now.injected is not None:
                 self.now.pending = self.now.injected
             if self.now.pending is None and self.now.injected is not None:
                 # a model that returns a loss only when given labels: verify that case too
                 losses = _count_scalars(final)
-                if losses not in self._losses_seen:
+                if losses not in self.verifier.losses_seen:
                     self.now.pending = self.now.injected
             if self.now.pending is not None:
                 if self.now.forward_time:  # the graph below the points is gone: nothing to walk
@@ -1191,7 +1211,15 @@ class _Binding:
                         "after the first step. Keep the points (and the kind of output) fixed, "
                         "or apply the rule again"
                     )
-                self._verify(final)
+                self.verifier.prove(
+                    self.owner,
+                    self.placement,
+                    final,
+                    self.now.pending,
+                    self._is_own_node,
+                    self.feeds,
+                    self.now.head_output,
+                )
             return result
         finally:
             if self.now.dual is not None:
@@ -1211,11 +1239,9 @@ class _Binding:
             [h.shape for _, h, _ in records],
             [name for name, _, _ in records],
         )
-        if signature != self._signature:
+        if not self.verifier.accepts(signature, None):
             key = self._validate(y, records)
-            if key in self._verified:
-                self._signature = signature
-            else:
+            if not self.verifier.accepts(signature, key):
                 self.now.pending = (signature, key, records)
         self.now.injected = (signature, None, records)
         if not self.feeds:
@@ -1242,8 +1268,8 @@ class _Binding:
         forward = _Forward(
             [h.shape for _, h, _ in records],
             [axes for _, _, axes in records],
-            self.batch_axes,
-            y.detach() if self.output_activation is not None else None,
+            self._sample_axes(y) if self.placement.batch_axes is not None else None,
+            y.detach() if self.placement.output_activation is not None else None,
             values,
             derivative,
         )
@@ -1253,14 +1279,15 @@ class _Binding:
         return DirectFeedbackFn.apply(self, forward, y, *hidden)
 
     def _sample_axes(self, y: torch.Tensor) -> tuple[int, ...]:
-        if self.batch_axes is None:
+        given = self.placement.batch_axes
+        if given is None:
             return tuple(range(y.dim() - 1)) if y.dim() > 1 else (0,)
-        bad = [a for a in self.batch_axes if not -y.dim() <= a < y.dim()]
+        bad = [a for a in given if not -y.dim() <= a < y.dim()]
         if bad:
             raise PlacementError(
-                f"batch_axes={self.batch_axes} does not fit the output's shape {tuple(y.shape)}"
+                f"batch_axes={given} does not fit the output's shape {tuple(y.shape)}"
             )
-        return tuple(sorted(a % y.dim() for a in self.batch_axes))
+        return tuple(sorted(a % y.dim() for a in given))
 
     def _validate(self, y: torch.Tensor, records: list[Record]) -> tuple:
         """Checks a new set of shapes, fixes (or checks) the feedback layout for it, and returns
@@ -1273,8 +1300,6 @@ class _Binding:
         lead = tuple(y.shape[a] for a in sample_axes)
         samples = math.prod(lead)
         out_features = y.numel() // samples if y.dim() > 1 else 1
-        if self.batch_axes is not None:
-            self.batch_axes = sample_axes
         widths = []
         for name, h, axes in records:
             at = axes if axes is not None else tuple(range(len(lead)))
@@ -1300,60 +1325,6 @@ class _Binding:
         if self.feeds:
             self._ensure_layout(names, widths, out_features, y)
         return (tuple(names), tuple(widths), out_features)
-
-    def _verify(self, output: Any) -> None:
-        """Proves the cut of a new placement (see :mod:`feedback_alignment.cut`) or refuses it."""
-        signature, key, records = self.now.pending
-        model = self.owner
-        roots = _loss_roots(output, self.output)
-        report = verify_cut(
-            model,
-            roots,
-            [(name, h) for name, h, _ in records],
-            self._is_own_node,
-            self.true_gradient,
-        )
-        must_inject = [
-            label
-            for (label, tensor), injected in zip(roots, report.injected, strict=True)
-            if not injected and (label == roots[0][0] or tensor.dim() == 0)
-        ]
-        if self.feeds and must_inject:
-            site = f"'{self.error_at}'" if self.error_at else "the model's output"
-            raise PlacementError(
-                f"{must_inject[0]} of {type(model).__name__} does not depend on {site}, where the "
-                "error is injected (a loss computed inside forward before the output is "
-                "returned, or from another part of the model): DFA would silently train nothing "
-                "below the points through it. Inject where the output is produced "
-                "(rule.apply(model, output=..., error_at='head.module.path')), or do not return "
-                "that loss while training"
-            )
-        if (
-            self._auto_head
-            and self.now.head_output is not None
-            and roots
-            and roots[0][1] is not self.now.head_output
-        ):
-            raise PlacementError(
-                f"the output {self.output!r} is not the output of {self.error_at!r}, the module "
-                "chosen as the head (the last layer with parameters): name the module that "
-                "produces it with rule.apply(model, output=..., error_at='...')"
-            )
-        if report.leaks and report.compiled:
-            raise PlacementError(
-                "the graph of this forward pass was compiled into one autograd node (torch.compile "
-                "with an AOT backend) that spans the feedback points, so the cut cannot be proved: "
-                "use torch.compile(model, backend='eager'), or compile the blocks between points "
-                "separately"
-            )
-        if report.leaks:
-            tried = [name for name, _, _ in records]
-            raise PlacementError(_leak_message(model, report.leaks, tried))
-        self.roles = report.roles
-        if key is not None:
-            self._verified.add(key)
-        self._signature = signature
-        self._losses_seen.add(_count_scalars(output))
 
     def _is_own_node(self, node: Any) -> bool:
         return getattr(node, "_forward_cls", None) is DirectFeedbackFn and (
@@ -1422,7 +1393,7 @@ class _Binding:
                 model._buffers[FEEDBACK_BUFFER] = buffer
             narrow = {n: w for n, w in zip(names, widths, strict=True) if w < out_features}
             if narrow:
-                _warn_bottleneck(narrow, out_features, self.error_at)
+                _warn_bottleneck(narrow, out_features, self.placement.error_at)
         elif tuple(buffer.shape) != shape:
             raise PlacementError(
                 f"the loaded feedback matrix has shape {tuple(buffer.shape)} but these feedback "
@@ -1471,7 +1442,7 @@ class _Binding:
                 "check_finite=False to skip this check)"
             )
         if forward.output is not None:
-            error = OUTPUT_ACTIVATIONS[self.output_activation](error, forward.output)
+            error = OUTPUT_ACTIVATIONS[self.placement.output_activation](error, forward.output)
         if forward.output_axes is not None:
             rest = [a for a in range(error.dim()) if a not in forward.output_axes]
             error = error.permute(*forward.output_axes, *rest)
@@ -1525,7 +1496,7 @@ class _Binding:
         if self._warned_unstepped or torch.compiler.is_compiling():
             return
         probe = next(
-            (p for n, p in self.owner.named_parameters() if self.roles.get(n) == "hidden"),
+            (p for n, p in self.owner.named_parameters() if self.verifier.roles.get(n) == "hidden"),
             None,
         )
         if probe is None:
@@ -1590,7 +1561,7 @@ class _Binding:
                 module._buffers[FEEDBACK_BUFFER] = room
         self._stepped = None
         self.layout = self.projector = None  # re-checked against the loaded matrix next pass
-        self._signature = None
+        self.verifier.forget()
 
 
 _COMPILE_REASON = (
@@ -1876,62 +1847,6 @@ def _leak_message(
 
 def _own_params(prefix: str, module: nn.Module) -> list[str]:
     return [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
-
-
-def _axes_tuple(value: int | Sequence[int], what: str) -> tuple[int, ...]:
-    axes = (value,) if isinstance(value, int) else tuple(value)
-    if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
-        raise ValueError(f"{what} must be an int or a sequence of ints, got {value!r}")
-    if len(set(axes)) != len(axes):
-        raise ValueError(f"{what}={value!r} names an axis twice")
-    return axes
-
-
-def _point_axes(
-    points: list[tuple[str, nn.Module]], given: Mapping[str, int | Sequence[int]] | None
-) -> dict[str, tuple[int, ...] | None]:
-    """Each point's sample axes: given, else ``(1,)`` for sequence-first layers, else leading."""
-    given = dict(given or {})
-    names = {name.partition("#")[0] for name, _ in points}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise PlacementError(
-            f"point_batch_axes names {unknown}, which are not feedback points; the points are "
-            f"{sorted(names)}"
-        )
-    axes: dict[str, tuple[int, ...] | None] = {}
-    for point, module in points:
-        name = point.partition("#")[0]
-        if name in given:
-            axes[name] = _axes_tuple(given[name], f"point_batch_axes[{name!r}]")
-        elif not name.endswith(INPUT_SUFFIX) and default_batch_axis(module) == 1:
-            axes[name] = (1,)
-        else:
-            axes[name] = None
-    return axes
-
-
-def find_head(model: nn.Module) -> str | None:
-    """The module that produces a structured model's output: where its error is injected.
-
-    Hugging Face models name it (``get_output_embeddings()``: GPT-2's ``lm_head``); otherwise the
-    last layer with parameters in registration order (BERT's and ViT's ``classifier``). The cut
-    verification checks the choice at the first training forward pass.
-    """
-    modules = {id(m): n for n, m in model.named_modules()}
-    getter = getattr(model, "get_output_embeddings", None)
-    if callable(getter):
-        try:
-            head = getter()
-        except Exception:  # a model's own method; any failure means "not available"
-            head = None
-        if isinstance(head, nn.Module) and id(head) in modules and modules[id(head)]:
-            return modules[id(head)]
-    last = None
-    for name, module in model.named_modules():
-        if name and not module._modules and any(True for _ in module.parameters(recurse=False)):
-            last = name
-    return last
 
 
 def _select_output(output: Any, selector: OutputSelector, model_name: str) -> torch.Tensor:
