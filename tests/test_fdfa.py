@@ -330,3 +330,29 @@ def test_the_zoo_trains_or_is_refused_with_the_reason(name):
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0
     roles = rule.parameter_roles(model)
     assert any(p.grad is not None for n, p in model.named_parameters() if roles.get(n) == "hidden")
+
+
+class _NoJvp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+class _CustomOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.act, self.l2 = nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.l2(_NoJvp.apply(self.act(self.l1(x))))
+
+
+def test_an_op_without_forward_derivative_is_refused_with_the_library_reason():
+    with pytest.raises(fa.PlacementError, match=r"no forward-mode derivative.*DKP or DFA"):
+        fa.FDFA().apply(_CustomOp(), example_input=torch.randn(2, 6))

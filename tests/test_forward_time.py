@@ -178,3 +178,101 @@ def test_refusals():
         for _ in range(2):
             other.set_targets(y)
             F.cross_entropy(m(x), y).backward()
+
+
+def _trained(forward_time: bool, steps: int = 2):
+    rule = fa.DRTP(seed=1, forward_time=forward_time)
+    model = rule.apply(_deep(3), points=["0", "1", "2", "3"])
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        rule.set_targets(y)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return rule, model, x, y
+
+
+def test_alignment_measures_forward_time_drtp_as_drtp_and_leaves_grad_alone():
+    """fa.alignment reads the rule's gradients itself: the forward-time update must not run
+    inside it (it would add to .grad and leave the measured gradients empty)."""
+    reports, grads = [], []
+    for forward_time in (False, True):
+        rule, model, x, y = _trained(forward_time)
+        before = {n: p.grad.clone() for n, p in model.named_parameters()}
+        reports.append(fa.alignment(model, rule, (x, y), F.cross_entropy))
+        for name, param in model.named_parameters():
+            assert torch.equal(param.grad, before[name]), name
+        grads.append(before)
+    backward, forward = (r.hidden_angles() for r in reports)
+    assert backward.keys() == forward.keys() and backward
+    for name, angle in backward.items():
+        assert angle == pytest.approx(forward[name], abs=1e-9), name
+
+
+def test_an_eval_mode_pass_updates_nothing_and_needs_no_targets():
+    _, model, x, _ = _trained(True)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    model(x)  # validation without no_grad: no targets, no update
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("forward_time", [False, True])
+def test_gradient_accumulation_with_the_weight_equals_the_whole_batch(forward_time):
+    """DRTP's hidden signal is made from the targets, so a loss scale never reaches it:
+    ``set_targets(y, weight=1/k)`` makes k micro-batches add up to the whole batch's gradient."""
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    results = []
+    for chunks in (1, 4):
+        rule = fa.DRTP(seed=2, forward_time=forward_time)
+        model = rule.apply(_deep(2), points=["0", "1", "2"])
+        rule.set_targets(y)
+        F.cross_entropy(model(x), y).backward()  # the first step verifies (backward-time)
+        model.zero_grad()
+        for xs, ys in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
+            rule.set_targets(ys, weight=1 / chunks)
+            (F.cross_entropy(model(xs), ys) / chunks).backward()
+        results.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in results[0]:
+        torch.testing.assert_close(results[1][name], results[0][name], **TOL)
+
+
+class _LossInside(nn.Module):
+    """Returns the loss as well when given labels (as Hugging Face models do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _deep(2)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.net(x)
+        if labels is None:
+            return (logits,)
+        return (logits, F.cross_entropy(logits, labels))
+
+
+def test_a_new_output_structure_is_verified_not_refused():
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    rule = fa.DRTP(seed=0, forward_time=True)
+    model = rule.apply(
+        _LossInside(),
+        points=["net.0", "net.1", "net.2"],
+        output=0,
+        error_at="net.3",  # the loss is computed inside forward, from the head's output
+        example_input=x[:2],
+    )
+    for _ in range(2):  # the example verified the placement; a loss is returned from now on
+        model.zero_grad()
+        rule.set_targets(y)
+        model(x, labels=y)[1].backward()
+    assert model.net[0].weight.grad is not None
+
+
+def test_the_rule_says_it_runs_forward_time():
+    assert "forward_time=True" in repr(fa.DRTP(forward_time=True))
+    assert "forward_time" not in repr(fa.DRTP())
+    with pytest.raises(ValueError, match="forward_time"):
+        fa.DKP(forward_time=True)
+    with pytest.raises(ValueError, match="forward_time"):
+        fa.FDFA(forward_time=True)

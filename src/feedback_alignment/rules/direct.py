@@ -156,9 +156,10 @@ class DirectFeedback(BoundRule):
         self.check_finite = bool(check_finite)
 
     def __repr__(self) -> str:
+        timing = ", forward_time=True" if self.forward_time else ""
         return (
             f"{type(self).__name__}(distribution={self.distribution!r}, scale={self.scale!r}, "
-            f"shared={self.shared}, seed={self.seed})"
+            f"shared={self.shared}, seed={self.seed}{timing})"
         )
 
     @property
@@ -191,8 +192,9 @@ class DirectFeedback(BoundRule):
 
         Args:
             model: any ``nn.Module``; it is modified only by forward hooks and one buffer,
-                ``FEEDBACK_BUFFER``, which appears in ``state_dict`` once the first training forward
-                pass has fixed its shape.
+                ``FEEDBACK_BUFFER`` (a parameter for :class:`DKP` and :class:`FDFA`, whose
+                feedback learns), which appears in ``state_dict`` once the first training
+                forward pass (or ``example_input``) has fixed its shape.
             points: module paths of the feedback points; default: markers, else automatic
                 placement (block outputs, recurrent/attention layers, activations;
                 :func:`~feedback_alignment.points.find_points`).
@@ -226,8 +228,9 @@ class DirectFeedback(BoundRule):
             example_input: a batch to run once now (:meth:`materialize`): the layout is fixed,
                 the feedback made and the cut proved before this returns. A tensor is the
                 model's one positional argument, a tuple its positional arguments, a dict its
-                keyword arguments. Required by :class:`DKP` (or a :meth:`materialize` call),
-                whose feedback matrix is a parameter the optimiser must hold.
+                keyword arguments. Required by :class:`DKP` and :class:`FDFA` (or a
+                :meth:`materialize` call), whose feedback matrix is a parameter the optimiser
+                must hold.
 
         Raises:
             PlacementError: no feedback point, or a named module does not exist. A placement that
@@ -289,7 +292,8 @@ class DirectFeedback(BoundRule):
         layout is fixed, the feedback matrix made and the cut proved now rather than at the
         first training step.
 
-        Why: :class:`DKP`'s matrices are trainable parameters; they must exist before the
+        Why: :class:`DKP`'s and :class:`FDFA`'s matrices are trainable parameters; they must
+        exist before the
         optimiser (and ``DistributedDataParallel``) is built, or nothing would update them (or
         their gradients would not be averaged across ranks). For the fixed-feedback rules it
         only moves the first step's checks forward.
@@ -301,6 +305,16 @@ class DirectFeedback(BoundRule):
         try:
             with torch.enable_grad():
                 model(*args, **kwargs)
+        except NotImplementedError as error:
+            if not self.forward_gradient:
+                raise
+            raise PlacementError(
+                f"{self.name} carries forward-mode tangents from the feedback points to the "
+                f"output of {type(model).__name__}, and an op on that path has no forward-mode "
+                f"derivative ({str(error).splitlines()[0][:160]}). Give a custom "
+                "autograd.Function a jvp (and a setup_context), replace the op, or train with "
+                "DKP or DFA, which need no tangents"
+            ) from error
         finally:
             binding.materializing = False
             model.train(training)
@@ -313,7 +327,8 @@ class DirectFeedback(BoundRule):
         return model
 
     def feedback_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """The trainable feedback (:class:`DKP`'s matrix), for an optimiser of its own:
+        """The trainable feedback (:class:`DKP`'s and :class:`FDFA`'s matrix), for an optimiser
+        of its own:
         ``torch.optim.Adam(rule.feedback_parameters(model), lr=1e-4)``; empty for a rule whose
         feedback is fixed."""
         matrix = self._binding(model).owner._parameters.get(FEEDBACK_BUFFER)
@@ -394,7 +409,9 @@ class DirectFeedback(BoundRule):
     ) -> torch.Tensor:
         """The feedback matrix as first made (and as regenerated for a plain checkpoint): drawn
         from the seed; a learned one carries each point's scale in its values (``layout``'s
-        scales folded into its columns), since it learns from there."""
+        scales folded into its columns), since it learns from there. ``layout`` is the
+        placement's layout *with the rule's scales* (for a learned rule not
+        ``rule.layout(model)``, whose scales are 1: they are in ``B``)."""
         matrix = draw(
             self.distribution,
             shape,
@@ -460,15 +477,48 @@ class DRTP(DirectFeedback):
     key = "drtp"
     signal_before_output = True
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        distribution: str = "gaussian",
+        scale: str | float = "principled",
+        shared: bool = True,
+        seed: int = 0,
+        check_finite: bool = True,
+        *,
+        feedback: str | None = None,
+        forward_time: bool = False,
+    ) -> None:
+        super().__init__(
+            distribution,
+            scale,
+            shared,
+            seed,
+            check_finite,
+            feedback=feedback,
+            forward_time=forward_time,
+        )
         self._targets: torch.Tensor | None = None
+        self._weight = 1.0
 
-    def set_targets(self, targets: torch.Tensor) -> None:
-        """Targets for the next backward pass (consumed by it)."""
+    def set_targets(self, targets: torch.Tensor, weight: float = 1.0) -> None:
+        """Targets for the next backward pass (consumed by it; for ``forward_time=True``: for
+        the next forward pass).
+
+        Args:
+            targets: class indices (any shape with one entry per output row, ``(n,)`` or
+                ``(n, 1)``), or float targets of the output's shape (one-hot or soft labels).
+            weight: a factor on the hidden layers' signal. The signal ``-y*/n`` is made from the
+                targets, not from the loss, so it does not see a scale on the loss: with
+                gradient accumulation over ``k`` micro-batches of ``(loss / k).backward()``,
+                pass ``weight=1/k`` so that the hidden layers' gradient is the batch's mean, as
+                the top layer's is.
+        """
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"DRTP targets must be a tensor, got {type(targets).__name__}")
-        self._targets = targets.detach()
+        weight = float(weight)
+        if not math.isfinite(weight):
+            raise ValueError(f"DRTP set_targets: weight must be finite, got {weight}")
+        self._targets, self._weight = targets.detach(), weight
 
     def project_signal(self, error: torch.Tensor) -> torch.Tensor:
         targets, self._targets = self._targets, None
@@ -515,7 +565,7 @@ class DRTP(DirectFeedback):
                         "or soft labels)"
                     )
             encoded = F.one_hot(indices, classes)
-        return encoded.to(dtype=error.dtype, device=error.device) * (-1.0 / samples)
+        return encoded.to(dtype=error.dtype, device=error.device) * (-self._weight / samples)
 
 
 class DKP(DirectFeedback):
@@ -567,8 +617,17 @@ class DKP(DirectFeedback):
         scale: str | float = "nokland",
         seed: int = 0,
         check_finite: bool = True,
+        *,
+        forward_time: bool = False,
     ) -> None:
-        super().__init__(distribution, scale, shared=False, seed=seed, check_finite=check_finite)
+        super().__init__(
+            distribution,
+            scale,
+            shared=False,
+            seed=seed,
+            check_finite=check_finite,
+            forward_time=forward_time,
+        )
 
     def __repr__(self) -> str:
         return f"DKP(distribution={self.distribution!r}, scale={self.scale!r}, seed={self.seed})"
@@ -612,8 +671,17 @@ class FDFA(DirectFeedback):
     learns_feedback = True
     forward_gradient = True
 
-    def __init__(self, seed: int = 0, check_finite: bool = True) -> None:
-        super().__init__("gaussian", "none", shared=False, seed=seed, check_finite=check_finite)
+    def __init__(
+        self, seed: int = 0, check_finite: bool = True, *, forward_time: bool = False
+    ) -> None:
+        super().__init__(
+            "gaussian",
+            "none",
+            shared=False,
+            seed=seed,
+            check_finite=check_finite,
+            forward_time=forward_time,
+        )
 
     def __repr__(self) -> str:
         return f"FDFA(seed={self.seed})"
@@ -873,6 +941,8 @@ class _Binding:
                     self.now.dual = _forward_mode()
                 self.now.forward_time = (
                     self.rule.forward_time
+                    and module.training  # an eval-mode pass (validation) updates nothing
+                    and not self.recorders  # fa.alignment reads the rule's gradients itself
                     and self.layout is not None
                     and bool(self.verifier.verified)
                 )
@@ -1203,14 +1273,21 @@ class _Binding:
                 losses = _count_scalars(final)
                 if losses not in self.verifier.losses_seen:
                     self.now.pending = self.now.injected
-            if self.now.pending is not None:
-                if self.now.forward_time:  # the graph below the points is gone: nothing to walk
+            if self.now.pending is not None and self.now.forward_time:
+                signature, key, records = self.now.pending
+                if key is not None:  # new shapes: the graph below the points is gone
                     raise PlacementError(
                         f"forward-time {self.rule.name} ran a placement that was not verified "
-                        f"(points {[n for n, _, _ in self.now.pending[2]]}): the points changed "
-                        "after the first step. Keep the points (and the kind of output) fixed, "
+                        f"(points {[n for n, _, _ in records]}): the points or their widths "
+                        "changed after the first step, and the graph below them was freed "
+                        "during the pass, so the cut cannot be proved. Keep the points fixed, "
                         "or apply the rule again"
                     )
+                # a new output structure (a loss now returned): prove the injection, above the
+                # points (their graphs are gone, and their placement was proved)
+                live = [r for r in records if r[1].device.type != "meta"]
+                self.now.pending = (signature, None, live)
+            if self.now.pending is not None:
                 self.verifier.prove(
                     self.owner,
                     self.placement,
@@ -1255,8 +1332,11 @@ class _Binding:
                 raise PlacementError(
                     f"{self.rule.name}: no forward-mode tangent reached the output from the "
                     f"feedback points {[n for n, _, _ in records]}: an op between them and the "
-                    "output drops tangents (a detach, a custom autograd.Function without jvp, "
-                    "or code that unpacks dual tensors), so the Jacobians cannot be estimated"
+                    "output drops tangents, so the Jacobians cannot be estimated. Usually the output "
+                    "reads another output of a point than its first, which the cut detaches (an "
+                    "RNN head on h_n: read out[:, -1] instead), or the path holds a detach, a "
+                    "custom autograd.Function without jvp, or code that unpacks dual tensors. "
+                    "DKP and DFA need no tangents"
                 )
             derivative = derivative.detach()
         if self.learned and self.rule.forward_gradient:
@@ -1369,8 +1449,9 @@ class _Binding:
             raise RuntimeError(
                 f"{self.rule.name} learns its feedback matrix, a parameter of "
                 f"{type(model).__name__} that must exist before the optimiser (and DDP) is "
-                "built; it is made from the first forward pass, which is this training step, "
-                "so no optimiser holds it and it would never learn. Pass an example batch to "
+                "built; it is made from the first forward pass with gradients enabled, which is "
+                "this one, so no optimiser would hold it and it would never learn. Pass an "
+                "example batch to "
                 "apply (rule.apply(model, example_input=x)) or call rule.materialize(model, x) "
                 "right after apply, then build the optimiser"
             )
@@ -1505,11 +1586,17 @@ class _Binding:
         last, self._stepped = self._stepped, now
         if last is not None and last[0] == now[0] and last[1] != now[1]:
             self._warned_unstepped = True
+            meaning = (
+                "it stays at its initial zero, so the layers below the points get no signal "
+                "(only the top learns)"
+                if self.rule.forward_gradient
+                else "it does not learn (this is DFA)"
+            )
             warnings.warn(
                 f"{self.rule.name}: the weights below the feedback points changed but the "
                 f"feedback matrix {FEEDBACK_BUFFER!r} did not, although it receives a gradient: "
-                "no optimiser holds it, so it does not learn (this is DFA). Build the optimiser "
-                "after rule.apply(model, example_input=x), or give it "
+                f"no optimiser holds it (or it does not require grad), so {meaning}. Build the "
+                "optimiser after rule.apply(model, example_input=x), or give it "
                 "rule.feedback_parameters(model)",
                 stacklevel=2,
             )
