@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.quick_digits",
     "feedback_alignment.experiments.convnets",
+    "feedback_alignment.experiments.learned_feedback",
     "feedback_alignment.experiments.resnet",
     "feedback_alignment.experiments.principled",
     "feedback_alignment.experiments.graphs",
@@ -78,6 +79,7 @@ TUNED_TASKS: tuple[str, ...] = (
     "recommenders",
     "principled-mlp",
     "principled-conv",
+    "learned-feedback",
 )
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""

@@ -1,0 +1,132 @@
+"""The ``learned-feedback`` task (BP, DFA, DKP, FDFA on a LeNet) on a tiny synthetic subset."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from feedback_alignment.experiments import learned_feedback as lf
+from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.registry import tasks
+from feedback_alignment.experiments.run import saved_runs
+
+
+def _tensors():
+    """Four separable classes (a bright square in one quadrant): 96 training, 32 test images."""
+    torch.manual_seed(0)
+    x = torch.rand(128, 1, 28, 28) * 0.1
+    y = torch.randint(0, 4, (128,))
+    for i, label in enumerate(y.tolist()):
+        row, col = divmod(label, 2)
+        x[i, 0, 14 * row : 14 * row + 10, 14 * col : 14 * col + 10] += 1.0
+    return x[:96], y[:96], x[96:], y[96:]
+
+
+def _config(**changes):
+    return replace(
+        lf.quick_config(),
+        batch_size=32,
+        probe_size=32,
+        measurements=2,
+        tuned=False,
+        **changes,
+    )
+
+
+def test_task_and_search_are_registered():
+    assert lf.TASK in tasks()
+    declared = tuning.tunables()[lf.TASK]
+    assert declared.arms == ("BP", "DFA", "DKP", "FDFA")
+
+
+def test_quick_run_writes_results_and_the_learned_feedback_moves(tmp_path, one_thread):
+    records, markdown, files = lf.run_experiment(
+        _config(), tmp_path, tensors=_tensors(), progress=False, title="synthetic", quick=True
+    )
+    assert [r.rule for r in records] == list(lf.RULES)
+    names = {f.name for f in files}
+    assert {"results.json", "learned_feedback_synthetic.json"} <= names
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["quick"] is True and len(payload["runs"]) == 4
+    assert all(0 <= r["test_error"] <= 100 for r in payload["runs"])
+    table = json.loads((tmp_path / "learned_feedback_synthetic.json").read_text())
+    assert [row[0] for row in table["rows"]] == list(lf.RULES)
+    assert "**QUICK MODE**" in markdown and "| DKP |" in markdown and "| FDFA |" in markdown
+    by_rule = {r.rule: r for r in records}
+    # the fixed-feedback rules have no learned B
+    assert math.isnan(by_rule["BP"].feedback_change_norm)
+    assert math.isnan(by_rule["DFA"].feedback_change_norm)
+    # DKP's B starts at its draw and moves; FDFA's starts at 0 and becomes an estimate
+    dkp, fdfa = by_rule["DKP"], by_rule["FDFA"]
+    assert dkp.feedback_start_norm > 0 and dkp.feedback_change_norm > 1e-4
+    assert fdfa.feedback_start_norm == 0 and fdfa.feedback_end_norm > 1e-4
+    # BP's own update angle is 0; the conv layers of every rule are measured
+    assert all(v is not None and v < 1e-3 for v in lf.conv_angles(by_rule["BP"]).values())
+    for rule in ("DFA", "DKP", "FDFA"):
+        angles = lf.conv_angles(by_rule[rule])
+        assert all(v is not None and 0 < v < 180 for v in angles.values()), (rule, angles)
+
+
+def test_the_feedback_has_its_own_adam_and_every_group_follows_the_schedule(one_thread):
+    x = _tensors()[0]
+    config = _config()
+    for name, decay in (("DKP", 1e-6), ("FDFA", 0.0)):
+        torch.manual_seed(0)
+        model = config.build(1, 28)
+        rule = lf.make_rule(name, model, 0, x[:2])
+        (matrix,) = rule.feedback_parameters(model)
+        opt = lf.optimizer(model, name, rule, config, 3e-3)
+        weights, feedback = opt.optimizers
+        assert isinstance(weights, torch.optim.AdamW) and type(feedback) is torch.optim.Adam
+        assert all(p is not matrix for g in weights.param_groups for p in g["params"])
+        assert feedback.param_groups[0]["params"] == [matrix]
+        assert feedback.param_groups[0]["lr"] == config.feedback_lr
+        assert feedback.param_groups[0]["weight_decay"] == decay
+        # fit's schedule sets every group's rate: the facade exposes B's group too
+        assert len(opt.param_groups) == len(weights.param_groups) + 1
+    torch.manual_seed(0)
+    model = config.build(1, 28)
+    rule = lf.make_rule("DFA", model, 0, x[:2])
+    assert isinstance(lf.optimizer(model, "DFA", rule, config, 3e-3), torch.optim.AdamW)
+
+
+def test_a_killed_run_resumes_from_the_saved_runs(tmp_path, one_thread, monkeypatch):
+    tensors = _tensors()
+    config = _config()
+    trained = lf.train_one
+    finished = {}
+
+    def killed_at_fdfa(rule, seed, config, tensors, progress=True, lr=None):
+        if rule == "FDFA":
+            raise KeyboardInterrupt  # the run is killed at its last job
+        finished[rule] = trained(rule, seed, config, tensors, progress, lr)
+        return finished[rule]
+
+    monkeypatch.setattr(lf, "train_one", killed_at_fdfa)
+    with saved_runs(tmp_path / "saved") as store, pytest.raises(KeyboardInterrupt):
+        lf.train_all(config, tensors, progress=False)
+    assert store.count() == 3 and list(finished) == ["BP", "DFA", "DKP"]
+    monkeypatch.setattr(lf, "train_one", trained)
+    with saved_runs(tmp_path / "saved") as again:
+        records = lf.train_all(config, tensors, progress=False)
+    assert again.resumed == 3 and again.count() == 4
+    assert [r.rule for r in records] == list(lf.RULES)
+    for record in records[:3]:
+        kept = finished[record.rule]
+        assert record.train_loss == kept.train_loss and record.test_error == kept.test_error
+        assert record.history == kept.history
+    dkp = records[2]
+    assert dkp.feedback_change_norm == finished["DKP"].feedback_change_norm > 0
+    assert records[3].feedback_end_norm > 0  # FDFA trained in the second call
+
+
+def test_unknown_rules_and_no_seeds_are_refused(tmp_path):
+    tensors = _tensors()
+    with pytest.raises(ValueError, match=r"unknown rules \['FA'\]"):
+        lf.train_all(_config(rules=("FA",)), tensors, progress=False)
+    with pytest.raises(ValueError, match="at least one seed"):
+        lf.train_all(_config(seeds=()), tensors, progress=False)
