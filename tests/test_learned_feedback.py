@@ -130,3 +130,13 @@ def test_unknown_rules_and_no_seeds_are_refused(tmp_path):
         lf.train_all(_config(rules=("FA",)), tensors, progress=False)
     with pytest.raises(ValueError, match="at least one seed"):
         lf.train_all(_config(seeds=()), tensors, progress=False)
+
+
+def test_late_angles_average_the_second_half_of_training():
+    record = lf.LearnedRecord("DFA", False, 0, 10.0, 1.0)
+    record.history = [
+        {"step": s, "update_angle": {"0": a, "3": None if s == 6 else a + 1}}
+        for s, a in ((0, 90.0), (2, 80.0), (4, 60.0), (6, 40.0), (8, 20.0))
+    ]
+    assert lf.late_conv_angles(record) == {"0": 40.0, "3": (61.0 + 21.0) / 2}
+    assert lf.conv_angles(record) == {"0": 20.0, "3": 21.0}

@@ -62,6 +62,7 @@ from feedback_alignment.experiments.registry import (
 from feedback_alignment.experiments.results import (
     Column,
     Table,
+    finite_mean,
     mean_std,
     write_results,
     write_table,
@@ -257,6 +258,14 @@ def conv_angles(record: LearnedRecord) -> dict[str, float | None]:
     return {layer: angles.get(layer) for layer in CONV_LAYERS}
 
 
+def late_conv_angles(record: LearnedRecord) -> dict[str, float]:
+    """Each conv layer's update angle averaged over the measurements of the second half of
+    training (one probe measurement is noisy: a steadier figure of where the rule settles)."""
+    end = record.history[-1]["step"]
+    late = [h["update_angle"] for h in record.history if h["step"] >= end / 2]
+    return {layer: finite_mean(h.get(layer) for h in late) for layer in CONV_LAYERS}
+
+
 def summary(
     records: list[LearnedRecord],
     config: LearnedConfig,
@@ -274,6 +283,7 @@ def summary(
             Column("test error %", 2),
             Column("conv1 update angle (deg)", 1),
             Column("conv2 update angle (deg)", 1),
+            Column("conv1 / conv2 angle, 2nd-half mean (deg)", 1),
             Column("|B_end - B_start| / |B_start|", 2),
             Column("|B_end|", 2),
             Column("min per run", 1),
@@ -287,6 +297,7 @@ def summary(
             continue
         rates = {r.lr for r in group}
         angles = [conv_angles(r) for r in group]
+        late = [late_conv_angles(r) for r in group]
         moved = [
             r.feedback_change_norm / r.feedback_start_norm
             for r in group
@@ -298,6 +309,7 @@ def summary(
             mean_std(r.test_error for r in group).cell(single=True),
             mean_std(a[CONV_LAYERS[0]] for a in angles).cell(single=True),
             mean_std(a[CONV_LAYERS[1]] for a in angles).cell(single=True),
+            [mean_std(a[layer] for a in late).cell(single=True) for layer in CONV_LAYERS],
             mean_std(moved).cell(single=True),
             mean_std(r.feedback_end_norm for r in group).cell(single=True),
             mean_std(r.seconds / 60 for r in group).cell(single=True),
@@ -320,9 +332,11 @@ def summary(
         "U(+-1/sqrt(n_l)) per point, FDFA's at 0 (a B starting at 0 shows no relative change: "
         f"its end norm is in the column beside). Seeds {list(config.seeds)} (mean ± std over "
         f"seeds where more than one); {seconds / 60:.1f} min of training (summed over runs) on "
-        f"{torch.get_num_threads()} thread(s) per run. Update angles at the end of training on a "
+        f"{torch.get_num_threads()} thread(s) per run. Update angles on a "
         f"fixed probe batch of {config.probe_size} training images: between the rule's and BP's "
-        "update of the layer's weight (0 = BP, 90 = orthogonal). The last column is Webster et "
+        "update of the layer's weight (0 = BP, 90 = orthogonal), at the last step and averaged "
+        f"over the probe measurements from the middle of training on ({config.measurements} "
+        "over the run, evenly spaced; one measurement is noisy). The last column is Webster et "
         "al.'s CIFAR-10 small conv net (another data set and network, 50 epochs): their ordering, "
         "not a level to match. Bacho and Chu give no LeNet/Fashion-MNIST figure."
     )
