@@ -104,12 +104,13 @@ def test_the_resnet_claim_holds_usf_to_biotorchs_own_gap(tmp_path, errors, statu
 
 def test_spread_and_seeds_come_from_the_json(tmp_path):
     cell = {"mean": 78.0, "std": 1.25}
-    rows = [[layer, cell, {"mean": 77.0, "std": 2.0}, {"mean": 30.0, "std": 2.0}]
+    rows = [[layer, cell, {"mean": 77.0, "std": 2.0}, {"mean": 30.0, "std": 2.0}, 3]
             for layer in ("GCNConv", "ChebConv (K=2)", "GATConv (8x8)")]  # fmt: skip
-    _write(tmp_path, "graphs_cora", ["layer", "BP", "DFA", "Shallow"], rows, seeds=[0, 1, 2])
+    name, columns = "graphs_cora_splits_layers", ["layer", "BP", "DFA", "Shallow", "pairs"]
+    _write(tmp_path, name, columns, rows, seeds=[0, 1, 2])
     outcome = _status("graphs-order", tmp_path)
-    assert outcome.status == claims.REPRODUCED
-    assert "BP 78.0 ± 1.2" in outcome.ours and "[graphs_cora, 3 seeds]" in outcome.ours
+    assert outcome.status == claims.REPRODUCED and "over 3 (split, seed) pairs" in outcome.ours
+    assert "BP 78.0 ± 1.2" in outcome.ours and f"[{name}, 3 seeds]" in outcome.ours
 
 
 def test_a_missing_or_quick_json_renders_not_measured(tmp_path):
@@ -295,3 +296,55 @@ def test_the_transformer_claims_state_the_unit_and_shallows_ratio(tmp_path):
     assert "Shallow / BP 2.5x here, 14x in the paper (per BPE token)" in outcome.ours
     assert "per BPE token" in _claim("transformer-level").paper_figure
     assert "per BPE token" in _claim("transformer-order").paper_figure
+
+
+def _layer_pairs(folder: Path, dfa: dict[str, list[float]]) -> None:
+    """graphs_cora_splits_layers from made-up runs: BP 80, Shallow 40 on every pair; DFA's
+    accuracy per pair for each layer in ``dfa``."""
+    from feedback_alignment.experiments.graphs import GraphRun
+    from feedback_alignment.experiments.graphs_report import layer_split_table
+
+    runs = []
+    for layer, values in dfa.items():
+        for k, d in enumerate(values):
+            for rule, value in (("BP", 80.0), ("DFA", d), ("Shallow", 40.0)):
+                runs.append(GraphRun(layer, rule, k, value, 0.0, 0, 0.0))
+    table = layer_split_table(runs)
+    payload = {**table.to_json(), "provenance": {"seeds": list(range(len(dfa["gcn"])))}}
+    (folder / "graphs_cora_splits_layers.json").write_text(json.dumps(payload))
+
+
+def test_the_cheb_and_gat_gaps_read_the_pairs_at_the_papers_scale(tmp_path):
+    # bars: the paper's G − 0.05 = 0.88 (Cheb), 0.86 (GAT); G = (DFA − 40) / 40
+    steady = [76.0, 76.2, 75.8, 76.1, 75.9, 76.0, 76.3, 75.7, 76.0, 76.0]  # G 0.90, tight
+    low = [v - 2.0 for v in steady]  # G 0.85, tight: below GAT's bar by 0.01, below Cheb's 0.03
+    _layer_pairs(tmp_path, {"gcn": steady, "cheb": steady, "gat": steady})
+    hit = _status("graphs-other-gaps", tmp_path)
+    assert hit.status == claims.REPRODUCED and hit.detail == ""
+    assert "CHEB G = 0.90 from the means" in hit.ours and "10 (split, seed) pairs" in hit.ours
+    assert _status("graphs-order", tmp_path).status == claims.REPRODUCED
+    _layer_pairs(tmp_path, {"gcn": steady, "cheb": low, "gat": steady})
+    miss = _status("graphs-other-gaps", tmp_path)  # at the paper's scale: a contradiction
+    assert miss.status == claims.CONTRADICTED and miss.detail.startswith("CHEB 0.03 below")
+    assert _claim("graphs-other-gaps").scale.at_scale and _claim("graphs-order").scale.at_scale
+    # the same mean with a wide spread over pairs is within 2 standard errors of the bar
+    wide = [v + d for v, d in zip(low, [-6, 6, -6, 6, -6, 6, -6, 6, 0, 0], strict=True)]
+    _layer_pairs(tmp_path, {"gcn": steady, "cheb": wide, "gat": steady})
+    close = _status("graphs-other-gaps", tmp_path)
+    assert close.status == claims.REPRODUCED and "within 2 standard errors" in close.detail
+    # the ordering fails where DFA falls below Shallow on a layer
+    _layer_pairs(tmp_path, {"gcn": steady, "cheb": steady, "gat": [30.0] * 10})
+    assert _status("graphs-order", tmp_path).status == claims.CONTRADICTED
+
+
+def test_the_transformer_claims_report_the_authors_recipe_beside_ours(tmp_path):
+    columns = ["rule", "test perplexity (ours, per char)"]
+    ppl = {"BP": 5.0, "DFA-macro": 6.0, "DFA-micro": 9.0, "Shallow": 12.5}
+    authors = {f"{k}/authors": v for k, v in {"BP": 6.0, "DFA-macro": 9.0, "DFA-micro": 10.0,
+                                              "Shallow": 12.0}.items()}  # fmt: skip
+    _write(tmp_path, "transformer", columns, [[k, v] for k, v in {**ppl, **authors}.items()])
+    outcome = _status("transformer-macro", tmp_path)
+    assert outcome.status == claims.REPRODUCED  # ours decides: G = log(12.5/6) / log(12.5/5)
+    assert "the authors' recipe (beside; ours decides): G = 0.42, Shallow / BP 2.0x" in outcome.ours
+    _write(tmp_path, "transformer", columns, [[k, v] for k, v in ppl.items()])
+    assert "authors' recipe" not in _status("transformer-macro", tmp_path).ours

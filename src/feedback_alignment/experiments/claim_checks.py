@@ -160,6 +160,12 @@ def transformer(which: str) -> Evaluate:
         ours += f"{p[f'DFA-{which}']:.2f}, Shallow {p['Shallow']:.2f}; G depends on Shallow's "
         ours += f"perplexity: Shallow / BP {p['Shallow'] / p['BP']:.1f}x here, "
         ours += f"{SHALLOW_RATIO_PAPER:.0f}x in the paper (per BPE token))"
+        authors = {k: f"{k}/authors" for k in PPL}
+        if all(name in {row[0] for row in t.rows} for name in authors.values()):
+            a = {k: t.get(column, name).mean for k, name in authors.items()}
+            g_a = log_gap(a[f"DFA-{which}"], a["BP"], a["Shallow"])
+            ours += f"; the authors' recipe (beside; ours decides): G = {g_a:.2f}, "
+            ours += f"Shallow / BP {a['Shallow'] / a['BP']:.1f}x"
         return verdict(t, ours, g >= TARGET[which], f"short by {TARGET[which] - g:.2f}")
 
     return evaluate
@@ -187,9 +193,14 @@ LAYERS = {
     m: LAYER_NAMES[m] for m in CORA
 }  # the layers with a paper figure, as the table names them
 
+PAIRS_TABLE = "graphs_cora_splits_layers"
+"""Every layer over the (split, seed) pairs (task ``graphs-splits``): what the Cora ordering and
+the ChebConv / GAT gaps read."""
+
 
 def cora(r: Results) -> tuple[Data, dict[str, dict[str, Stat]]]:
-    t = r["graphs_cora"]
+    """The layers with a paper figure: each rule's accuracy over the (split, seed) pairs."""
+    t = r[PAIRS_TABLE]
     return t, {m: {k: t.get(k, layer) for k in THREE} for m, layer in LAYERS.items()}
 
 
@@ -201,7 +212,9 @@ def graphs_order(r: Results) -> Outcome:
     t, acc = cora(r)
     ok = [m for m, a in acc.items() if a["Shallow"].mean < a["DFA"].mean < a["BP"].mean]
     ours = "; ".join(f"{m.upper()} {slash(a, 1)}" for m, a in acc.items())
-    return verdict(t, ours, len(ok) == len(acc), f"holds only for {ok}")
+    pairs = int(t.get("pairs", LAYERS["gcn"]).mean)
+    return verdict(t, f"{ours} (over {pairs} (split, seed) pairs)", len(ok) == len(acc),
+                   f"holds only for {ok}")  # fmt: skip
 
 
 def gcn_gap(r: Results) -> Outcome:
@@ -221,12 +234,32 @@ def gcn_gap(r: Results) -> Outcome:
                    f"errors ({2 * se:.3f})", hit)  # fmt: skip
 
 
+OTHER_GAP_MARGIN = 0.05
+"""How far below the paper's G a layer's G may lie and still close "most of the gap"."""
+
+
 def cora_other_gaps(r: Results) -> Outcome:
-    t, acc = cora(r)
-    paper = {m: gap_closure(CORA[m][1], CORA[m][0], CORA[m][2]) for m in ("cheb", "gat")}
-    miss = {m: paper[m] - closure(acc[m]) for m in paper}
-    ours = ", ".join(f"{m.upper()} G = {closure(acc[m]):.2f}" for m in paper)
-    return verdict(t, ours, max(miss.values()) <= 0.05, f"up to {max(miss.values()):.2f} below")
+    """ChebConv's and GAT's G over the (split, seed) pairs (:data:`PAIRS_TABLE`): G from the mean
+    accuracies, met for a layer when it reaches the paper's G − :data:`OTHER_GAP_MARGIN` within
+    twice the standard error of its per-pair G (as GCN's gap is judged)."""
+    t = r[PAIRS_TABLE]
+    parts, misses, close = [], [], []
+    for m in ("cheb", "gat"):
+        layer = LAYERS[m]
+        g = t.get("G from the means", layer).mean
+        per_pair = t.get("G per pair", layer)
+        pairs = int(t.get("pairs", layer).mean)
+        se = (per_pair.std or 0.0) / math.sqrt(max(pairs, 1))
+        bar = paper_g(m) - OTHER_GAP_MARGIN
+        parts.append(f"{m.upper()} G = {g:.2f} from the means (per pair {per_pair.show(2)}, "
+                     f"standard error {se:.3f}; bar {bar:.2f})")  # fmt: skip
+        if g + 2 * se < bar:
+            misses.append(f"{m.upper()} {bar - g:.2f} below its bar, over 2 standard errors "
+                          f"({2 * se:.3f})")  # fmt: skip
+        elif g < bar:
+            close.append(f"{m.upper()} {bar - g:.2f} below its bar, within 2 standard errors")
+    ours = "; ".join(parts) + f", over {pairs} (split, seed) pairs"
+    return verdict(t, ours, not misses, "; ".join(misses), "; ".join(close))
 
 
 def gin(r: Results) -> Outcome:

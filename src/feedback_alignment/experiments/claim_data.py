@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "nerf": "feedback-alignment reproduce --tasks nerf",
     "graphs_cora": "feedback-alignment reproduce --tasks graphs --seeds 0,1,2",
     "graphs_cora_splits": "feedback-alignment --threads 1 reproduce --tasks graphs-gcn-splits",
+    "graphs_cora_splits_layers": "feedback-alignment --threads 1 reproduce --tasks graphs-splits",
     "gin_cora": "python -m feedback_alignment.experiments.gin_cora",
     "recommenders_auc": "feedback-alignment reproduce --tasks recommenders --seeds 0,1,2",
     "recommenders_paper_size": "feedback-alignment --threads 1 reproduce --tasks "
