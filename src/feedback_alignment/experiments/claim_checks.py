@@ -406,3 +406,44 @@ def lenet_level(r: Results) -> Outcome:
 
 def paper_g(m: str) -> float:
     return gap_closure(CORA[m][1], CORA[m][0], CORA[m][2])
+
+
+LEARNED_TABLE = "learned_feedback_fashion_mnist"
+"""The table of task ``learned-feedback`` (LeNet on Fashion-MNIST: BP, DFA, DKP, FDFA)."""
+
+
+def _learned(r: Results) -> tuple[Data, dict[str, Stat], dict[str, Stat]]:
+    t = r[LEARNED_TABLE]
+    rules = ("BP", "DFA", "DKP", "FDFA")
+    return t, t.each("test error %", rules), t.each("conv1 update angle (deg)", rules)
+
+
+def _apart(a: Stat, b: Stat) -> bool:
+    """``a`` below ``b`` by more than the sum of their spreads over seeds."""
+    return b.mean - a.mean > (a.std or 0.0) + (b.std or 0.0)
+
+
+def dkp_conv_order(r: Results) -> Outcome:
+    """BP < DKP < DFA in test error, each gap larger than the sum of the two spreads (Webster et
+    al.'s BP > DKP > DFA in accuracy); the conv1 update angles are given beside."""
+    t, e, angle = _learned(r)
+    ours = (f"error {slash({k: e[k] for k in ('BP', 'DKP', 'DFA')}, 2)} %; conv1 angle DKP "
+            f"{angle['DKP'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
+    met = _apart(e["BP"], e["DKP"]) and _apart(e["DKP"], e["DFA"])
+    miss = ("DKP not ahead of DFA" if e["DKP"].mean >= e["DFA"].mean
+            else "DKP's lead over DFA within the spread")  # fmt: skip
+    return verdict(t, ours, met, miss)
+
+
+def fdfa_conv_order(r: Results) -> Outcome:
+    """FDFA below DFA in test error by more than the sum of the spreads, closing at least half of
+    DFA's gap to BP (Bacho and Chu: FDFA ahead of DFA, close to BP)."""
+    t, e, angle = _learned(r)
+    closed = (e["DFA"].mean - e["FDFA"].mean) / (e["DFA"].mean - e["BP"].mean)
+    ours = (f"error {slash({k: e[k] for k in ('BP', 'FDFA', 'DFA')}, 2)} % (FDFA closes "
+            f"{100 * closed:.0f} % of DFA's gap to BP); conv1 angle FDFA "
+            f"{angle['FDFA'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
+    met = _apart(e["FDFA"], e["DFA"]) and closed >= 0.5
+    miss = ("FDFA's lead over DFA within the spread" if not _apart(e["FDFA"], e["DFA"])
+            else "FDFA closes less than half of DFA's gap to BP")  # fmt: skip
+    return verdict(t, ours, met, miss)

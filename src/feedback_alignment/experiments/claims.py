@@ -35,7 +35,9 @@ from feedback_alignment.experiments.claim_checks import (  # noqa: F401  (spearm
     conv,
     conv_order,
     cora_other_gaps,
+    dkp_conv_order,
     fa_vs_dfa,
+    fdfa_conv_order,
     gcn_gap,
     gin,
     graphs_order,
@@ -135,6 +137,12 @@ RECS_SCALE = Scale(
 LENET_SCALE = Scale(
     "BioTorch's Fashion-MNIST LeNet benchmark (its own schedule)",
     "Fashion-MNIST LeNet-5, 10 epochs, AdamW, 3 seeds",
+)
+LEARNED_SCALE = Scale(
+    "DKP: a small CIFAR-10 conv net, 4 seeds, 50 epochs (Webster et al.); FDFA: CIFAR-10 and "
+    "CIFAR-100 conv nets (Bacho and Chu; no LeNet/Fashion-MNIST figure)",
+    "Fashion-MNIST LeNet-5, 10 epochs, AdamW on the weights (rates searched per rule), Adam 1e-4 "
+    "on B, 3 seeds",
 )
 RESNET_SCALE = Scale(
     "BioTorch's CIFAR-10 ResNet-20, 250 epochs", "Fashion-MNIST ResNet-20, 5 epochs, AdamW, 1 seed"
@@ -266,6 +274,17 @@ CLAIMS: list[Claim] = [
           f"BP {BIO['BP']} % {P.tag('BIOTORCH_FMNIST_LENET_ERROR')}",
           "criterion: within 1 point", lenet_level,
           scale=LENET_SCALE),
+    Claim("dkp-conv-order", "learned-feedback", "Webster, Choi, Ahn 2020",
+          "DKP's learned feedback trains conv nets better than DFA, below BP",
+          "CIFAR-10 conv net accuracy " + " / ".join(
+              f"{k} {v}" for k, v in P.WEBSTER_2020_CIFAR10_CONV_ACCURACY.items())
+          + f" % {P.tag('WEBSTER_2020_CIFAR10_CONV_ACCURACY')}",
+          "criterion: error BP < DKP < DFA, each gap over the sum of the spreads",
+          dkp_conv_order, scale=LEARNED_SCALE),
+    Claim("fdfa-conv-order", "learned-feedback", "Bacho, Chu 2024",
+          "FDFA trains conv nets better than DFA, close to BP", "— (no figure at this setting)",
+          "criterion: FDFA < DFA by over the sum of the spreads, closing ≥ half of DFA's gap to BP",
+          fdfa_conv_order, scale=LEARNED_SCALE),
 ]
 # fmt: on
 """Every claim, in the order of docs/REPRODUCTION.md."""
