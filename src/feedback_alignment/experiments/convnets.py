@@ -213,14 +213,19 @@ def train_one(
     )
     record.train_loss, record.seconds = done.epoch_losses, done.seconds
     record.history.append(_measure(model, rule, probe, done.steps))
+    record.test_error = test_error(model, x_test, y_test)
+    return record
+
+
+def test_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Classification error % of ``model`` in eval mode, in batches of 1,000."""
     model.eval()
     with torch.no_grad():
         wrong = sum(
-            int((model(x_test[i : i + 1000]).argmax(dim=1) != y_test[i : i + 1000]).sum())
-            for i in range(0, len(x_test), 1000)
+            int((model(x[i : i + 1000]).argmax(dim=1) != y[i : i + 1000]).sum())
+            for i in range(0, len(x), 1000)
         )
-    record.test_error = 100.0 * wrong / len(x_test)
-    return record
+    return 100.0 * wrong / len(x)
 
 
 def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> RunRecord:

@@ -51,6 +51,7 @@ from feedback_alignment.experiments.convnets import (
     RunRecord,
     _measure,
     load_fashion_mnist,
+    test_error,
 )
 from feedback_alignment.experiments.papers import WEBSTER_2020_CIFAR10_CONV_ACCURACY
 from feedback_alignment.experiments.registry import (
@@ -213,13 +214,7 @@ def train_one(
         record.feedback_start_norm = float(start.norm())
         record.feedback_end_norm = float(end.norm())
         record.feedback_change_norm = float((end - start).norm())
-    model.eval()
-    with torch.no_grad():
-        wrong = sum(
-            int((model(x_test[i : i + 1000]).argmax(dim=1) != y_test[i : i + 1000]).sum())
-            for i in range(0, len(x_test), 1000)
-        )
-    record.test_error = 100.0 * wrong / len(x_test)
+    record.test_error = test_error(model, x_test, y_test)
     return record
 
 

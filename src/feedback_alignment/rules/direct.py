@@ -879,6 +879,7 @@ class _Binding:
         self.materializing = False  # inside rule.materialize: a learned B may be made
         self.initial_layout: FeedbackLayout | None = None  # the scaled layout B was drawn for
         self._stepped: tuple | None = None  # (id, version) of B and of a hidden weight
+        self._probe: tuple | None = None  # (roles it was found in, a hidden weight) for that
         self._warned_unstepped = False
         self.feeds = rule.signal is not None
         self.verifier = _Verifier()  # what the cut verification proved
@@ -1576,10 +1577,11 @@ class _Binding:
         ``B`` did not: no optimiser holds ``B``, so DKP would be DFA."""
         if self._warned_unstepped or torch.compiler.is_compiling():
             return
-        probe = next(
-            (p for n, p in self.owner.named_parameters() if self.verifier.roles.get(n) == "hidden"),
-            None,
-        )
+        roles = self.verifier.roles
+        if self._probe is None or self._probe[0] is not roles:  # a new proof: look again, once
+            hidden = (p for n, p in self.owner.named_parameters() if roles.get(n) == "hidden")
+            self._probe = (roles, next(hidden, None))
+        probe = self._probe[1]
         if probe is None:
             return
         now = ((id(matrix), matrix._version), (id(probe), probe._version))
