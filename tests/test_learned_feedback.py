@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from feedback_alignment.experiments import learned_feedback as lf
+from feedback_alignment.experiments import learned_feedback_resnet as lfr
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.registry import tasks
 from feedback_alignment.experiments.run import saved_runs
@@ -140,3 +141,50 @@ def test_late_angles_average_the_second_half_of_training():
     ]
     assert lf.late_conv_angles(record) == {"0": 40.0, "3": (61.0 + 21.0) / 2}
     assert lf.conv_angles(record) == {"0": 20.0, "3": 21.0}
+
+
+# --- the ResNet variant, task learned-feedback-resnet ---------------------------------------
+
+
+def test_task_and_search_are_registered_with_the_reduced_scale():
+    assert lfr.TASK in tasks()
+    assert tuning.tunables()[lfr.TASK].arms == ("BP", "DFA", "DKP", "FDFA")
+    config = lfr.LearnedResNetConfig()
+    # the stated reduced scale: ResNet-20 on 10,000 training images, 5 epochs, 3 seeds
+    assert (config.depth, config.train_size, config.epochs, config.seeds) == (
+        20, 10_000, 5, (0, 1, 2),
+    )  # fmt: skip
+    # the stored rates it reads are its own, not the LeNet task's
+    assert config.task == lfr.TASK and lf.LearnedConfig().task == lf.TASK
+
+
+def test_quick_run_writes_the_resnet_table_with_conv_angles(tmp_path, one_thread):
+    config = replace(lfr.quick_config(), batch_size=32, probe_size=32, tuned=False)
+    records, markdown, files = lf.run_experiment(
+        config, tmp_path, tensors=_tensors(), progress=False, title="synthetic", quick=True,
+        summarise=lfr.summary, network="ResNet-8",
+    )  # fmt: skip
+    assert "learned_feedback_resnet_fashion_mnist.json" in {f.name for f in files}
+    assert markdown.startswith("### learned-feedback-resnet: ResNet-8 on synthetic")
+    table = json.loads((tmp_path / "learned_feedback_resnet_fashion_mnist.json").read_text())
+    assert [row[0] for row in table["rows"]] == list(lf.RULES)
+    by_rule = {r.rule: r for r in records}
+    # every conv of the ResNet is measured (stem, 2 per block, the 1x1 shortcuts), not the fc
+    layers = lfr.conv_layers(by_rule["DFA"])
+    assert lfr.STEM in layers and "fc" not in layers and len(layers) == 9
+    assert lfr.final_conv_angle(by_rule["BP"]) < 1e-3
+    for rule in ("DFA", "DKP", "FDFA"):
+        assert 0 < lfr.final_conv_angle(by_rule[rule]) < 180, rule
+    assert by_rule["DKP"].feedback_change_norm > 1e-4
+
+
+def test_the_conv_angle_means_the_layers_then_the_second_half():
+    record = lf.LearnedRecord("DFA", False, 0, 10.0, 1.0)
+    record.history = [
+        {"step": s, "update_angle": {"conv": a, "blocks.0.conv1": a + 10, "fc": 0.0}}
+        for s, a in ((0, 90.0), (4, 60.0), (8, 20.0))
+    ]
+    assert lfr.conv_layers(record) == ["conv", "blocks.0.conv1"]
+    assert lfr.final_conv_angle(record) == pytest.approx(25.0)
+    assert lfr.late_conv_angle(record) == pytest.approx((65.0 + 25.0) / 2)
+    assert math.isnan(lfr.final_conv_angle(lf.LearnedRecord("BP", False, 0, 1.0, 1.0)))

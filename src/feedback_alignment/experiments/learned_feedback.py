@@ -105,8 +105,9 @@ def quick_config() -> LearnedConfig:
 
 
 def learning_rate(config: LearnedConfig, rule: str) -> float:
-    """The rule's tuned weight rate where stored (and ``config.tuned``), else ``config.lr``."""
-    stored = tuning.tuned_values(TASK, config.tuned_dir) if config.tuned else {}
+    """The rule's tuned weight rate where stored (and ``config.tuned``), else ``config.lr``
+    (``config.task`` names whose stored rates: this task's or its ResNet variant's)."""
+    stored = tuning.tuned_values(config.task, config.tuned_dir) if config.tuned else {}
     return stored.get(rule, {}).get("lr", config.lr)
 
 
@@ -234,12 +235,12 @@ def train_all(
     if unknown:
         raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
     if not config.seeds:
-        raise ValueError(f"{TASK} needs at least one seed")
+        raise ValueError(f"{config.task} needs at least one seed")
     bars = progress and workers == 1
     return run_jobs(
         _train_job,
         [(rule, seed, config, bars) for seed in config.seeds for rule in config.rules],
-        TASK,
+        config.task,
         shared=tensors,
         workers=workers,
         progress=progress,
@@ -346,17 +347,24 @@ def run_experiment(
     title: str = "Fashion-MNIST",
     quick: bool = False,
     workers: int = 1,
+    summarise: Callable[..., Table] | None = None,
+    network: str = "LeNet",
 ) -> tuple[list[LearnedRecord], str, list[Path]]:
-    """Runs every (rule, seed); writes ``results.json`` and the table into ``out_dir``."""
+    """Runs every (rule, seed); writes ``results.json`` and the table into ``out_dir``.
+    ``summarise(records, config, sizes, seconds, quick)`` makes the table (default: the LeNet
+    table, :func:`summary`; the ResNet variant passes its own)."""
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
     records = train_all(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
-    table = summary(records, config, sizes, seconds, title, quick)
+    if summarise is None:
+        table = summary(records, config, sizes, seconds, title, quick)
+    else:
+        table = summarise(records, config, sizes, seconds, quick)
     files = [
         write_results(
             out_dir,
-            TASK,
+            config.task,
             quick,
             config.seeds,
             config=config,
@@ -367,8 +375,8 @@ def run_experiment(
         ),
         *write_table(out_dir, table, config.seeds),
     ]
-    markdown = f"### {TASK}: LeNet on {title}, BP / DFA / DKP / FDFA\n\n" + table.to_markdown()
-    return records, markdown, files
+    heading = f"### {config.task}: {network} on {title}, BP / DFA / DKP / FDFA\n\n"
+    return records, heading + table.to_markdown(), files
 
 
 @register_task(TASK, "LeNet on Fashion-MNIST: BP, DFA and the learned-feedback DKP and FDFA")

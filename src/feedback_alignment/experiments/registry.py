@@ -24,6 +24,7 @@ TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.quick_digits",
     "feedback_alignment.experiments.convnets",
     "feedback_alignment.experiments.learned_feedback",
+    "feedback_alignment.experiments.learned_feedback_resnet",
     "feedback_alignment.experiments.resnet",
     "feedback_alignment.experiments.principled",
     "feedback_alignment.experiments.graphs",
@@ -80,6 +81,7 @@ TUNED_TASKS: tuple[str, ...] = (
     "principled-mlp",
     "principled-conv",
     "learned-feedback",
+    "learned-feedback-resnet",
 )
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""
