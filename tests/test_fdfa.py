@@ -349,3 +349,26 @@ class _CustomOp(nn.Module):
 def test_an_op_without_forward_derivative_is_refused_with_the_library_reason():
     with pytest.raises(fa.PlacementError, match=r"no forward-mode derivative.*DKP or DFA"):
         fa.FDFA().apply(_CustomOp(), example_input=torch.randn(2, 6))
+
+
+@pytest.mark.parametrize("how", ["wrapper", "in-place", "function"])
+def test_torch_compile_is_refused_with_the_library_reason_and_eager_still_trains(how):
+    """The compiled blocks (AOT backends) define no forward-mode derivative, so PyTorch would
+    raise a bare NotImplementedError from inside a block: the rule refuses first, at the pass's
+    start, however the model was compiled; the same model called eagerly trains."""
+    x, y = _batch()
+    model = _mlp()
+    rule = fa.FDFA(seed=0)
+    rule.apply(model, example_input=x)
+    if how == "wrapper":
+        compiled = torch.compile(model, backend="aot_eager")
+    elif how == "in-place":
+        compiled = copy.deepcopy(model)
+        compiled.compile(backend="aot_eager")
+    else:
+        compiled = torch.compile(lambda inputs: model(inputs), backend="aot_eager")
+    with pytest.raises(fa.PlacementError, match=r"FDFA on Sequential runs under torch\.compile"):
+        compiled(x)
+    F.cross_entropy(model(x), y).backward()  # B starts at 0: the estimate gets the gradient
+    (feedback,) = rule.feedback_parameters(model)
+    assert feedback.grad is not None and feedback.grad.abs().sum() > 0

@@ -7,9 +7,10 @@ objects, same modules, the same ``state_dict`` keys, and backpropagation again.
 
 from __future__ import annotations
 
+import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -216,6 +217,28 @@ def refuse_compiled_wrapper(model: object, rule: str) -> None:
             f"the uncompiled model, then compile it: rule.apply(model); compiled = "
             "torch.compile(model)"
         )
+
+
+_DYNAMO_FRAME = os.path.join("_dynamo", "eval_frame.py")
+
+
+def called_from_compiled_code(own: Callable | None = None, limit: int = 200) -> bool:
+    """Whether the caller runs inside code that ``torch.compile`` wrapped (a compiled module or
+    function), seen from a hook that TorchDynamo does not trace: one of the calling frames is
+    TorchDynamo's entry point. ``own``: a function whose ``torch.compiler.disable`` wrapper (also
+    a frame of that file) does not count. Reads at most ``limit`` frames."""
+    if "torch._dynamo.eval_frame" not in sys.modules:
+        return False
+    frame = sys._getframe(1)
+    for _ in range(limit):
+        if frame is None:
+            return False
+        if frame.f_code.co_filename.endswith(_DYNAMO_FRAME) and (
+            own is None or frame.f_locals.get("fn") is not own
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def refuse_reverse_transform(what: str, rule: str) -> None:

@@ -78,6 +78,7 @@ from feedback_alignment.rules.base import (
     BottleneckWarning,
     BoundRule,
     FeedbackResetWarning,
+    called_from_compiled_code,
     refuse_compiled_wrapper,
     refuse_reverse_transform,
 )
@@ -939,6 +940,7 @@ class _Binding:
             if grad and self.mode == "rule":
                 refuse_reverse_transform(type(module).__name__, self.rule.name)
                 if self.rule.forward_gradient:
+                    _refuse_compiled_forward_gradient(self.rule.name, type(module).__name__)
                     self.now.dual = _forward_mode()
                 self.now.forward_time = (
                     self.rule.forward_time
@@ -1780,6 +1782,19 @@ def _to_rows(h: torch.Tensor, axes: tuple[int, ...] | None, samples: int) -> tor
         rest = [d for d in range(h.dim()) if d not in axes]
         h = h.permute(*axes, *rest)
     return h.reshape(samples, -1)
+
+
+def _refuse_compiled_forward_gradient(rule: str, model: str) -> None:
+    """FDFA under ``torch.compile``: the compiled blocks between the points are autograd
+    Functions without a forward-mode derivative, so the tangents that estimate the Jacobians
+    cannot pass them (PyTorch would raise a bare ``NotImplementedError`` from inside a block)."""
+    if called_from_compiled_code(own=_EagerHook._run):
+        raise PlacementError(
+            f"{rule} on {model} runs under torch.compile, whose compiled blocks define no "
+            "forward-mode derivative: the tangents that estimate each point's Jacobian cannot "
+            f"pass them. Train {rule} on the uncompiled model (call the module itself, not "
+            "torch.compile(model) or model.compile()), or use DKP or DFA, which compile"
+        )
 
 
 def _forward_mode() -> contextlib.ExitStack:
