@@ -48,7 +48,7 @@ def test_layout_before_the_first_forward_pass_says_when_it_is_known(rule: fa.Rul
     model = rule.apply(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)))
     with pytest.raises(RuntimeError, match="first training forward pass") as error:
         rule.layout(model)
-    assert "point_names(model)" in str(error.value)
+    assert "points(model)" in str(error.value)
     assert rule.feedback_matrices(model) == {}
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
     if isinstance(rule, fa.DRTP):

@@ -79,7 +79,7 @@ def test_automatic_placement_takes_residual_block_outputs():
     model = Residual()
     rule = fa.DFA()
     rule.apply(model)
-    assert rule.point_names(model) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert rule.points(model) == ["blocks.0", "blocks.1", "blocks.2"]
     grads = _step(model, *_batch())
     assert all(g is not None and g.any() for g in grads.values())
     roles = rule.parameter_roles(model)
@@ -414,7 +414,7 @@ def test_an_automatic_block_that_produces_the_output_is_the_top_block():
     model = Stack()
     rule = fa.Shallow()
     rule.apply(model)
-    assert rule.point_names(model) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert rule.points(model) == ["blocks.0", "blocks.1", "blocks.2"]
     model(torch.randn(4, 5)).square().sum().backward()
     trained = {n for n, p in model.named_parameters() if p.grad is not None}
     top = {f"{m}.{p}" for m in ("blocks.2.0", "blocks.2.1", "norms.1") for p in ("weight", "bias")}

@@ -148,7 +148,7 @@ def test_named_points_and_markers(batch):
     rule = fa.DFA()
     rule.apply(model, points=["1"])  # only after the first hidden layer
     grads = _step(model, x, y)
-    assert rule.point_names(model) == ["1"]
+    assert rule.points(model) == ["1"]
     assert rule.layout(model).names == ("1",)
     assert grads["2.weight"] is not None  # the second layer is in the top block: plain local BP
 
@@ -164,7 +164,7 @@ def test_named_points_and_markers(batch):
     marked = Marked()
     rule = fa.DFA()
     rule.apply(marked)
-    assert rule.point_names(marked) == ["point"]
+    assert rule.points(marked) == ["point"]
     assert _step(marked, x, y)["inp.weight"] is not None
 
 

@@ -79,7 +79,7 @@ def test_dkp_matches_the_float64_reference(name):
     grads = {n: p.grad for n, p in model.named_parameters() if n != KEY}
     expected = reference_step(
         reference,
-        rule.point_names(model),
+        rule.points(model),
         case.run,
         error_site=case.error_site,
         buffer=matrix.detach(),

@@ -80,7 +80,7 @@ def test_one_step_matches_the_equations_in_float64():
     assert torch.equal(matrix, torch.zeros_like(matrix)), "B starts at zero (the reference's)"
     with torch.no_grad():  # a non-zero estimate, so that the signal is tested too
         matrix.copy_(torch.randn(matrix.shape, generator=torch.Generator().manual_seed(3)))
-    points = rule.point_names(model)
+    points = rule.points(model)
     assert points == ["1", "3"]
 
     out = model(x)
@@ -134,7 +134,7 @@ def test_the_estimate_approaches_the_true_jacobian_as_directions_accumulate():
     rule = fa.FDFA(seed=0)
     rule.apply(model, example_input=x[:2])
     (matrix,) = rule.feedback_parameters(model)
-    points, widths = rule.point_names(model), [8, 7]
+    points, widths = rule.points(model), [8, 7]
     truth = torch.cat(_mean_jacobians(plain, points, x, widths), dim=1)
     torch.manual_seed(0)
     errors = {}
@@ -203,7 +203,7 @@ def test_zoo_models_match_the_reference_derivative(name):
     finally:
         handle.remove()
     context = recorded["context"]
-    points = rule.point_names(model)
+    points = rule.points(model)
     outputs = {}
 
     def run_to_output(m):

@@ -84,7 +84,7 @@ def test_apply_keeps_parameters_and_remove_restores_exactly(name):
     assert added == (
         {"0.weight_feedback", "5.weight_feedback", "7.weight_feedback"} if name == "KP" else set()
     )
-    assert rule.layers(model) == ["0", "5", "7"]
+    assert rule.points(model) == ["0", "5", "7"]
     assert set(model.state_dict()) - set(keys) == {
         f"{i}.{b}" for i in (0, 5, 7) for b in rule.buffers
     }
@@ -147,7 +147,7 @@ def test_unsupported_layers_are_refused_by_path_and_can_be_excluded():
     assert not any("forward" in m.__dict__ for m in model.modules())  # nothing half-applied
     rule = FA()
     rule.apply(model, exclude=["rnn", "attn"])
-    assert rule.layers(model) == ["head"]
+    assert rule.points(model) == ["head"]
     model(torch.randint(0, 10, (2, 3))).sum().backward()
     with pytest.raises(ValueError, match=r"exclude=\['nope'\] names no submodule"):
         FA().apply(Net(), exclude=["nope"])

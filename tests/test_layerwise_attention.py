@@ -111,7 +111,7 @@ def test_feedback_equal_to_the_weights_is_torchs_attention(name):
     converted = copy.deepcopy(bp)
     rule = FA(seed=0)
     rule.apply(converted)
-    assert rule.layers(converted) == ["", "out_proj"]
+    assert rule.points(converted) == ["", "out_proj"]
     _set_feedback_to_weights(converted)
     args, kwargs = _call_args(case)
     out_bp, weights_bp, grads_bp = _run(bp, args, kwargs)
@@ -197,7 +197,7 @@ def test_transformer_encoder_with_feedback_equal_to_weights_is_backprop():
     model = copy.deepcopy(bp)
     rule = FA(seed=0)
     rule.apply(model)
-    assert "layers.0.self_attn" in rule.layers(model)
+    assert "layers.0.self_attn" in rule.points(model)
     state = model.state_dict()
     for key in [k for k in state if k.endswith("weight_feedback")]:
         source = key.replace("weight_feedback", "weight")
@@ -231,4 +231,4 @@ def test_unsupported_attention_options_are_refused_with_the_remedy(options, what
         FA().apply(model)
     rule = FA()
     rule.apply(model, exclude=["attn"])
-    assert rule.layers(model) == ["0"]
+    assert rule.points(model) == ["0"]

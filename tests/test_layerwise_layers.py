@@ -129,7 +129,7 @@ def test_gpt2_from_a_small_config_trains_with_fa_and_b_equal_w_is_backprop():
     model = copy.deepcopy(bp)
     rule = FA(seed=0)
     rule.apply(model)
-    converted = rule.layers(model)
+    converted = rule.points(model)
     assert "transformer.h.0.attn.c_attn" in converted and "lm_head" in converted
     state = model.state_dict()
     for key in [k for k in state if k.endswith("weight_feedback")]:
@@ -182,7 +182,7 @@ def test_pyg_models_convert_or_are_refused_with_the_reason():
     gcn = pyg.GCN(4, 8, 2, out_channels=3)  # GCNConv: a converted lin and an additive bias
     rule = uSF()
     rule.apply(gcn)
-    assert rule.layers(gcn) == ["convs.0.lin", "convs.1.lin"]
+    assert rule.points(gcn) == ["convs.0.lin", "convs.1.lin"]
     with pytest.raises(
         UnsupportedLayerError,
         match=r"'convs.0' \(GATConv\) holds its own parameters \(att_src, att_dst, bias\).*"
@@ -204,10 +204,10 @@ def test_multihead_attention_is_converted_or_excluded_on_request():
     model = Block()
     rule = FA()
     rule.apply(model)
-    assert rule.layers(model) == ["attn", "attn.out_proj", "head"]
+    assert rule.points(model) == ["attn", "attn.out_proj", "head"]
     rule.remove(model)
     rule.apply(model, exclude=["attn"])
-    assert rule.layers(model) == ["head"]
+    assert rule.points(model) == ["head"]
     model(torch.randn(2, 4, 8)).sum().backward()
     assert model.attn.in_proj_weight.grad is not None
 
@@ -219,7 +219,7 @@ def test_torchfm_features_linear_learns_locally_in_deepfm():
     model = copy.deepcopy(bp)
     rule = FA(seed=0)
     rule.apply(model)
-    assert rule.layers(model) == ["mlp.mlp.0", "mlp.mlp.4"]
+    assert rule.points(model) == ["mlp.mlp.0", "mlp.mlp.4"]
     x = torch.tensor([[0, 1, 2], [2, 3, 4], [1, 0, 0]])
     y = torch.tensor([1.0, 0.0, 1.0])
     F.binary_cross_entropy(bp(x), y).backward()

@@ -294,7 +294,7 @@ def test_torchfm_autoint_sequence_first_attention_is_a_point():
     x, y = x[:6], y[:6]  # 6 samples, 3 fields: a (fields, batch) mix-up would show
     rule = fa.DFA()
     rule.apply(model)
-    assert sorted(rule.point_names(model)) == [
+    assert sorted(rule.points(model)) == [
         "mlp.mlp.2",
         "mlp.mlp.6",
         "self_attns.0",

@@ -91,6 +91,52 @@ def test_dfa_feedback_keyword_is_deprecated_for_distribution() -> None:
         fa.DFA(distribution="normal")
 
 
+def test_points_is_one_name_for_both_families_and_the_old_names_warn() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    direct, layerwise = fa.DFA(), fa.FA()
+    direct.apply(model)
+    layerwise.apply(model)
+    assert direct.points(model) == ["1"] and layerwise.points(model) == ["0", "2"]
+    assert fa.BP().points(model) == []
+    with pytest.warns(FutureWarning, match=r"rule\.points\(model\)"):
+        assert direct.point_names(model) == ["1"]
+    with pytest.warns(FutureWarning, match=r"rule\.points\(model\)"):
+        assert layerwise.layers(model) == ["0", "2"]
+
+
+def test_signal_is_the_direct_rules_method_and_the_former_names_still_work() -> None:
+    error = torch.tensor([[2.0, -3.0], [0.5, 0.0]])
+    assert torch.equal(fa.DFA().signal(error), error)
+    assert torch.equal(fa.SignDFA().signal(error), torch.sign(error) / 2)
+    with pytest.warns(FutureWarning, match=r"rule\.signal\(error\)"):
+        assert torch.equal(fa.SignDFA().project_signal(error), torch.sign(error) / 2)
+    assert fa.DFA.feeds_back and not fa.Shallow.feeds_back
+
+    with pytest.warns(FutureWarning, match="now named signal"):
+
+        class Doubled(fa.DFA):  # a rule written for the former name
+            def project_signal(self, error: torch.Tensor) -> torch.Tensor:
+                return 2 * error
+
+    with pytest.warns(FutureWarning, match="feeds_back = False"):
+
+        class Silent(fa.DFA):  # the former spelling of a rule that feeds nothing back
+            signal = None
+
+    assert torch.equal(Doubled().signal(error), 2 * error)
+    assert not Silent.feeds_back and torch.equal(Silent().signal(error), error)
+    # the renamed method is what the projection calls: a rule's signal reaches the gradients
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    grads = []
+    for rule in (fa.DFA(seed=1), Doubled(seed=1)):
+        torch.manual_seed(0)
+        model = rule.apply(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append(model[0].weight.grad)
+    torch.testing.assert_close(grads[1], 2 * grads[0])
+
+
 def test_the_inspection_protocol_is_declared_on_rule() -> None:
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     bp = fa.BP()

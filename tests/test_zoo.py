@@ -135,7 +135,7 @@ def test_automatic_placement_finds_the_blocks(name):
     model = case.build(0)
     rule = fa.DFA(seed=SEED)
     rule.apply(model, **case.apply)
-    assert sorted(rule.point_names(model)) == sorted(case.auto)
+    assert sorted(rule.points(model)) == sorted(case.auto)
 
 
 @pytest.mark.parametrize(("name", "placement"), PAIRS)
@@ -146,7 +146,7 @@ def test_shallow_trains_only_the_top(name, placement):
     grads = _first_step(case, model, placement)
     if grads is None:
         return
-    expected = _reference(case, reference, rule.point_names(model))
+    expected = _reference(case, reference, rule.points(model))
     below = expected.feeders - {n for n, g in expected.top.items() if g is not None}
     assert below, "the placement leaves nothing below its points: the check would not bite"
     leaked = sorted(n for n in below if _has(grads[n]))
@@ -181,7 +181,7 @@ def _check_dfa(case: Case, placement: str, rule: fa.DirectFeedback) -> None:
     if grads is None:
         return
     buffer = model.state_dict()[KEY]
-    expected = _reference(case, reference, rule.point_names(model), buffer, rule)
+    expected = _reference(case, reference, rule.points(model), buffer, rule)
     assert list(rule.layout(model).names) == expected.names
     assert _below_points_learn(expected, grads), "no parameter below the points learned"
     _assert_grads(grads, expected.grads, "DFA")
@@ -249,7 +249,7 @@ def test_deep_copy_trains_with_its_own_feedback(name):
     assert original() is None, "the copy (or the rule) keeps the original model alive"
     grads = _train(case, clone)
     assert torch.equal(clone.state_dict()[KEY], own)
-    expected = _reference(case, reference, rule.point_names(clone), own)
+    expected = _reference(case, reference, rule.points(clone), own)
     _assert_grads(grads, expected.grads, "deep copy")
 
 
@@ -271,7 +271,7 @@ def test_one_rule_serves_twenty_models_in_turn(name):
         model = case.build(seed)  # the previous model is dropped without remove
         rule.apply(model, points=list(case.blocks), **case.apply)
         _train(case, model)
-        assert rule.point_names(model) == list(case.blocks)
+        assert rule.points(model) == list(case.blocks)
 
 
 ENCODER_ACTS = ["encoder.layers.0.activation", "encoder.layers.1.activation"]
@@ -326,7 +326,7 @@ def test_alignment_reports_every_trained_layer_in_its_role(name):
     model, reference = _convert(case, rule, placement)
     _train(case, model)
     report = fa.alignment(model, rule, case.batch, case.loss_fn)
-    expected = _reference(case, reference, rule.point_names(model))
+    expected = _reference(case, reference, rule.points(model))
     top = {n for n, g in expected.top.items() if g is not None}
     weights = {}  # a module's weight: ``weight``, or MultiheadAttention's ``in_proj_weight``
     for module, m in model.named_modules():
@@ -355,7 +355,7 @@ def test_backward_twice_with_retain_graph_accumulates_the_rule(name):
     loss.backward(retain_graph=True)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    expected = _reference(case, reference, rule.points(model), model.state_dict()[KEY])
     twice = {n: None if g is None else 2 * g for n, g in expected.grads.items()}
     _assert_grads(grads, twice, "two backward passes")
 
@@ -373,7 +373,7 @@ def test_dfa_matches_the_reference_after_an_optimizer_step(name):
     state = {k: v for k, v in model.state_dict().items() if k != KEY}
     reference.load_state_dict(state)
     grads = _train(case, model)
-    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    expected = _reference(case, reference, rule.points(model), model.state_dict()[KEY])
     _assert_grads(grads, expected.grads, "third step")
 
 
@@ -406,7 +406,7 @@ def test_stray_calls_of_submodules_leave_no_stale_records(name):
     model.load_state_dict(state)
     grads = _train(case, model)
     reference.load_state_dict({k: v for k, v in state.items() if k != KEY})
-    expected = _reference(case, reference, rule.point_names(model), model.state_dict()[KEY])
+    expected = _reference(case, reference, rule.points(model), model.state_dict()[KEY])
     _assert_grads(grads, expected.grads, "after a stray call")
 
 
@@ -433,5 +433,5 @@ def test_a_second_rule_is_refused_and_remove_frees_the_model():
     again = fa.DFA(seed=SEED + 1)
     again.apply(model, points=list(case.blocks))
     grads = _train(case, model)
-    expected = _reference(case, reference, again.point_names(model), model.state_dict()[KEY])
+    expected = _reference(case, reference, again.points(model), model.state_dict()[KEY])
     _assert_grads(grads, expected.grads, "after remove and apply")

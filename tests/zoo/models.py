@@ -32,7 +32,7 @@ class Case:
         build: ``build(seed)`` returns a fresh float64 model initialised from ``seed``.
         run: one forward pass and loss on the case's fixed batch: ``run(model) -> loss``.
         blocks: explicit block points (module paths).
-        auto: the automatic points the issue expects (``rule.point_names``), or ``None``.
+        auto: the automatic points the issue expects (``rule.points``), or ``None``.
         apply: extra keyword arguments of ``rule.apply`` (``output=``, ``output_activation=``).
         error_site: module whose output is ``y`` for the reference (``""``: the model's output).
         point_axes: first batch axis of a point's tensor, by path (seq-first modules: 1).

@@ -107,7 +107,7 @@ def reference_step(
 
     Args:
         model: the unconverted model (a copy of the converted one made before ``apply``).
-        points: module paths of the feedback points (as ``rule.point_names`` gives them).
+        points: module paths of the feedback points (as ``rule.points`` gives them).
         run: forward pass and loss: ``run(model) -> loss``.
         error_site: path of the module whose output is ``y`` (``""``: the model's output).
         buffer: the raw feedback buffer; ``None`` computes only ``top`` and ``feeders`` (Shallow).

@@ -355,7 +355,7 @@ class DFAPipelineStage:
         if count:
             # the single-process rule's buffer and projection, for this stage's points only
             self._projector = Projector(
-                self._layout, self.rule.project_signal, self._first_index, count
+                self._layout, self.rule.signal, self._first_index, count
             )
             buffer = rule_buffer(self.rule, self._layout, self._dtype, self.device)
             self._buffer = self._projector.span(buffer).clone()  # only the columns it reads

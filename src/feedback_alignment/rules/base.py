@@ -80,6 +80,13 @@ class Rule(ABC):
         rule's learning signal enters (nothing for rules without such points)."""
         yield []
 
+    def points(self, model: nn.Module) -> list[str]:
+        """Module paths where the rule's learning signal enters ``model``, in model order: a
+        direct rule's feedback points, a layer-wise rule's converted layers (each the point of
+        its own ``B``); empty for a rule without such points (BP). The names the
+        :meth:`recording` entries and :func:`~feedback_alignment.alignment.alignment` use."""
+        return []
+
     def parameter_roles(self, model: nn.Module) -> dict[str, str]:
         """Parameter name -> ``"hidden"`` (learns from the rule's signal only), ``"top"`` (the
         true gradient only) or ``"tied"`` (both). Empty where the rule does not know (it trains

@@ -104,7 +104,8 @@ class DirectFeedback(BoundRule):
 
     name = "direct"
     family = "direct"
-    signal: str | None = "error"
+    #: the rule feeds a signal back to the points (``False``: Shallow, only the top learns)
+    feeds_back: bool = True
     #: the feedback matrix is a trainable parameter (DKP, FDFA), not a fixed buffer
     learns_feedback: bool = False
     #: the forward pass carries forward-mode tangents from the points to the output (FDFA)
@@ -342,9 +343,20 @@ class DirectFeedback(BoundRule):
 
     # --- inspection ----------------------------------------------------------------------------
 
-    def point_names(self, model: nn.Module) -> list[str]:
-        """Module paths where feedback enters ``model`` (before any forward pass)."""
+    def points(self, model: nn.Module) -> list[str]:
+        """Module paths of the feedback points of ``model``, where the projected signal enters
+        (known from ``apply`` on, before any forward pass)."""
         return [name for name, _ in self._binding(model).placement.points]
+
+    def point_names(self, model: nn.Module) -> list[str]:
+        """Former name of :meth:`points` (deprecated, one release)."""
+        warnings.warn(
+            "rule.point_names(model) is deprecated: call rule.points(model), the name both rule "
+            "families use",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.points(model)
 
     def signal_widths(self, model: nn.Module) -> dict[str, int]:
         """Feedback point -> its width per sample, once the first training forward pass has fixed
@@ -366,7 +378,7 @@ class DirectFeedback(BoundRule):
         if not binding.feeds:
             raise RuntimeError(
                 f"{self.name} sends no feedback, so it has no feedback layout: its points only "
-                "cut the graph (the layers below them do not learn); point_names(model) lists them"
+                "cut the graph (the layers below them do not learn); points(model) lists them"
             )
         layout = binding.layout
         if layout is None:
@@ -374,7 +386,7 @@ class DirectFeedback(BoundRule):
                 f"{self.name}'s feedback layout of {type(model).__name__} is not known yet: the "
                 "widths of the feedback points and of the output are read at the first training "
                 "forward pass. Run one forward pass with gradients enabled (model(x), in train "
-                "or eval mode) before calling layout(); point_names(model) lists the points now"
+                "or eval mode) before calling layout(); points(model) lists the points now"
             )
         return layout
 
@@ -397,9 +409,43 @@ class DirectFeedback(BoundRule):
 
     # --- signal ----------------------------------------------------------------------------------
 
-    def project_signal(self, error: torch.Tensor) -> torch.Tensor:
-        """The signal ``s`` projected by ``B`` from the flattened error ``e`` of shape (n, d_out)."""
+    def signal(self, error: torch.Tensor) -> torch.Tensor:
+        """The signal ``s`` that ``B`` carries to every point (``delta_l = (B_l s) * f'(a_l)``),
+        made from the flattened error ``e`` of shape (n, d_out): ``e`` for DFA, ``sign(e) / n``
+        for sign-DFA, ``-y* / n`` for DRTP. A new direct rule overrides this."""
         return error
+
+    def project_signal(self, error: torch.Tensor) -> torch.Tensor:
+        """Former name of :meth:`signal` (deprecated, one release)."""
+        warnings.warn(
+            "rule.project_signal(error) is deprecated: call rule.signal(error)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.signal(error)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass written for the former names keeps working for one release: a
+        ``project_signal`` override serves as its :meth:`signal`, and ``signal = None`` (a rule
+        that feeds nothing back) means ``feeds_back = False``."""
+        super().__init_subclass__(**kwargs)
+        if "signal" in cls.__dict__ and cls.__dict__["signal"] is None:
+            warnings.warn(
+                f"{cls.__name__} sets signal = None, now feeds_back = False (deprecated, one "
+                "release)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            delattr(cls, "signal")
+            cls.feeds_back = False
+        if "project_signal" in cls.__dict__ and "signal" not in cls.__dict__:
+            warnings.warn(
+                f"{cls.__name__} overrides project_signal, now named signal (deprecated, one "
+                "release): rename the method",
+                FutureWarning,
+                stacklevel=2,
+            )
+            cls.signal = cls.__dict__["project_signal"]  # type: ignore[method-assign]
 
     def initial_feedback(
         self,
@@ -452,7 +498,7 @@ class SignDFA(DirectFeedback):
     name = "sign-DFA"
     key = "sign-dfa"
 
-    def project_signal(self, error: torch.Tensor) -> torch.Tensor:
+    def signal(self, error: torch.Tensor) -> torch.Tensor:
         return torch.sign(error) / error.shape[0]
 
 
@@ -521,7 +567,7 @@ class DRTP(DirectFeedback):
             raise ValueError(f"DRTP set_targets: weight must be finite, got {weight}")
         self._targets, self._weight = targets.detach(), weight
 
-    def project_signal(self, error: torch.Tensor) -> torch.Tensor:
+    def signal(self, error: torch.Tensor) -> torch.Tensor:
         targets, self._targets = self._targets, None
         if targets is None:
             raise RuntimeError(
@@ -703,7 +749,7 @@ class Shallow(DirectFeedback):
 
     name = "Shallow"
     key = "shallow"
-    signal = None
+    feeds_back = False
 
 
 def _through_sigmoid(error: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -882,7 +928,7 @@ class _Binding:
         self._stepped: tuple | None = None  # (id, version) of B and of a hidden weight
         self._probe: tuple | None = None  # (roles it was found in, a hidden weight) for that
         self._warned_unstepped = False
-        self.feeds = rule.signal is not None
+        self.feeds = rule.feeds_back
         self.verifier = _Verifier()  # what the cut verification proved
         self.projector: Projector | None = None  # P = s(e) @ B, a slice per point (the layout's)
         self.handles = [
@@ -1485,7 +1531,7 @@ class _Binding:
                 "serve them: the checkpoint was made with another model or placement"
             )
         self.layout = layout
-        self.projector = Projector(layout, self.rule.project_signal)
+        self.projector = Projector(layout, self.rule.signal)
 
     def _draw(
         self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device

@@ -402,9 +402,20 @@ class LayerwiseFeedback(BoundRule):
 
     # --- inspection ----------------------------------------------------------------------------
 
-    def layers(self, model: nn.Module) -> list[str]:
-        """Paths of the converted layers, in ``named_modules`` order."""
+    def points(self, model: nn.Module) -> list[str]:
+        """Paths of the converted layers, in ``named_modules`` order: each is the point where
+        its own ``B`` carries the signal."""
         return [layer.path for layer in self._binding(model).layers]
+
+    def layers(self, model: nn.Module) -> list[str]:
+        """Former name of :meth:`points` (deprecated, one release)."""
+        warnings.warn(
+            "rule.layers(model) is deprecated: call rule.points(model), the name both rule "
+            "families use",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.points(model)
 
     def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """``W`` of every converted layer (what :meth:`feedback_matrices` pairs with ``B^T``):
