@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from feedback_alignment.experiments import convnets, resnet, tuning
+from feedback_alignment.experiments import convnets, resnet, resnet_seeds, tuning
 from feedback_alignment.experiments.registry import tasks
 from feedback_alignment.experiments.run import make_rule
 from feedback_alignment.models import ResNet
@@ -100,3 +100,36 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
     assert torch.isfinite(seen["x_val"]).all()
     trained, held = seen["ids"]
     assert len(trained) == 30 and len(held) == 12 and not trained & held  # disjoint
+
+
+def test_resnet_seeds_pairs_the_usf_gap_by_seed_against_biotorchs_adam_column(tmp_path, one_thread):
+    assert "resnet-seeds" in tasks()
+    config = replace(
+        resnet_seeds.quick_config(), batch_size=16, probe_size=16, tuned=False, seeds=(0, 1)
+    )
+    records, markdown, _ = resnet_seeds.run_experiment(
+        config, tmp_path, tensors=_quadrants(), progress=False, quick=True
+    )
+    assert sorted((r.rule, r.seed) for r in records) == [
+        ("BP", 0),
+        ("BP", 1),
+        ("uSF", 0),
+        ("uSF", 1),
+    ]
+    error = {(r.rule, r.seed): r.test_error for r in records}
+    gaps = resnet_seeds.paired_gaps(records)
+    assert gaps == {s: error[("uSF", s)] - error[("BP", s)] for s in (0, 1)}
+    table = json.loads((tmp_path / "resnet_seeds_fashion_mnist.json").read_text())
+    rows = {row[0]: row for row in table["rows"]}
+    gap_row = rows["uSF − BP (paired by seed)"]
+    assert gap_row[2]["mean"] == pytest.approx(sum(gaps.values()) / 2)
+    # BioTorch's Adam column (the optimiser that matches ours), not its SGD one
+    assert rows["BP"][-1] == 10.01 and rows["uSF"][-1] == 10.59 and gap_row[-1] == 0.58
+    assert rows["BP"][4] == config.epochs and "250 epochs" in markdown
+
+
+def test_resnet_seeds_reads_the_resnet_tasks_rates(tmp_path: Path):
+    (tmp_path / "resnet.json").write_text(json.dumps({"arms": {"uSF": {"values": {"lr": 4e-3}}}}))
+    config = resnet_seeds.ResNetSeedsConfig(tuned_dir=tmp_path)
+    assert convnets.learning_rate(config, "uSF", False) == 4e-3
+    assert config.rules == ("BP", "uSF") and config.seeds == (0, 1, 2)

@@ -26,6 +26,7 @@ TASK_MODULES: tuple[str, ...] = (
     "feedback_alignment.experiments.learned_feedback",
     "feedback_alignment.experiments.learned_feedback_resnet",
     "feedback_alignment.experiments.resnet",
+    "feedback_alignment.experiments.resnet_seeds",
     "feedback_alignment.experiments.principled",
     "feedback_alignment.experiments.graphs",
     "feedback_alignment.experiments.recommenders",
@@ -86,7 +87,7 @@ TUNED_TASKS: tuple[str, ...] = (
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""
 
-PARALLEL_TASKS: tuple[str, ...] = ("convnets", "resnet", "nerf")
+PARALLEL_TASKS: tuple[str, ...] = ("convnets", "resnet", "resnet-seeds", "nerf")
 """Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: those whose
 full runs exceed the 45-minute budget on one core."""
 
