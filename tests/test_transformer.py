@@ -211,7 +211,7 @@ def test_a_few_steps_lower_the_loss(rule_name, placement):
 def test_transformer_task_writes_results_table_samples_and_plot(tmp_path):
     from dataclasses import replace
 
-    from feedback_alignment.experiments import language
+    from feedback_alignment.experiments import language, tuning
     from feedback_alignment.experiments.registry import RunOptions, tasks
 
     assert "transformer" in tasks()
@@ -229,7 +229,18 @@ def test_transformer_task_writes_results_table_samples_and_plot(tmp_path):
         "BP/authors", "DFA-macro/authors", "DFA-micro/authors", "Shallow/authors",
     ]  # fmt: skip
     assert all(r["sample"].startswith(config.prompt) for r in runs)
-    assert {r["lr"] for r in runs if r["rule"].endswith("/authors")} == {language.AUTHORS_LR}
+    # the authors' arms run at their searched rates where a search is stored (their 1e-4 else)
+    stored = tuning.tuned_values("transformer")
+    authors = [r for r in runs if r["rule"].endswith("/authors")]
+    assert [r["lr"] for r in authors] == [
+        stored.get(r["rule"], {}).get("lr", language.AUTHORS_LR) for r in authors
+    ]
+    hand_set = tmp_path / "hand-set"
+    hand_set.mkdir()
+    options = RunOptions(out_dir=hand_set, quick=True, progress=False, tuned=False)
+    language.run(options, replace(config, rules=("BP/authors",)))
+    (hand,) = json.loads((hand_set / "results.json").read_text())["runs"]
+    assert hand["lr"] == language.AUTHORS_LR
     assert "| DFA-micro/authors |" in report.markdown and "authors' recipe" in report.markdown
     assert "per BPE token" in report.markdown and "per character" in report.markdown
     # the authors' arms leave our arms' numbers as they were: BP alone gives the same run
@@ -263,8 +274,9 @@ def test_the_authors_recipe_sets_relu_dropout_clip_and_adams_epsilon(monkeypatch
     monkeypatch.setattr(torch.optim, "Adam", adam)
     monkeypatch.setattr(language, "fit", fit)
     config = replace(
-        language.QUICK, steps=4, warmup=5, eval_every=2, eval_batches=1, sample_chars=2
-    )
+        language.QUICK, steps=4, warmup=5, eval_every=2, eval_batches=1, sample_chars=2,
+        tuned=False,  # the hand-set rates: the authors' 1e-4
+    )  # fmt: skip
     corpus = data.load(config.corpus)
     language.train_one("DFA-micro/authors", 0, config, corpus, progress=False)
     model = seen["model"]
