@@ -421,22 +421,43 @@ def validation_objective(
     return objective
 
 
-tuning.register_tunable(
-    tuning.Tunable(
-        task=TASK,
-        arms=RULES,
-        space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
-        defaults=lambda name: {"lr": LearnedConfig().lr},
-        objective=validation_objective(
-            lambda: LearnedConfig(epochs=SEARCH_EPOCHS, measurements=1, seeds=(0,)),
-            lambda: replace(quick_config(), measurements=1),
-        ),
-        direction="minimize",
-        metric="validation error %",
-        trials=5,
-        schedule=f"Each trial trains seed 0 for {SEARCH_EPOCHS} epochs (the full run trains "
-        f"{LearnedConfig().epochs}; same batch, optimisers and cosine decay) on the training "
-        f"images less {VALIDATION_SIZE} held out, scored on those; only the weights' rate is "
-        "searched, for every rule alike (B's Adam rate is the references' 1e-4).",
+def register_search(
+    task: str,
+    config: Callable[..., LearnedConfig],
+    quick: Callable[[], LearnedConfig],
+    trials: int,
+    held_out: str,
+) -> None:
+    """Declares ``task``'s search of each rule's weight rate (the same for the LeNet and the
+    ResNet tasks): a trial trains seed 0 for :data:`SEARCH_EPOCHS` epochs of ``config()``'s
+    schedule and is scored on ``held_out`` images (``held_out`` names them in the schedule's
+    text); ``B``'s Adam rate is not searched."""
+    full = config()
+    tuning.register_tunable(
+        tuning.Tunable(
+            task=task,
+            arms=RULES,
+            space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
+            defaults=lambda name: {"lr": full.lr},
+            objective=validation_objective(
+                lambda: config(epochs=SEARCH_EPOCHS, measurements=1, seeds=(0,)),
+                lambda: replace(quick(), measurements=1),
+            ),
+            direction="minimize",
+            metric="validation error %",
+            trials=trials,
+            schedule=f"Each trial trains seed 0 for {SEARCH_EPOCHS} epochs (the full run trains "
+            f"{full.epochs}; same batch, optimisers and cosine decay) on {held_out}, scored on "
+            "those; only the weights' rate is searched, for every rule alike (B's Adam rate is "
+            "the references' 1e-4).",
+        )
     )
+
+
+register_search(
+    TASK,
+    LearnedConfig,
+    quick_config,
+    trials=5,
+    held_out=f"the training images less {VALIDATION_SIZE} held out",
 )

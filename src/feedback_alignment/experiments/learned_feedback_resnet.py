@@ -31,11 +31,10 @@ from torch import nn
 
 from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.learned_feedback import (
-    RULES,
     LearnedConfig,
     LearnedRecord,
+    register_search,
     run_experiment,
-    validation_objective,
 )
 from feedback_alignment.experiments.registry import (
     RunOptions,
@@ -192,25 +191,10 @@ def run(options: RunOptions) -> TaskReport:
     return TaskReport(TASK, markdown, files)
 
 
-SEARCH_EPOCHS = 2
-"""Epochs of a tuning trial (of the full run's 5), for every rule alike."""
-
-tuning.register_tunable(
-    tuning.Tunable(
-        task=TASK,
-        arms=RULES,
-        space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
-        defaults=lambda name: {"lr": LearnedResNetConfig().lr},
-        objective=validation_objective(
-            lambda: LearnedResNetConfig(epochs=SEARCH_EPOCHS, measurements=1, seeds=(0,)),
-            lambda: replace(quick_config(), measurements=1),
-        ),
-        direction="minimize",
-        metric="validation error %",
-        trials=4,
-        schedule=f"Each trial trains seed 0 for {SEARCH_EPOCHS} epochs (the full run trains "
-        f"{LearnedResNetConfig().epochs}; same batch, optimisers and cosine decay) on the "
-        "10,000-image subset less 2,000 held out, scored on those; only the weights' rate is "
-        "searched, for every rule alike (B's Adam rate is the references' 1e-4).",
-    )
+register_search(
+    TASK,
+    LearnedResNetConfig,
+    quick_config,
+    trials=8,
+    held_out="the 10,000-image subset less 2,000 held out",
 )
