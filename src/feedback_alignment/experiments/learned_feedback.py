@@ -311,13 +311,7 @@ def summary(
             mean_std(r.seconds / 60 for r in group).cell(single=True),
             WEBSTER_2020_CIFAR10_CONV_ACCURACY.get(rule),
         )
-    stored = tuning.tuned_values(TASK, config.tuned_dir) if config.tuned else {}
-    rates = (
-        f"the weights' rate per rule in the table (searched on held-out training images for "
-        f"{len(stored)} rules, hand-set {config.lr} otherwise)"
-        if stored
-        else f"the weights' rate hand-set ({config.lr})"
-    )
+    rates = rates_text(config)
     table.caption = (
         f"LeNet-5 (conv 6, 16; linear 120, 84; ReLU) on {sizes['train']:,} training / "
         f"{sizes['test']:,} test images, {config.epochs} epoch(s), batch {config.batch_size}. "
@@ -419,6 +413,21 @@ def validation_objective(
         return record.test_error
 
     return objective
+
+
+def rates_text(config: LearnedConfig) -> str:
+    """How the weights' rates of a table were chosen, for its caption: searched for every rule,
+    for some (the others hand-set), or hand-set."""
+    stored = tuning.tuned_values(config.task, config.tuned_dir) if config.tuned else {}
+    searched = [rule for rule in config.rules if rule in stored]
+    if not searched:
+        return f"the weights' rate hand-set ({config.lr})"
+    if len(searched) == len(config.rules):
+        return "the weights' rate per rule in the table (searched on held-out training images)"
+    return (
+        "the weights' rate per rule in the table (searched on held-out training images for "
+        f"{', '.join(searched)}; hand-set {config.lr} otherwise)"
+    )
 
 
 def register_search(

@@ -29,10 +29,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.learned_feedback import (
     LearnedConfig,
     LearnedRecord,
+    rates_text,
     register_search,
     run_experiment,
 )
@@ -148,13 +148,7 @@ def summary(
             mean_std(r.feedback_end_norm for r in group).cell(single=True),
             mean_std(r.seconds / 60 for r in group).cell(single=True),
         )
-    stored = tuning.tuned_values(TASK, config.tuned_dir) if config.tuned else {}
-    rates = (
-        f"the weights' rate per rule in the table (searched on held-out training images for "
-        f"{len(stored)} rules, hand-set {config.lr} otherwise)"
-        if stored
-        else f"the weights' rate hand-set ({config.lr})"
-    )
+    rates = rates_text(config)
     layers = len(conv_layers(records[0])) if records else 0
     table.caption = (
         f"ResNet-{config.depth} (BatchNorm, width {config.width}) on a fixed subset of "
@@ -171,8 +165,8 @@ def summary(
         f"training images, against BP's update (0 = BP, 90 = orthogonal): the stem conv's, and "
         f"the mean over the {layers} conv layers (1x1 shortcuts included) at the last step and "
         f"averaged over the measurements from the middle of training on. Webster et al.'s "
-        "ResNet-like figure is CIFAR-100 AlexNet with BatchNorm (DKP 66.8 / DFA 48.0 % top-1): "
-        "their ordering, not a level to match."
+        "nearest figure, a deep conv net with BatchNorm, is CIFAR-100 AlexNet (DKP 66.8 / DFA "
+        "48.0 % top-1): their ordering, not a level to match."
     )
     return table
 
