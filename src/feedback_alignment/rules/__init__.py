@@ -1,12 +1,11 @@
-"""Learning rules: backpropagation, the direct-feedback family and the layer-wise family."""
+"""Learning rules: backpropagation, the direct-feedback family (fixed feedback in ``direct``, learned
+feedback in ``learned``) and the layer-wise family."""
 
 from feedback_alignment.rules.backprop import BP
 from feedback_alignment.rules.base import Rule
 from feedback_alignment.rules.direct import (
     DFA,
-    DKP,
     DRTP,
-    FDFA,
     FEEDBACK_BUFFER,
     DirectFeedback,
     Shallow,
@@ -23,6 +22,7 @@ from feedback_alignment.rules.layerwise import (
     frSF,
     uSF,
 )
+from feedback_alignment.rules.learned import DKP, FDFA
 from feedback_alignment.rules.registry import RULES, make_rule, rule_class
 
 __all__ = [

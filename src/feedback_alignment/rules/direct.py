@@ -1,4 +1,4 @@
-"""Direct feedback: DFA, sign-DFA, DRTP and the shallow control.
+"""Direct feedback: DFA, sign-DFA, DRTP and the shallow control; the machinery of the family.
 
 Every rule of this family cuts the model's graph at its feedback points and hands each point ``l``
 the signal ``B_l s`` computed from the output in one projection per step:
@@ -7,9 +7,10 @@ the signal ``B_l s`` computed from the output in one projection per step:
 * sign-DFA:                  ``s = sign(e) / n``
 * DRTP (Frenkel et al. 2021): ``s = -y* / n`` (targets only, no error)
 * DKP (Webster et al. 2020):  ``s = e``, with every ``B_l`` a trainable parameter that learns
-  ``dL/dB_l = e^T h_l`` (Direct Kolen-Pollack, see :class:`DKP`)
+  ``dL/dB_l = e^T h_l`` (Direct Kolen-Pollack, see :class:`~feedback_alignment.rules.learned.DKP`)
 * FDFA (Bacho and Chu 2024):  ``s = e``, with every ``B_l`` a running estimate of the Jacobian
-  ``dy/dh_l`` from forward-mode directional derivatives (see :class:`FDFA`)
+  ``dy/dh_l`` from forward-mode directional derivatives (see
+  :class:`~feedback_alignment.rules.learned.FDFA`)
 * Shallow (control):         no signal; only the block after the last point (the top) learns.
 
 ``n`` is the number of samples (rows of the output after flattening its leading axes), so that the
@@ -22,6 +23,13 @@ Any number of leading batch-like axes is supported: the output ``y`` of shape ``
 defines ``lead`` (tokens, graph nodes, ray samples are batch), every point's tensor must start with
 the same ``lead`` axes, and its remaining axes are flattened into its width (``C*H*W`` for a conv
 feature map). ``e`` is projected per lead position.
+
+This module holds the rules with a fixed feedback matrix and the machinery of the whole family
+(:class:`DirectFeedback`, and ``_Binding``: the hooks that cut the graph, record the points and
+inject the projection). The two rules whose matrix learns, DKP and FDFA, are in
+:mod:`feedback_alignment.rules.learned`; they reach the binding through the extension points of
+:class:`DirectFeedback` (``forward_tangents``, ``saved_for_feedback``, ``matrix_gradient``,
+``step_watch``). ``from feedback_alignment.rules.direct import DKP, FDFA`` still works.
 
 References:
     Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks", NeurIPS 2016.
@@ -36,7 +44,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -47,10 +54,8 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from feedback_alignment.cut import verify_cut
 from feedback_alignment.feedback import (
@@ -78,7 +83,6 @@ from feedback_alignment.rules.base import (
     BottleneckWarning,
     BoundRule,
     FeedbackResetWarning,
-    called_from_compiled_code,
     refuse_compiled_wrapper,
     refuse_reverse_transform,
 )
@@ -473,16 +477,54 @@ class DirectFeedback(BoundRule):
                 matrix[:, start : start + width] *= scale
         return matrix
 
-    def feedback_gradient(
+    # --- extension points: what a learned feedback matrix adds to a step -------------------------
+    #
+    # The binding (_Binding, below) calls these at fixed moments of a step. The defaults are those
+    # of a fixed matrix (a buffer): nothing happens. The rules whose matrix learns, DKP and FDFA,
+    # override them in rules/learned.py; the binding itself only stores their matrix as a
+    # parameter (``learns_feedback``) and hands it to the injection node as an input, so that
+    # autograd (and DDP) deliver its gradient.
+
+    def forward_tangents(self, model_name: str) -> Any:
+        """Called by the binding when a training forward pass with gradients begins (the rule in
+        force, not ``fa.backprop``). Returns ``None`` (the default), or an object that carries
+        forward-mode tangents through this pass (FDFA's
+        :class:`~feedback_alignment.rules.learned.ForwardTangents`): each feedback point then
+        hands its cut output to the object's ``perturb(point, uncut, cut)``, and the end of the
+        pass calls its ``close()`` (also when the pass raises)."""
+        return None
+
+    def saved_for_feedback(
+        self, records: Sequence[Record], y: torch.Tensor, tangents: Any
+    ) -> tuple[list[torch.Tensor | None] | None, torch.Tensor | None]:
+        """Called by the binding when the error is injected at the output ``y`` of a training
+        forward pass: what the backward needs, beyond the error, to compute the gradient of a
+        learned matrix, as ``(values, derivative)``: a tensor (or ``None``) per recorded point
+        and the output's tangent (``tangents``: what :meth:`forward_tangents` returned). The
+        default, for a fixed matrix: nothing, ``(None, None)``."""
+        return None, None
+
+    def matrix_gradient(
         self,
-        block: torch.Tensor,
+        matrix: torch.Tensor,
         error: torch.Tensor,
-        rows: torch.Tensor | None,
-        derivative: torch.Tensor | None,
+        forward: _Forward,
+        layout: FeedbackLayout,
     ) -> torch.Tensor:
-        """The gradient of a learned ``B_l`` (``block``, ``(d_out, n_l)``) from the error rows
-        ``(n, d_out)``, the point's rows ``(n, n_l)`` and, for FDFA, the output's tangent rows."""
+        """Called by the binding in the backward pass, after the projection, when the learned
+        matrix (``matrix``, ``(d_out, total)``) needs a gradient; ``error`` holds the error rows
+        ``(n, d_out)`` and ``forward`` what :meth:`saved_for_feedback` saved. A fixed matrix has
+        none."""
         raise NotImplementedError(f"{self.name}'s feedback is fixed: it has no gradient")
+
+    def step_watch(self) -> Any:
+        """Called once by the binding when the rule is applied to a model: ``None`` (the
+        default), or a per-model object whose ``check(rule, model, roles, matrix)`` the binding
+        calls after each backward pass that computed the matrix's gradient, and whose
+        ``reset()`` it calls when a checkpoint is loaded (DKP's and FDFA's
+        :class:`~feedback_alignment.rules.learned.StepWatch`: a warning when no optimiser steps
+        the learned matrix)."""
+        return None
 
 
 class DFA(DirectFeedback):
@@ -615,135 +657,6 @@ class DRTP(DirectFeedback):
         return encoded.to(dtype=error.dtype, device=error.device) * (-self._weight / samples)
 
 
-class DKP(DirectFeedback):
-    """Direct Kolen-Pollack: DFA whose feedback matrices learn (Webster, Choi and Ahn, "Learning
-    the Connections in Direct Feedback Alignment", 2020; reference code webstah/dkp-gist).
-
-    The hidden signal is DFA's, ``delta_l = (B_l e) * f'(a_l)``, but each point has its own
-    ``B_l`` (disjoint columns, never shared) and ``B_l`` is a trainable parameter whose gradient
-    is the output error against the activity the point sees, summed over the samples::
-
-        dL/dB_l = e^T h_l        (d_out x n_l; e: (n, d_out) rows of dL/dy, h_l: (n, n_l))
-
-    ``B_l`` thus receives the gradient that a direct linear map from ``h_l`` to the output would
-    receive: the direct analogue of Kolen-Pollack, whose ``B`` receives ``W``'s own gradient.
-    **Scaling**: ``e`` is ``dL/dy`` of *your* loss, as for DFA; with a mean-reduced loss (the
-    PyTorch default) it carries the ``1/n`` of the batch mean, which is the reference code's
-    setting (``F.cross_entropy``'s mean over the batch; ``grad_at_output.t().mm(layer_out)``).
-    A sum-reduced loss makes the update ``n`` times larger.
-
-    The matrix is the model parameter ``direct_feedback_matrix`` of shape ``(d_out, sum n_l)``,
-    initialised as ``U(-1/sqrt(n_l), 1/sqrt(n_l))`` per point by default (``uniform`` entries,
-    ``nokland`` scale: the reference's ``kaiming_uniform_``), with the scale folded into the
-    values (it learns from there; nothing rescales it). It must exist before the optimiser is
-    built: pass ``example_input=`` to :meth:`apply` (or call :meth:`materialize`). The reference
-    trains it by its own optimiser (Adam, lr 1e-4, weight decay 1e-6) beside SGD for the
-    weights::
-
-        rule = fa.DKP(seed=0)
-        rule.apply(model, example_input=x[:2])
-        feedback = rule.feedback_parameters(model)
-        weights = [p for p in model.parameters() if all(p is not f for f in feedback)]
-        opt_w = torch.optim.SGD(weights, lr=5e-4, momentum=0.9, nesterov=True)
-        opt_b = torch.optim.Adam(feedback, lr=1e-4, weight_decay=1e-6)
-
-    One optimiser over ``model.parameters()`` also trains it (with the weights' settings).
-    Under DDP the gradient of ``B`` is averaged like any parameter's, so every rank makes the same
-    update (apply and materialise before wrapping). A warning is given once when the weights
-    change but ``B`` does not while it has a gradient (no optimiser holds it: DKP would then be
-    DFA).
-    """
-
-    name = "DKP"
-    key = "dkp"
-    learns_feedback = True
-
-    def __init__(
-        self,
-        distribution: str = "uniform",
-        scale: str | float = "nokland",
-        seed: int = 0,
-        check_finite: bool = True,
-        *,
-        forward_time: bool = False,
-    ) -> None:
-        super().__init__(
-            distribution,
-            scale,
-            shared=False,
-            seed=seed,
-            check_finite=check_finite,
-            forward_time=forward_time,
-        )
-
-    def __repr__(self) -> str:
-        return f"DKP(distribution={self.distribution!r}, scale={self.scale!r}, seed={self.seed})"
-
-    def feedback_gradient(self, block, error, rows, derivative) -> torch.Tensor:
-        """``dL/dB_l = e^T h_l``, summed over the samples."""
-        assert rows is not None
-        return error.t() @ rows
-
-
-class FDFA(DirectFeedback):
-    """Forward Direct Feedback Alignment: DFA whose feedback matrices estimate the true
-    Jacobians from forward-mode directional derivatives (Bacho and Chu, "Low-variance forward
-    gradients using direct feedback alignment and momentum", Neural Networks 2024; reference code
-    Florian-BACHO/FDFA).
-
-    During each training forward pass every point ``l`` adds a random direction
-    ``u_l ~ N(0, I)`` to the tangent of its output (forward-mode AD, ``torch.autograd.forward_ad``),
-    so the output's tangent is the sum of directional derivatives ``d = sum_l J_l u_l`` with
-    ``J_l = dy/dh_l``. Since the directions are independent with ``E[u u^T] = I``,
-    ``E[d u_l^T] = J_l``: one forward pass gives an unbiased, noisy estimate of every point's
-    Jacobian at once. ``B_l`` (shape ``(d_out, n_l)``) is a parameter whose gradient is
-
-        dL/dB_l = B_l - (1/n) d^T u_l        (d: (n, d_out) rows, u_l: (n, n_l) rows)
-
-    so an SGD step of rate ``1 - beta`` is the momentum average
-    ``B_l <- beta B_l + (1 - beta) (1/n) d^T u_l`` of the estimates (the reference trains it with
-    Adam). The hidden signal is DFA's through the estimate, ``delta_l = (B_l e) * f'(a_l)``,
-    which tends to BP's ``J_l^T e`` (per sample, the Jacobian averaged over the samples and
-    steps). ``B`` starts at zero, as in the reference, so the first step trains only the top.
-
-    Every op between a point and the output must support forward-mode AD (PyTorch's built-in
-    layers do; a custom ``autograd.Function`` needs a ``jvp``); a forward pass costs about twice
-    as much. The directions are drawn from the global RNG. Make the matrix before building the
-    optimiser (``apply(model, example_input=x)``), as for :class:`DKP`; under DDP its gradient is
-    averaged across ranks like any parameter's, so every rank keeps the same estimate.
-    """
-
-    name = "FDFA"
-    key = "fdfa"
-    learns_feedback = True
-    forward_gradient = True
-
-    def __init__(
-        self, seed: int = 0, check_finite: bool = True, *, forward_time: bool = False
-    ) -> None:
-        super().__init__(
-            "gaussian",
-            "none",
-            shared=False,
-            seed=seed,
-            check_finite=check_finite,
-            forward_time=forward_time,
-        )
-
-    def __repr__(self) -> str:
-        return f"FDFA(seed={self.seed})"
-
-    def initial_feedback(self, shape, layout, dtype, device) -> torch.Tensor:
-        """Zero, as in the reference: the estimate is built from the directional derivatives."""
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    def feedback_gradient(self, block, error, rows, derivative) -> torch.Tensor:
-        """``B_l - (1/n) d^T u_l``; a point that drew no direction (frozen below) decays to 0."""
-        if rows is None or derivative is None:
-            return block
-        return block - derivative.t() @ rows / rows.shape[0]
-
-
 class Shallow(DirectFeedback):
     """Control: the graph is cut at the points and nothing is fed back; only the top learns."""
 
@@ -808,8 +721,7 @@ class _Pass:
     head_output: torch.Tensor | None = None  # the injected head output
     injected: tuple | None = None  # (signature, key, records) of this forward pass
     pending: tuple | None = None  # (signature, key, records) awaiting verification
-    dual: Any = None  # FDFA: the forward-mode AD level entered for this pass
-    directions: dict[str, torch.Tensor] = field(default_factory=dict)  # FDFA: u_l per point
+    tangents: Any = None  # FDFA: rule.forward_tangents(...) of this pass (forward-mode AD)
     forward_time: bool = False  # DRTP(forward_time=True): the points update as the pass runs
 
 
@@ -918,16 +830,14 @@ class _Binding:
         self.mode = "rule"  # or "backprop": record points, cut nothing
         self.layout: FeedbackLayout | None = None
         self.recorders: list[list[tuple[str, torch.Tensor]]] = []
-        self.learned = rule.learns_feedback  # B is a parameter (DKP), else a buffer
+        self.learned = rule.learns_feedback  # B is a parameter (DKP, FDFA), else a buffer
         if self.learned:
             model.register_parameter(FEEDBACK_BUFFER, None)
         else:
             model.register_buffer(FEEDBACK_BUFFER, None)
         self.materializing = False  # inside rule.materialize: a learned B may be made
         self.initial_layout: FeedbackLayout | None = None  # the scaled layout B was drawn for
-        self._stepped: tuple | None = None  # (id, version) of B and of a hidden weight
-        self._probe: tuple | None = None  # (roles it was found in, a hidden weight) for that
-        self._warned_unstepped = False
+        self.watch = rule.step_watch()  # a learned B: warns when no optimiser steps it
         self.feeds = rule.feeds_back
         self.verifier = _Verifier()  # what the cut verification proved
         self.projector: Projector | None = None  # P = s(e) @ B, a slice per point (the layout's)
@@ -985,9 +895,7 @@ class _Binding:
             self.now.grad_at_start = grad = torch.is_grad_enabled()
             if grad and self.mode == "rule":
                 refuse_reverse_transform(type(module).__name__, self.rule.name)
-                if self.rule.forward_gradient:
-                    _refuse_compiled_forward_gradient(self.rule.name, type(module).__name__)
-                    self.now.dual = _forward_mode()
+                self.now.tangents = self.rule.forward_tangents(type(module).__name__)
                 self.now.forward_time = (
                     self.rule.forward_time
                     and module.training  # an eval-mode pass (validation) updates nothing
@@ -1127,20 +1035,12 @@ class _Binding:
             self.now.records.append((point, torch.empty_like(tensor, device="meta"), axes))
         elif tensor.requires_grad:
             self.now.records.append((point, tensor, axes))
-        if self.now.dual is not None:
-            cut = _replace_first(cut, self._perturb(point, tensor, _first_tensor(cut, name)))
+        if self.now.tangents is not None:
+            perturbed = self.now.tangents.perturb(point, tensor, _first_tensor(cut, name))
+            cut = _replace_first(cut, perturbed)
         if isinstance(cut, torch.Tensor):
             self.now.last_cut = (cut, tensor)
         return cut
-
-    def _perturb(self, point: str, tensor: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
-        """FDFA: the cut output carries the tangent that reached it plus a new direction
-        ``u_l ~ N(0, I)`` (``detach`` drops tangents: the cut keeps only the graph's cut)."""
-        incoming = fwAD.unpack_dual(tensor).tangent
-        direction = torch.randn_like(cut)
-        self.now.directions[point] = direction
-        tangent = direction if incoming is None else incoming + direction
-        return fwAD.make_dual(fwAD.unpack_dual(cut).primal, tangent)
 
     def _update_now(self, point: str, tensor: torch.Tensor, axes: tuple[int, ...] | None) -> None:
         """DRTP(forward_time=True): the block below this point learns now from ``B_l (-y*/n)``
@@ -1200,7 +1100,7 @@ class _Binding:
                 "point at a module's output instead"
             )
         tensor = args[0]
-        if self.now.dual is not None or self.now.forward_time:
+        if self.now.tangents is not None or self.now.forward_time:
             raise PlacementError(
                 f"feedback point {name!r} is at a module's input, which "
                 f"{self.rule.name}{'(forward_time=True)' if self.rule.forward_time else ''} does "
@@ -1348,8 +1248,8 @@ class _Binding:
                 )
             return result
         finally:
-            if self.now.dual is not None:
-                self.now.dual.close()
+            if self.now.tangents is not None:
+                self.now.tangents.close()
             if self.now.forward_time:
                 self.rule._targets = None  # type: ignore[attr-defined]  # consumed by this pass
             self._clear_pass()  # frees the recorded tensors at once
@@ -1374,26 +1274,7 @@ class _Binding:
             return y
         if self.now.forward_time:  # their blocks learned during the pass: nothing to feed back
             records = [r for r in records if r[1].device.type != "meta"]
-        derivative = None
-        if self.now.dual is not None:
-            derivative = fwAD.unpack_dual(y).tangent
-            if derivative is None:
-                raise PlacementError(
-                    f"{self.rule.name}: no forward-mode tangent reached the output from the "
-                    f"feedback points {[n for n, _, _ in records]}: an op between them and the "
-                    "output drops tangents, so the Jacobians cannot be estimated. Usually the output "
-                    "reads another output of a point than its first, which the cut detaches (an "
-                    "RNN head on h_n: read out[:, -1] instead), or the path holds a detach, a "
-                    "custom autograd.Function without jvp, or code that unpacks dual tensors. "
-                    "DKP and DFA need no tangents"
-                )
-            derivative = derivative.detach()
-        if self.learned and self.rule.forward_gradient:
-            values = [self.now.directions.get(name) for name, _, _ in records]
-        elif self.learned:
-            values = [h.detach() for _, h, _ in records]
-        else:
-            values = None
+        values, derivative = self.rule.saved_for_feedback(records, y, self.now.tangents)
         forward = _Forward(
             [h.shape for _, h, _ in records],
             [axes for _, _, axes in records],
@@ -1584,72 +1465,14 @@ class _Binding:
             None if row is None else _to_point_layout(row, shape, axes, samples)
             for row, shape, axes in zip(rows, hidden_shapes, forward.axes, strict=True)
         ]
-        if self.learned:
-            derivative = None
-            if forward.derivative is not None:
-                derivative = forward.derivative
-                if forward.output_axes is not None:
-                    rest = [a for a in range(derivative.dim()) if a not in forward.output_axes]
-                    derivative = derivative.permute(*forward.output_axes, *rest)
-                derivative = derivative.reshape(-1, layout.out_features).to(flat.dtype)
+        if self.learned:  # B's own gradient, the input after the points' (rules/learned.py)
             grad = (
-                self._feedback_grad(buffer, flat, forward, derivative) if needed[points] else None
+                self.rule.matrix_gradient(buffer, flat, forward, layout) if needed[points] else None
             )
             signals.append(grad)
-            self._check_stepped(buffer)
+            if self.watch is not None:
+                self.watch.check(self.rule, self.owner, self.verifier.roles, buffer)
         return signals
-
-    def _feedback_grad(
-        self,
-        matrix: torch.Tensor,
-        error: torch.Tensor,
-        forward: _Forward,
-        derivative: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The learned ``B``'s gradient, point by point in its columns: ``(d_out, total)``
-        (DKP: ``e^T h_l``; FDFA: ``B_l - d^T u_l / n``; :meth:`DirectFeedback.feedback_gradient`)."""
-        layout = self.layout
-        assert forward.values is not None and layout is not None
-        samples = error.shape[0]
-        detached = matrix.detach()
-        blocks = []
-        for index, (value, axes) in enumerate(zip(forward.values, forward.axes, strict=True)):
-            start, width = layout.offsets[index], layout.widths[index]
-            rows = None if value is None else _to_rows(value, axes, samples).to(error.dtype)
-            block = detached[:, start : start + width].to(error.dtype)
-            blocks.append(self.rule.feedback_gradient(block, error, rows, derivative))
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-
-    def _check_stepped(self, matrix: torch.Tensor) -> None:
-        """Warns once when a hidden weight changed between two backward passes but the learned
-        ``B`` did not: no optimiser holds ``B``, so DKP would be DFA."""
-        if self._warned_unstepped or torch.compiler.is_compiling():
-            return
-        roles = self.verifier.roles
-        if self._probe is None or self._probe[0] is not roles:  # a new proof: look again, once
-            hidden = (p for n, p in self.owner.named_parameters() if roles.get(n) == "hidden")
-            self._probe = (roles, next(hidden, None))
-        probe = self._probe[1]
-        if probe is None:
-            return
-        now = ((id(matrix), matrix._version), (id(probe), probe._version))
-        last, self._stepped = self._stepped, now
-        if last is not None and last[0] == now[0] and last[1] != now[1]:
-            self._warned_unstepped = True
-            meaning = (
-                "it stays at its initial zero, so the layers below the points get no signal "
-                "(only the top learns)"
-                if self.rule.forward_gradient
-                else "it does not learn (this is DFA)"
-            )
-            warnings.warn(
-                f"{self.rule.name}: the weights below the feedback points changed but the "
-                f"feedback matrix {FEEDBACK_BUFFER!r} did not, although it receives a gradient: "
-                f"no optimiser holds it (or it does not require grad), so {meaning}. Build the "
-                "optimiser after rule.apply(model, example_input=x), or give it "
-                "rule.feedback_parameters(model)",
-                stacklevel=2,
-            )
 
     # --- checkpoints -----------------------------------------------------------------------------
 
@@ -1687,7 +1510,8 @@ class _Binding:
                     stacklevel=3,
                 )
                 state_dict[key] = self._draw(tuple(current.shape), current.dtype, current.device)
-                self._stepped = None
+                if self.watch is not None:
+                    self.watch.reset()
             return
         if current is None or tuple(current.shape) != tuple(incoming.shape):
             device = current.device if current is not None else incoming.device
@@ -1696,7 +1520,8 @@ class _Binding:
                 module._parameters[FEEDBACK_BUFFER] = nn.Parameter(room)
             else:
                 module._buffers[FEEDBACK_BUFFER] = room
-        self._stepped = None
+        if self.watch is not None:
+            self.watch.reset()
         self.layout = self.projector = None  # re-checked against the loaded matrix next pass
         self.verifier.forget()
 
@@ -1828,29 +1653,6 @@ def _to_rows(h: torch.Tensor, axes: tuple[int, ...] | None, samples: int) -> tor
         rest = [d for d in range(h.dim()) if d not in axes]
         h = h.permute(*axes, *rest)
     return h.reshape(samples, -1)
-
-
-def _refuse_compiled_forward_gradient(rule: str, model: str) -> None:
-    """FDFA under ``torch.compile``: the compiled blocks between the points are autograd
-    Functions without a forward-mode derivative, so the tangents that estimate the Jacobians
-    cannot pass them (PyTorch would raise a bare ``NotImplementedError`` from inside a block)."""
-    if called_from_compiled_code(own=_EagerHook._run):
-        raise PlacementError(
-            f"{rule} on {model} runs under torch.compile, whose compiled blocks define no "
-            "forward-mode derivative: the tangents that estimate each point's Jacobian cannot "
-            f"pass them. Train {rule} on the uncompiled model (call the module itself, not "
-            "torch.compile(model) or model.compile()), or use DKP or DFA, which compile"
-        )
-
-
-def _forward_mode() -> contextlib.ExitStack:
-    """Entered for an FDFA forward pass: a forward-mode AD level, and attention by the math
-    kernel (the fused CPU/CUDA kernels define no forward-mode derivative; the math kernel's ops
-    do). Closed at the end of the pass (``ExitStack.close``)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(fwAD.dual_level())
-    stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-    return stack
 
 
 def _feedback_tensor(model: nn.Module) -> torch.Tensor | None:
@@ -2050,3 +1852,14 @@ def _replace_output(output: Any, selector: OutputSelector, value: torch.Tensor) 
         return output
     setattr(output, selector, value)
     return output
+
+
+def __getattr__(name: str) -> Any:
+    """``DKP`` and ``FDFA``, importable from here as before they moved to
+    :mod:`feedback_alignment.rules.learned` (imported on first use: that module imports this
+    one)."""
+    if name in ("DKP", "FDFA"):
+        from feedback_alignment.rules import learned
+
+        return getattr(learned, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
