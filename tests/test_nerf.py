@@ -206,6 +206,36 @@ def test_nerf_task_writes_results_table_and_images(tmp_path):
         nerf.NeRFTaskConfig(rules=("FA",))
 
 
+def test_nerf_authors_task_trains_the_authors_field_with_its_own_rates_and_table(tmp_path):
+    from dataclasses import replace
+
+    from feedback_alignment.experiments import nerf, tuning
+    from feedback_alignment.experiments.registry import RunOptions, tasks
+
+    assert "nerf-authors" in tasks() and "nerf-authors" in tuning.tunables()
+    authors = nerf.AUTHORS
+    assert authors.model.density == "relu" and authors.model.feature_relu
+    assert authors.lr["DFA"] == pytest.approx(authors.lr["BP"] / 5)  # the authors' ratio
+    # the ``nerf`` task is unchanged: softplus density, linear feature layer, its own rates
+    assert nerf.NeRFTaskConfig().model.density == "softplus"
+    assert not nerf.NeRFTaskConfig().model.feature_relu
+    # each task reads its own stored rates
+    (tmp_path / "nerf.json").write_text(json.dumps({"arms": {"DFA": {"values": {"lr": 7e-3}}}}))
+    tuned = replace(authors, tuned_dir=tmp_path)
+    assert nerf.learning_rates(tuned)["DFA"] == authors.lr["DFA"]
+    assert nerf.learning_rates(replace(nerf.NeRFTaskConfig(), tuned_dir=tmp_path))["DFA"] == 7e-3
+    config = replace(
+        nerf.QUICK_AUTHORS, downscale=5, steps=6, eval_every=3, rays=64, test_views=2, tuned=False
+    )
+    out = tmp_path / "run"
+    out.mkdir()
+    report = nerf.run(RunOptions(out_dir=out, quick=True, progress=False, tuned=False), config)
+    assert (out / "nerf_authors_quick.json").is_file() and "### nerf-authors" in report.markdown
+    assert "relu density, feature layer with a ReLU and its own feedback point" in report.markdown
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["task"] == "nerf-authors" and payload["config"]["model"]["density"] == "relu"
+
+
 # ---- hierarchical sampling: two fields, two error sites -----------------------------------------
 
 

@@ -31,7 +31,7 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
         return sum(values) / len(values) if values else math.nan
 
     table = Table(
-        "nerf_quick" if quick else "nerf",
+        config.task.replace("-", "_") + ("_quick" if quick else ""),
         [Column("rule", align="left"), Column("test PSNR dB (ours)", 2),
          Column("worst seed PSNR dB (ours)", 2), Column("test SSIM (ours)", 3),
          Column("paper PSNR dB (NeRF-Synthetic mean)", 2)],
@@ -57,14 +57,15 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
     rates = {r: ", ".join(f"{x:.2g}" for x in v) for r, v in rates.items()}
     epsilons = {r: sorted({x.eps for x in results if x.rule == r}) for r in config.rules}
     epsilons = {r: ", ".join(f"{x:.1e}" for x in v) for r, v in epsilons.items()}
-    tuned = config.tuned and bool(tuning.tuned_values("nerf", config.tuned_dir))
+    tuned = config.tuned and bool(tuning.tuned_values(config.task, config.tuned_dir))
     table.caption = (
         f"Ordering of the means (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
         f"({' > '.join(paper_order)}){per_seed}. Gap BP - DFA: ours "
         f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
-        f"frequencies, "
+        f"frequencies, {m.density} density, feature layer "
+        f"{'with a ReLU and its own feedback point' if m.feature_relu else 'linear (no point)'}, "
         + (
             f"hierarchical sampling: {m.n_samples} stratified samples per ray for the coarse "
             f"field, {m.n_importance} more from its weights for the fine field (loss: coarse + "
