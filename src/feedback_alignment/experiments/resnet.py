@@ -24,9 +24,10 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -78,28 +79,40 @@ def run_experiment(
     progress: bool = True,
     quick: bool = False,
     workers: int = 1,
+    *,
+    task: str = "resnet",
+    summarise: Callable[..., Table] | None = None,
+    title: str = "",
+    references: dict[str, Any] | None = None,
 ) -> tuple[list[RunRecord], str, list[Path]]:
-    """Trains every (rule, seed); writes ``results.json`` and the table into ``out_dir``."""
+    """Trains every (rule, seed); writes ``results.json`` and the table into ``out_dir``.
+
+    ``task``, ``summarise`` (the table: :func:`summary` by default), ``title`` (the section's
+    heading after the task's name) and ``references`` (the papers' figures stored beside the
+    runs) let a variant of this task (``resnet-seeds``) reuse the loop."""
     tensors = tensors if tensors is not None else convnets.load_fashion_mnist(config)
     records = convnets.train_all(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
-    table = summary(records, config, sizes, seconds, quick)
+    table = (summarise or summary)(records, config, sizes, seconds, quick)
+    if references is None:
+        references = {"biotorch_reference_error": BIOTORCH_CIFAR10_RESNET20_ERROR}
     files = [
         write_results(
             out_dir,
-            "resnet",
+            task,
             quick,
             config.seeds,
             config=config,
             data={"name": "Fashion-MNIST", **sizes},
             seconds=seconds,
-            biotorch_reference_error=BIOTORCH_CIFAR10_RESNET20_ERROR,
+            **references,
             runs=records,
         ),
         *write_table(out_dir, table, config.seeds),
     ]
-    markdown = f"### resnet: ResNet-{config.depth} (BatchNorm) on Fashion-MNIST\n\n"
+    heading = title or f"ResNet-{config.depth} (BatchNorm) on Fashion-MNIST"
+    markdown = f"### {task}: {heading}\n\n"
     return records, markdown + table.to_markdown(), files
 
 

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import torch
 
-from feedback_alignment.experiments import convnets, tuning
+from feedback_alignment.experiments import resnet, tuning
 from feedback_alignment.experiments.convnets import RunRecord
 from feedback_alignment.experiments.convnets_report import run_rate
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR
@@ -39,13 +39,7 @@ from feedback_alignment.experiments.registry import (
     run_seeds,
 )
 from feedback_alignment.experiments.resnet import ResNetConfig
-from feedback_alignment.experiments.results import (
-    Column,
-    Table,
-    mean_std,
-    write_results,
-    write_table,
-)
+from feedback_alignment.experiments.results import Column, Table, mean_std
 
 TASK = "resnet-seeds"
 RULES: tuple[str, ...] = ("BP", "uSF")
@@ -160,28 +154,12 @@ def run_experiment(
     quick: bool = False,
     workers: int = 1,
 ) -> tuple[list[RunRecord], str, list[Path]]:
-    """Trains every (rule, seed); writes ``results.json`` and the table into ``out_dir``."""
-    tensors = tensors if tensors is not None else convnets.load_fashion_mnist(config)
-    records = convnets.train_all(config, tensors, progress, workers)
-    sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
-    seconds = sum(r.seconds for r in records)
-    table = summary(records, config, sizes, seconds, quick)
-    files = [
-        write_results(
-            out_dir,
-            TASK,
-            quick,
-            config.seeds,
-            config=config,
-            data={"name": "Fashion-MNIST", **sizes},
-            seconds=seconds,
-            biotorch_adam_reference_error=BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR,
-            runs=records,
-        ),
-        *write_table(out_dir, table, config.seeds),
-    ]
-    markdown = f"### {TASK}: BP and uSF, ResNet-{config.depth} (BatchNorm), over seeds\n\n"
-    return records, markdown + table.to_markdown(), files
+    """The ``resnet`` task's loop (:func:`.resnet.run_experiment`) with this task's table."""
+    return resnet.run_experiment(
+        config, out_dir, tensors, progress, quick, workers, task=TASK, summarise=summary,
+        title=f"BP and uSF, ResNet-{config.depth} (BatchNorm), over seeds",
+        references={"biotorch_adam_reference_error": BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR},
+    )  # fmt: skip
 
 
 @register_task(
