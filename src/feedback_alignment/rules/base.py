@@ -27,6 +27,16 @@ class BottleneckWarning(UserWarning):
     fa.BottleneckWarning)``, or turn it into an error with ``"error"``)."""
 
 
+class LossScaleWarning(UserWarning):
+    """A rule whose signal does not come from the loss (DRTP's hidden signal, FDFA's gradient of
+    its feedback matrix) ran a training forward pass under autocast while its ``loss_scale`` was
+    still 1: if the loss is scaled (``torch.amp.GradScaler``), set ``rule.loss_scale = scaler``,
+    or ``scaler.unscale_``/``scaler.step`` divides that part of the update by the scale.
+
+    Given once per process (filter it with ``warnings.simplefilter("ignore",
+    fa.rules.LossScaleWarning)`` when the loss is not scaled, e.g. bfloat16 without a scaler)."""
+
+
 class FeedbackResetWarning(UserWarning):
     """A checkpoint without a rule's *learned* feedback (Kolen-Pollack's ``B``, the weight
     mirror's ``B``) was loaded: that feedback starts again from its initial draw."""

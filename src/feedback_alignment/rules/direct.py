@@ -45,6 +45,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -83,6 +84,7 @@ from feedback_alignment.rules.base import (
     BottleneckWarning,
     BoundRule,
     FeedbackResetWarning,
+    LossScaleWarning,
     refuse_compiled_wrapper,
     refuse_reverse_transform,
 )
@@ -311,16 +313,11 @@ class DirectFeedback(BoundRule):
         try:
             with torch.enable_grad():
                 model(*args, **kwargs)
-        except NotImplementedError as error:
-            if not self.forward_gradient:
+        except Exception as error:
+            wrapped = self._example_failure(error, model)
+            if wrapped is error:
                 raise
-            raise PlacementError(
-                f"{self.name} carries forward-mode tangents from the feedback points to the "
-                f"output of {type(model).__name__}, and an op on that path has no forward-mode "
-                f"derivative ({str(error).splitlines()[0][:160]}). Give a custom "
-                "autograd.Function a jvp (and a setup_context), replace the op, or train with "
-                "DKP or DFA, which need no tangents"
-            ) from error
+            raise wrapped from error
         finally:
             binding.materializing = False
             model.train(training)
@@ -331,6 +328,37 @@ class DirectFeedback(BoundRule):
                 "pass an input of the kind training uses"
             )
         return model
+
+    def _example_failure(self, error: Exception, model: nn.Module) -> Exception:
+        """The exception to raise when running the example input raised ``error``: the same
+        type (raised from ``error``) with a message that says where it came from, so that code
+        catching, say, ``RuntimeError`` still does; ``error`` itself with that note added where
+        its type cannot be rebuilt from a message. FDFA's missing forward-mode derivative is a
+        :class:`PlacementError` naming the remedy."""
+        first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        note = (
+            f"(raised while running the example input through {type(model).__name__}: "
+            f"{self.name}.apply(model, example_input=...) or {self.name}.materialize(model, "
+            "...) runs it as a batch of the inputs training uses, batch axis included, e.g. "
+            "x[:2] and not x[0]; a tensor is the model's one positional argument, a tuple its "
+            "positional arguments, a dict its keyword arguments)"
+        )
+        if isinstance(error, NotImplementedError) and self.forward_gradient:
+            return PlacementError(
+                f"{self.name} carries forward-mode tangents from the feedback points to the "
+                f"output of {type(model).__name__}, and an op on that path has no forward-mode "
+                f"derivative ({first}). Give a custom autograd.Function a jvp (and a "
+                "setup_context), replace the op, or train with DKP or DFA, which need no "
+                "tangents"
+            )
+        try:
+            wrapped = type(error)(f"{error} {note}")
+        except Exception:
+            wrapped = None
+        if type(wrapped) is not type(error):  # a type that is not built from one message
+            error.add_note(note)
+            return error
+        return wrapped
 
     def feedback_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The trainable feedback (:class:`DKP`'s and :class:`FDFA`'s matrix), for an optimiser
@@ -486,8 +514,9 @@ class DirectFeedback(BoundRule):
     # autograd (and DDP) deliver its gradient.
 
     def forward_tangents(self, model_name: str) -> Any:
-        """Called by the binding when a training forward pass with gradients begins (the rule in
-        force, not ``fa.backprop``). Returns ``None`` (the default), or an object that carries
+        """Called by the binding when a training forward pass with gradients begins (the model in
+        training mode, or :meth:`materialize`'s pass; the rule in force, not ``fa.backprop``).
+        Returns ``None`` (the default), or an object that carries
         forward-mode tangents through this pass (FDFA's
         :class:`~feedback_alignment.rules.learned.ForwardTangents`): each feedback point then
         hands its cut output to the object's ``perturb(point, uncut, cut)``, and the end of the
@@ -510,11 +539,11 @@ class DirectFeedback(BoundRule):
         error: torch.Tensor,
         forward: _Forward,
         layout: FeedbackLayout,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Called by the binding in the backward pass, after the projection, when the learned
         matrix (``matrix``, ``(d_out, total)``) needs a gradient; ``error`` holds the error rows
-        ``(n, d_out)`` and ``forward`` what :meth:`saved_for_feedback` saved. A fixed matrix has
-        none."""
+        ``(n, d_out)`` and ``forward`` what :meth:`saved_for_feedback` saved; ``None``: no
+        gradient from this pass (FDFA's eval-mode passes). A fixed matrix has none."""
         raise NotImplementedError(f"{self.name}'s feedback is fixed: it has no gradient")
 
     def step_watch(self) -> Any:
@@ -525,6 +554,91 @@ class DirectFeedback(BoundRule):
         :class:`~feedback_alignment.rules.learned.StepWatch`: a warning when no optimiser steps
         the learned matrix)."""
         return None
+
+
+class LossScaled:
+    """Mixin of the direct rules part of whose update is not made from the loss: DRTP's hidden
+    signal (from the targets) and FDFA's gradient of ``B`` (from forward-mode tangents). A
+    scaled loss (``torch.amp.GradScaler``: ``scaler.scale(loss).backward()``) scales every
+    gradient made from it by ``S``, and ``scaler.unscale_``/``scaler.step`` divides every
+    gradient by ``S``; these parts must be multiplied by ``S`` too, or they shrink ``S`` times
+    (65536 by default) and stop learning. :attr:`loss_scale` tells the rule ``S``."""
+
+    _loss_scale: Any = 1.0  # a number, or an object with get_scale() (a GradScaler)
+    _loss_scale_set = False  # whether the user set loss_scale (then no LossScaleWarning)
+    #: what is not made from the loss (for the LossScaleWarning)
+    unscaled_part = "part of its update"
+
+    @property
+    def loss_scale(self) -> float:
+        """The factor on the loss, ``S`` (default 1.0), multiplied into the part of the update
+        that is not made from the loss, so that it carries the same scale as the rest.
+
+        Set it to a ``torch.amp.GradScaler`` once (``rule.loss_scale = scaler``): the rule then
+        reads ``scaler.get_scale()`` whenever it makes that part (at the backward pass; for
+        ``DRTP(forward_time=True)`` at the forward pass), so it follows the scaler's growth and
+        backoff, and a disabled scaler reads 1. Or set a number, the factor your own code
+        multiplies the loss by (``(loss * S).backward()``), before each backward pass. Reading it
+        gives the current factor as a float (a scaler's ``get_scale()``, one host sync on a
+        GPU)."""
+        scale = self._loss_scale
+        return float(scale.get_scale()) if hasattr(scale, "get_scale") else float(scale)
+
+    @loss_scale.setter
+    def loss_scale(self, value: Any) -> None:
+        if not hasattr(value, "get_scale"):
+            if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+                raise TypeError(
+                    f"{type(self).__name__}.loss_scale must be a number or a "
+                    f"torch.amp.GradScaler, got {type(value).__name__}"
+                )
+            value = float(value)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"{type(self).__name__}.loss_scale must be finite and positive, got {value}"
+                )
+        self._loss_scale = value
+        self._loss_scale_set = True
+
+    def _check_autocast(self) -> None:
+        """At a training forward pass: a :class:`LossScaleWarning`, once per process, when it
+        runs under autocast (any device) while :attr:`loss_scale` was never set."""
+        global _loss_scale_warned
+        if _loss_scale_warned or self._loss_scale_set or not _autocast_enabled():
+            return
+        _loss_scale_warned = True
+        warnings.warn(
+            f"{self.name} ran a training forward pass under autocast with rule.loss_scale never "  # type: ignore[attr-defined]
+            f"set: {self.unscaled_part} is not made from the loss, so if you scale the loss with "
+            "torch.amp.GradScaler, set rule.loss_scale = scaler once, or scaler.unscale_ and "
+            "scaler.step divide it by the scale (65536 by default) and it stops learning. "
+            "Without a scaler, set rule.loss_scale = 1.0. Given once per process "
+            "(fa.rules.LossScaleWarning)",
+            LossScaleWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+_loss_scale_warned = False
+"""Whether this process has given the :class:`LossScaleWarning` (it is given once)."""
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside torch and this library: the user's call of
+    the model (a warning from a hook is otherwise attributed to torch's internals)."""
+    frame, level = sys._getframe(1), 1
+    inside = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _autocast_enabled() -> bool:
+    """Whether autocast is on for any device type."""
+    check = getattr(torch._C, "_is_any_autocast_enabled", None)
+    if check is not None:
+        return bool(check())
+    return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
 
 
 class DFA(DirectFeedback):
@@ -544,12 +658,20 @@ class SignDFA(DirectFeedback):
         return torch.sign(error) / error.shape[0]
 
 
-class DRTP(DirectFeedback):
+class DRTP(LossScaled, DirectFeedback):
     """Direct Random Target Projection: ``delta_l = (B_l (-y*) / n) * f'(a_l)`` (Frenkel 2021).
 
     The hidden layers never see the error, only the targets of the batch, which must be given before
     each backward pass: ``rule.set_targets(y); loss.backward()``. Class indices are one-hot encoded
     with ``d_out`` classes; float targets of shape ``(*lead, d_out)`` are used as they are.
+
+    **Scaling**: the signal is made from the targets, not from the loss, so it sees no factor on
+    the loss. With a loss scaler (mixed precision), tell the rule the scale once,
+    ``rule.loss_scale = scaler`` (a ``torch.amp.GradScaler``; see :attr:`loss_scale`), or
+    ``scaler.step`` divides the hidden layers' update by it (a :class:`LossScaleWarning` is
+    given when a training pass runs under autocast without it). With gradient accumulation over
+    ``k`` micro-batches of ``(loss / k).backward()``, pass ``set_targets(y, weight=1/k)``. The
+    signal is ``-y* / n * weight * loss_scale``.
 
     ``forward_time=True``: since the signal needs no output, each block below a point computes
     its weight gradient **during the forward pass**, at its point, and its graph (the activations
@@ -565,6 +687,7 @@ class DRTP(DirectFeedback):
     name = "DRTP"
     key = "drtp"
     signal_before_output = True
+    unscaled_part = "its hidden layers' signal (made from the targets)"
 
     def __init__(
         self,
@@ -600,7 +723,8 @@ class DRTP(DirectFeedback):
                 targets, not from the loss, so it does not see a scale on the loss: with
                 gradient accumulation over ``k`` micro-batches of ``(loss / k).backward()``,
                 pass ``weight=1/k`` so that the hidden layers' gradient is the batch's mean, as
-                the top layer's is.
+                the top layer's is. A loss scaler's factor is :attr:`loss_scale`'s (set once),
+                not this one's: the two multiply.
         """
         if not isinstance(targets, torch.Tensor):
             raise TypeError(f"DRTP targets must be a tensor, got {type(targets).__name__}")
@@ -654,7 +778,8 @@ class DRTP(DirectFeedback):
                         "or soft labels)"
                     )
             encoded = F.one_hot(indices, classes)
-        return encoded.to(dtype=error.dtype, device=error.device) * (-self._weight / samples)
+        factor = -self._weight * self.loss_scale / samples
+        return encoded.to(dtype=error.dtype, device=error.device) * factor
 
 
 class Shallow(DirectFeedback):
@@ -874,6 +999,19 @@ class _Binding:
         state.update(now=_Pass(), recorders=[])
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling: a binding pickled by an earlier version lacks the attributes added since
+        (``watch``, with the learned rules' extension points); they get the value apply gives."""
+        self.__dict__.update(state)
+        if "watch" not in state:  # before 956c8f2 the binding kept the step watch's state itself
+            self.watch = self.rule.step_watch()
+            if self.watch is not None and state.get("_warned_unstepped"):
+                self.watch.warned = True
+            for former in ("_warned_unstepped", "_stepped", "_probe"):
+                self.__dict__.pop(former, None)
+        if "materializing" not in state:
+            self.materializing = False
+
     @property
     def calls(self) -> dict[str, int]:
         """Calls of each point module in this forward pass (the bindings' protocol, see
@@ -895,7 +1033,13 @@ class _Binding:
             self.now.grad_at_start = grad = torch.is_grad_enabled()
             if grad and self.mode == "rule":
                 refuse_reverse_transform(type(module).__name__, self.rule.name)
-                self.now.tangents = self.rule.forward_tangents(type(module).__name__)
+                if module.training and isinstance(self.rule, LossScaled):
+                    self.rule._check_autocast()
+                if module.training or self.materializing:
+                    # FDFA: tangents in training passes only (an eval-mode pass draws no
+                    # direction, and B gets no gradient from it); materialize's pass checks
+                    # that tangents reach the output
+                    self.now.tangents = self.rule.forward_tangents(type(module).__name__)
                 self.now.forward_time = (
                     self.rule.forward_time
                     and module.training  # an eval-mode pass (validation) updates nothing
@@ -1470,7 +1614,7 @@ class _Binding:
                 self.rule.matrix_gradient(buffer, flat, forward, layout) if needed[points] else None
             )
             signals.append(grad)
-            if self.watch is not None:
+            if grad is not None and self.watch is not None:
                 self.watch.check(self.rule, self.owner, self.verifier.roles, buffer)
         return signals
 

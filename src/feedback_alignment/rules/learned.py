@@ -35,6 +35,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,7 @@ from feedback_alignment.rules.base import called_from_compiled_code
 from feedback_alignment.rules.direct import (
     FEEDBACK_BUFFER,
     DirectFeedback,
+    LossScaled,
     Record,
     _EagerHook,
     _Forward,
@@ -181,7 +183,7 @@ class DKP(LearnedFeedback):
         return error.t() @ rows
 
 
-class FDFA(LearnedFeedback):
+class FDFA(LossScaled, LearnedFeedback):
     """Forward Direct Feedback Alignment: DFA whose feedback matrices estimate the true
     Jacobians from forward-mode directional derivatives (Bacho and Chu, "Low-variance forward
     gradients using direct feedback alignment and momentum", Neural Networks 2024; reference code
@@ -202,16 +204,33 @@ class FDFA(LearnedFeedback):
     which tends to BP's ``J_l^T e`` (per sample, the Jacobian averaged over the samples and
     steps). ``B`` starts at zero, as in the reference, so the first step trains only the top.
 
+    Directions are drawn, and ``B`` gets a gradient, only in training forward passes (model in
+    training mode, gradients enabled): an eval-mode pass with gradients draws nothing, and a
+    backward pass through it leaves ``B``'s gradient untouched.
+
+    **Scaling**: ``B``'s gradient is made from the tangents, not from the loss, so it does not
+    depend on the loss's reduction (mean or sum) or on any factor on the loss, unlike the
+    weights'. Hence: with a loss scaler (mixed precision), tell the rule the scale once,
+    ``rule.loss_scale = scaler`` (a ``torch.amp.GradScaler``; see :attr:`loss_scale`), which
+    multiplies ``B``'s gradient, or ``scaler.step`` divides it by the scale and ``B`` stops
+    learning (a :class:`~feedback_alignment.rules.base.LossScaleWarning` is given when a training
+    pass runs under autocast without it); with gradient accumulation over ``k`` micro-batches,
+    ``B``'s gradient is summed ``k`` times whatever the loss's ``1/k``: divide ``B``'s learning
+    rate by ``k``.
+
     Every op between a point and the output must support forward-mode AD (PyTorch's built-in
     layers do; a custom ``autograd.Function`` needs a ``jvp``); a forward pass costs about twice
-    as much. The directions are drawn from the global RNG. Make the matrix before building the
-    optimiser (``apply(model, example_input=x)``), as for :class:`DKP`; under DDP its gradient is
-    averaged across ranks like any parameter's, so every rank keeps the same estimate.
+    as much. FDFA is refused under ``torch.compile`` (compiled blocks define no forward-mode
+    derivative). The directions are drawn from the global RNG. Make the matrix before building
+    the optimiser (``apply(model, example_input=x)``), as for :class:`DKP`; under DDP its
+    gradient is averaged across ranks like any parameter's, so every rank keeps the same
+    estimate.
     """
 
     name = "FDFA"
     key = "fdfa"
     forward_gradient = True
+    unscaled_part = "the gradient of its feedback matrix B (made from forward-mode tangents)"
 
     def __init__(
         self, seed: int = 0, check_finite: bool = True, *, forward_time: bool = False
@@ -238,6 +257,17 @@ class FDFA(LearnedFeedback):
             return block
         return block - derivative.t() @ rows / rows.shape[0]
 
+    def matrix_gradient(self, matrix, error, forward, layout) -> torch.Tensor | None:
+        """``B_l - d^T u_l / n`` per point (:meth:`feedback_gradient`), computed in at least
+        float32 and multiplied by :attr:`loss_scale`, since the loss's scale is not in it;
+        ``None`` after a pass without tangents (an eval-mode pass): no gradient."""
+        if forward.derivative is None:
+            return None
+        dtype = torch.promote_types(error.dtype, matrix.dtype)
+        grad = super().matrix_gradient(matrix, error.to(dtype), forward, layout)
+        scale = self.loss_scale
+        return grad if scale == 1.0 else grad * scale
+
     def forward_tangents(self, model_name: str) -> ForwardTangents:
         """A forward-mode AD level for this training forward pass, in which every point adds its
         direction ``u_l`` (refused under ``torch.compile``)."""
@@ -251,6 +281,10 @@ class FDFA(LearnedFeedback):
         if tangents is None:  # no forward-mode level in this pass: no estimate (B decays)
             return [None for _ in records], None
         return tangents.values(records), tangents.derivative(y, records, self.name)
+
+
+_JVP_DECOMPOSITIONS = "torch._decomp.decompositions_for_jvp"
+_JIT_SCRIPT_DEPRECATED = r"`torch\.jit\.script` is (deprecated|not supported in Python 3\.14)"
 
 
 class ForwardTangents:
@@ -272,7 +306,15 @@ class ForwardTangents:
         direction = torch.randn_like(cut)
         self.directions[point] = direction
         tangent = direction if incoming is None else incoming + direction
-        return fwAD.make_dual(fwAD.unpack_dual(cut).primal, tangent)
+        if _JVP_DECOMPOSITIONS in sys.modules:
+            return fwAD.make_dual(fwAD.unpack_dual(cut).primal, tangent)
+        with warnings.catch_warnings():
+            # the first make_dual of a process imports torch's forward-mode decompositions,
+            # which call the deprecated torch.jit.script ~18 times (an error under -W error)
+            warnings.filterwarnings(
+                "ignore", message=_JIT_SCRIPT_DEPRECATED, category=DeprecationWarning
+            )
+            return fwAD.make_dual(fwAD.unpack_dual(cut).primal, tangent)
 
     def values(self, records: Sequence[Record]) -> list[torch.Tensor | None]:
         """The direction of each recorded point (``None``: a point that drew none, frozen below)."""
