@@ -50,6 +50,7 @@ from feedback_alignment.rules import (
 from feedback_alignment.rules.base import (
     BottleneckWarning,
     FeedbackResetWarning,
+    LossScaleWarning,
     applied_rules,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "FeedbackResetWarning",
     "KolenPollack",
     "LayerwiseFeedback",
+    "LossScaleWarning",
     "PlacementError",
     "Rule",
     "Shallow",

@@ -2,7 +2,7 @@
 feedback in ``learned``) and the layer-wise family."""
 
 from feedback_alignment.rules.backprop import BP
-from feedback_alignment.rules.base import LossScaleWarning, Rule  # noqa: F401 (see below)
+from feedback_alignment.rules.base import LossScaleWarning, Rule
 from feedback_alignment.rules.direct import (
     DFA,
     DRTP,
@@ -25,8 +25,6 @@ from feedback_alignment.rules.layerwise import (
 from feedback_alignment.rules.learned import DKP, FDFA
 from feedback_alignment.rules.registry import RULES, make_rule, rule_class
 
-# LossScaleWarning is importable as fa.rules.LossScaleWarning, to filter it; it is not in __all__,
-# since the API pages document the rules' names under fa, which does not export it yet.
 __all__ = [
     "BP",
     "DFA",
@@ -39,6 +37,7 @@ __all__ = [
     "DirectFeedback",
     "KolenPollack",
     "LayerwiseFeedback",
+    "LossScaleWarning",
     "Rule",
     "Shallow",
     "SignDFA",

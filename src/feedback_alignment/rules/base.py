@@ -34,7 +34,7 @@ class LossScaleWarning(UserWarning):
     or ``scaler.unscale_``/``scaler.step`` divides that part of the update by the scale.
 
     Given once per process (filter it with ``warnings.simplefilter("ignore",
-    fa.rules.LossScaleWarning)`` when the loss is not scaled, e.g. bfloat16 without a scaler)."""
+    fa.LossScaleWarning)`` when the loss is not scaled, e.g. bfloat16 without a scaler)."""
 
 
 class FeedbackResetWarning(UserWarning):

@@ -613,7 +613,7 @@ class LossScaled:
             "torch.amp.GradScaler, set rule.loss_scale = scaler once, or scaler.unscale_ and "
             "scaler.step divide it by the scale (65536 by default) and it stops learning. "
             "Without a scaler, set rule.loss_scale = 1.0. Given once per process "
-            "(fa.rules.LossScaleWarning)",
+            "(fa.LossScaleWarning)",
             LossScaleWarning,
             stacklevel=_caller_stacklevel(),
         )
