@@ -436,17 +436,19 @@ def register_search(
     quick: Callable[[], LearnedConfig],
     trials: int,
     held_out: str,
+    rates: tuple[float, float] = (1e-4, 1e-2),
 ) -> None:
     """Declares ``task``'s search of each rule's weight rate (the same for the LeNet and the
     ResNet tasks): a trial trains seed 0 for :data:`SEARCH_EPOCHS` epochs of ``config()``'s
     schedule and is scored on ``held_out`` images (``held_out`` names them in the schedule's
-    text); ``B``'s Adam rate is not searched."""
+    text); the rate is sampled log-uniformly in ``rates``; ``B``'s Adam rate is not searched."""
     full = config()
+    low, high = rates
     tuning.register_tunable(
         tuning.Tunable(
             task=task,
             arms=RULES,
-            space=lambda name: {"lr": tuning.Param(1e-4, 1e-2)},
+            space=lambda name: {"lr": tuning.Param(low, high)},
             defaults=lambda name: {"lr": full.lr},
             objective=validation_objective(
                 lambda: config(epochs=SEARCH_EPOCHS, measurements=1, seeds=(0,)),
