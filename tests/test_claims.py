@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feedback_alignment.experiments import claims, render
+from feedback_alignment.experiments import claim_checks, claims, render
 from feedback_alignment.experiments.results import Column, Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,8 @@ def test_a_status_flips_when_the_value_crosses_its_target(tmp_path):
     ("errors", "status", "detail"),
     [
         ({"uSF": 9.5}, claims.REPRODUCED, "0.50 points, within issue 13's 1 point"),
-        ({"uSF": 9.9}, claims.NOT_AT_SCALE, "uSF − BP = 0.90 points"),  # Adam column: 0.58
-        ({"uSF": 10.5}, claims.NOT_AT_SCALE, "uSF − BP = 1.50 points"),
+        ({"uSF": 9.9}, claims.NOT_AT_SCALE, "0.90 points, over the bar 0.58"),  # Adam column
+        ({"uSF": 10.5}, claims.NOT_AT_SCALE, "uSF − BP = 1.50 points, over the bar 0.58"),
         ({"uSF": 9.5, "DFA": 9.4}, claims.NOT_AT_SCALE, "uSF not ahead of FA and DFA"),
         ({"uSF": 9.58}, claims.REPRODUCED, "0.58 points, within issue 13's 1 point"),
     ],
@@ -100,6 +100,84 @@ def test_the_resnet_claim_holds_usf_to_biotorchs_own_gap(tmp_path, errors, statu
     outcome = _status("sign-symmetry-resnet", tmp_path)
     assert outcome.status == status and outcome.detail.endswith(detail)
     assert "BP 9.00 / uSF" in outcome.ours and "[resnet_fashion_mnist, 1 seed]" in outcome.ours
+
+
+def _resnet_seeds(folder: Path, gap: dict, bp: float = 9.0) -> None:
+    cell = {"mean": bp, "std": 0.2}
+    usf = {"mean": bp + gap["mean"], "std": 0.5}
+    rows = [["BP", cell], ["uSF", usf], ["uSF − BP (paired by seed)", gap]]
+    _write(folder, "resnet_seeds_fashion_mnist", ["rule", "test error %"], rows, seeds=[0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("gap", "dfa", "status", "detail"),
+    [
+        # bar = BioTorch's 0.58 + 2 x the spread of the paired gap
+        (
+            {"mean": 1.5, "std": 0.5},
+            30.0,
+            claims.REPRODUCED,
+            "1.50 points, outside issue 13's 1 point",
+        ),
+        ({"mean": 1.6, "std": 0.5}, 30.0, claims.NOT_AT_SCALE, "1.60 points, over the bar 1.58"),
+        ({"mean": 0.7, "std": 0.0}, 30.0, claims.NOT_AT_SCALE, "0.70 points, over the bar 0.58"),
+        (
+            {"mean": 0.5, "std": 0.1},
+            30.0,
+            claims.REPRODUCED,
+            "0.50 points, within issue 13's 1 point",
+        ),
+        ({"mean": 0.5, "std": 0.1}, 9.2, claims.NOT_AT_SCALE, "uSF not ahead of FA and DFA"),
+    ],
+)
+def test_the_resnet_claim_reads_the_paired_gap_over_seeds(tmp_path, gap, dfa, status, detail):
+    rows = [[r, v] for r, v in {"BP": 9.0, "uSF": 9.5, "FA": 20.0, "DFA": dfa}.items()]
+    _write(tmp_path, "resnet_fashion_mnist", ["rule", "test error %"], rows)
+    _resnet_seeds(tmp_path, gap)
+    outcome = _status("sign-symmetry-resnet", tmp_path)
+    assert outcome.status == status and outcome.detail.endswith(detail)
+    assert "[resnet_seeds_fashion_mnist, 3 seeds]" in outcome.ours
+    assert f"uSF − BP {gap['mean']:.2f} ± {gap['std']:.2f}" in outcome.ours
+
+
+def _learned_table(folder: Path, name: str, errors: dict, spread: float = 0.3) -> None:
+    angle = {"conv1 update angle (deg)": 80.0,
+             "conv update angle, mean over conv layers (deg)": 70.0}  # fmt: skip
+    column = claim_checks.LEARNED_ANGLES[name][0]
+    rows = [[rule, {"mean": e, "std": spread}, {"mean": angle[column], "std": 1.0}]
+            for rule, e in errors.items()]  # fmt: skip
+    _write(folder, name, ["rule", "test error %", column], rows, seeds=[0, 1, 2])
+
+
+@pytest.mark.parametrize("table", ["learned_feedback_fashion_mnist",
+                                   "learned_feedback_resnet_fashion_mnist"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("errors", "dkp", "fdfa"),
+    [
+        ({"BP": 10.0, "DKP": 12.0, "FDFA": 12.0, "DFA": 14.0}, "", ""),
+        (
+            {"BP": 10.0, "DKP": 13.5, "FDFA": 12.5, "DFA": 14.0},
+            "within the spread",
+            "less than half",
+        ),
+        (
+            {"BP": 10.0, "DKP": 14.5, "FDFA": 13.8, "DFA": 14.0},
+            "DKP not ahead of DFA",
+            "FDFA's lead over DFA within the spread",
+        ),
+        ({"BP": 10.0, "DKP": 10.4, "FDFA": 10.4, "DFA": 14.0}, "not behind BP", ""),
+    ],
+)
+def test_the_learned_feedback_orderings_flip_with_the_errors(tmp_path, table, errors, dkp, fdfa):
+    _learned_table(tmp_path, table, errors)
+    suffix = "conv" if table == "learned_feedback_fashion_mnist" else "resnet"
+    for claim, miss in ((f"dkp-{suffix}-order", dkp), (f"fdfa-{suffix}-order", fdfa)):
+        outcome = _status(claim, tmp_path)
+        if miss:
+            assert outcome.status == claims.NOT_AT_SCALE and miss in outcome.detail, claim
+        else:
+            assert outcome.status == claims.REPRODUCED, (claim, outcome)
+        assert f"[{table}, 3 seeds]" in outcome.ours
 
 
 def test_spread_and_seeds_come_from_the_json(tmp_path):

@@ -376,17 +376,42 @@ RESNET_GAP = round(
 1.42): ours trains with AdamW, so the column of the same optimiser sets the bar."""
 
 
+RESNET_SEEDS_TABLE = "resnet_seeds_fashion_mnist"
+"""The table of task ``resnet-seeds`` (BP and uSF, 3 seeds, with the paired gap row)."""
+
+RESNET_GAP_ROW = "uSF − BP (paired by seed)"
+
+
 def resnet_sign_symmetry(r: Results) -> Outcome:
-    """uSF within BioTorch's own gap of BP and ahead of both FA and DFA, on ResNet-20; the detail
-    says whether it is also within issue 13's 1 point (the LeNet target)."""
-    t = r["resnet_fashion_mnist"]
-    e = t.each("test error %", ("BP", "uSF", "FA", "DFA"))
-    gap = round(e["uSF"].mean - e["BP"].mean, 2)
+    """uSF's gap to BP against BioTorch's own (Adam column), and uSF ahead of both FA and DFA.
+
+    The gap is the ``resnet-seeds`` table's paired row (uSF's error minus BP's of the same seed,
+    mean ± std over seeds); BioTorch reports no spread, so the bar is its gap + 2 x our spread
+    of that difference (issue 22's reading, as for the recommenders). The ordering against FA
+    and DFA comes from the four-rule ``resnet`` table (one seed). Before ``resnet-seeds`` is
+    committed, the four-rule table's single-seed gap is held to BioTorch's gap itself. The
+    detail says whether the gap is also within issue 13's 1 point (the LeNet target)."""
+    four = r["resnet_fashion_mnist"]
+    e = four.each("test error %", ("BP", "uSF", "FA", "DFA"))
     ahead = e["uSF"].mean < min(e["FA"].mean, e["DFA"].mean)
-    miss = f"uSF − BP = {gap:.2f} points" if ahead else "uSF not ahead of FA and DFA"
+    try:
+        seeds = r[RESNET_SEEDS_TABLE]
+    except NotMeasured:
+        gap, bar = round(e["uSF"].mean - e["BP"].mean, 2), RESNET_GAP
+        ours, t = slash(e, 2) + " %", four
+    else:
+        stat = seeds.get("test error %", RESNET_GAP_ROW)
+        pair = seeds.each("test error %", ("BP", "uSF"))
+        gap, bar = round(stat.mean, 2), round(RESNET_GAP + 2 * (stat.std or 0.0), 2)
+        ours = (f"{slash(pair, 2)} %, uSF − BP {stat.show(2)} (bar {bar:.2f} = BioTorch "
+                f"{RESNET_GAP:.2f} + 2 x {stat.std or 0.0:.2f}) {seeds.tag()}; one seed, 5 epochs: "
+                f"FA {e['FA'].show(2)} / DFA {e['DFA'].show(2)} %")  # fmt: skip
+        t = four
+    miss = (f"uSF − BP = {gap:.2f} points, over the bar {bar:.2f}" if gap > bar
+            else "uSF not ahead of FA and DFA")  # fmt: skip
     within = "within" if gap <= TARGET["sf_points"] else "outside"
     hit = f"uSF − BP = {gap:.2f} points, {within} issue 13's {TARGET['sf_points']:g} point"
-    return verdict(t, slash(e, 2) + " %", gap <= RESNET_GAP and ahead, miss, hit)
+    return verdict(t, ours, gap <= bar and ahead, miss, hit)
 
 
 def conv_order(r: Results) -> Outcome:
@@ -411,11 +436,21 @@ def paper_g(m: str) -> float:
 LEARNED_TABLE = "learned_feedback_fashion_mnist"
 """The table of task ``learned-feedback`` (LeNet on Fashion-MNIST: BP, DFA, DKP, FDFA)."""
 
+LEARNED_RESNET_TABLE = "learned_feedback_resnet_fashion_mnist"
+"""The table of task ``learned-feedback-resnet`` (BatchNorm ResNet-20 on 10,000 Fashion-MNIST
+images: BP, DFA, DKP, FDFA)."""
 
-def _learned(r: Results) -> tuple[Data, dict[str, Stat], dict[str, Stat]]:
-    t = r[LEARNED_TABLE]
+LEARNED_ANGLES = {
+    LEARNED_TABLE: ("conv1 update angle (deg)", "conv1 angle"),
+    LEARNED_RESNET_TABLE: ("conv update angle, mean over conv layers (deg)", "mean conv angle"),
+}
+"""Per table: the column of the conv layers' update angle that a claim quotes, and its label."""
+
+
+def _learned(r: Results, table: str) -> tuple[Data, dict[str, Stat], dict[str, Stat]]:
+    t = r[table]
     rules = ("BP", "DFA", "DKP", "FDFA")
-    return t, t.each("test error %", rules), t.each("conv1 update angle (deg)", rules)
+    return t, t.each("test error %", rules), t.each(LEARNED_ANGLES[table][0], rules)
 
 
 def _apart(a: Stat, b: Stat) -> bool:
@@ -423,27 +458,44 @@ def _apart(a: Stat, b: Stat) -> bool:
     return b.mean - a.mean > (a.std or 0.0) + (b.std or 0.0)
 
 
-def dkp_conv_order(r: Results) -> Outcome:
-    """BP < DKP < DFA in test error, each gap larger than the sum of the two spreads (Webster et
-    al.'s BP > DKP > DFA in accuracy); the conv1 update angles are given beside."""
-    t, e, angle = _learned(r)
-    ours = (f"error {slash({k: e[k] for k in ('BP', 'DKP', 'DFA')}, 2)} %; conv1 angle DKP "
-            f"{angle['DKP'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
-    met = _apart(e["BP"], e["DKP"]) and _apart(e["DKP"], e["DFA"])
-    miss = ("DKP not ahead of DFA" if e["DKP"].mean >= e["DFA"].mean
-            else "DKP's lead over DFA within the spread")  # fmt: skip
-    return verdict(t, ours, met, miss)
+def dkp_order(table: str) -> Evaluate:
+    """BP < DKP < DFA in test error on ``table``, each gap larger than the sum of the two
+    spreads (Webster et al.'s BP > DKP > DFA in accuracy); the conv update angles beside."""
+
+    def evaluate(r: Results) -> Outcome:
+        t, e, angle = _learned(r, table)
+        label = LEARNED_ANGLES[table][1]
+        ours = (f"error {slash({k: e[k] for k in ('BP', 'DKP', 'DFA')}, 2)} %; {label} DKP "
+                f"{angle['DKP'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
+        met = _apart(e["BP"], e["DKP"]) and _apart(e["DKP"], e["DFA"])
+        miss = ("DKP not ahead of DFA" if e["DKP"].mean >= e["DFA"].mean
+                else "DKP's lead over DFA within the spread" if not _apart(e["DKP"], e["DFA"])
+                else "DKP not behind BP by more than the spread")  # fmt: skip
+        return verdict(t, ours, met, miss)
+
+    return evaluate
 
 
-def fdfa_conv_order(r: Results) -> Outcome:
-    """FDFA below DFA in test error by more than the sum of the spreads, closing at least half of
-    DFA's gap to BP (Bacho and Chu: FDFA ahead of DFA, close to BP)."""
-    t, e, angle = _learned(r)
-    closed = (e["DFA"].mean - e["FDFA"].mean) / (e["DFA"].mean - e["BP"].mean)
-    ours = (f"error {slash({k: e[k] for k in ('BP', 'FDFA', 'DFA')}, 2)} % (FDFA closes "
-            f"{100 * closed:.0f} % of DFA's gap to BP); conv1 angle FDFA "
-            f"{angle['FDFA'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
-    met = _apart(e["FDFA"], e["DFA"]) and closed >= 0.5
-    miss = ("FDFA's lead over DFA within the spread" if not _apart(e["FDFA"], e["DFA"])
-            else "FDFA closes less than half of DFA's gap to BP")  # fmt: skip
-    return verdict(t, ours, met, miss)
+def fdfa_order(table: str) -> Evaluate:
+    """FDFA below DFA in test error on ``table`` by more than the sum of the spreads, closing at
+    least half of DFA's gap to BP (Bacho and Chu: FDFA ahead of DFA, close to BP)."""
+
+    def evaluate(r: Results) -> Outcome:
+        t, e, angle = _learned(r, table)
+        label = LEARNED_ANGLES[table][1]
+        closed = (e["DFA"].mean - e["FDFA"].mean) / (e["DFA"].mean - e["BP"].mean)
+        ours = (f"error {slash({k: e[k] for k in ('BP', 'FDFA', 'DFA')}, 2)} % (FDFA closes "
+                f"{100 * closed:.0f} % of DFA's gap to BP); {label} FDFA "
+                f"{angle['FDFA'].show(1)}°, DFA {angle['DFA'].show(1)}°")  # fmt: skip
+        met = _apart(e["FDFA"], e["DFA"]) and closed >= 0.5
+        miss = ("FDFA's lead over DFA within the spread" if not _apart(e["FDFA"], e["DFA"])
+                else "FDFA closes less than half of DFA's gap to BP")  # fmt: skip
+        return verdict(t, ours, met, miss)
+
+    return evaluate
+
+
+dkp_conv_order = dkp_order(LEARNED_TABLE)
+fdfa_conv_order = fdfa_order(LEARNED_TABLE)
+dkp_resnet_order = dkp_order(LEARNED_RESNET_TABLE)
+fdfa_resnet_order = fdfa_order(LEARNED_RESNET_TABLE)

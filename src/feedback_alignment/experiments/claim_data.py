@@ -28,8 +28,12 @@ COMMANDS: dict[str, str] = {
                                "recommenders-paper-size --seeds 0,1,2",
     "convnets_fashion_mnist": "feedback-alignment reproduce --tasks convnets",
     "resnet_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks resnet --workers 2",
+    "resnet_seeds_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks "
+                                  "resnet-seeds --seeds 0,1,2 --workers 2",
     "learned_feedback_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks "
                                       "learned-feedback --tune --seeds 0,1,2",
+    "learned_feedback_resnet_fashion_mnist": "feedback-alignment --threads 1 reproduce --tasks "
+                                             "learned-feedback-resnet --tune --seeds 0,1,2",
 }  # fmt: skip
 """The run that writes each table a claim reads (its JSON is then copied to docs/results/)."""
 

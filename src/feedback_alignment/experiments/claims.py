@@ -36,8 +36,10 @@ from feedback_alignment.experiments.claim_checks import (  # noqa: F401  (spearm
     conv_order,
     cora_other_gaps,
     dkp_conv_order,
+    dkp_resnet_order,
     fa_vs_dfa,
     fdfa_conv_order,
+    fdfa_resnet_order,
     gcn_gap,
     gin,
     graphs_order,
@@ -143,6 +145,12 @@ LEARNED_SCALE = Scale(
     "CIFAR-100 conv nets (Bacho and Chu; no LeNet/Fashion-MNIST figure)",
     "Fashion-MNIST LeNet-5, 10 epochs, AdamW on the weights (rates searched per rule), Adam 1e-4 "
     "on B, 3 seeds",
+)
+LEARNED_RESNET_SCALE = Scale(
+    "DKP: CIFAR-100 AlexNet with BatchNorm (Webster et al.); FDFA: CIFAR-10 and CIFAR-100 conv "
+    "nets (Bacho and Chu; no ResNet/Fashion-MNIST figure)",
+    "Fashion-MNIST BatchNorm ResNet-20 on a fixed 10,000-image subset, 5 epochs, AdamW on the "
+    "weights (rates searched per rule), Adam 1e-4 on B, 3 seeds",
 )
 RESNET_SCALE = Scale(
     "BioTorch's CIFAR-10 ResNet-20, 250 epochs", "Fashion-MNIST ResNet-20, 5 epochs, AdamW, 1 seed"
@@ -285,6 +293,17 @@ CLAIMS: list[Claim] = [
           "FDFA trains conv nets better than DFA, close to BP", "— (no figure at this setting)",
           "criterion: FDFA < DFA by over the sum of the spreads, closing ≥ half of DFA's gap to BP",
           fdfa_conv_order, scale=LEARNED_SCALE),
+    Claim("dkp-resnet-order", "learned-feedback-resnet", "Webster, Choi, Ahn 2020",
+          "with BatchNorm, DKP's learned feedback trains a deep conv net better than DFA",
+          "CIFAR-100 AlexNet (BatchNorm) accuracy " + " / ".join(
+              f"{k} {v}" for k, v in P.WEBSTER_2020_CIFAR100_ALEXNET_BN_ACCURACY.items())
+          + f" % {P.tag('WEBSTER_2020_CIFAR100_ALEXNET_BN_ACCURACY')}",
+          "criterion: error BP < DKP < DFA, each gap over the sum of the spreads",
+          dkp_resnet_order, scale=LEARNED_RESNET_SCALE),
+    Claim("fdfa-resnet-order", "learned-feedback-resnet", "Bacho, Chu 2024",
+          "FDFA trains a deep conv net better than DFA, close to BP", "— (no figure at this setting)",
+          "criterion: FDFA < DFA by over the sum of the spreads, closing ≥ half of DFA's gap to BP",
+          fdfa_resnet_order, scale=LEARNED_RESNET_SCALE),
 ]
 # fmt: on
 """Every claim, in the order of docs/REPRODUCTION.md."""
