@@ -45,11 +45,11 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 import feedback_alignment as fa
-from feedback_alignment.bench.results import processor_name
 from feedback_alignment.distributed import clean_exit
 from feedback_alignment.models import MLP
 from feedback_alignment.models.transformer import Block, TransformerConfig
 from feedback_alignment.pipeline import DFAPipelineStage, split_sequential, stage_points
+from feedback_alignment.provenance import processor_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_model import METHODS, StageCost, simulate

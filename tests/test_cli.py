@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from feedback_alignment import bench as benchmark
-from feedback_alignment import cli
+from feedback_alignment import cli, cli_options
 from feedback_alignment.cli import main
 from feedback_alignment.experiments import demo, registry
 
@@ -116,10 +116,26 @@ def test_bad_values_are_usage_errors(argv, match, capsys, no_work):
 
 
 def test_threads_limit_follows_the_machine():
-    assert cli.max_threads() >= 4
-    assert cli._threads(str(cli.max_threads())) == cli.max_threads()
+    assert cli_options.max_threads() >= 4
+    assert cli_options.threads(str(cli_options.max_threads())) == cli_options.max_threads()
     with pytest.raises(Exception, match="must be at most"):
-        cli._threads(str(cli.max_threads() + 1))
+        cli_options.threads(str(cli_options.max_threads() + 1))
+
+
+def test_the_data_cli_takes_the_common_options_from_their_own_module():
+    """Both CLIs share one definition of --threads and -v; the data CLI no longer imports the
+    main CLI (which imports it) to get them."""
+    import ast
+    import inspect
+
+    from feedback_alignment.data import cli as data_cli
+
+    tree = ast.parse(inspect.getsource(data_cli))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "feedback_alignment.cli" not in imported and "cli" not in imported
+    parser = cli.build_parser()
+    args = parser.parse_args(["data", "list", "--threads", "1", "-v"])
+    assert args.threads == 1 and args.verbose
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -31,51 +31,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from feedback_alignment.cli_options import (  # noqa: F401  (SMALL_MODEL_THREADS: re-exported)
+    SMALL_MODEL_THREADS,
+    max_threads,
+)
+from feedback_alignment.cli_options import add_common as _add_common
+from feedback_alignment.cli_options import count as _count
+
 log = logging.getLogger(__name__)
-
-SMALL_MODEL_THREADS = 1
-"""Default torch thread count for ``demo`` and ``reproduce --quick``.
-
-Why one: their models are small (a 64-wide MLP on the digits, quick-mode CNNs and Transformers), so
-a step is a few small matrix products and the threads mostly wait on each other; on a busy machine
-torch's default (one thread per core) is far slower (a 160 s demo on a loaded 2-core machine took
-11 s with one thread). Larger runs (``bench``, full ``reproduce``) keep torch's default.
-"""
 
 
 class UsageError(Exception):
     """A bad option value found before any work started: reported with exit code 2."""
 
 
-def max_threads() -> int:
-    """The largest ``--threads`` accepted: four per CPU (beyond that torch only slows or crashes)."""
-    return 4 * (os.cpu_count() or 1)
-
-
 # ---- argument types: each rejects a bad value with a message naming what is expected ----------
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "count"  # argparse names the type in "invalid count value"
-    return parse
-
-
-def _threads(text: str) -> int:
-    value = _count(1)(text)
-    if value > max_threads():
-        raise argparse.ArgumentTypeError(
-            f"must be at most {max_threads()} (4 per CPU on this machine), got {value}"
-        )
-    return value
 
 
 def usable_cpus() -> int:
@@ -782,30 +752,6 @@ class _Parser(argparse.ArgumentParser):
         if self._epilog_factory is not None:
             self.epilog = self._epilog_factory()
         return super().format_help()
-
-
-THREADS_HELP = (
-    f"torch CPU threads, 1 to 4 per CPU (default: {SMALL_MODEL_THREADS} for demo and reproduce "
-    "--quick, whose small models run fastest on one thread on a busy machine; torch's default, "
-    "one per core, for bench and full reproduce)"
-)
-
-
-def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """Options accepted before and after the sub-command (``--threads 1 demo``, ``demo --threads 1``).
-
-    On the sub-command their default is SUPPRESS, so that an unset one does not overwrite a value
-    given before the sub-command.
-    """
-    default: Any = None if top else argparse.SUPPRESS
-    parser.add_argument("--threads", type=_threads, default=default, help=THREADS_HELP)
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=False if top else argparse.SUPPRESS,
-        help="log debug messages and show tracebacks",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,7 +63,6 @@ import inspect
 import json
 import math
 import os
-import subprocess
 import time
 import warnings
 import weakref
@@ -79,6 +78,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from feedback_alignment.bench.results import machine_description
+from feedback_alignment.provenance import commit, modified_sources
 
 MIB = 2**20
 
@@ -482,26 +482,7 @@ def run_model(
 def commit_state() -> dict[str, Any]:
     """The commit of the checkout and its modified tracked paths under ``src/`` (other work in
     progress that the measured code may include)."""
-
-    def git(*args: str, cwd: Path) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel", cwd=Path(__file__).resolve().parent)
-    if top is None:
-        return {"commit": None, "modified": []}
-    root = Path(top.strip())
-    commit = git("rev-parse", "HEAD", cwd=root)
-    status = git("status", "--porcelain", "--untracked-files=no", "--", "src", cwd=root) or ""
-    return {
-        "commit": commit.strip() if commit else None,
-        "modified": [line[3:] for line in status.splitlines() if line.strip()],
-    }
+    return {"commit": commit(), "modified": modified_sources()}
 
 
 def run(

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
+from feedback_alignment.provenance import machine, sanitize
 
 FLOOR_SUFFIX = " floor"
 
@@ -55,34 +53,8 @@ COMPILED = "compiled"
 """The note of a compiled twin row (``torch.compile`` with the default backend)."""
 
 
-def machine_description(device: str = "cpu") -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": processor_name(),
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "device": device,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def processor_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says: the machine field of
-    every results file (bench, tuning, the pipeline benchmark)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+machine_description = machine
+"""The machine a benchmark ran on (:func:`feedback_alignment.provenance.machine`)."""
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -161,16 +133,6 @@ def plot(results: Sequence[WorkloadResult], path: Path) -> None:
     plt.close(fig)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_results(
     results: Sequence[WorkloadResult], machine: dict[str, Any], settings: dict[str, Any], out: Path
 ) -> None:
@@ -182,7 +144,7 @@ def write_results(
         "workloads": [asdict(r) for r in results],
     }
     for path, text in (
-        (out, json.dumps(_json_safe(payload), indent=2)),
+        (out, json.dumps(sanitize(payload), indent=2)),
         (out.with_suffix(".md"), to_markdown(results, machine) + "\n"),
     ):
         temporary = path.with_name(f".{path.name}.partial")

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from ..cli_options import add_common
 from .cache import ENV_VAR, cache_root, dataset_dir, human_size, tree_size
 from .errors import DataError
 from .registry import check, ensure, get_spec, list_specs
@@ -165,10 +166,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _fill(parser: argparse.ArgumentParser) -> None:
-    # The main CLI's common options (--threads N, -v), accepted after each data command too;
-    # imported here because the main CLI imports this module.
-    from feedback_alignment.cli import _add_common
-
     sub = parser.add_subparsers(dest="data_command", required=True)
     p_list = sub.add_parser(
         "list",
@@ -199,7 +196,7 @@ def _fill(parser: argparse.ArgumentParser) -> None:
     p_verify.add_argument("names", nargs="*", metavar="NAME", help="data sets (default: all)")
     p_verify.set_defaults(func=_cmd_verify)
     for command in (p_list, p_fetch, p_verify):
-        _add_common(command, top=False)
+        add_common(command, top=False)  # --threads N, -v after each data command too
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,6 @@ names the file and the reason in one sentence.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -28,7 +27,6 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from feedback_alignment.provenance import commit, processor_name, sanitize
 
 QUICK_BANNER = "**QUICK MODE** (smoke-scale settings: not a measurement of the method)"
 """The first line of every table written in quick mode."""
@@ -197,20 +197,6 @@ class Table:
 # --- provenance and files ------------------------------------------------------------------------
 
 
-def _commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
 _TASK_START: float | None = None
 """``time.perf_counter()`` when the running task started (set by :func:`timed_task`)."""
 
@@ -245,10 +231,10 @@ def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
 
     return {
         "command": _command(),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": processor_name(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -259,21 +245,6 @@ def provenance(quick: bool, seeds: Sequence[int]) -> dict[str, Any]:
         "wall_seconds": None if _TASK_START is None else round(time.perf_counter() - _TASK_START),
         "feedback_stream_version": STREAM_VERSION,
     }
-
-
-def sanitize(value: Any) -> Any:
-    """JSON-ready: NaN and infinities become ``None``, tuples lists, dict keys strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else value
-    if isinstance(value, dict):
-        return {str(k): sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [sanitize(v) for v in value]
-    return value
 
 
 DIGEST_KEY = "digest"

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 import zlib
 from collections.abc import Callable
@@ -39,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from feedback_alignment.provenance import commit_label, processor_name
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +192,7 @@ def arm_seed(seed: int, arm: str, trials_so_far: int) -> int:
 
 def _machine() -> str:
     """The processor's name and the core count (what a reader needs to weigh the budget)."""
-    from feedback_alignment.bench.results import processor_name
-
     return f"{processor_name()}, {os.cpu_count()} CPUs, {platform.system()}"
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        )  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 @dataclass
@@ -270,7 +258,7 @@ def tune(
     if carried:
         log.info("tune %s: the arms not searched keep their committed values: %s", task,
                  ", ".join(carried))  # fmt: skip
-    commit = _commit()  # of the code that searches (read now: the tree may change meanwhile)
+    commit = commit_label()  # of the code that searches (read now: the tree may change meanwhile)
     for arm in chosen:
         space = tunable.space(arm)
         study = optuna.create_study(

@@ -354,9 +354,7 @@ class DFAPipelineStage:
         self._dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if count:
             # the single-process rule's buffer and projection, for this stage's points only
-            self._projector = Projector(
-                self._layout, self.rule.signal, self._first_index, count
-            )
+            self._projector = Projector(self._layout, self.rule.signal, self._first_index, count)
             buffer = rule_buffer(self.rule, self._layout, self._dtype, self.device)
             self._buffer = self._projector.span(buffer).clone()  # only the columns it reads
 
