@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feedback_alignment.experiments.sealed import legacy_note, refuse_tampered
 from feedback_alignment.provenance import commit_label, processor_name
 
 log = logging.getLogger(__name__)
@@ -404,8 +405,6 @@ def markdown(task: str, directory: Path | None = None) -> str:
         ValueError: the file was edited after the search wrote it (its digest does not match),
             or holds text where a number belongs (names the file and the field).
     """
-    from feedback_alignment.experiments import render
-
     path = tuned_path(task, directory)
     if not path.is_file():
         return f"No tuned values stored for {task}."
@@ -420,7 +419,7 @@ def markdown(task: str, directory: Path | None = None) -> str:
             f"search wrote it, or search again (feedback-alignment reproduce --tasks {task} --tune)"
         ) from None
     search = f"feedback-alignment reproduce --tasks {task} --tune"
-    render.refuse_tampered(path, task, stored, search)
+    refuse_tampered(path, task, stored, search)
     for arm, entry in arms.items():
         for name, value in entry["values"].items():
             _number(path, f"arms.{arm}.values.{name}", value)
@@ -432,7 +431,7 @@ def markdown(task: str, directory: Path | None = None) -> str:
         for name, p in params.items():
             _number(path, f"space.{arm}.{name}.low", p["low"])
             _number(path, f"space.{arm}.{name}.high", p["high"])
-    note = render.legacy_note(
+    note = legacy_note(
         task, stored, copy_to="src/feedback_alignment/experiments/tuned/", command=search
     )
     lines = [
