@@ -140,6 +140,23 @@ def test_the_resnet_claim_reads_the_paired_gap_over_seeds(tmp_path, gap, dfa, st
     assert f"uSF − BP {gap['mean']:.2f} ± {gap['std']:.2f}" in outcome.ours
 
 
+def test_a_one_seed_resnet_seeds_gap_is_held_to_biotorchs_gap_alone(tmp_path):
+    rows = [[r, v] for r, v in {"BP": 9.0, "uSF": 9.5, "FA": 20.0, "DFA": 30.0}.items()]
+    _write(tmp_path, "resnet_fashion_mnist", ["rule", "test error %"], rows)
+    rows = [["BP", 9.0], ["uSF", 9.7], ["uSF − BP (paired by seed)", 0.7]]
+    _write(tmp_path, "resnet_seeds_fashion_mnist", ["rule", "test error %"], rows)
+    outcome = _status("sign-symmetry-resnet", tmp_path)
+    assert outcome.status == claims.NOT_AT_SCALE and outcome.detail.endswith("over the bar 0.58")
+    assert "no spread with one seed" in outcome.ours
+
+
+def test_fdfa_has_no_gap_to_close_where_dfa_is_level_with_bp(tmp_path):
+    errors = {"BP": 10.0, "DKP": 12.0, "FDFA": 8.0, "DFA": 10.0}
+    _learned_table(tmp_path, "learned_feedback_resnet_fashion_mnist", errors)
+    outcome = _status("fdfa-resnet-order", tmp_path)
+    assert outcome.status == claims.NOT_AT_SCALE and "no gap to close" in outcome.detail
+
+
 def _learned_table(folder: Path, name: str, errors: dict, spread: float = 0.3) -> None:
     angle = {"conv1 update angle (deg)": 80.0,
              "conv update angle, mean over conv layers (deg)": 70.0}  # fmt: skip

@@ -39,8 +39,9 @@ def commit() -> str | None:
 
 
 def commit_label() -> str:
-    """The short commit with ``-dirty`` when tracked files differ from it (``git describe
-    --always --dirty``), or ``"unknown"``: the label a rendered table shows beside its search."""
+    """``git describe --always --dirty``: the nearest tag and the commits since it, or the
+    abbreviated commit where there is no tag, with ``-dirty`` when tracked files differ from it;
+    ``"unknown"`` outside a repository. The label a rendered table shows beside its search."""
     return git("describe", "--always", "--dirty") or "unknown"
 
 

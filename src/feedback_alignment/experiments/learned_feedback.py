@@ -438,8 +438,8 @@ def register_search(
     held_out: str,
     rates: tuple[float, float] = (1e-4, 1e-2),
 ) -> None:
-    """Declares ``task``'s search of each rule's weight rate (the same for the LeNet and the
-    ResNet tasks): a trial trains seed 0 for :data:`SEARCH_EPOCHS` epochs of ``config()``'s
+    """Declares ``task``'s search of each rule's weight rate (the same procedure for the LeNet and
+    the ResNet tasks, each with its range): a trial trains seed 0 for :data:`SEARCH_EPOCHS` epochs of ``config()``'s
     schedule and is scored on ``held_out`` images (``held_out`` names them in the schedule's
     text); the rate is sampled log-uniformly in ``rates``; ``B``'s Adam rate is not searched."""
     full = config()
