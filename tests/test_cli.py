@@ -382,6 +382,34 @@ def test_the_workers_help_names_the_tasks_that_use_it(capsys):
     assert "".join(f"tasks with a search: {', '.join(registry.TUNED_TASKS)}".split()) in out
 
 
+def test_the_tasks_named_as_parallel_are_those_that_pass_workers_on():
+    """``reproduce --workers 2`` warns for every task outside PARALLEL_TASKS that its runs go
+    one at a time: the list must name exactly the tasks whose run hands ``options.workers`` to
+    its runs (read from the source of the function registered, or of the module's shared run)."""
+    import inspect
+
+    spreads = set()
+    for name, task in registry.tasks().items():
+        module = inspect.getmodule(task.run)
+        if "options.workers" in inspect.getsource(module) and _passes_workers(task.run, module):
+            spreads.add(name)
+    assert spreads == set(registry.PARALLEL_TASKS)
+
+
+def _passes_workers(run, module) -> bool:
+    import inspect
+
+    source = inspect.getsource(run)
+    if "options.workers" in source:
+        return True
+    # a task that delegates to a shared run of its module (nerf-authors -> nerf.run)
+    return any(
+        f"{fn.__name__}(options" in source and "options.workers" in inspect.getsource(fn)
+        for fn in vars(module).values()
+        if inspect.isfunction(fn) and fn.__module__ == module.__name__ and fn is not run
+    )
+
+
 def test_the_tasks_named_as_tunable_are_those_that_declare_a_search():
     from feedback_alignment.experiments import tuning
 

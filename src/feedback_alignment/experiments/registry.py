@@ -88,7 +88,15 @@ TUNED_TASKS: tuple[str, ...] = (
 """Tasks that declare a search (:func:`feedback_alignment.experiments.tuning.register_tunable`),
 named here for ``reproduce --help`` without importing every task (a test holds them equal)."""
 
-PARALLEL_TASKS: tuple[str, ...] = ("convnets", "resnet", "resnet-seeds", "nerf", "nerf-authors")
+PARALLEL_TASKS: tuple[str, ...] = (
+    "convnets",
+    "learned-feedback",
+    "learned-feedback-resnet",
+    "resnet",
+    "resnet-seeds",
+    "nerf",
+    "nerf-authors",
+)
 """Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: those whose
 full runs exceed the 45-minute budget on one core."""
 
