@@ -347,3 +347,41 @@ def test_the_dfa_authors_field_options() -> None:
     F.mse_loss(model(origins, directions), torch.rand(3, 3, dtype=torch.float64)).backward()
     assert rule.layout(model).names[-2:] == ("field.feature", "field.view")
     assert model.field.feature[0].weight.grad is not None  # trained by its own point's signal
+
+
+# ---- a ReLU density can start dead ---------------------------------------------------------------
+
+
+def test_density_at_init_finds_a_dead_relu_field_and_draws_no_random_number():
+    """A field whose raw density is <= 0 everywhere gets no error under any rule (zero opacity,
+    zero weight on its colours): the measurement must see it, and must not move torch's random
+    stream or the model's mode (the runs' numbers stay those of the committed tables)."""
+    from types import SimpleNamespace
+
+    from feedback_alignment.experiments import nerf
+    from feedback_alignment.experiments.nerf_report import dead_at_init
+
+    torch.manual_seed(0)
+    config = NeRFConfig(depth=3, width=8, skips=(1,), view_width=4, pos_freqs=2, dir_freqs=1,
+                        n_samples=6, n_importance=5, near=1.0, far=3.0, density="relu")  # fmt: skip
+    model = NeRFRenderer(config).double()
+    origins, directions, _ = _target_rays(40)
+    scene = SimpleNamespace(origins=origins, directions=directions)
+    with torch.no_grad():  # kill the fine field: a very negative bias on its density output
+        model.fine.sigma.bias.fill_(-1e3)
+    state = torch.get_rng_state()
+    model.train()
+    alive = nerf.density_at_init(model, scene)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert alive["fine"] == 0.0 and 0.0 <= alive["coarse"] <= 1.0
+    # the dead field indeed gets no gradient, under BP
+    model.zero_grad()
+    rgb = model(origins, directions)
+    (rgb.square().sum() + model.coarse_rgb.square().sum()).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.fine.parameters())
+    # the caption names the seed and the field, once per seed
+    runs = [SimpleNamespace(seed=s, rule=r, density_alive_at_init=a) for s, r, a in
+            [(0, "BP", alive), (0, "DFA", alive), (1, "BP", {"coarse": 0.4, "fine": 0.7})]]  # fmt: skip
+    text = dead_at_init(runs)
+    assert "seed 0: fine" in text and "seed 1" not in text and text.count("seed 0") == 1
+    assert dead_at_init([]) == "" and "No field" in dead_at_init(runs[2:])

@@ -25,7 +25,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -143,6 +143,8 @@ class NeRFResult:
     train_loss: list[float]
     lr: float = math.nan
     eps: float = 1e-8  # runs recorded before eps was stored used Adam's default
+    # field -> fraction of positive raw densities at initialisation (:func:`density_at_init`)
+    density_alive_at_init: dict[str, float] = field(default_factory=dict)
 
 
 FINE_SEED_OFFSET = 10_000
@@ -166,6 +168,63 @@ def place_rule(name: str, model: NeRFRenderer, seed: int) -> list[Rule]:
         apply_rule(name, model.field, seed, points=points),
         apply_rule(name, model.fine, seed + FINE_SEED_OFFSET, points=points),
     ]
+
+
+PROBE_RAYS = 512
+"""Rays of the fixed probe batch of :func:`density_at_init` (every k-th training ray)."""
+
+
+@torch.no_grad()
+def density_at_init(model: NeRFRenderer, scene: Scene) -> dict[str, float]:
+    """Per field (``"coarse"``, ``"fine"``), the fraction of sample points whose raw density is
+    positive, on a fixed probe batch of :data:`PROBE_RAYS` training rays (every k-th ray, the
+    bin-centre samples of evaluation mode).
+
+    Why: with a ReLU density (the DFA authors' field, ``density="relu"``) a field whose raw density
+    is <= 0 at every sample renders nothing (zero opacity, hence zero weight on its colours), so
+    the error at its output, dL/d raw, is zero and it never learns, under BP as under DFA; a seed
+    whose fine field starts that way renders the background whatever the rule. A softplus density
+    is never dead (the fraction then only describes the init). The measurement draws no random
+    number (the runs' numbers are unchanged) and restores the model's mode.
+    """
+    was_training = model.training
+    model.eval()
+    found: dict[str, float] = {}
+    fields = {"coarse": model.field, "fine": model.fine}
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, raw, name=name: found.__setitem__(
+                name, (raw[..., 3] > 0).float().mean().item()
+            )
+        )
+        for name, module in fields.items()
+        if module is not None
+    ]
+    try:
+        step = max(1, len(scene.origins) // PROBE_RAYS)
+        index = torch.arange(0, len(scene.origins), step)[:PROBE_RAYS]
+        model(scene.origins[index], scene.directions[index])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return found
+
+
+def dead_fields(config: NeRFTaskConfig, seeds: Iterable[int]) -> dict[int, list[str]]:
+    """Per seed, the fields of ``config``'s model that start dead (no positive raw density on
+    the probe batch; :func:`density_at_init`), built as :func:`train_one` builds them: e.g.
+    ``dead_fields(AUTHORS, range(20))`` counts how often the authors' ReLU field starts dead."""
+    scene = load_scene(config.scene, config.downscale)
+    dead = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = NeRFRenderer(
+            NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
+        )
+        alive = density_at_init(model, scene)
+        dead[seed] = [name for name, fraction in alive.items() if fraction == 0.0]
+    return dead
 
 
 def render_view(
@@ -229,6 +288,7 @@ def train_one(
     torch.manual_seed(seed)
     model_config = NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
     model = NeRFRenderer(model_config)
+    alive = density_at_init(model, scene)  # before the rule: the plain field, as it starts
     place_rule(rule_name, model, seed)
     rate = learning_rates(config)[rule_name] if lr is None else lr
     epsilon = adam_eps(config)[rule_name] if eps is None else eps
@@ -288,6 +348,7 @@ def train_one(
         seconds=done.seconds,
         curve=curve,
         train_loss=done.losses,
+        density_alive_at_init=alive,
     )
     return result, renders
 

@@ -58,10 +58,11 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
     epsilons = {r: sorted({x.eps for x in results if x.rule == r}) for r in config.rules}
     epsilons = {r: ", ".join(f"{x:.1e}" for x in v) for r, v in epsilons.items()}
     tuned = config.tuned and bool(tuning.tuned_values(config.task, config.tuned_dir))
+    dead = dead_at_init(results) if m.density == "relu" else ""
     table.caption = (
         f"Ordering of the means (higher PSNR first): {' > '.join(order)}: {verdict} the paper's "
         f"({' > '.join(paper_order)}){per_seed}. Gap BP - DFA: ours "
-        f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.\n\n"
+        f"{mean('BP', 'psnr') - mean('DFA', 'psnr'):.2f} dB, paper 5.60 dB.{dead}\n\n"
         f"scene {config.scene!r} (downscale {config.downscale}), NeRF {m.depth} x {m.width} "
         f"(skip into {list(m.skips)}, view layer {m.view_width}), {m.pos_freqs}/{m.dir_freqs} "
         f"frequencies, {m.density} density, feature layer "
@@ -79,6 +80,26 @@ def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = Fal
         "DFA: a feedback point after every hidden layer, error dL/d(raw) per sample point through the renderer."
     )
     return table
+
+
+def dead_at_init(results: list[NeRFResult]) -> str:
+    """The caption's sentence on the fields that started dead under a ReLU density (no positive
+    raw density on the probe batch at initialisation: such a field gets no error under any rule;
+    :func:`~feedback_alignment.experiments.nerf.density_at_init`); '' where none did or where the
+    runs predate the measurement. A seed's fields start alike for every rule (same init)."""
+    by_seed: dict[int, list[str]] = {}
+    for result in sorted(results, key=lambda r: r.seed):
+        alive = getattr(result, "density_alive_at_init", None) or {}
+        if alive and result.seed not in by_seed:
+            by_seed[result.seed] = [name for name, f in alive.items() if f == 0.0]
+    dead = {seed: names for seed, names in by_seed.items() if names}
+    if not dead:
+        return " No field started dead (ReLU density)." if by_seed else ""
+    parts = "; ".join(f"seed {seed}: {' and '.join(names)}" for seed, names in dead.items())
+    return (
+        f" Fields dead at initialisation (raw density <= 0 at every probe sample, so no error "
+        f"reaches them under any rule; a dead fine field renders the background): {parts}."
+    )
 
 
 def save_images(
