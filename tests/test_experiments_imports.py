@@ -13,10 +13,7 @@ import feedback_alignment.experiments as experiments
 PACKAGE = "feedback_alignment.experiments"
 ROOT = Path(experiments.__file__).parent
 
-KNOWN_CIRCLES: set[frozenset[str]] = {
-    # run_rate's fallback for runs saved before their rate was recorded (issue 23, item 4)
-    frozenset({"convnets", "convnets_report"}),
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -246,7 +246,7 @@ def train_all(
         raise ValueError(f"{config.task} needs at least one seed")
     triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
     bars = progress and workers == 1
-    return run_jobs(
+    records = run_jobs(
         _train_job,
         [(rule, bm, seed, config, bars) for rule, bm, seed in triples],
         config.task,
@@ -255,6 +255,10 @@ def train_all(
         progress=progress,
         label=lambda job: job[:3],
     )
+    for record in records:  # runs saved before their rate was stored: the rate they ran at
+        if math.isnan(record.lr):
+            record.lr = learning_rate(config, record.rule, record.manhattan)
+    return records
 
 
 def run_experiment(

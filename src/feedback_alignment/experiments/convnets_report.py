@@ -35,15 +35,12 @@ def final_mean(record: RunRecord, key: str) -> float:
     return finite_mean(values[n] for n in names if values[n] is not None)
 
 
-def run_rate(group: list[RunRecord], config: ConvConfig, rule: str, manhattan: bool) -> float:
-    """The rate a group of runs trained at; for records written before the rate was stored,
-    the one ``config`` gives the pair."""
-    rates = {r.lr for r in group if not math.isnan(r.lr)}
-    if len(rates) == 1:
-        return rates.pop()
-    from feedback_alignment.experiments.convnets import learning_rate  # (a cycle at import)
-
-    return learning_rate(config, rule, manhattan)
+def run_rate(group: list[RunRecord]) -> float:
+    """The rate a group of runs trained at (NaN where they differ: a table shows one rate per
+    group). Runs saved before the rate was stored get it from the task
+    (:func:`~feedback_alignment.experiments.convnets.train_all`), so the report needs no config."""
+    rates = {r.lr for r in group}
+    return rates.pop() if len(rates) == 1 else math.nan
 
 
 def summary(
@@ -73,7 +70,7 @@ def summary(
             group = [r for r in records if r.rule == rule and r.manhattan == bm]
             if not group:
                 continue
-            rate = run_rate(group, config, rule, bm)
+            rate = run_rate(group)
             table.add(
                 rule,
                 bm,

@@ -140,7 +140,7 @@ def summary(
         group = [r for r in records if r.rule == rule]
         if not group:
             continue
-        rate = run_rate(group, config, rule, False)
+        rate = run_rate(group)
         table.add(
             rule,
             f"{rate:.2g}",

@@ -107,7 +107,7 @@ def summary(
             continue
         table.add(
             rule,
-            f"{run_rate(group, config, rule, False):.2g}",
+            f"{run_rate(group):.2g}",
             mean_std(r.test_error for r in group).cell(single=True),
             " / ".join(f"{r.test_error:.2f}" for r in group),
             config.epochs,
