@@ -170,6 +170,13 @@ def place_rule(name: str, model: NeRFRenderer, seed: int) -> list[Rule]:
     ]
 
 
+def build_model(config: NeRFTaskConfig, scene: Scene) -> NeRFRenderer:
+    """``config``'s field(s) with the scene's near and far planes (seed the caller's RNG first:
+    the initial weights are drawn here)."""
+    shape = {**asdict(config.model), "near": scene.near, "far": scene.far}
+    return NeRFRenderer(NeRFConfig(**shape))
+
+
 PROBE_RAYS = 512
 """Rays of the fixed probe batch of :func:`density_at_init` (every k-th training ray)."""
 
@@ -213,16 +220,13 @@ def density_at_init(model: NeRFRenderer, scene: Scene) -> dict[str, float]:
 
 def dead_fields(config: NeRFTaskConfig, seeds: Iterable[int]) -> dict[int, list[str]]:
     """Per seed, the fields of ``config``'s model that start dead (no positive raw density on
-    the probe batch; :func:`density_at_init`), built as :func:`train_one` builds them: e.g.
+    the probe batch; :func:`density_at_init`), built by :func:`build_model` as in training: e.g.
     ``dead_fields(AUTHORS, range(20))`` counts how often the authors' ReLU field starts dead."""
     scene = load_scene(config.scene, config.downscale)
     dead = {}
     for seed in seeds:
         torch.manual_seed(seed)
-        model = NeRFRenderer(
-            NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
-        )
-        alive = density_at_init(model, scene)
+        alive = density_at_init(build_model(config, scene), scene)
         dead[seed] = [name for name, fraction in alive.items() if fraction == 0.0]
     return dead
 
@@ -286,8 +290,7 @@ def train_one(
     no test view is rendered.
     """
     torch.manual_seed(seed)
-    model_config = NeRFConfig(**{**asdict(config.model), "near": scene.near, "far": scene.far})
-    model = NeRFRenderer(model_config)
+    model = build_model(config, scene)
     alive = density_at_init(model, scene)  # before the rule: the plain field, as it starts
     place_rule(rule_name, model, seed)
     rate = learning_rates(config)[rule_name] if lr is None else lr
