@@ -374,7 +374,7 @@ def test_the_bottleneck_claims_read_the_papers_mask_under_the_papers_optimiser(t
     runs += [run("entries-adam", b, 0.5 - 0.1 * i, 0.85) for i, b in enumerate(widths)]
     runs += [run(a, b, 0.4, 0.84) for a in ("rows", "narrow") for b in widths]
     result = {"runs": runs, "curves": bottleneck.curves(runs), "features": 4}
-    table = bottleneck.table(result, p.FULL)
+    table = bottleneck.summary(result, p.FULL)
     payload = {**table.to_json(), "mode": "full", "provenance": {"seeds": [0]}}
     (tmp_path / "principled_bottleneck.json").write_text(json.dumps(payload))
     cosine = _status("principled-bottleneck", tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feedback_alignment.experiments import convnets
+from feedback_alignment.experiments import convnets, presets
 from feedback_alignment.experiments.registry import tasks
 from feedback_alignment.experiments.run import make_rule
 from feedback_alignment.models import LeNet, ResNet
@@ -59,14 +59,14 @@ def test_quick_experiment_on_a_tiny_subset_uses_every_seed(tmp_path, one_thread)
         x[i, 0, 14 * row : 14 * row + 10, 14 * col : 14 * col + 10] += 1.0
     tensors = (x[:96], y[:96], x[96:], y[96:])  # 3 steps of 32, 32 test images
     config = replace(
-        convnets.quick_config(),
+        presets.preset("convnets", "quick", convnets.ConvConfig()),
         rules=("uSF", "KP", "DFA"),
         batch_size=32,
         probe_size=32,
         measurements=2,
         seeds=(0, 1),
     )
-    records, markdown, files = convnets.run_experiment(
+    records, markdown, files = convnets.run_and_write(
         config, tmp_path, tensors=tensors, progress=False, title="synthetic", quick=True
     )
     assert len(records) == 12 and {r.manhattan for r in records} == {False, True}
@@ -97,7 +97,7 @@ def test_quick_experiment_on_a_tiny_subset_uses_every_seed(tmp_path, one_thread)
     errors = {r["seed"]: r["train_loss"] for r in payload["runs"] if r["rule"] == "DFA"}
     assert errors[0] != errors[1]
     with pytest.raises(ValueError, match=r"unknown rules \['XYZ'\]"):
-        convnets.run_experiment(replace(config, rules=("XYZ",)), tmp_path, tensors=tensors)
+        convnets.run_and_write(replace(config, rules=("XYZ",)), tmp_path, tensors=tensors)
 
 
 def test_runs_spread_over_worker_processes_equal_the_sequential_ones(tmp_path, one_thread):
@@ -107,7 +107,7 @@ def test_runs_spread_over_worker_processes_equal_the_sequential_ones(tmp_path, o
     x, y = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
     tensors = (x[:64], y[:64], x[64:], y[64:])
     config = replace(
-        convnets.quick_config(),
+        presets.preset("convnets", "quick", convnets.ConvConfig()),
         rules=("uSF", "DFA"),
         manhattan=(False,),
         batch_size=32,
@@ -117,7 +117,7 @@ def test_runs_spread_over_worker_processes_equal_the_sequential_ones(tmp_path, o
     )
     runs = {}
     for workers in (1, 2):
-        records, _, _ = convnets.run_experiment(
+        records, _, _ = convnets.run_and_write(
             config, tmp_path / str(workers), tensors=tensors, progress=False, workers=workers
         )
         runs[workers] = [(r.rule, r.seed, r.train_loss, r.test_error) for r in records]

@@ -189,8 +189,17 @@ def test_a_task_records_its_wall_time_and_the_console_name(monkeypatch, tmp_path
 
 
 def test_every_paper_figure_has_a_source_and_a_tag():
-    constants = [n for n in dir(papers) if n.isupper() and n not in ("SOURCES",)]
-    assert sorted(constants) == sorted(papers.SOURCES)
+    constants = [
+        n for n in dir(papers)
+        if n.isupper() and not n.startswith("_") and n not in ("SOURCES", "ABOUT", "FIGURES_FILE")
+    ]  # fmt: skip
+    assert sorted(constants) == sorted(papers.SOURCES) == sorted(papers.ABOUT)  # none unsourced
+    assert all(papers.ABOUT[name].strip() for name in constants)
+    # each constant is read from papers.json (rows back as the dicts the experiments index)
+    assert papers.NOKLAND_MNIST_ERROR[("7x240", "DFA")] == 2.32
+    assert papers.LAUNAY_2019_BOTTLENECK[118] == (0.760, 47.9)
+    assert papers.LAUNAY_2020_CORA["gcn"] == (80.1, 79.9, 37.0)
+    assert papers.LAUNAY_2020_CRITEO["dcn"]["DFA"] == (0.8009, 0.4502)
     assert papers.tag("NOKLAND_MNIST_ERROR") == "[unverified]"
     assert {tag for _, tag in papers.SOURCES.values()} <= {"paper", "code", "unverified"}
     with pytest.raises(KeyError, match="no source recorded for 'NOPE'"):

@@ -11,7 +11,7 @@ import torch
 
 from feedback_alignment.experiments import learned_feedback as lf
 from feedback_alignment.experiments import learned_feedback_resnet as lfr
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.registry import tasks
 from feedback_alignment.experiments.run import saved_runs
 
@@ -29,7 +29,7 @@ def _tensors():
 
 def _config(**changes):
     return replace(
-        lf.quick_config(),
+        presets.preset("learned-feedback", "quick", lf.LearnedConfig()),
         batch_size=32,
         probe_size=32,
         measurements=2,
@@ -45,7 +45,7 @@ def test_task_and_search_are_registered():
 
 
 def test_quick_run_writes_results_and_the_learned_feedback_moves(tmp_path, one_thread):
-    records, markdown, files = lf.run_experiment(
+    records, markdown, files = lf.run_and_write(
         _config(), tmp_path, tensors=_tensors(), progress=False, title="synthetic", quick=True
     )
     assert [r.rule for r in records] == list(lf.RULES)
@@ -109,11 +109,11 @@ def test_a_killed_run_resumes_from_the_saved_runs(tmp_path, one_thread, monkeypa
 
     monkeypatch.setattr(lf, "train_one", killed_at_fdfa)
     with saved_runs(tmp_path / "saved") as store, pytest.raises(KeyboardInterrupt):
-        lf.train_all(config, tensors, progress=False)
+        lf.run_experiment(config, tensors, progress=False)
     assert store.count() == 3 and list(finished) == ["BP", "DFA", "DKP"]
     monkeypatch.setattr(lf, "train_one", trained)
     with saved_runs(tmp_path / "saved") as again:
-        records = lf.train_all(config, tensors, progress=False)
+        records = lf.run_experiment(config, tensors, progress=False)
     assert again.resumed == 3 and again.count() == 4
     assert [r.rule for r in records] == list(lf.RULES)
     for record in records[:3]:
@@ -128,9 +128,9 @@ def test_a_killed_run_resumes_from_the_saved_runs(tmp_path, one_thread, monkeypa
 def test_unknown_rules_and_no_seeds_are_refused(tmp_path):
     tensors = _tensors()
     with pytest.raises(ValueError, match=r"unknown rules \['FA'\]"):
-        lf.train_all(_config(rules=("FA",)), tensors, progress=False)
+        lf.run_experiment(_config(rules=("FA",)), tensors, progress=False)
     with pytest.raises(ValueError, match="at least one seed"):
-        lf.train_all(_config(seeds=()), tensors, progress=False)
+        lf.run_experiment(_config(seeds=()), tensors, progress=False)
 
 
 def test_late_angles_average_the_second_half_of_training():
@@ -159,10 +159,15 @@ def test_task_and_search_are_registered_with_the_reduced_scale():
 
 
 def test_quick_run_writes_the_resnet_table_with_conv_angles(tmp_path, one_thread):
-    config = replace(lfr.quick_config(), batch_size=32, probe_size=32, tuned=False)
-    records, markdown, files = lf.run_experiment(
+    config = replace(
+        presets.preset("learned-feedback-resnet", "quick", lfr.LearnedResNetConfig()),
+        batch_size=32,
+        probe_size=32,
+        tuned=False,
+    )
+    records, markdown, files = lf.run_and_write(
         config, tmp_path, tensors=_tensors(), progress=False, title="synthetic", quick=True,
-        summarise=lfr.summary, network="ResNet-8",
+        summary_of=lfr.summary, network="ResNet-8",
     )  # fmt: skip
     assert "learned_feedback_resnet_fashion_mnist.json" in {f.name for f in files}
     assert markdown.startswith("### learned-feedback-resnet: ResNet-8 on synthetic")

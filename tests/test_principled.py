@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -54,7 +55,7 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown principled parts \['nope'\]"):
         p.run_parts(["nope"], tmp_path, p.TINY)
     with pytest.raises(ValueError, match="2 MLP data sets but 1 epoch counts"):
-        p.with_setting(p.TINY, mlp_datasets=("digits", "mnist-5k"))
+        replace(p.TINY, mlp_datasets=("digits", "mnist-5k"))
 
 
 def test_parts_are_tasks_and_the_umbrella_is_a_group():
@@ -216,7 +217,7 @@ def test_the_bottleneck_caption_averages_bp_over_seeds():
                                                   "width": r.settings["width"]}})
               for r in runs if r.rule == "DFA"]  # fmt: skip
     result = {"runs": runs + masked, "curves": bottleneck.curves(runs + masked), "features": 4}
-    caption = bottleneck.table(result, p.TINY).caption
+    caption = bottleneck.summary(result, p.TINY).caption
     assert (
         "BP (narrow, Adam): 50.00% at b=1, 85.00% at b=4" in caption
         and "Means over 2 seed(s)" in caption

@@ -36,7 +36,7 @@ def test_recommenders_quick_mode_writes_results(tmp_path):
 
 
 def test_the_difference_dfa_minus_bp_is_paired_by_seed():
-    from feedback_alignment.experiments.recommenders_report import PAIRED, table
+    from feedback_alignment.experiments.recommenders_report import PAIRED, summary
 
     def run(rule: str, seed: int, auc: float) -> recommenders.RecRun:
         return recommenders.RecRun("dcn", "movielens-100k", rule, seed, auc, 0.4, 1, 1.0)
@@ -46,10 +46,10 @@ def test_the_difference_dfa_minus_bp_is_paired_by_seed():
     runs += [run("DFA", s, 0.79 + 0.05 * s) for s in range(3)]
     runs += [run("Shallow", s, 0.60) for s in range(3)]
     config = recommenders.RecConfig(models=("dcn",), datasets=("movielens-100k",))
-    summary = recommenders.summarise(runs, config)
-    paired = summary["movielens-100k"]["dcn"]["dfa_minus_bp"]
+    stats = recommenders.aggregate(runs, config)
+    paired = stats["movielens-100k"]["dcn"]["dfa_minus_bp"]
     assert paired.mean == pytest.approx(-0.010) and paired.std == pytest.approx(0.0, abs=1e-12)
-    result = table(summary)
+    result = summary(stats)
     assert result.columns[-1].name == PAIRED
     assert result.rows[0][-1]["mean"] == pytest.approx(-0.010)
 

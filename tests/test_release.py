@@ -77,8 +77,10 @@ def test_the_licence_is_in_the_wheel_and_the_sdist(dist: Path) -> None:
         assert wheel.read(licences[0]) == (ROOT / "LICENSE").read_bytes()
         metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
         assert b"License-File: LICENSE" in metadata
-        # the committed tuned values travel as package data
+        # the committed tuned values, settings presets and papers' figures travel as package data
         assert any(n.startswith("feedback_alignment/experiments/tuned/") for n in names)
+        assert "feedback_alignment/experiments/presets/convnets.json" in names
+        assert "feedback_alignment/experiments/papers.json" in names
     with tarfile.open(_one(dist, "*.tar.gz")) as sdist:
         assert any(n.endswith("/LICENSE") for n in sdist.getnames())
 

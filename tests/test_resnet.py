@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from feedback_alignment.experiments import convnets, resnet, resnet_seeds, tuning
+from feedback_alignment.experiments import convnets, presets, resnet, resnet_seeds, tuning
 from feedback_alignment.experiments.registry import tasks
 from feedback_alignment.experiments.run import make_rule
 from feedback_alignment.models import ResNet
@@ -29,8 +29,13 @@ def _quadrants(n: int = 96) -> tuple[torch.Tensor, ...]:
 
 def test_the_task_trains_a_batchnorm_resnet_with_each_rule(tmp_path, one_thread):
     assert "resnet" in tasks()
-    config = replace(resnet.quick_config(), batch_size=16, probe_size=16, tuned=False)
-    records, markdown, files = resnet.run_experiment(
+    config = replace(
+        presets.preset("resnet", "quick", resnet.ResNetConfig()),
+        batch_size=16,
+        probe_size=16,
+        tuned=False,
+    )
+    records, markdown, files = resnet.run_and_write(
         config, tmp_path, tensors=_quadrants(), progress=False, quick=True
     )
     assert [r.rule for r in records] == list(resnet.RULES)
@@ -42,7 +47,7 @@ def test_the_task_trains_a_batchnorm_resnet_with_each_rule(tmp_path, one_thread)
     payload = json.loads((tmp_path / "results.json").read_text())
     assert payload["config"]["depth"] == 8 and payload["quick"] is True
     with pytest.raises(ValueError, match=r"unknown rules \['XYZ'\]"):
-        resnet.run_experiment(replace(config, rules=("XYZ",)), tmp_path, tensors=_quadrants())
+        resnet.run_and_write(replace(config, rules=("XYZ",)), tmp_path, tensors=_quadrants())
 
 
 def test_measuring_angles_leaves_batchnorm_statistics_as_they_were():
@@ -91,7 +96,9 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
 
     monkeypatch.setattr(convnets, "train_one", fake_train)
     objective = convnets.validation_objective(
-        lambda: resnet.ResNetConfig(), lambda: resnet.quick_config(), train_size=30
+        lambda: resnet.ResNetConfig(),
+        lambda: presets.preset("resnet", "quick", resnet.ResNetConfig()),
+        train_size=30,
     )
     reported = []
     assert objective("uSF", {"lr": 2e-3}, lambda s, v: reported.append(v), False) == 12.5
@@ -105,9 +112,13 @@ def test_a_tuning_trial_scores_held_out_training_images(monkeypatch):
 def test_resnet_seeds_pairs_the_usf_gap_by_seed_against_biotorchs_adam_column(tmp_path, one_thread):
     assert "resnet-seeds" in tasks()
     config = replace(
-        resnet_seeds.quick_config(), batch_size=16, probe_size=16, tuned=False, seeds=(0, 1)
+        presets.preset("resnet-seeds", "quick", resnet_seeds.ResNetSeedsConfig()),
+        batch_size=16,
+        probe_size=16,
+        tuned=False,
+        seeds=(0, 1),
     )
-    records, markdown, _ = resnet_seeds.run_experiment(
+    records, markdown, _ = resnet_seeds.run_and_write(
         config, tmp_path, tensors=_quadrants(), progress=False, quick=True
     )
     assert sorted((r.rule, r.seed) for r in records) == [

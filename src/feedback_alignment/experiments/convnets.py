@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from feedback_alignment.alignment import alignment, weight_alignment
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.convnets_report import plot, summary
+from feedback_alignment.experiments.convnets_schema import RULES, ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_FMNIST_LENET_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -40,50 +41,8 @@ from feedback_alignment.experiments.results import (
     write_table,
 )
 from feedback_alignment.experiments.run import apply_rule, fit, run_jobs, shuffled
-from feedback_alignment.models import LeNet
 from feedback_alignment.optim import batch_manhattan
 from feedback_alignment.rules import LayerwiseFeedback, Rule
-
-RULES: tuple[str, ...] = ("BP", "FA", "uSF", "frSF", "brSF", "KP", "DFA")
-"""The rules of the task by table name (built by :func:`~feedback_alignment.experiments.run.make_rule`)."""
-
-
-@dataclass
-class ConvConfig:
-    """Settings of the task (defaults: the full run, about 17 minutes per seed on one CPU core).
-
-    Ten epochs: BP's test error stops improving by then (2 epochs left it 2.7 points above
-    BioTorch's level), so the rules are compared where BP has converged.
-
-    ``weight_decay`` is decoupled (AdamW) for plain runs and coupled (SGD) for Batch Manhattan
-    runs, where it acts after the sign as in Liao et al. Kolen-Pollack aligns ``B`` with ``W``
-    only through weight decay, so its runs use ``kp_weight_decay`` (on ``W`` and, by the rule,
-    on ``B``). Every pair (rule, Batch Manhattan) is trained once per seed of ``seeds``.
-    A subclass trains another network on the same loop (:meth:`build`; ``task`` names the
-    task whose stored tuned rates it reads).
-    """
-
-    task: ClassVar[str] = "convnets"
-    rules: tuple[str, ...] = RULES
-    manhattan: tuple[bool, ...] = (False, True)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3  # AdamW, cosine decay to 0
-    manhattan_lr: float = 1e-3  # SGD on sign(dW), cosine decay to 0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    kp_weight_decay: float = 1.0
-    train_size: int | None = None  # None: all 60,000
-    test_size: int | None = None  # None: all 10,000
-    probe_size: int = 256  # training samples on which angles are measured
-    measurements: int = 12  # angle measurements over training (and one at the start)
-    seeds: tuple[int, ...] = (0,)
-    tuned: bool = True  # use the stored tuned learning rates where there are any
-    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
-
-    def build(self, in_channels: int, image_size: int) -> torch.nn.Module:
-        """The network a run trains: LeNet-5."""
-        return LeNet(in_channels=in_channels, image_size=image_size)
 
 
 def arm(rule: str, manhattan: bool) -> str:
@@ -98,23 +57,15 @@ def learning_rate(config: ConvConfig, rule: str, manhattan: bool) -> float:
     return stored.get(arm(rule, manhattan), {}).get("lr", hand)
 
 
-def quick_config() -> ConvConfig:
-    """The ``--quick`` settings: 4,000 training images, 1 epoch of batch 32, every rule (< 1 min)."""
-    return ConvConfig(epochs=1, batch_size=32, train_size=4000, test_size=2000, measurements=4)
-
-
-@dataclass
-class RunRecord:
-    """One training run: a rule, with or without Batch Manhattan, one seed."""
-
-    rule: str
-    manhattan: bool
-    seed: int
-    test_error: float  # %
-    seconds: float
-    train_loss: list[float] = field(default_factory=list)  # mean per epoch
-    history: list[dict[str, Any]] = field(default_factory=list)  # angles over training
-    lr: float = math.nan  # the rate it ran at (NaN in records written before it was stored)
+def config_for(options: RunOptions) -> ConvConfig:
+    """The run's settings: preset ``options.preset`` of ``presets/convnets.json`` (``quick``:
+    4,000 training images, 1 epoch of batch 32, every rule, < 1 min; ``full``: the defaults), with
+    the run's seeds (each seed given trains every pair) and its choice of tuned or hand-set
+    values."""
+    config = presets.preset("convnets", options.preset, ConvConfig())
+    return replace(
+        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
+    )
 
 
 def load_fashion_mnist(
@@ -234,16 +185,21 @@ def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> RunRecord:
     return train_one(rule, manhattan, seed, config, tensors, progress)
 
 
-def train_all(
-    config: ConvConfig, tensors: tuple[torch.Tensor, ...], progress: bool = True, workers: int = 1
+def run_experiment(
+    config: ConvConfig,
+    tensors: tuple[torch.Tensor, ...] | None = None,
+    progress: bool = True,
+    workers: int = 1,
 ) -> list[RunRecord]:
     """Every (rule, Batch Manhattan, seed) of ``config``, over ``workers`` processes
-    (:func:`~feedback_alignment.experiments.run.run_jobs`), after checking the rules and seeds."""
+    (:func:`~feedback_alignment.experiments.run.run_jobs`), after checking the rules and seeds;
+    on ``tensors`` (default: Fashion-MNIST as ``config`` sizes it)."""
     unknown = [r for r in config.rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
     if not config.seeds:
         raise ValueError(f"{config.task} needs at least one seed")
+    tensors = tensors if tensors is not None else load_fashion_mnist(config)
     triples = [(r, bm, s) for s in config.seeds for bm in config.manhattan for r in config.rules]
     bars = progress and workers == 1
     records = run_jobs(
@@ -261,7 +217,7 @@ def train_all(
     return records
 
 
-def run_experiment(
+def run_and_write(
     config: ConvConfig,
     out_dir: Path,
     tensors: tuple[torch.Tensor, ...] | None = None,
@@ -278,7 +234,7 @@ def run_experiment(
         The records, the markdown section and the files written.
     """
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
-    records = train_all(config, tensors, progress, workers)
+    records = run_experiment(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
     table = summary(records, config, sizes, seconds, title, quick)
@@ -306,19 +262,12 @@ def run_experiment(
     "LeNet on Fashion-MNIST: BP, FA, sign-symmetry (uSF, frSF, brSF), KP, DFA, +/- Batch Manhattan",
 )
 def run(options: RunOptions) -> TaskReport:
-    config = with_options(quick_config() if options.quick else ConvConfig(), options)
-    _, markdown, files = run_experiment(
+    config = config_for(options)
+    _, markdown, files = run_and_write(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
     )  # fmt: skip
     return TaskReport("convnets", markdown, files)
-
-
-def with_options(config: ConvConfig, options: RunOptions) -> ConvConfig:
-    """``config`` with the run's seeds and its choice of tuned or hand-set values."""
-    return replace(
-        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
 
 
 # --- tuning --------------------------------------------------------------------------------
@@ -372,7 +321,7 @@ tuning.register_tunable(
         },
         objective=validation_objective(
             lambda: ConvConfig(epochs=SEARCH_EPOCHS, measurements=1),
-            lambda: replace(quick_config(), measurements=1),
+            lambda: replace(presets.preset("convnets", "quick", ConvConfig()), measurements=1),
         ),
         direction="minimize",
         metric="validation error %",

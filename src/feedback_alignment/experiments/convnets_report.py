@@ -1,18 +1,19 @@
 """The conv-net tasks' outputs: the LeNet error table beside BioTorch's, with each rule's rate and
 its final angles, and the figures (errors; per-layer update and weight angles over training).
 
-Reads the runs only (types imported for checking); :mod:`.resnet` reads :func:`final_mean` too.
+Reads the runs only (their shapes: :mod:`.convnets_schema`); :mod:`.resnet` reads :func:`final_mean`
+too.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.convnets_schema import ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_FMNIST_LENET_ERROR
 from feedback_alignment.experiments.results import (
     Column,
@@ -23,9 +24,6 @@ from feedback_alignment.experiments.results import (
     save_figure,
 )
 from feedback_alignment.experiments.results import title as plot_title
-
-if TYPE_CHECKING:
-    from feedback_alignment.experiments.convnets import ConvConfig, RunRecord
 
 
 def final_mean(record: RunRecord, key: str) -> float:
@@ -38,7 +36,7 @@ def final_mean(record: RunRecord, key: str) -> float:
 def run_rate(group: list[RunRecord]) -> float:
     """The rate a group of runs trained at (NaN where they differ: a table shows one rate per
     group). Runs saved before the rate was stored get it from the task
-    (:func:`~feedback_alignment.experiments.convnets.train_all`), so the report needs no config."""
+    (:func:`~feedback_alignment.experiments.convnets.run_experiment`), so the report needs no config."""
     rates = {r.lr for r in group}
     return rates.pop() if len(rates) == 1 else math.nan
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,15 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.graphs_report import (
     LAYER_NAMES,
     layer_split_table,
     plot,
     split_table,
-    table,
+    summary,
 )
+from feedback_alignment.experiments.graphs_schema import RULES, GraphConfig, GraphRun
 from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.registry import (
     RunOptions,
@@ -69,8 +70,6 @@ from feedback_alignment.experiments.results import (
     write_table,
 )
 from feedback_alignment.experiments.run import apply_rule, fit, run_jobs
-
-RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
 
 
 @dataclass(frozen=True)
@@ -126,35 +125,6 @@ def rule_settings(
     stored = tuning.tuned_values("graphs", directory) if tuned else {}
     values = stored.get(f"{layer}/{rule_name}", {})
     return RuleSettings(**{**asdict(hand_settings(layer, rule_name)), **values})
-
-
-@dataclass
-class GraphConfig:
-    """What the task runs."""
-
-    layers: tuple[str, ...] = ("gcn", "cheb", "gat", "graphconv")
-    rules: tuple[str, ...] = RULES
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    epochs: int = 250
-    align_every: int = 25  # epochs between alignment measurements of the DFA runs
-    tuned: bool = True  # use the stored tuned values (``False``: the authors' hand-set ones)
-    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
-
-
-@dataclass
-class GraphRun:
-    layer: str
-    rule: str
-    seed: int
-    test_accuracy: float  # % at the best validation epoch
-    best_val_accuracy: float
-    best_epoch: int
-    seconds: float
-    val_curve: list[float] = field(default_factory=list)
-    loss_curve: list[float] = field(default_factory=list)
-    # (epoch, mean hidden update angle in degrees, signal cosine mean, signal cosine std)
-    alignment: list[tuple[int, float, float, float]] = field(default_factory=list)
-    hidden_update_angles: dict[str, float] = field(default_factory=dict)
 
 
 def load_cora() -> Any:
@@ -278,7 +248,8 @@ def _every(period: int, report: tuning.Report, key: str):
     return on_evaluate
 
 
-def run_all(config: GraphConfig, progress: bool = True) -> list[GraphRun]:
+def run_experiment(config: GraphConfig, progress: bool = True) -> list[GraphRun]:
+    """Every (layer, rule, seed) of ``config`` on the seeded split of Cora."""
     graph = load_cora()
     jobs = [
         (lay, r, s, config) for lay in config.layers for r in config.rules for s in config.seeds
@@ -328,9 +299,10 @@ def _run_split_job(shared: tuple[Any, bool], job: tuple[str, str, int, GraphConf
 # --- summaries -------------------------------------------------------------------------------
 
 
-def summarise(runs: list[GraphRun], config: GraphConfig) -> dict[str, dict[str, Any]]:
-    """layer -> {rule: MeanStd of test accuracy, "angle", "cosine" (DFA), "G"}."""
-    summary: dict[str, dict[str, Any]] = {}
+def aggregate(runs: list[GraphRun], config: GraphConfig) -> dict[str, dict[str, Any]]:
+    """layer -> {rule: MeanStd of test accuracy, "angle", "cosine" (DFA), "G"}: what the
+    table (:func:`summary`) and the plot show, stored as ``results.json``'s ``summary``."""
+    stats: dict[str, dict[str, Any]] = {}
     for layer in config.layers:
         row: dict[str, Any] = {}
         for rule_name in config.rules:
@@ -342,18 +314,16 @@ def summarise(runs: list[GraphRun], config: GraphConfig) -> dict[str, dict[str, 
                 row["cosine"] = mean_std(a[2] for a in finals)
         if all(r in row for r in RULES):
             row["G"] = gap_closure(row["DFA"].mean, row["BP"].mean, row["Shallow"].mean)
-        summary[layer] = row
-    return summary
+        stats[layer] = row
+    return stats
 
 
 def config_for(options: RunOptions) -> GraphConfig:
     """Full mode widens a single seed (the CLI default) to three consecutive seeds (23 minutes on
     2 cores; more with ``--seeds``), since the paper's comparison needs a spread; quick mode: one
-    seed, 5 epochs."""
+    seed, 5 epochs (``presets/graphs.json``)."""
     tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
-    if options.quick:
-        return GraphConfig(seeds=run_seeds(options), epochs=5, align_every=5, **tuned)
-    return GraphConfig(seeds=run_seeds(options), **tuned)
+    return presets.preset("graphs", options.preset, GraphConfig(seeds=run_seeds(options), **tuned))
 
 
 @register_task(
@@ -364,8 +334,8 @@ def config_for(options: RunOptions) -> GraphConfig:
 def run(options: RunOptions) -> TaskReport:
     """Runs the task (settings: :func:`config_for`)."""
     config = config_for(options)
-    runs = run_all(config, progress=options.progress)
-    summary = summarise(runs, config)
+    runs = run_experiment(config, progress=options.progress)
+    stats = aggregate(runs, config)
     stored = tuning.tuned_values("graphs", config.tuned_dir) if config.tuned else {}
     tuned_arms = tuple(
         f"{lay}/{r}" for lay in config.layers for r in config.rules if f"{lay}/{r}" in stored
@@ -376,7 +346,7 @@ def run(options: RunOptions) -> TaskReport:
         else str(tuning.tuned_path("graphs", config.tuned_dir))
     )
     everything = len(tuned_arms) == len(config.layers) * len(config.rules)
-    result = table(summary, options.quick, tuned_arms, source, everything)
+    result = summary(stats, options.quick, tuned_arms, source, everything)
     out = options.out_dir
     files = [
         write_results(
@@ -392,11 +362,11 @@ def run(options: RunOptions) -> TaskReport:
                 for r in config.rules
             },
             paper=LAUNAY_2020_CORA,
-            summary=summary,
+            summary=stats,
             runs=runs,
         ),
         *write_table(out, result, config.seeds),
-        *plot(runs, summary, out, options.quick),
+        *plot(runs, stats, out, options.quick),
     ]
     mode = "quick mode, not comparable with the paper" if options.quick else "full"
     heading = (
@@ -416,9 +386,9 @@ def run_splits(options: RunOptions) -> TaskReport:
     values of ``graphs`` (chosen on split 0's validation nodes)."""
     tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
     pairs = GCN_PAIRS[:1] if options.quick else GCN_PAIRS
-    config = GraphConfig(layers=("gcn",), seeds=pairs, **tuned)
-    if options.quick:
-        config = GraphConfig(layers=("gcn",), seeds=pairs, epochs=5, align_every=5, **tuned)
+    config = presets.preset(
+        "graphs", options.preset, GraphConfig(layers=("gcn",), seeds=pairs, **tuned)
+    )
     runs = run_split_pairs(config, pairs, progress=options.progress)
     result = split_table(runs, options.quick, config.epochs)
     out = options.out_dir
@@ -450,8 +420,7 @@ def run_layer_splits(options: RunOptions) -> TaskReport:
     run; ``graphs-gcn-splits`` keeps GCN's own table."""
     tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
     pairs = SPLIT_PAIRS[:1] if options.quick else SPLIT_PAIRS
-    short = {"epochs": 5, "align_every": 5} if options.quick else {}
-    config = GraphConfig(seeds=pairs, **short, **tuned)
+    config = presets.preset("graphs", options.preset, GraphConfig(seeds=pairs, **tuned))
     runs = run_split_pairs(config, pairs, progress=options.progress, desc="graphs-splits")
     result = layer_split_table(runs, options.quick, config.epochs)
     out = options.out_dir

@@ -1,5 +1,6 @@
 """The graphs task's outputs: the Cora table beside the paper's (with the gap closure G and DFA's
-alignment), and its figure. Reads the task's runs and summary only (types imported for checking).
+alignment), and its figure. Reads the task's runs and summary only (their shapes:
+:mod:`.graphs_schema`).
 """
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from feedback_alignment.experiments.graphs_schema import GraphRun
 from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.results import (
     Column,
@@ -20,9 +22,6 @@ from feedback_alignment.experiments.results import (
 )
 from feedback_alignment.experiments.results import title as plot_title
 
-if TYPE_CHECKING:
-    from feedback_alignment.experiments.graphs import GraphRun
-
 LAYER_NAMES = {"gcn": "GCNConv", "cheb": "ChebConv (K=2)", "gat": "GATConv (8x8)",
                "graphconv": "GraphConv"}  # fmt: skip
 """Table names of the layers (PyG's classes; Cheb's order and GAT's heads as in the paper)."""
@@ -31,7 +30,7 @@ PAPER_ORDER: tuple[str, ...] = ("BP", "DFA", "Shallow")
 """The order of the figures in each :data:`LAUNAY_2020_CORA` tuple (and of the bars)."""
 
 
-def table(
+def summary(
     summary: dict[str, dict[str, Any]],
     quick: bool = False,
     tuned: tuple[str, ...] = (),

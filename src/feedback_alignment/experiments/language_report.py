@@ -1,21 +1,18 @@
 """The transformer task's outputs: test perplexity beside the paper's, the gap closures in log
-perplexity, and the loss curves. Reads the results only (types imported for checking).
+perplexity, and the loss curves. Reads the results only (their shapes: :mod:`.language_schema`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.language_schema import LanguageConfig, LanguageResult
 from feedback_alignment.experiments.papers import LAUNAY_2020_PERPLEXITY
 from feedback_alignment.experiments.results import Column, Table, gap_closure, pyplot, save_figure
 from feedback_alignment.experiments.results import title as plot_title
 from feedback_alignment.models.transformer import perplexity
-
-if TYPE_CHECKING:
-    from feedback_alignment.experiments.language import LanguageConfig, LanguageResult
 
 
 def _mean(results: list[LanguageResult], rule: str, key: str = "test_loss") -> float:

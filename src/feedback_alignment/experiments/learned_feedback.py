@@ -44,15 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.convnets import (
     VALIDATION_SIZE,
-    ConvConfig,
-    RunRecord,
     _measure,
     load_fashion_mnist,
     test_error,
 )
+from feedback_alignment.experiments.convnets_schema import ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import WEBSTER_2020_CIFAR10_CONV_ACCURACY
 from feedback_alignment.experiments.registry import (
     RunOptions,
@@ -97,10 +96,19 @@ class LearnedConfig(ConvConfig):
     fdfa_feedback_weight_decay: float = 0.0  # Florian-BACHO/FDFA
 
 
-def quick_config() -> LearnedConfig:
-    """The ``--quick`` settings: 4,000 training images, 1 epoch of batch 32, one seed."""
-    return LearnedConfig(
-        epochs=1, batch_size=32, train_size=4000, test_size=2000, measurements=4, seeds=(0,)
+def config_for(options: RunOptions) -> LearnedConfig:
+    """The run's settings: preset ``options.preset`` of ``presets/learned-feedback.json``
+    (``quick``: 4,000 training images, 1 epoch, one seed; ``full``: the defaults), with the run's
+    seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
+    return settings_for(TASK, LearnedConfig(), options)
+
+
+def settings_for(task: str, base: LearnedConfig, options: RunOptions) -> LearnedConfig:
+    """``base`` with ``task``'s preset ``options.preset`` and the run's seeds and tuned choice
+    (the LeNet and ResNet learned-feedback tasks alike)."""
+    config = presets.preset(task, options.preset, base)
+    return replace(
+        config, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
     )
 
 
@@ -113,7 +121,7 @@ def learning_rate(config: LearnedConfig, rule: str) -> float:
 
 @dataclass
 class LearnedRecord(RunRecord):
-    """A run of this task: :class:`~feedback_alignment.experiments.convnets.RunRecord` and the
+    """A run of this task: :class:`~feedback_alignment.experiments.convnets_schema.RunRecord` and the
     learned feedback's start and end norms and the norm of its change (NaN: no learned ``B``)."""
 
     feedback_start_norm: float = math.nan
@@ -224,18 +232,20 @@ def _train_job(tensors: tuple[torch.Tensor, ...], job: tuple) -> LearnedRecord:
     return train_one(rule, seed, config, tensors, progress)
 
 
-def train_all(
+def run_experiment(
     config: LearnedConfig,
-    tensors: tuple[torch.Tensor, ...],
+    tensors: tuple[torch.Tensor, ...] | None = None,
     progress: bool = True,
     workers: int = 1,
 ) -> list[LearnedRecord]:
-    """Every (rule, seed) of ``config`` (saved as each ends inside ``reproduce``: resumable)."""
+    """Every (rule, seed) of ``config`` (saved as each ends inside ``reproduce``: resumable), on
+    ``tensors`` (default: Fashion-MNIST as ``config`` sizes it)."""
     unknown = [r for r in config.rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
     if not config.seeds:
         raise ValueError(f"{config.task} needs at least one seed")
+    tensors = tensors if tensors is not None else load_fashion_mnist(config)
     bars = progress and workers == 1
     return run_jobs(
         _train_job,
@@ -333,7 +343,7 @@ def summary(
     return table
 
 
-def run_experiment(
+def run_and_write(
     config: LearnedConfig,
     out_dir: Path,
     tensors: tuple[torch.Tensor, ...] | None = None,
@@ -341,20 +351,20 @@ def run_experiment(
     title: str = "Fashion-MNIST",
     quick: bool = False,
     workers: int = 1,
-    summarise: Callable[..., Table] | None = None,
+    summary_of: Callable[..., Table] | None = None,
     network: str = "LeNet",
 ) -> tuple[list[LearnedRecord], str, list[Path]]:
     """Runs every (rule, seed); writes ``results.json`` and the table into ``out_dir``.
-    ``summarise(records, config, sizes, seconds, quick)`` makes the table (default: the LeNet
+    ``summary_of(records, config, sizes, seconds, quick)`` makes the table (default: the LeNet
     table, :func:`summary`; the ResNet variant passes its own)."""
     tensors = tensors if tensors is not None else load_fashion_mnist(config)
-    records = train_all(config, tensors, progress, workers)
+    records = run_experiment(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
-    if summarise is None:
+    if summary_of is None:
         table = summary(records, config, sizes, seconds, title, quick)
     else:
-        table = summarise(records, config, sizes, seconds, quick)
+        table = summary_of(records, config, sizes, seconds, quick)
     files = [
         write_results(
             out_dir,
@@ -375,11 +385,8 @@ def run_experiment(
 
 @register_task(TASK, "LeNet on Fashion-MNIST: BP, DFA and the learned-feedback DKP and FDFA")
 def run(options: RunOptions) -> TaskReport:
-    base = quick_config() if options.quick else LearnedConfig()
-    config = replace(
-        base, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
-    _, markdown, files = run_experiment(
+    config = config_for(options)
+    _, markdown, files = run_and_write(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
     )  # fmt: skip
@@ -433,14 +440,13 @@ def rates_text(config: LearnedConfig) -> str:
 def register_search(
     task: str,
     config: Callable[..., LearnedConfig],
-    quick: Callable[[], LearnedConfig],
     trials: int,
     held_out: str,
     rates: tuple[float, float] = (1e-4, 1e-2),
 ) -> None:
     """Declares ``task``'s search of each rule's weight rate (the same procedure for the LeNet and
     the ResNet tasks, each with its range): a trial trains seed 0 for :data:`SEARCH_EPOCHS` epochs of ``config()``'s
-    schedule and is scored on ``held_out`` images (``held_out`` names them in the schedule's
+    schedule (``--quick``: the task's ``quick`` preset) and is scored on ``held_out`` images (``held_out`` names them in the schedule's
     text); the rate is sampled log-uniformly in ``rates``; ``B``'s Adam rate is not searched."""
     full = config()
     low, high = rates
@@ -452,7 +458,7 @@ def register_search(
             defaults=lambda name: {"lr": full.lr},
             objective=validation_objective(
                 lambda: config(epochs=SEARCH_EPOCHS, measurements=1, seeds=(0,)),
-                lambda: replace(quick(), measurements=1),
+                lambda: replace(presets.preset(task, "quick", config()), measurements=1),
             ),
             direction="minimize",
             metric="validation error %",
@@ -468,7 +474,6 @@ def register_search(
 register_search(
     TASK,
     LearnedConfig,
-    quick_config,
     trials=5,
     held_out=f"the training images less {VALIDATION_SIZE} held out",
 )

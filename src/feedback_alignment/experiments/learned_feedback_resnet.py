@@ -23,7 +23,7 @@ rule's searched rate; Adam 1e-4 on ``B``; one cosine decay). Rerun:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -34,13 +34,14 @@ from feedback_alignment.experiments.learned_feedback import (
     LearnedRecord,
     rates_text,
     register_search,
-    run_experiment,
+    run_and_write,
+    settings_for,
 )
+from feedback_alignment.experiments.learned_feedback import run_experiment as _lenet_loop
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
     register_task,
-    run_seeds,
 )
 from feedback_alignment.experiments.results import Column, Table, finite_mean, mean_std
 from feedback_alignment.models import ResNet
@@ -66,12 +67,15 @@ class LearnedResNetConfig(LearnedConfig):
         return ResNet(depth=self.depth, in_channels=in_channels, width=self.width)
 
 
-def quick_config() -> LearnedResNetConfig:
-    """The ``--quick`` settings: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed."""
-    return LearnedResNetConfig(
-        epochs=1, batch_size=32, depth=8, width=4, train_size=2000, test_size=1000,
-        measurements=2, seeds=(0,),
-    )  # fmt: skip
+run_experiment = _lenet_loop
+"""Every (rule, seed) of the config: the LeNet task's loop (the network is the config's)."""
+
+
+def config_for(options: RunOptions) -> LearnedResNetConfig:
+    """The run's settings: preset ``options.preset`` of ``presets/learned-feedback-resnet.json``
+    (``quick``: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed; ``full``: the defaults),
+    with the run's seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
+    return settings_for(TASK, LearnedResNetConfig(), options)
 
 
 def conv_layers(record: LearnedRecord) -> list[str]:
@@ -173,13 +177,10 @@ def summary(
 
 @register_task(TASK, "ResNet-20 on 10,000 Fashion-MNIST images: BP, DFA, DKP and FDFA")
 def run(options: RunOptions) -> TaskReport:
-    base = quick_config() if options.quick else LearnedResNetConfig()
-    config = replace(
-        base, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
-    _, markdown, files = run_experiment(
+    config = config_for(options)
+    _, markdown, files = run_and_write(
         config, options.out_dir, progress=options.progress, quick=options.quick,
-        workers=options.workers, summarise=summary,
+        workers=options.workers, summary_of=summary,
         network=f"ResNet-{config.depth} (BatchNorm)",
     )  # fmt: skip
     return TaskReport(TASK, markdown, files)
@@ -188,7 +189,6 @@ def run(options: RunOptions) -> TaskReport:
 register_search(
     TASK,
     LearnedResNetConfig,
-    quick_config,
     trials=8,
     held_out="the 10,000-image subset less 2,000 held out",
     # An 8-trial search in [1e-4, 1e-2] (commit 348c90b) put DFA's, DKP's and FDFA's rates at the

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
 
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.nerf_report import plot_curves, save_images, summary
 from feedback_alignment.experiments.nerf_scene import Scene, load_scene
+from feedback_alignment.experiments.nerf_schema import RULES, NeRFResult, NeRFTaskConfig
 from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -51,100 +51,20 @@ from feedback_alignment.models.nerf import (
 )
 from feedback_alignment.rules import Rule
 
-RULES: tuple[str, ...] = tuple(LAUNAY_2020_PSNR)
-"""BP, DFA and Shallow (the paper's rows)."""
+QUICK = presets.preset("nerf", "quick", NeRFTaskConfig())
+"""About half a minute per rule on one loaded CPU core (50 x 50 views; ``presets/nerf.json``)."""
 
 
-@dataclass
-class NeRFTaskConfig:
-    """Settings of the task (full mode; :data:`QUICK` is the minutes-scale variant).
-
-    Attributes:
-        scene: a ``scenes`` data set of the registry.
-        downscale: average-pool the views by this factor (the focal length follows).
-        model: the field and the ray sampling.
-        rays: rays per step, drawn at random from every training pixel.
-        steps: optimizer steps per rule.
-        lr: Adam learning rate per rule; DFA's lower than BP's, as in the paper (1e-4 vs 5e-4).
-        eps: Adam's epsilon per rule (in DFA's search space: :func:`adam_eps` says why).
-        final_lr_factor: exponential decay of the rate to this fraction at the last step (NeRF's).
-        eval_every: steps between PSNRs of the first test view (the learning curve).
-        test_views: held-out views evaluated at the end (``None``: all).
-        threads: intra-op threads (``None``: leave torch's setting).
-    """
-
-    scene: str = "duck"
-    downscale: int = 1
-    model: NeRFConfig = field(
-        default_factory=lambda: NeRFConfig(
-            depth=6,
-            width=96,
-            skips=(3,),
-            view_width=48,
-            pos_freqs=8,
-            dir_freqs=4,
-            n_samples=16,
-            n_importance=32,
-        )
-    )
-    rays: int = 512
-    steps: int = 2000
-    lr: dict[str, float] = field(default_factory=lambda: {"BP": 2e-3, "DFA": 5e-4, "Shallow": 2e-3})
-    eps: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RULES, 1e-8))
-    final_lr_factor: float = 0.1
-    eval_every: int = 250
-    test_views: int | None = None
-    rules: tuple[str, ...] = RULES
-    threads: int | None = None
-    tuned: bool = True  # use the stored tuned learning rates in place of ``lr``
-    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
-    task: str = "nerf"  # the task these settings belong to: its stored rates and table names
-
-    def __post_init__(self) -> None:
-        unknown = [r for r in self.rules if r not in RULES]
-        if unknown:
-            raise ValueError(f"unknown rules {unknown}; choose from {list(RULES)}")
-        missing = [r for r in self.rules if r not in self.lr]
-        if missing:
-            raise ValueError(f"no learning rate for {missing}; lr has {sorted(self.lr)}")
-        if self.downscale < 1 or self.rays < 1 or self.steps < 1 or self.eval_every < 1:
-            raise ValueError("downscale, rays, steps and eval_every must be positive")
-
-
-QUICK = NeRFTaskConfig(
-    downscale=2,
-    model=NeRFConfig(
-        depth=4,
-        width=64,
-        skips=(2,),
-        view_width=32,
-        pos_freqs=6,
-        dir_freqs=2,
-        n_samples=12,
-        n_importance=12,
-    ),
-    rays=256,
-    steps=300,
-    eval_every=100,
-    test_views=3,
-)
-"""About half a minute per rule on one loaded CPU core (50 x 50 views)."""
-
-
-@dataclass
-class NeRFResult:
-    rule: str
-    seed: int
-    psnr: float
-    ssim: float
-    psnr_per_view: list[float]
-    seconds: float
-    curve: list[tuple[int, float]]  # (step, PSNR of the first test view)
-    train_loss: list[float]
-    lr: float = math.nan
-    eps: float = 1e-8  # runs recorded before eps was stored used Adam's default
-    # field -> fraction of positive raw densities at initialisation (:func:`density_at_init`)
-    density_alive_at_init: dict[str, float] = field(default_factory=dict)
+def config_for(options: RunOptions, task: str = "nerf") -> NeRFTaskConfig:
+    """The run's settings: preset ``options.preset`` (:data:`QUICK` or the defaults), with the
+    authors' field for ``task="nerf-authors"`` (:func:`authors_field`), and the run's choice of
+    tuned or hand-set rates (the seeds are the run's, given to :func:`run_experiment`)."""
+    config = presets.preset("nerf", options.preset, NeRFTaskConfig())
+    if task == "nerf-authors":
+        config = authors_field(config)
+    elif task != "nerf":
+        raise ValueError(f"unknown NeRF task {task!r}; choose nerf or nerf-authors")
+    return replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
 
 
 FINE_SEED_OFFSET = 10_000
@@ -395,8 +315,11 @@ def run_experiment(
 )
 def run(options: RunOptions, config: NeRFTaskConfig | None = None) -> TaskReport:
     """Trains every rule; writes ``results.json``, the table, ``test_views.png``, ``curves.png``."""
-    config = config or (QUICK if options.quick else NeRFTaskConfig())
-    config = replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
+    config = (
+        config_for(options)
+        if config is None
+        else replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
+    )
     seeds = options.seeds[:1] if options.quick else options.seeds
     results, renders, scene = run_experiment(
         config, tuple(seeds), options.progress, options.workers
@@ -433,13 +356,13 @@ _SCENES: dict[bool, Scene] = {}
 
 
 def _objective(
-    full: NeRFTaskConfig, quick_config: NeRFTaskConfig
+    full: NeRFTaskConfig, short: NeRFTaskConfig
 ) -> Callable[[str, dict[str, float], tuning.Report, bool], float]:
-    """A tuning objective over the settings ``full`` (``quick_config`` in quick mode): the PSNR
+    """A tuning objective over the settings ``full`` (``short`` in quick mode): the PSNR
     of the held-out training view after a shortened run of ``arm`` at ``values["lr"]``."""
 
     def objective(arm: str, values: dict[str, float], report: tuning.Report, quick: bool) -> float:
-        base = quick_config if quick else full
+        base = short if quick else full
         steps = 60 if quick else TUNING_STEPS
         config = replace(base, steps=steps, eval_every=max(steps // 4, 1), rules=(arm,))
         if quick not in _SCENES:
@@ -453,7 +376,7 @@ def _objective(
     return objective
 
 
-def register_search(full: NeRFTaskConfig, quick_config: NeRFTaskConfig) -> None:
+def register_search(full: NeRFTaskConfig, short: NeRFTaskConfig) -> None:
     """Declares the search of task ``full.task``: each rule's rate, and DFA's Adam epsilon
     (:func:`adam_eps` says why), 8 trials of :data:`TUNING_STEPS` steps on seed 0."""
     tuning.register_tunable(
@@ -468,7 +391,7 @@ def register_search(full: NeRFTaskConfig, quick_config: NeRFTaskConfig) -> None:
                 "lr": full.lr[arm],
                 **({"eps": full.eps[arm]} if arm == "DFA" else {}),
             },
-            objective=_objective(full, quick_config),
+            objective=_objective(full, short),
             direction="maximize",
             metric="PSNR of a held-out training view (dB)",
             trials=8,
@@ -489,11 +412,10 @@ def authors_field(config: NeRFTaskConfig, task: str = "nerf-authors") -> NeRFTas
     """``config`` with the DFA authors' choices for the field (LightOn's NeRF code, as issue 22
     read it): a ReLU density (ours: softplus), a ReLU after the feature layer, which then is a
     hidden layer with its own feedback point (ours: linear, no point), and DFA's hand-set rate a
-    fifth of BP's (their 1e-4 against 5e-4; ours a quarter). The searched rates replace the
-    hand-set ones once stored (``tuned/nerf-authors.json``)."""
-    model = replace(config.model, density="relu", feature_relu=True)
-    lr = {**config.lr, "DFA": config.lr["BP"] / 5}
-    return replace(config, model=model, lr=lr, task=task)
+    fifth of BP's (their 1e-4 against 5e-4; ours a quarter): preset ``field`` of
+    ``presets/nerf-authors.json``. The searched rates replace the hand-set ones once stored
+    (``tuned/nerf-authors.json``)."""
+    return replace(presets.preset("nerf-authors", "field", config), task=task)
 
 
 AUTHORS = authors_field(NeRFTaskConfig())
@@ -508,8 +430,9 @@ QUICK_AUTHORS = authors_field(QUICK)
     "Shallow",
 )
 def run_authors(options: RunOptions) -> TaskReport:
-    """Task ``nerf``'s run with :data:`AUTHORS` (:data:`QUICK_AUTHORS` in quick mode)."""
-    return run(options, QUICK_AUTHORS if options.quick else AUTHORS)
+    """Task ``nerf``'s run with the authors' field (:data:`AUTHORS`; :data:`QUICK_AUTHORS` in
+    quick mode)."""
+    return run(options, config_for(options, "nerf-authors"))
 
 
 register_search(AUTHORS, QUICK_AUTHORS)

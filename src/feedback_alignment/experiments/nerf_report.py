@@ -1,6 +1,6 @@
 """The NeRF task's outputs: the PSNR/SSIM table beside the paper's, the test views and the curves.
 
-Reads the task's results only (its dataclasses are imported for types), so the task module
+Reads the task's results only (their shapes: :mod:`.nerf_schema`), so the task module
 (:mod:`.nerf`) keeps the model, data, metric and defaults.
 """
 
@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments.nerf_scene import Scene
+from feedback_alignment.experiments.nerf_schema import NeRFResult, NeRFTaskConfig
 from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
 from feedback_alignment.experiments.results import Column, Table, mean_std, pyplot, save_figure
 from feedback_alignment.experiments.results import title as plot_title
 from feedback_alignment.models.nerf import psnr
-
-if TYPE_CHECKING:
-    from feedback_alignment.experiments.nerf import NeRFResult, NeRFTaskConfig
-    from feedback_alignment.experiments.nerf_scene import Scene
 
 
 def summary(results: list[NeRFResult], config: NeRFTaskConfig, quick: bool = False) -> Table:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.papers import LAUNAY_2020_CRITEO
-from feedback_alignment.experiments.recommenders_report import MODEL_NAMES, plot, table
+from feedback_alignment.experiments.recommenders_report import MODEL_NAMES, plot, summary
+from feedback_alignment.experiments.recommenders_schema import DATASETS, RULES, RecConfig, RecRun
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
@@ -58,28 +58,6 @@ from feedback_alignment.experiments.results import (
 from feedback_alignment.experiments.run import apply_rule, fit, run_jobs
 from feedback_alignment.models.recommender import build_recommender
 
-RULES: tuple[str, ...] = ("BP", "DFA", "Shallow")
-DATASETS: tuple[str, ...] = ("movielens-100k", "adult")
-
-
-@dataclass
-class RecConfig:
-    """What the task runs (CPU scale: the paper's MLPs were 400 x 3 and 1024 x 2)."""
-
-    models: tuple[str, ...] = ("fm", "deepfm", "dcn", "autoint")
-    datasets: tuple[str, ...] = DATASETS
-    rules: tuple[str, ...] = RULES
-    seeds: tuple[int, ...] = (0, 1, 2)
-    mlp_dims: tuple[int, ...] = (200, 200, 200)
-    cross_layers: int = 3
-    epochs: int = 8
-    patience: int = 2
-    batch_size: int = 1024
-    lr: float = 1e-3  # Adam: the hand-set rate of every rule (tuned ones replace it where stored)
-    max_train_rows: int | None = None  # subsample the training rows (quick mode)
-    tuned: bool = True  # use the stored tuned rates (``experiments/tuned/recommenders.json``)
-    tuned_dir: Path | None = None  # where they are stored (``None``: the committed ones)
-
 
 def arm(dataset: str, kind: str, rule: str) -> str:
     """The tuning arm of one (data set, model, rule): ``"adult/dcn/DFA"``."""
@@ -90,21 +68,6 @@ def learning_rate(config: RecConfig, dataset: str, kind: str, rule: str) -> floa
     """The tuned rate of the triple where stored (and ``config.tuned``), else ``config.lr``."""
     stored = tuning.tuned_values("recommenders", config.tuned_dir) if config.tuned else {}
     return stored.get(arm(dataset, kind, rule), {}).get("lr", config.lr)
-
-
-@dataclass
-class RecRun:
-    model: str
-    dataset: str
-    rule: str
-    seed: int
-    test_auc: float
-    test_logloss: float
-    best_epoch: int
-    seconds: float
-    val_auc_curve: list[float] = field(default_factory=list)
-    hidden_update_angle: float = math.nan  # mean over the hidden layers, DFA only
-    signal_cosine: dict[str, float] = field(default_factory=dict)  # per point, DFA only
 
 
 def model_kwargs(kind: str, rule: str, config: RecConfig) -> dict[str, Any]:
@@ -211,7 +174,8 @@ def train_one(
     return record
 
 
-def run_all(config: RecConfig, progress: bool = True) -> list[RecRun]:
+def run_experiment(config: RecConfig, progress: bool = True) -> list[RecRun]:
+    """Every (model, rule, seed) of ``config`` on each of its data sets (FM with BP only)."""
     from feedback_alignment import data
 
     runs = []
@@ -238,9 +202,10 @@ def _run_job(shared: tuple[Any, bool], job: tuple[str, str, int, str, RecConfig]
     return train_one(kind, dataset, rule_name, seed, table, config, progress)
 
 
-def summarise(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> model -> {rule: {"auc": MeanStd, "logloss": ...}, "G_auc", "G_logloss"}."""
-    summary: dict[str, dict[str, dict[str, Any]]] = {}
+def aggregate(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """dataset -> model -> {rule: {"auc": MeanStd, "logloss": ...}, "G_auc", "G_logloss"}: what
+    the table (:func:`summary`) and the plot show, stored as ``results.json``'s ``summary``."""
+    stats: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset in config.datasets:
         for kind in config.models:
             row: dict[str, Any] = {}
@@ -270,18 +235,15 @@ def summarise(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict
                     row[f"G_{metric}"] = gap_closure(
                         row["DFA"][metric].mean, row["BP"][metric].mean, row["Shallow"][metric].mean
                     )
-            summary.setdefault(dataset, {})[kind] = row
-    return summary
+            stats.setdefault(dataset, {})[kind] = row
+    return stats
 
 
 def config_for(options: RunOptions) -> RecConfig:
     """Full mode widens a single seed to three consecutive seeds; quick mode: one seed, 8,000
-    training rows, one epoch of batches of 256, 32-wide MLPs."""
-    if options.quick:
-        return RecConfig(seeds=run_seeds(options), mlp_dims=(32, 32, 32), cross_layers=2,
-                         epochs=1, batch_size=256, lr=3e-3, max_train_rows=8_000,
-                         tuned=options.tuned, tuned_dir=options.tuned_dir)  # fmt: skip
-    return RecConfig(seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir)
+    training rows, one epoch of batches of 256, 32-wide MLPs (``presets/recommenders.json``)."""
+    base = RecConfig(seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir)
+    return presets.preset("recommenders", options.preset, base)
 
 
 @register_task(
@@ -292,9 +254,9 @@ def config_for(options: RunOptions) -> RecConfig:
 def run(options: RunOptions) -> TaskReport:
     """Runs the task (settings: :func:`config_for`)."""
     config = config_for(options)
-    runs = run_all(config, progress=options.progress)
-    summary = summarise(runs, config)
-    result = table(summary, options.quick)
+    runs = run_experiment(config, progress=options.progress)
+    stats = aggregate(runs, config)
+    result = summary(stats, options.quick)
     out = options.out_dir
     files = [
         write_results(
@@ -310,11 +272,11 @@ def run(options: RunOptions) -> TaskReport:
                 for m in config.models
                 for r in config.rules
             },
-            summary=summary,
+            summary=stats,
             runs=runs,
         ),
         *write_table(out, result, config.seeds),
-        *plot(summary, config, out, options.quick),
+        *plot(stats, config, out, options.quick),
     ]
     mode = "quick mode, not comparable with the paper" if options.quick else "full"
     heading = (
@@ -324,10 +286,10 @@ def run(options: RunOptions) -> TaskReport:
     return TaskReport("recommenders", heading + "\n\n" + result.to_markdown(), files)
 
 
-PAPER_SIZE = {"models": ("dcn",), "datasets": ("movielens-100k",), "mlp_dims": (1024, 1024),
-              "cross_layers": 6, "batch_size": 512}  # fmt: skip
+PAPER_SIZE = presets.changes("recommenders-paper-size", "full")
 """The paper's Deep & Cross sizes (6 cross layers, MLP 1024 x 2, batch 512 [code]) on MovieLens,
-the one setting here where Shallow is at least 0.02 AUC below BP."""
+the one setting here where Shallow is at least 0.02 AUC below BP
+(``presets/recommenders-paper-size.json``)."""
 
 
 @register_task(
@@ -338,24 +300,21 @@ the one setting here where Shallow is at least 0.02 AUC below BP."""
 def run_paper_size(options: RunOptions) -> TaskReport:
     """Deep & Cross on MovieLens-100k at :data:`PAPER_SIZE`, BP, DFA and Shallow, three seeds
     (``--seeds`` to change); each rule at the rate stored for the default-size model (not
-    searched again at this size). Quick mode: the quick settings of ``recommenders``."""
-    base = config_for(options)
-    sizes = dict(PAPER_SIZE)
-    if options.quick:
-        sizes = {"models": ("dcn",), "datasets": ("movielens-100k",)}
-    config = RecConfig(**{**base.__dict__, **sizes})
-    runs = run_all(config, progress=options.progress)
-    summary = summarise(runs, config)
+    searched again at this size). Quick mode: the quick settings of ``recommenders``, Deep & Cross
+    on MovieLens only."""
+    config = presets.preset("recommenders-paper-size", options.preset, config_for(options))
+    runs = run_experiment(config, progress=options.progress)
+    stats = aggregate(runs, config)
     note = (
         f"Paper's sizes: {config.cross_layers} cross layers, MLP "
         f"{' x '.join(map(str, config.mlp_dims))}, batch {config.batch_size}, each rule at the "
         "learning rate searched for the default-size model (`experiments/tuned/recommenders.json`)."
     )
-    result = table(summary, options.quick, name="recommenders_paper_size", note=note)
+    result = summary(stats, options.quick, name="recommenders_paper_size", note=note)
     out = options.out_dir
     files = [
         write_results(out, "recommenders-paper-size", options.quick, config.seeds, config=config,
-                      summary=summary, runs=runs),
+                      summary=stats, runs=runs),
         *write_table(out, result, config.seeds),
     ]  # fmt: skip
     heading = f"### Deep & Cross at the paper's sizes ({len(config.seeds)} seed(s))"

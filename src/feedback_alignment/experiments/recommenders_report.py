@@ -1,19 +1,17 @@
 """The recommenders task's outputs: test AUC and log-loss beside the paper's Criteo figures, the
-gap closures, and the figure. Reads the summary only (types imported for checking).
+gap closures, and the figure. Reads the summary only (the config's shape: :mod:`.recommenders_schema`).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from feedback_alignment.experiments.papers import LAUNAY_2020_CRITEO
+from feedback_alignment.experiments.recommenders_schema import RecConfig
 from feedback_alignment.experiments.results import Column, Table, gap_closure, pyplot, save_figure
 from feedback_alignment.experiments.results import title as plot_title
-
-if TYPE_CHECKING:
-    from feedback_alignment.experiments.recommenders import RecConfig
 
 MODEL_NAMES = {"fm": "FM", "deepfm": "DeepFM", "dcn": "Deep & Cross", "autoint": "AutoInt"}
 """Table names of the models."""
@@ -24,7 +22,7 @@ PAIRED = "DFA − BP AUC (per seed)"
 same seed (the spread the recs-match criterion subtracts twice)."""
 
 
-def table(
+def summary(
     summary: dict[str, Any], quick: bool = False, name: str = "recommenders_auc", note: str = ""
 ) -> Table:
     """Test AUC ± std / log-loss per data set, model and rule, beside the paper's Criteo figures;

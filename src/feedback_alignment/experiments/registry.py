@@ -5,6 +5,14 @@ paper), writes ``results.json`` and any plots into ``options.out_dir``, and retu
 section that puts our numbers beside the paper's. Each experiment module registers its tasks with
 :func:`register_task`; the CLI imports the modules listed in :data:`TASK_MODULES`.
 
+Every task module names its parts alike (:class:`Experiment`; a test holds every module to it):
+``config_for(options)`` gives the run's settings (the config's defaults are the full run; the
+other presets, ``--quick`` among them, are data in ``presets/<task>.json``, read by
+:mod:`~feedback_alignment.experiments.presets`), ``run_experiment(config, ...)`` trains every run
+and returns their records (each saved as it ends inside ``reproduce``), and ``summary(records,
+config, ...)`` makes the table beside the paper's; the registered ``run(options)`` chains the
+three and writes the files.
+
 A *group* (:func:`register_group`) names several tasks under one name (``principled`` is its five
 parts). Groups are not tasks: :func:`tasks` lists each task once, so running "every task" never
 runs a part twice, and :func:`resolve` expands group names given on the command line.
@@ -17,6 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,11 @@ class RunOptions:
     tuned_dir: Path | None = None
     workers: int = 1
 
+    @property
+    def preset(self) -> str:
+        """The settings' preset name this run asks for (``presets/<task>.json``)."""
+        return "quick" if self.quick else "full"
+
 
 def run_seeds(options: RunOptions, full_count: int = 3) -> tuple[int, ...]:
     """The seeds a task runs: quick mode the first one; a full run the ``--seeds`` given, or, for
@@ -99,6 +113,26 @@ PARALLEL_TASKS: tuple[str, ...] = (
 )
 """Tasks whose runs (rule x seed) spread over ``RunOptions.workers`` processes: those whose
 full runs exceed the 45-minute budget on one core."""
+
+
+class Experiment(Protocol):
+    """What every task module provides, one name per role (its registered ``run`` aside).
+
+    The arguments after the first differ by task (the data, progress, workers); the names and
+    their meaning do not.
+    """
+
+    def config_for(self, options: RunOptions) -> Any:
+        """The run's settings: preset ``options.preset`` with the run's seeds and tuned choice."""
+        ...
+
+    def run_experiment(self, config: Any, *args: Any, **kwargs: Any) -> Any:
+        """Trains every (rule, seed) of ``config``; returns the runs' records."""
+        ...
+
+    def summary(self, records: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
+        """The task's table (:class:`~feedback_alignment.experiments.results.Table`)."""
+        ...
 
 
 @dataclass

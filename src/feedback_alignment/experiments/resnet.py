@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from feedback_alignment.experiments import convnets, tuning
-from feedback_alignment.experiments.convnets import ConvConfig, RunRecord
+from feedback_alignment.experiments import convnets, presets, tuning
 from feedback_alignment.experiments.convnets_report import final_mean, run_rate
+from feedback_alignment.experiments.convnets_schema import ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ERROR
 from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
 from feedback_alignment.experiments.results import (
@@ -65,14 +65,21 @@ class ResNetConfig(ConvConfig):
         return ResNet(depth=self.depth, in_channels=in_channels, width=self.width)
 
 
-def quick_config() -> ResNetConfig:
-    """The ``--quick`` settings: ResNet-8 of width 4 on 2,000 images, 1 epoch (< 1 min)."""
-    return ResNetConfig(
-        epochs=1, batch_size=32, depth=8, width=4, train_size=2000, test_size=1000, measurements=2
+def config_for(options: RunOptions) -> ResNetConfig:
+    """The run's settings: preset ``options.preset`` of ``presets/resnet.json`` (``quick``:
+    ResNet-8 of width 4 on 2,000 images, 1 epoch, < 1 min; ``full``: the defaults), with the run's
+    seeds and its choice of tuned or hand-set rates."""
+    config = presets.preset("resnet", options.preset, ResNetConfig())
+    return replace(
+        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
     )
 
 
-def run_experiment(
+run_experiment = convnets.run_experiment
+"""Every (rule, seed) of a ResNet config: the LeNet task's loop (the network is the config's)."""
+
+
+def run_and_write(
     config: ResNetConfig,
     out_dir: Path,
     tensors: tuple[torch.Tensor, ...] | None = None,
@@ -81,20 +88,20 @@ def run_experiment(
     workers: int = 1,
     *,
     task: str = "resnet",
-    summarise: Callable[..., Table] | None = None,
+    summary_of: Callable[..., Table] | None = None,
     title: str = "",
     references: dict[str, Any] | None = None,
 ) -> tuple[list[RunRecord], str, list[Path]]:
     """Trains every (rule, seed); writes ``results.json`` and the table into ``out_dir``.
 
-    ``task``, ``summarise`` (the table: :func:`summary` by default), ``title`` (the section's
+    ``task``, ``summary_of`` (the table: :func:`summary` by default), ``title`` (the section's
     heading after the task's name) and ``references`` (the papers' figures stored beside the
     runs) let a variant of this task (``resnet-seeds``) reuse the loop."""
     tensors = tensors if tensors is not None else convnets.load_fashion_mnist(config)
-    records = convnets.train_all(config, tensors, progress, workers)
+    records = run_experiment(config, tensors, progress, workers)
     sizes = {"train": len(tensors[0]), "test": len(tensors[2])}
     seconds = sum(r.seconds for r in records)
-    table = (summarise or summary)(records, config, sizes, seconds, quick)
+    table = (summary_of or summary)(records, config, sizes, seconds, quick)
     if references is None:
         references = {"biotorch_reference_error": BIOTORCH_CIFAR10_RESNET20_ERROR}
     files = [
@@ -178,8 +185,8 @@ def summary(
     "resnet", "BatchNorm ResNet-20 on Fashion-MNIST: BP, FA, uSF, DFA (one seed; BioTorch/Liao)"
 )
 def run(options: RunOptions) -> TaskReport:
-    config = convnets.with_options(quick_config() if options.quick else ResNetConfig(), options)
-    _, markdown, files = run_experiment(
+    config = config_for(options)
+    _, markdown, files = run_and_write(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
     )  # fmt: skip
@@ -200,7 +207,7 @@ tuning.register_tunable(
         defaults=lambda name: {"lr": ResNetConfig().lr},
         objective=convnets.validation_objective(
             lambda: ResNetConfig(epochs=SEARCH_EPOCHS, measurements=1),
-            lambda: replace(quick_config(), measurements=1),
+            lambda: replace(presets.preset("resnet", "quick", ResNetConfig()), measurements=1),
             train_size=SEARCH_TRAIN,
         ),
         direction="minimize",

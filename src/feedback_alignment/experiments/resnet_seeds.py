@@ -28,9 +28,9 @@ from typing import ClassVar
 
 import torch
 
-from feedback_alignment.experiments import resnet, tuning
-from feedback_alignment.experiments.convnets import RunRecord
+from feedback_alignment.experiments import presets, resnet, tuning
 from feedback_alignment.experiments.convnets_report import run_rate
+from feedback_alignment.experiments.convnets_schema import RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR
 from feedback_alignment.experiments.registry import (
     RunOptions,
@@ -61,12 +61,14 @@ class ResNetSeedsConfig(ResNetConfig):
     epochs: int = EPOCHS
 
 
-def quick_config() -> ResNetSeedsConfig:
-    """The ``--quick`` settings: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed."""
-    return ResNetSeedsConfig(
-        epochs=1, batch_size=32, depth=8, width=4, train_size=2000, test_size=1000,
-        measurements=2, seeds=(0,),
-    )  # fmt: skip
+def config_for(options: RunOptions) -> ResNetSeedsConfig:
+    """The run's settings: preset ``options.preset`` of ``presets/resnet-seeds.json``
+    (``quick``: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed; ``full``: the defaults),
+    with the run's seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
+    config = presets.preset(TASK, options.preset, ResNetSeedsConfig())
+    return replace(
+        config, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
+    )
 
 
 def paired_gaps(records: list[RunRecord]) -> dict[int, float]:
@@ -146,7 +148,11 @@ def summary(
     return table
 
 
-def run_experiment(
+run_experiment = resnet.run_experiment
+"""Every (rule, seed) of the config: the ``resnet`` task's loop."""
+
+
+def run_and_write(
     config: ResNetSeedsConfig,
     out_dir: Path,
     tensors: tuple[torch.Tensor, ...] | None = None,
@@ -154,9 +160,10 @@ def run_experiment(
     quick: bool = False,
     workers: int = 1,
 ) -> tuple[list[RunRecord], str, list[Path]]:
-    """The ``resnet`` task's loop (:func:`.resnet.run_experiment`) with this task's table."""
-    return resnet.run_experiment(
-        config, out_dir, tensors, progress, quick, workers, task=TASK, summarise=summary,
+    """The ``resnet`` task's loop and files (:func:`.resnet.run_and_write`) with this task's
+    table."""
+    return resnet.run_and_write(
+        config, out_dir, tensors, progress, quick, workers, task=TASK, summary_of=summary,
         title=f"BP and uSF, ResNet-{config.depth} (BatchNorm), over seeds",
         references={"biotorch_adam_reference_error": BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR},
     )  # fmt: skip
@@ -166,11 +173,8 @@ def run_experiment(
     TASK, "BatchNorm ResNet-20 on Fashion-MNIST: BP vs uSF, 3 seeds, 6 epochs (BioTorch Adam)"
 )
 def run(options: RunOptions) -> TaskReport:
-    base = quick_config() if options.quick else ResNetSeedsConfig()
-    config = replace(
-        base, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
-    _, markdown, files = run_experiment(
+    config = config_for(options)
+    _, markdown, files = run_and_write(
         config, options.out_dir, progress=options.progress, quick=options.quick,
         workers=options.workers,
     )  # fmt: skip

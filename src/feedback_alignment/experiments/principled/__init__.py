@@ -37,12 +37,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from feedback_alignment.experiments import tuning
+from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.principled import alignment, bottleneck, conv, mlp, practices
 from feedback_alignment.experiments.principled.bottleneck import PartlyTrained, bottleneck_mlp
 from feedback_alignment.experiments.principled.common import (
@@ -67,7 +66,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FULL", "PARTS", "PART_TITLES", "QUICK", "TINY", "PartlyTrained", "Run", "Setting",
-    "block_mlp", "bottleneck_mlp", "rerender", "run_parts", "spearman", "with_setting",
+    "block_mlp", "bottleneck_mlp", "config_for", "rerender", "run_parts", "spearman",
 ]  # fmt: skip
 
 MODULES: dict[str, ModuleType] = {
@@ -77,7 +76,8 @@ MODULES: dict[str, ModuleType] = {
     "practices": practices,
     "conv": conv,
 }
-"""Each claim's module: ``run(setting, seeds, progress)``, ``table(result, setting)``, ``plots``."""
+"""Each claim's module: ``run_experiment(setting, seeds, progress)``, ``summary(result,
+setting)`` (the table), ``plots``: the task protocol's names (:class:`.registry.Experiment`)."""
 
 TUNED_PARTS: dict[str, ModuleType] = {"mlp": mlp, "conv": conv}
 """The parts that compare rules, so whose rules each get their own searched learning rate
@@ -88,13 +88,10 @@ PARTS: tuple[str, ...] = tuple(MODULES)
 PART_TITLES: dict[str, str] = {part: module.TITLE for part, module in MODULES.items()}
 
 
-def setting_for(options: RunOptions) -> Setting:
-    return QUICK if options.quick else FULL
-
-
-def with_setting(setting: Setting, **changes: Any) -> Setting:
-    """A copy of ``setting`` with ``changes`` (e.g. fewer epochs for a smoke run)."""
-    return replace(setting, **changes)
+def config_for(options: RunOptions) -> Setting:
+    """The run's setting: preset ``options.preset`` of ``presets/principled.json`` (:data:`QUICK`
+    or :data:`FULL`); the seeds and rates are the run's, given to :func:`run_parts`."""
+    return presets.build("principled", options.preset, Setting)
 
 
 def run_parts(
@@ -117,7 +114,7 @@ def run_parts(
     for part in parts:
         start = time.perf_counter()
         extra = {"rates": (rates or {}).get(part, {})} if part in TUNED_PARTS else {}
-        result = MODULES[part].run(setting, tuple(seeds), progress, **extra)
+        result = MODULES[part].run_experiment(setting, tuple(seeds), progress, **extra)
         seconds = time.perf_counter() - start
         section, written = _write_part(part, result, setting, seconds, seeds, out_dir)
         sections.append(section)
@@ -136,7 +133,7 @@ def _write_part(
     out_dir: Path,
 ) -> tuple[str, list[Path]]:
     module = MODULES[part]
-    table = module.table(result, setting)
+    table = module.summary(result, setting)
     heading = f"### principled / {module.TITLE} ({setting.name} mode, {seconds:.0f} s)"
     markdown = heading + "\n\n" + table.to_markdown()
     payload = {"part": part, "setting": setting, "seconds": seconds, "quick": setting.quick}
@@ -183,7 +180,7 @@ def _task(part: str) -> Callable[[RunOptions], TaskReport]:
             rates = {part: stored}
         # three seeds by default: all five parts fit the family's 45-minute budget with them
         return run_parts(
-            (part,), options.out_dir, setting_for(options), run_seeds(options), options.progress,
+            (part,), options.out_dir, config_for(options), run_seeds(options), options.progress,
             rates,
         )  # fmt: skip
 

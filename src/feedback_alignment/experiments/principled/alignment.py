@@ -37,7 +37,7 @@ from feedback_alignment.experiments.results import (
 TITLE = "Alignment over training"
 
 
-def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
+def run_experiment(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
     """DFA on the 7x240 tanh MLP with an :class:`AlignmentMonitor` on a fixed probe batch."""
     split = load_split(setting.dataset, setting.train_limit, setting.test_limit)
     arch, hidden = list(setting.mlp_archs().items())[1]
@@ -67,7 +67,7 @@ def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any
     return {"runs": [trained], "history": history, "arch": arch}
 
 
-def summary(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def landmarks(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Where the angles and the loss stand at the first measurement, their best, and the end."""
     if not history:
         return {}
@@ -99,14 +99,14 @@ def checkpoints(history: Sequence[dict[str, Any]], count: int) -> list[dict[str,
     return [history[i] for i in sorted(picks | {0, len(history) - 1})]
 
 
-def table(result: dict[str, Any], setting: Setting) -> Table:
+def summary(result: dict[str, Any], setting: Setting) -> Table:
     history = result["history"]
     trained: Run = result["runs"][0]
     if not history:
         out = Table("principled_alignment", [Column("step")], quick=setting.quick)
         out.caption = "No alignment measurement was taken (the run was shorter than the period)."
         return out
-    stats = summary(history)
+    stats = landmarks(history)
     layers = stats["layers"]
     points = list(history[0]["cosine"])
     out = Table(

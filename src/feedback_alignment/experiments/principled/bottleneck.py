@@ -219,7 +219,7 @@ def _job(split: Split, job: tuple[str, str, int, int, Setting, bool]) -> Run:
     return trained
 
 
-def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
+def run_experiment(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
     """DFA in every arm, b swept; BP (narrow, Adam) at the extremes. The Adam arms run first, the
     paper's optimiser's longer arm last; each run is saved as it ends inside ``reproduce``."""
     split = load_split(setting.dataset, setting.train_limit, setting.test_limit)
@@ -304,7 +304,7 @@ def _cell(curve: dict[str, Any] | None, metric: str, b: int, spread: bool = Fals
     return curve[metric][i]
 
 
-def table(result: dict[str, Any], setting: Setting) -> Table:
+def summary(result: dict[str, Any], setting: Setting) -> Table:
     c = result["curves"]
     sgd, adam = c.get("entries-sgd"), c.get("entries-adam")
     rows, narrow = c.get("rows"), c.get("narrow")

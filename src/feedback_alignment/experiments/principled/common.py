@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feedback_alignment.alignment import AlignmentMonitor, AlignmentReport, alignment
+from feedback_alignment.experiments import presets
 from feedback_alignment.experiments.results import finite_mean
 from feedback_alignment.experiments.run import apply_rule, fit, shuffled
 from feedback_alignment.models import MLP
@@ -98,54 +99,11 @@ class Setting:
             raise ValueError(f"bottleneck widths must be positive, got {self.bottleneck_widths}")
 
 
-FULL = Setting(
-    name="full",
-    mlp_datasets=("mnist-5k", "fashion-mnist"),
-    mlp_epochs=(20, 2),
-    dataset="fashion-mnist",
-    train_limit=None,
-    test_limit=None,
-    alignment_epochs=2,
-    alignment_every=10,
-    bottleneck_widths=(1, 5, 18, 46, 118, 308, 800),
-    bottleneck_epochs=1,
-    practice_epochs=1,
-    conv_epochs=1,
-    bottleneck_long_epochs=10,
-)
-QUICK = Setting(
-    name="quick",
-    mlp_datasets=("mnist-5k",),
-    mlp_epochs=(3,),
-    dataset="fashion-mnist",
-    train_limit=4000,
-    test_limit=1000,
-    alignment_epochs=2,
-    alignment_every=2,
-    bottleneck_widths=(1, 5, 18, 118, 800),
-    bottleneck_epochs=1,
-    practice_epochs=1,
-    conv_epochs=1,
-)
-TINY = Setting(
-    name="tiny",
-    mlp_datasets=("digits",),
-    mlp_epochs=(1,),
-    dataset="digits",
-    train_limit=600,
-    test_limit=300,
-    alignment_epochs=1,
-    alignment_every=2,
-    bottleneck_widths=(1, 4, 32),
-    bottleneck_epochs=1,
-    practice_epochs=1,
-    conv_epochs=1,
-    probe=128,
-    wide=32,
-    deep=(3, 16),
-    conv=(4, 8, 16),
-)
-"""A seconds-long setting for the test: every code path, no meaningful numbers (digits 8x8)."""
+FULL = presets.build("principled", "full", Setting)
+QUICK = presets.build("principled", "quick", Setting)
+TINY = presets.build("principled", "tiny", Setting)
+"""The reported run, ``--quick`` (minutes) and the test's seconds-long setting (every code path,
+no meaningful numbers, digits 8x8): ``presets/principled.json``."""
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def _build(image: Sequence[int], sizes: tuple[int, int, int], freeze: bool) -> B
     return model, None
 
 
-def run(
+def run_experiment(
     setting: Setting,
     seeds: Sequence[int],
     progress: bool,
@@ -143,7 +143,7 @@ def _train(
     return trained
 
 
-def table(result: dict[str, Any], setting: Setting) -> Table:
+def summary(result: dict[str, Any], setting: Setting) -> Table:
     runs: list[Run] = result["runs"]
     out = Table(
         "principled_conv",

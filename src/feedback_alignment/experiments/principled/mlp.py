@@ -45,7 +45,7 @@ def arm(dataset: str, arch: str, rule: str) -> str:
     return f"{dataset}/{arch}/{rule}"
 
 
-def run(
+def run_experiment(
     setting: Setting,
     seeds: Sequence[int],
     progress: bool,
@@ -101,7 +101,7 @@ def _train(
     return run
 
 
-def table(result: dict[str, Any], setting: Setting) -> Table:
+def summary(result: dict[str, Any], setting: Setting) -> Table:
     runs: list[Run] = result["runs"]
     rules = result["rules"]
     out = Table(

@@ -66,7 +66,7 @@ def ablations(base_lr: float) -> list[Ablation]:
     ]
 
 
-def run(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
+def run_experiment(setting: Setting, seeds: Sequence[int], progress: bool) -> dict[str, Any]:
     """Every :func:`ablations` row on the 2x800 MLP, each with accuracy and final alignment."""
     split = load_split(setting.dataset, setting.train_limit, setting.test_limit)
     items = [(setting, row, seed, progress) for row in ablations(setting.lr) for seed in seeds]
@@ -108,7 +108,7 @@ def _job(split: Split, item: tuple[Setting, Ablation, int, bool]) -> Run:
     return trained
 
 
-def table(result: dict[str, Any], setting: Setting) -> Table:
+def summary(result: dict[str, Any], setting: Setting) -> Table:
     runs: list[Run] = result["runs"]
     out = Table(
         "principled_practices",
