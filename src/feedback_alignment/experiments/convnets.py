@@ -35,7 +35,7 @@ from feedback_alignment.experiments import presets, tuning
 from feedback_alignment.experiments.convnets_report import plot, summary
 from feedback_alignment.experiments.convnets_schema import RULES, ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_FMNIST_LENET_ERROR
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import RunOptions, TaskReport, configure, register_task
 from feedback_alignment.experiments.results import (
     write_results,
     write_table,
@@ -62,10 +62,7 @@ def config_for(options: RunOptions) -> ConvConfig:
     4,000 training images, 1 epoch of batch 32, every rule, < 1 min; ``full``: the defaults), with
     the run's seeds (each seed given trains every pair) and its choice of tuned or hand-set
     values."""
-    config = presets.preset("convnets", options.preset, ConvConfig())
-    return replace(
-        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    return configure("convnets", ConvConfig(), options, options.seeds)
 
 
 def load_fashion_mnist(

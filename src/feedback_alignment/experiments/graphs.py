@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from feedback_alignment.alignment import alignment
-from feedback_alignment.experiments import presets, tuning
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.graphs_report import (
     LAYER_NAMES,
     layer_split_table,
@@ -60,6 +60,7 @@ from feedback_alignment.experiments.papers import LAUNAY_2020_CORA
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
+    configure,
     register_task,
     run_seeds,
 )
@@ -322,8 +323,7 @@ def config_for(options: RunOptions) -> GraphConfig:
     """Full mode widens a single seed (the CLI default) to three consecutive seeds (23 minutes on
     2 cores; more with ``--seeds``), since the paper's comparison needs a spread; quick mode: one
     seed, 5 epochs (``presets/graphs.json``)."""
-    tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
-    return presets.preset("graphs", options.preset, GraphConfig(seeds=run_seeds(options), **tuned))
+    return configure("graphs", GraphConfig(), options, run_seeds(options))
 
 
 @register_task(
@@ -384,11 +384,8 @@ def run(options: RunOptions) -> TaskReport:
 def run_splits(options: RunOptions) -> TaskReport:
     """GCN's three rules over :data:`GCN_PAIRS` (quick: one pair, 5 epochs); the stored tuned
     values of ``graphs`` (chosen on split 0's validation nodes)."""
-    tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
     pairs = GCN_PAIRS[:1] if options.quick else GCN_PAIRS
-    config = presets.preset(
-        "graphs", options.preset, GraphConfig(layers=("gcn",), seeds=pairs, **tuned)
-    )
+    config = configure("graphs", GraphConfig(layers=("gcn",)), options, pairs)
     runs = run_split_pairs(config, pairs, progress=options.progress)
     result = split_table(runs, options.quick, config.epochs)
     out = options.out_dir
@@ -418,9 +415,8 @@ def run_layer_splits(options: RunOptions) -> TaskReport:
     :func:`~feedback_alignment.experiments.graphs_report.layer_split_table`. GCN's rows repeat
     ``graphs-gcn-splits`` (the same runs: each seeds itself), so that every layer reads from one
     run; ``graphs-gcn-splits`` keeps GCN's own table."""
-    tuned = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
     pairs = SPLIT_PAIRS[:1] if options.quick else SPLIT_PAIRS
-    config = presets.preset("graphs", options.preset, GraphConfig(seeds=pairs, **tuned))
+    config = configure("graphs", GraphConfig(), options, pairs)
     runs = run_split_pairs(config, pairs, progress=options.progress, desc="graphs-splits")
     result = layer_split_table(runs, options.quick, config.epochs)
     out = options.out_dir

@@ -31,7 +31,7 @@ PAPER_ORDER: tuple[str, ...] = ("BP", "DFA", "Shallow")
 
 
 def summary(
-    summary: dict[str, dict[str, Any]],
+    stats: dict[str, dict[str, Any]],
     quick: bool = False,
     tuned: tuple[str, ...] = (),
     source: str = "experiments/tuned/graphs.json",
@@ -52,7 +52,7 @@ def summary(
     def cell(value: MeanStd | None) -> Any:
         return value.cell() if value is not None else None
 
-    for layer, row in summary.items():
+    for layer, row in stats.items():
         paper = LAUNAY_2020_CORA.get(layer)
         g_paper = gap_closure(paper[1], paper[0], paper[2]) if paper else None
         result.add(

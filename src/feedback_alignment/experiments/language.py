@@ -50,7 +50,7 @@ from feedback_alignment.experiments.language_schema import AUTHORS_LR as AUTHORS
 from feedback_alignment.experiments.language_schema import RULES as RULES
 from feedback_alignment.experiments.language_schema import AuthorsRecipe as AuthorsRecipe
 from feedback_alignment.experiments.papers import LAUNAY_2020_PERPLEXITY
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import RunOptions, TaskReport, configure, register_task
 from feedback_alignment.experiments.results import (
     write_results,
     write_table,
@@ -75,8 +75,7 @@ def config_for(options: RunOptions) -> LanguageConfig:
     """The run's settings: preset ``options.preset`` (:data:`QUICK` or the defaults) with the
     run's choice of tuned or hand-set rates (the seeds are the run's, given to
     :func:`run_experiment`)."""
-    config = presets.preset("transformer", options.preset, LanguageConfig())
-    return replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
+    return configure("transformer", LanguageConfig(), options)
 
 
 def place_rule(name: str, model: CharTransformer, seed: int, before_vocab: bool) -> Rule:

@@ -56,6 +56,7 @@ from feedback_alignment.experiments.papers import WEBSTER_2020_CIFAR10_CONV_ACCU
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
+    configure,
     register_task,
     run_seeds,
 )
@@ -100,16 +101,7 @@ def config_for(options: RunOptions) -> LearnedConfig:
     """The run's settings: preset ``options.preset`` of ``presets/learned-feedback.json``
     (``quick``: 4,000 training images, 1 epoch, one seed; ``full``: the defaults), with the run's
     seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
-    return settings_for(TASK, LearnedConfig(), options)
-
-
-def settings_for(task: str, base: LearnedConfig, options: RunOptions) -> LearnedConfig:
-    """``base`` with ``task``'s preset ``options.preset`` and the run's seeds and tuned choice
-    (the LeNet and ResNet learned-feedback tasks alike)."""
-    config = presets.preset(task, options.preset, base)
-    return replace(
-        config, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    return configure(TASK, LearnedConfig(), options, run_seeds(options))
 
 
 def learning_rate(config: LearnedConfig, rule: str) -> float:

@@ -35,13 +35,14 @@ from feedback_alignment.experiments.learned_feedback import (
     rates_text,
     register_search,
     run_and_write,
-    settings_for,
 )
-from feedback_alignment.experiments.learned_feedback import run_experiment as _lenet_loop
+from feedback_alignment.experiments.learned_feedback import run_experiment as run_experiment
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
+    configure,
     register_task,
+    run_seeds,
 )
 from feedback_alignment.experiments.results import Column, Table, finite_mean, mean_std
 from feedback_alignment.models import ResNet
@@ -67,15 +68,11 @@ class LearnedResNetConfig(LearnedConfig):
         return ResNet(depth=self.depth, in_channels=in_channels, width=self.width)
 
 
-run_experiment = _lenet_loop
-"""Every (rule, seed) of the config: the LeNet task's loop (the network is the config's)."""
-
-
 def config_for(options: RunOptions) -> LearnedResNetConfig:
     """The run's settings: preset ``options.preset`` of ``presets/learned-feedback-resnet.json``
     (``quick``: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed; ``full``: the defaults),
     with the run's seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
-    return settings_for(TASK, LearnedResNetConfig(), options)
+    return configure(TASK, LearnedResNetConfig(), options, run_seeds(options))
 
 
 def conv_layers(record: LearnedRecord) -> list[str]:

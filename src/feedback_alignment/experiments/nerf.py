@@ -36,7 +36,7 @@ from feedback_alignment.experiments.nerf_report import plot_curves, save_images,
 from feedback_alignment.experiments.nerf_scene import Scene, load_scene
 from feedback_alignment.experiments.nerf_schema import RULES, NeRFResult, NeRFTaskConfig
 from feedback_alignment.experiments.papers import LAUNAY_2020_PSNR
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import RunOptions, TaskReport, configure, register_task
 from feedback_alignment.experiments.results import (
     write_results,
     write_table,
@@ -59,12 +59,10 @@ def config_for(options: RunOptions, task: str = "nerf") -> NeRFTaskConfig:
     """The run's settings: preset ``options.preset`` (:data:`QUICK` or the defaults), with the
     authors' field for ``task="nerf-authors"`` (:func:`authors_field`), and the run's choice of
     tuned or hand-set rates (the seeds are the run's, given to :func:`run_experiment`)."""
-    config = presets.preset("nerf", options.preset, NeRFTaskConfig())
-    if task == "nerf-authors":
-        config = authors_field(config)
-    elif task != "nerf":
+    if task not in ("nerf", "nerf-authors"):
         raise ValueError(f"unknown NeRF task {task!r}; choose nerf or nerf-authors")
-    return replace(config, tuned=options.tuned, tuned_dir=options.tuned_dir)
+    config = configure("nerf", NeRFTaskConfig(), options)
+    return authors_field(config) if task == "nerf-authors" else config
 
 
 FINE_SEED_OFFSET = 10_000
@@ -412,10 +410,11 @@ def authors_field(config: NeRFTaskConfig, task: str = "nerf-authors") -> NeRFTas
     """``config`` with the DFA authors' choices for the field (LightOn's NeRF code, as issue 22
     read it): a ReLU density (ours: softplus), a ReLU after the feature layer, which then is a
     hidden layer with its own feedback point (ours: linear, no point), and DFA's hand-set rate a
-    fifth of BP's (their 1e-4 against 5e-4; ours a quarter): preset ``field`` of
-    ``presets/nerf-authors.json``. The searched rates replace the hand-set ones once stored
+    fifth of BP's (their 1e-4 against 5e-4; ours a quarter); the two ReLUs are preset ``field``
+    of ``presets/nerf-authors.json``. The searched rates replace the hand-set ones once stored
     (``tuned/nerf-authors.json``)."""
-    return replace(presets.preset("nerf-authors", "field", config), task=task)
+    config = presets.preset("nerf-authors", "field", config)
+    return replace(config, lr={**config.lr, "DFA": config.lr["BP"] / 5}, task=task)
 
 
 AUTHORS = authors_field(NeRFTaskConfig())

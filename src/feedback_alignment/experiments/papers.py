@@ -53,7 +53,13 @@ def _figure(entry: dict[str, Any]) -> Any:
 
 
 def _load() -> dict[str, dict[str, Any]]:
-    data = json.loads(FIGURES_FILE.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(FIGURES_FILE.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise RuntimeError(
+            f"{FIGURES_FILE}: the papers' figures cannot be read ({error}); restore the file "
+            "from git (it is package data: a broken install needs a reinstall)"
+        ) from None
     return {name: entry for name, entry in data.items() if not name.startswith("_")}
 
 

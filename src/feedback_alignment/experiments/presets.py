@@ -16,6 +16,7 @@ would run the full setting under the quick name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from functools import cache
@@ -36,15 +37,25 @@ def path(task: str) -> Path:
     return PRESETS_DIR / f"{task}.json"
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"keys given twice: {twice}")
+    return dict(pairs)
+
+
 @cache
 def _load(task: str) -> dict[str, dict[str, Any]]:
     file = path(task)
     if not file.exists():
         return {}
     try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{file}: not valid JSON ({error}); restore it from git") from None
+        data = json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise ValueError(
+            f"{file}: not a valid presets file ({error}); restore it from git"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected an object of preset name -> object of settings")
     presets = {name: values for name, values in data.items() if not name.startswith("_")}
@@ -52,6 +63,11 @@ def _load(task: str) -> dict[str, dict[str, Any]]:
     if wrong:
         raise ValueError(f"{file}: presets {wrong} are not objects of settings")
     return presets
+
+
+def reload() -> None:
+    """Forgets the files read so far (they are read once per process): after editing one."""
+    _load.cache_clear()
 
 
 def names(task: str) -> tuple[str, ...]:
@@ -71,6 +87,11 @@ def changes(task: str, name: str) -> dict[str, Any]:
         return {key: _value(None, value, key) for key, value in presets[name].items()}
     if name == FULL:
         return {}
+    if not path(task).exists():
+        raise FileNotFoundError(
+            f"{path(task)}: no such presets file, so {task} has no preset "
+            f"{name!r} (only {FULL!r}, the defaults); restore it from git"
+        )
     raise KeyError(f"{path(task)}: no preset {name!r}; {task} has {list(names(task))}")
 
 
@@ -89,7 +110,7 @@ def build(task: str, name: str, cls: type[Config]) -> Config:
     values = changes(task, name)
     try:
         return cls(**values)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"{path(task)} [{name}]: {error}") from None
 
 
@@ -97,7 +118,8 @@ def apply(base: Config, values: dict[str, Any], where: str = "settings") -> Conf
     """``base`` with ``values`` (field -> JSON value) in place of its fields; see the module doc.
 
     Raises:
-        ValueError: a key is not a field of ``base`` (names ``where`` and the fields).
+        ValueError: a key is not a field of ``base`` (names ``where`` and the fields), a value's
+            type is not the default's, or the config refuses the result (each names ``where``).
     """
     if not dataclasses.is_dataclass(base) or isinstance(base, type):
         raise TypeError(f"{where}: presets change a config dataclass, not {type(base).__name__}")
@@ -110,12 +132,35 @@ def apply(base: Config, values: dict[str, Any], where: str = "settings") -> Conf
     new = {
         key: _value(getattr(base, key), value, f"{where}.{key}") for key, value in values.items()
     }
-    return dataclasses.replace(base, **new)
+    try:
+        return dataclasses.replace(base, **new)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _value(current: Any, value: Any, where: str) -> Any:
-    if isinstance(value, dict) and dataclasses.is_dataclass(current):
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object of {type(current).__name__}'s "
+                             f"settings, got {value!r}")  # fmt: skip
         return apply(current, value, where)
+    if current is not None and value is not None and not _same_kind(current, value):
+        raise ValueError(f"{where}: expected a value like the default {current!r}, got {value!r}")
     if isinstance(value, list):
         return tuple(_value(None, item, where) for item in value)
-    return value
+    return copy.deepcopy(value)  # a dict from the cached file must not be shared by configs
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether ``value`` can stand where the config's default ``default`` stands: the same JSON
+    kind (a whole number for a float is fine; ``true`` for a number is not; ``null`` is left to
+    the config's own checks)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return isinstance(value, type(default))

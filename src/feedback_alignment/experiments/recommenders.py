@@ -46,6 +46,7 @@ from feedback_alignment.experiments.recommenders_schema import DATASETS, RULES, 
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
+    configure,
     register_task,
     run_seeds,
 )
@@ -242,8 +243,7 @@ def aggregate(runs: list[RecRun], config: RecConfig) -> dict[str, dict[str, dict
 def config_for(options: RunOptions) -> RecConfig:
     """Full mode widens a single seed to three consecutive seeds; quick mode: one seed, 8,000
     training rows, one epoch of batches of 256, 32-wide MLPs (``presets/recommenders.json``)."""
-    base = RecConfig(seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir)
-    return presets.preset("recommenders", options.preset, base)
+    return configure("recommenders", RecConfig(), options, run_seeds(options))
 
 
 @register_task(

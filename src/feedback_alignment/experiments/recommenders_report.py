@@ -23,7 +23,7 @@ same seed (the spread the recs-match criterion subtracts twice)."""
 
 
 def summary(
-    summary: dict[str, Any], quick: bool = False, name: str = "recommenders_auc", note: str = ""
+    stats: dict[str, Any], quick: bool = False, name: str = "recommenders_auc", note: str = ""
 ) -> Table:
     """Test AUC ± std / log-loss per data set, model and rule, beside the paper's Criteo figures;
     ``name``: the table's file stem; ``note``: a sentence added to the caption (the sizes)."""
@@ -46,7 +46,7 @@ def summary(
         values = LAUNAY_2020_CRITEO.get(kind, {}).get(rule)
         return list(values) if values else None
 
-    for dataset, rows in summary.items():
+    for dataset, rows in stats.items():
         for kind, row in rows.items():
             p = LAUNAY_2020_CRITEO.get(kind)
             g_paper = gap_closure(p["DFA"][0], p["BP"][0], p["Shallow"][0]) if p else None

@@ -5,13 +5,14 @@ paper), writes ``results.json`` and any plots into ``options.out_dir``, and retu
 section that puts our numbers beside the paper's. Each experiment module registers its tasks with
 :func:`register_task`; the CLI imports the modules listed in :data:`TASK_MODULES`.
 
-Every task module names its parts alike (:class:`Experiment`; a test holds every module to it):
+Every task module names its parts alike (:class:`Experiment`; ``tests/test_presets.py`` checks
+that every module of :data:`TASK_MODULES` has the three names and none of those they replaced):
 ``config_for(options)`` gives the run's settings (the config's defaults are the full run; the
 other presets, ``--quick`` among them, are data in ``presets/<task>.json``, read by
-:mod:`~feedback_alignment.experiments.presets`), ``run_experiment(config, ...)`` trains every run
-and returns their records (each saved as it ends inside ``reproduce``), and ``summary(records,
-config, ...)`` makes the table beside the paper's; the registered ``run(options)`` chains the
-three and writes the files.
+:mod:`~feedback_alignment.experiments.presets`; :func:`configure` is the common body),
+``run_experiment(config, ...)`` trains every run and returns what they left (each run saved as it
+ends inside ``reproduce``), and ``summary(...)`` makes the table beside the paper's; the
+registered ``run(options)`` chains the three and writes the files.
 
 A *group* (:func:`register_group`) names several tasks under one name (``principled`` is its five
 parts). Groups are not tasks: :func:`tasks` lists each task once, so running "every task" never
@@ -20,12 +21,15 @@ runs a part twice, and :func:`resolve` expands group names given on the command 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from feedback_alignment.experiments import presets
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,22 @@ def run_seeds(options: RunOptions, full_count: int = 3) -> tuple[int, ...]:
     return tuple(options.seeds[0] + i for i in range(full_count))
 
 
+Config = TypeVar("Config")
+
+
+def configure(
+    task: str, base: Config, options: RunOptions, seeds: tuple[int, ...] | None = None
+) -> Config:
+    """``base`` with preset ``options.preset`` of ``presets/<task>.json``, then the run's choice of
+    tuned or hand-set values and, where given, its ``seeds``: what every task's ``config_for``
+    does (the config must have ``tuned`` and ``tuned_dir`` fields)."""
+    config = presets.preset(task, options.preset, base)
+    run: dict[str, Any] = {"tuned": options.tuned, "tuned_dir": options.tuned_dir}
+    if seeds is not None:
+        run["seeds"] = tuple(seeds)
+    return dataclasses.replace(config, **run)
+
+
 TUNED_TASKS: tuple[str, ...] = (
     "graphs",
     "transformer",
@@ -118,20 +138,23 @@ full runs exceed the 45-minute budget on one core."""
 class Experiment(Protocol):
     """What every task module provides, one name per role (its registered ``run`` aside).
 
-    The arguments after the first differ by task (the data, progress, workers); the names and
-    their meaning do not.
+    The arguments and returns differ by task (the data, progress, workers; NeRF also returns its
+    renders, the demo its config); the names and their meaning do not.
     """
 
     def config_for(self, options: RunOptions) -> Any:
-        """The run's settings: preset ``options.preset`` with the run's seeds and tuned choice."""
+        """The run's settings: preset ``options.preset`` with the run's tuned choice (and its
+        seeds, where the config holds them; the Transformer and NeRF tasks take them apart)."""
         ...
 
     def run_experiment(self, config: Any, *args: Any, **kwargs: Any) -> Any:
         """Trains every (rule, seed) of ``config``; returns the runs' records."""
         ...
 
-    def summary(self, records: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
-        """The task's table (:class:`~feedback_alignment.experiments.results.Table`)."""
+    def summary(self, *args: Any, **kwargs: Any) -> Any:
+        """The task's table (:class:`~feedback_alignment.experiments.results.Table`), from the
+        records and the config, or from the statistics of them (graphs, recommenders:
+        ``aggregate``)."""
         ...
 
 

@@ -35,7 +35,7 @@ from feedback_alignment.experiments import convnets, presets, tuning
 from feedback_alignment.experiments.convnets_report import final_mean, run_rate
 from feedback_alignment.experiments.convnets_schema import ConvConfig, RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ERROR
-from feedback_alignment.experiments.registry import RunOptions, TaskReport, register_task
+from feedback_alignment.experiments.registry import RunOptions, TaskReport, configure, register_task
 from feedback_alignment.experiments.results import (
     Column,
     Table,
@@ -69,10 +69,7 @@ def config_for(options: RunOptions) -> ResNetConfig:
     """The run's settings: preset ``options.preset`` of ``presets/resnet.json`` (``quick``:
     ResNet-8 of width 4 on 2,000 images, 1 epoch, < 1 min; ``full``: the defaults), with the run's
     seeds and its choice of tuned or hand-set rates."""
-    config = presets.preset("resnet", options.preset, ResNetConfig())
-    return replace(
-        config, seeds=tuple(options.seeds), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    return configure("resnet", ResNetConfig(), options, options.seeds)
 
 
 run_experiment = convnets.run_experiment

@@ -22,19 +22,20 @@ Rerun: ``feedback-alignment --threads 1 reproduce --tasks resnet-seeds --workers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from feedback_alignment.experiments import presets, resnet, tuning
+from feedback_alignment.experiments import resnet, tuning
 from feedback_alignment.experiments.convnets_report import run_rate
 from feedback_alignment.experiments.convnets_schema import RunRecord
 from feedback_alignment.experiments.papers import BIOTORCH_CIFAR10_RESNET20_ADAM_ERROR
 from feedback_alignment.experiments.registry import (
     RunOptions,
     TaskReport,
+    configure,
     register_task,
     run_seeds,
 )
@@ -65,10 +66,7 @@ def config_for(options: RunOptions) -> ResNetSeedsConfig:
     """The run's settings: preset ``options.preset`` of ``presets/resnet-seeds.json``
     (``quick``: ResNet-8 of width 4 on 2,000 images, 1 epoch, one seed; ``full``: the defaults),
     with the run's seeds (:func:`run_seeds`) and its choice of tuned or hand-set rates."""
-    config = presets.preset(TASK, options.preset, ResNetSeedsConfig())
-    return replace(
-        config, seeds=run_seeds(options), tuned=options.tuned, tuned_dir=options.tuned_dir
-    )
+    return configure(TASK, ResNetSeedsConfig(), options, run_seeds(options))
 
 
 def paired_gaps(records: list[RunRecord]) -> dict[int, float]:

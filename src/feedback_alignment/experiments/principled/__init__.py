@@ -41,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from feedback_alignment.experiments import presets, tuning
+from feedback_alignment.experiments import tuning
 from feedback_alignment.experiments.principled import alignment, bottleneck, conv, mlp, practices
 from feedback_alignment.experiments.principled.bottleneck import PartlyTrained, bottleneck_mlp
 from feedback_alignment.experiments.principled.common import (
@@ -91,7 +91,7 @@ PART_TITLES: dict[str, str] = {part: module.TITLE for part, module in MODULES.it
 def config_for(options: RunOptions) -> Setting:
     """The run's setting: preset ``options.preset`` of ``presets/principled.json`` (:data:`QUICK`
     or :data:`FULL`); the seeds and rates are the run's, given to :func:`run_parts`."""
-    return presets.build("principled", options.preset, Setting)
+    return QUICK if options.quick else FULL
 
 
 def run_parts(
