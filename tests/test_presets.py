@@ -67,7 +67,7 @@ def test_a_mistyped_setting_is_refused_with_the_file_and_the_fields(preset_dir):
 
 def test_an_unknown_preset_names_those_there_are(preset_dir):
     _write(preset_dir, "t", {"quick": {"epochs": 1}})
-    with pytest.raises(KeyError, match=r"no preset 'fast'.*\['full', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"no preset 'fast'.*\['full', 'quick'\]"):
         presets.preset("t", "fast", _Config())
 
 
@@ -86,8 +86,9 @@ def test_a_value_of_the_wrong_kind_is_refused_where_it_is_written(preset_dir):
     for name, field_name in (("a", "epochs"), ("b", "sizes"), ("c", "inner"), ("d", "epochs")):
         with pytest.raises(ValueError, match=rf"t\.json \[{name}\]\.{field_name}: expected"):
             presets.preset("t", name, _Config())
-    _write(preset_dir, "u", {"quick": {"epochs": 3.0}})  # a number for a number is fine
-    assert presets.preset("u", "quick", _Config()).epochs == 3.0
+    _write(preset_dir, "u", {"quick": {"epochs": 1.5}})  # a fraction for a whole number: no
+    with pytest.raises(ValueError, match=r"\[quick\]\.epochs: expected"):
+        presets.preset("u", "quick", _Config())
 
 
 def test_a_config_that_refuses_the_preset_names_the_file(preset_dir):

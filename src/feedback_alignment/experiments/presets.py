@@ -41,7 +41,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:
-        raise ValueError(f"keys given twice: {twice}")
+        raise ValueError(f"keys given twice in one object: {twice} (keep one of each)")
     return dict(pairs)
 
 
@@ -54,7 +54,7 @@ def _load(task: str) -> dict[str, dict[str, Any]]:
         data = json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, ValueError) as error:
         raise ValueError(
-            f"{file}: not a valid presets file ({error}); restore it from git"
+            f"{file}: not a valid presets file ({error}); fix the file, or restore it from git"
         ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected an object of preset name -> object of settings")
@@ -66,7 +66,10 @@ def _load(task: str) -> dict[str, dict[str, Any]]:
 
 
 def reload() -> None:
-    """Forgets the files read so far (they are read once per process): after editing one."""
+    """Forgets the files read so far (they are read once per process), so that the next
+    ``preset`` reads an edited file. Constants built from a preset when their module was imported
+    (``nerf.QUICK``, ``language.QUICK``, the principled ``FULL``/``QUICK``/``TINY``, the tuning
+    searches' quick settings) keep the values of that import: restart the process after an edit."""
     _load.cache_clear()
 
 
@@ -80,7 +83,8 @@ def changes(task: str, name: str) -> dict[str, Any]:
     the file names some), JSON lists as tuples.
 
     Raises:
-        KeyError: ``task`` has no preset ``name`` (the message lists those it has).
+        ValueError: ``task`` has no preset ``name`` (the message lists those it has).
+        FileNotFoundError: ``task`` has no presets file (the message lists the tasks that do).
     """
     presets = _load(task)
     if name in presets:
@@ -88,11 +92,12 @@ def changes(task: str, name: str) -> dict[str, Any]:
     if name == FULL:
         return {}
     if not path(task).exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
         raise FileNotFoundError(
-            f"{path(task)}: no such presets file, so {task} has no preset "
-            f"{name!r} (only {FULL!r}, the defaults); restore it from git"
+            f"{path(task)}: no such presets file, so {task!r} has no preset {name!r} (only "
+            f"{FULL!r}, the defaults); the tasks with presets: {known}"
         )
-    raise KeyError(f"{path(task)}: no preset {name!r}; {task} has {list(names(task))}")
+    raise ValueError(f"{path(task)}: no preset {name!r}; {task} has {list(names(task))}")
 
 
 def preset(task: str, name: str, base: Config) -> Config:
@@ -153,11 +158,14 @@ def _value(current: Any, value: Any, where: str) -> Any:
 
 def _same_kind(default: Any, value: Any) -> bool:
     """Whether ``value`` can stand where the config's default ``default`` stands: the same JSON
-    kind (a whole number for a float is fine; ``true`` for a number is not; ``null`` is left to
-    the config's own checks)."""
+    kind (a whole number for a float is fine, a fraction for a whole number is not, nor ``true``
+    for a number; ``null``, and any value where the default is ``None``, are left to the config's
+    own checks)."""
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, (int, float)):
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
         return isinstance(value, (int, float))
     if isinstance(default, (tuple, list)):
         return isinstance(value, (tuple, list))
