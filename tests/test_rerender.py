@@ -60,3 +60,39 @@ def test_a_null_float_reads_back_as_nan_and_a_bad_file_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"broken\.json: not a readable results file"):
         rerender.table(tmp_path / "broken.json")
     assert rerender.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_recommenders_table_is_rebuilt_through_the_results_writer(tmp_path):
+    """The writer sanitises NaN to null and tuples to lists; the table read back is the same."""
+    import math
+
+    from feedback_alignment.experiments import recommenders
+    from feedback_alignment.experiments.recommenders_schema import RecConfig, RecRun
+    from feedback_alignment.experiments.results import write_results
+
+    def run(rule: str, seed: int, auc: float, angle: float) -> RecRun:
+        return RecRun("dcn", "movielens-100k", rule, seed, auc, 0.45 - auc / 10, 2, 1.0,
+                      [auc - 0.01, auc], angle, {"0": 0.5} if rule == "DFA" else {})  # fmt: skip
+
+    runs = [run("BP", s, 0.80 + 0.01 * s, math.nan) for s in range(2)]
+    runs += [run("DFA", s, 0.79 + 0.01 * s, 60.0 + s) for s in range(2)]
+    runs += [run("Shallow", s, 0.70, math.nan) for s in range(2)]
+    config = RecConfig(models=("dcn",), datasets=("movielens-100k",), seeds=(0, 1))
+    written = recommenders.summary(recommenders.aggregate(runs, config), True).to_json()
+    write_results(tmp_path, "recommenders", True, (0, 1), config=config, runs=runs)
+    assert _rebuilt(tmp_path) == written
+
+
+def test_a_results_file_edited_after_its_run_is_refused(tmp_path):
+    from feedback_alignment.experiments import nerf
+    from feedback_alignment.experiments.sealed import RenderError
+
+    config = replace(nerf.QUICK, downscale=5, steps=2, eval_every=2, rays=16, test_views=1,
+                     rules=("BP",))  # fmt: skip
+    nerf.run(RunOptions(out_dir=tmp_path, quick=True, progress=False, tuned=False), config)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    payload["runs"][0]["psnr"] += 10.0  # a better number, typed in by hand
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(RenderError, match=r"results\.json was edited after its run wrote it"):
+        rerender.table(tmp_path / "results.json")
+    assert rerender.main([str(tmp_path)]) == 2  # the command line says so and writes nothing

@@ -7,6 +7,9 @@ being a function of the file. The principled group has its own (``principled.rer
 module covers the tasks whose table reads only their records and config: ``nerf``,
 ``nerf-authors``, ``transformer`` and ``recommenders``.
 
+The file is untrusted input: one whose digest no longer matches its content (edited after its
+run wrote it) is refused, as ``render`` refuses it; one written before files were sealed is read.
+
 What the file cannot give back exactly: JSON has no NaN, so a float field written as ``null``
 reads back as NaN (a field typed ``float | None`` keeps ``None``), and tuples read back as lists
 inside records (the configs get their tuples back through :func:`.presets.apply`).
@@ -31,6 +34,7 @@ from typing import Any
 
 from feedback_alignment.experiments import presets
 from feedback_alignment.experiments.results import Table, write_table
+from feedback_alignment.experiments.sealed import refuse_tampered
 
 
 def records(rows: Sequence[dict[str, Any]], cls: type) -> list[Any]:
@@ -93,8 +97,9 @@ def table(results_file: Path) -> Table:
     """The table of the run that wrote ``results_file``.
 
     Raises:
-        ValueError: the file is not a results file, or its task cannot be re-rendered here (the
-            message lists those that can).
+        ValueError: the file is not a results file, its task cannot be re-rendered here (the
+            message lists those that can), or it was edited after its run wrote it
+            (:class:`~.sealed.RenderError`, naming the repair).
     """
     try:
         payload = json.loads(results_file.read_text(encoding="utf-8"))
@@ -106,6 +111,7 @@ def table(results_file: Path) -> Table:
             f"{results_file}: task {task!r} cannot be re-rendered from its results; these can: "
             f"{sorted(TASKS)} (principled parts: principled.rerender)"
         )
+    refuse_tampered(results_file, task, payload, f"feedback-alignment reproduce --tasks {task}")
     return TASKS[task](payload)
 
 
